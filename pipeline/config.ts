@@ -1,0 +1,283 @@
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { ConfigError } from './errors.ts';
+
+/**
+ * The one schema of every setting: defaults, validation, the `--help` text and the `--plan`
+ * output all come from here. A key is the same in a JSON config file and on the command line
+ * (`"base-sha256": "..."` and `--base-sha256 ...`); flags win over the file.
+ */
+export interface Config {
+  arch: 'arm64' | 'armhf';
+  base: string;
+  'base-sha256': string | undefined;
+  'os-list': string;
+  'insecure-no-verify': boolean;
+  grow: number | 'auto';
+  overlay: string[];
+  'expand-on-boot': boolean;
+  'shrink-margin': number;
+  compress: Compression[];
+  name: string | undefined;
+  work: string;
+  cache: string;
+  out: string;
+  verbose: boolean;
+  quiet: boolean;
+}
+
+export const COMPRESSIONS = ['xz', 'zstd', 'gz', 'zip', 'tar.gz', 'none'] as const;
+export type Compression = (typeof COMPRESSIONS)[number];
+export const RELEASES = ['latest', 'trixie', 'bookworm', 'bullseye', 'buster'] as const;
+
+interface Spec<T> {
+  /** How the flag is written on the command line: `--key VALUE`, a switch, or repeatable. */
+  kind: 'value' | 'switch' | 'list';
+  placeholder?: string;
+  help: string;
+  default: T | (() => T);
+  /** Turns a raw value into the setting; throws a string saying what is allowed. */
+  parse?: (raw: string) => unknown;
+}
+
+type Schema = { [K in keyof Config]: Spec<Config[K]> };
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+
+export function parseSize(raw: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(raw.trim());
+  if (!m) throw 'a size such as 512M, 2G or 1073741824';
+  return Math.round(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!);
+}
+
+const oneOf = (values: readonly string[]) => (raw: string) => {
+  if (!values.includes(raw)) throw `one of ${values.join(', ')}`;
+  return raw;
+};
+
+export const schema: Schema = {
+  arch: {
+    kind: 'value',
+    placeholder: 'ARCH',
+    help: 'architecture of the image: arm64 or armhf',
+    default: 'arm64',
+    parse: oneOf(['arm64', 'armhf']),
+  },
+  base: {
+    kind: 'value',
+    placeholder: 'SOURCE',
+    help: `base image: an http(s) or file URL, a local path, or a release (${RELEASES.join(', ')})`,
+    default: 'bookworm',
+    parse: (raw) => {
+      if (raw.trim() === '') throw 'a URL, a path or a release name';
+      return raw;
+    },
+  },
+  'base-sha256': {
+    kind: 'value',
+    placeholder: 'HEX',
+    help: 'sha256 of the base download (else the .sha256 sidecar, else the OS list)',
+    default: undefined,
+    parse: (raw) => {
+      if (!/^[0-9a-f]{64}$/i.test(raw)) throw '64 hexadecimal digits';
+      return raw.toLowerCase();
+    },
+  },
+  'os-list': {
+    kind: 'value',
+    placeholder: 'URL',
+    help: "Raspberry Pi Imager's OS list, used to resolve release names",
+    default: 'https://downloads.raspberrypi.com/os_list_imagingutility_v4.json',
+    parse: (raw) => {
+      if (!/^(https?|file):\/\//.test(raw)) throw 'an http(s) or file URL';
+      return raw;
+    },
+  },
+  'insecure-no-verify': {
+    kind: 'switch',
+    help: 'accept a base image that has no checksum anywhere (never the default)',
+    default: false,
+  },
+  grow: {
+    kind: 'value',
+    placeholder: 'SIZE|auto',
+    help: 'room added to the root filesystem before customizing (auto: computed from what is added)',
+    default: 'auto',
+    parse: (raw) => (raw === 'auto' ? 'auto' : parseSize(raw)),
+  },
+  overlay: {
+    kind: 'list',
+    placeholder: 'DIR',
+    help: 'a directory with boot/ and/or rootfs/ trees to copy into the image (repeatable)',
+    default: () => [],
+  },
+  'expand-on-boot': {
+    kind: 'switch',
+    help: "re-arm the release's own first-boot expansion of the root filesystem",
+    default: false,
+  },
+  'shrink-margin': {
+    kind: 'value',
+    placeholder: 'SIZE',
+    help: 'free space left in the root filesystem after shrinking',
+    default: 64 * 2 ** 20,
+    parse: parseSize,
+  },
+  compress: {
+    kind: 'list',
+    placeholder: 'LIST',
+    help: `output formats, comma-separated: ${COMPRESSIONS.join(', ')}`,
+    default: () => ['xz'],
+    parse: (raw) => {
+      const formats = raw.split(',').map((s) => s.trim());
+      for (const f of formats) if (!(COMPRESSIONS as readonly string[]).includes(f)) throw `a comma-separated list of ${COMPRESSIONS.join(', ')}`;
+      return formats;
+    },
+  },
+  name: {
+    kind: 'value',
+    placeholder: 'NAME',
+    help: 'base name of the output files (default: derived from the pipeline, release, arch and date)',
+    default: undefined,
+    parse: (raw) => {
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(raw)) throw 'letters, digits, dot, dash and underscore';
+      return raw;
+    },
+  },
+  work: {
+    kind: 'value',
+    placeholder: 'DIR',
+    help: 'work directory (the working image and the logs)',
+    default: './work',
+  },
+  cache: {
+    kind: 'value',
+    placeholder: 'DIR',
+    help: 'cache directory (downloads, apt packages)',
+    default: () => join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'build-image'),
+  },
+  out: {
+    kind: 'value',
+    placeholder: 'DIR',
+    help: 'where the finished image files are written',
+    default: './deploy',
+  },
+  verbose: { kind: 'switch', help: 'stream the output of every command', default: false },
+  quiet: { kind: 'switch', help: 'print only errors and the result', default: false },
+};
+
+export type ConfigKey = keyof Config;
+
+/** The keys every command accepts, whatever its stages. */
+export const COMMON_KEYS: readonly ConfigKey[] = ['work', 'cache', 'out', 'verbose', 'quiet'];
+
+function defaultOf<K extends ConfigKey>(key: K): Config[K] {
+  const d = schema[key].default;
+  return (typeof d === 'function' ? (d as () => Config[K])() : d) as Config[K];
+}
+
+/** Validate one raw value (a string from the command line, or a JSON value from the file). */
+function convert(key: ConfigKey, raw: unknown, source: string): unknown {
+  const spec = schema[key] as Spec<unknown>;
+  const bad = (allowed: string, value: unknown = raw) =>
+    new ConfigError(`${source} ${JSON.stringify(value)} is invalid: expected ${allowed}`);
+  if (spec.kind === 'switch') {
+    if (typeof raw === 'boolean') return raw;
+    throw bad('true or false');
+  }
+  const one = (value: unknown) => {
+    if (typeof value === 'number' && spec.parse) value = String(value);
+    if (typeof value !== 'string') throw bad(spec.kind === 'list' ? 'a list of strings' : 'a string');
+    try {
+      return spec.parse ? spec.parse(value) : value;
+    } catch (allowed) {
+      if (typeof allowed === 'string') throw bad(allowed, value);
+      throw allowed;
+    }
+  };
+  if (spec.kind === 'list') {
+    const values = Array.isArray(raw) ? raw : [raw];
+    return values.flatMap((v) => {
+      const parsed = one(v);
+      return Array.isArray(parsed) ? parsed : [parsed];
+    });
+  }
+  return one(raw);
+}
+
+export interface ConfigSources {
+  /** Parsed JSON of --config FILE, if given. */
+  file?: { path: string; values: Record<string, unknown> };
+  /** Values from the command line: strings, booleans, or string arrays for lists. */
+  flags: Partial<Record<string, unknown>>;
+}
+
+/**
+ * Resolve a command's configuration: defaults, then the file, then flags. Any key the command does
+ * not know, or a value the schema refuses, is a ConfigError naming the key, the value and what is
+ * allowed.
+ */
+export function resolveConfig(allowed: readonly ConfigKey[], sources: ConfigSources, command: string): Config {
+  const keys = new Set<string>([...COMMON_KEYS, ...allowed]);
+  const config = Object.fromEntries(Object.keys(schema).map((k) => [k, defaultOf(k as ConfigKey)])) as Record<string, unknown>;
+  const apply = (values: Record<string, unknown>, sourceOf: (key: string) => string) => {
+    for (const [key, raw] of Object.entries(values)) {
+      if (raw === undefined) continue;
+      if (!keys.has(key)) {
+        const known = key in schema ? `not an option of \`${command}\`` : 'unknown option';
+        throw new ConfigError(`${sourceOf(key)}: ${known} (see \`build-image ${command === 'build' ? '' : command + ' '}--help\`)`);
+      }
+      config[key] = convert(key as ConfigKey, raw, sourceOf(key));
+    }
+  };
+  if (sources.file) apply(sources.file.values, (key) => `${sources.file!.path}: "${key}"`);
+  apply(sources.flags, (key) => `--${key}`);
+  for (const key of ['work', 'cache', 'out'] as const) config[key] = resolve(config[key] as string);
+  return config as unknown as Config;
+}
+
+export function readConfigFile(path: string): { path: string; values: Record<string, unknown> } {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`--config ${path}: cannot read it (${(error as NodeJS.ErrnoException).code ?? error})`);
+  }
+  let values: unknown;
+  try {
+    values = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(`--config ${path}: not valid JSON (${(error as Error).message})`);
+  }
+  if (typeof values !== 'object' || values === null || Array.isArray(values)) {
+    throw new ConfigError(`--config ${path}: expected a JSON object of settings, e.g. {"arch": "armhf"}`);
+  }
+  return { path, values: values as Record<string, unknown> };
+}
+
+/** How a value reads in --plan and the manifest. */
+export function formatValue(key: ConfigKey, value: unknown): string {
+  if (value === undefined) return '(unset)';
+  if (Array.isArray(value)) return value.length ? value.join(', ') : '(none)';
+  if (typeof value === 'number' && schema[key].parse === parseSize) return formatBytes(value);
+  if (key === 'grow' && typeof value === 'number') return formatBytes(value);
+  return String(value);
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+/** Every setting at its default: the base of tests and of `--plan` for a bare command. */
+export function defaultConfig(overrides: Partial<Config> = {}): Config {
+  const all = Object.keys(schema) as ConfigKey[];
+  return { ...resolveConfig(all, { flags: {} }, 'build'), ...overrides };
+}

@@ -1,0 +1,37 @@
+import { appendFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+/**
+ * The build log: one file per stage under `<work>/logs/`, plus an optional echo of every line
+ * (--verbose) to stderr. Writes are synchronous so nothing is lost when the process is stopped.
+ */
+export class BuildLog {
+  readonly dir: string;
+  #file: string;
+  #echo: ((text: string) => void) | undefined;
+
+  constructor(dir: string, echo?: (text: string) => void) {
+    this.dir = dir;
+    mkdirSync(dir, { recursive: true });
+    this.#file = join(dir, 'build.log');
+    this.#echo = echo;
+  }
+
+  get file(): string {
+    return this.#file;
+  }
+
+  /** Route what follows to the stage's own file. */
+  useStage(index: number, stage: string): void {
+    this.#file = join(this.dir, `${String(index).padStart(2, '0')}-${stage}.log`);
+  }
+
+  write(text: string): void {
+    appendFileSync(this.#file, text);
+    this.#echo?.(text);
+  }
+
+  line(text: string): void {
+    this.write(`[${new Date().toISOString()}] ${text}\n`);
+  }
+}

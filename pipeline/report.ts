@@ -1,0 +1,85 @@
+import { Listr } from 'listr2';
+import type { Stage } from './stage.ts';
+
+/** Runs one stage, given a way to show a live status line under it. */
+export type StageBody = (stage: Stage, index: number, status: (text: string) => void) => Promise<void>;
+
+/** How the build shows itself: listr2's live task list on a terminal, plain timestamped lines elsewhere. */
+export interface Reporter {
+  sequence(stages: readonly Stage[], body: StageBody): Promise<void>;
+  info(text: string): void;
+}
+
+const clock = () => new Date().toISOString().slice(11, 19);
+
+/** Calls `fn` at most once per `ms`, always keeping the latest text. */
+function throttle(ms: number, fn: (text: string) => void): (text: string) => void {
+  let last = 0;
+  return (text) => {
+    const now = Date.now();
+    if (now - last >= ms) {
+      last = now;
+      fn(text);
+    }
+  };
+}
+
+/** One timestamped line per stage start and end: for CI logs, pipes and --verbose. */
+export class LineReporter implements Reporter {
+  readonly #write: (text: string) => void;
+  constructor(write: (text: string) => void = (t) => process.stderr.write(t)) {
+    this.#write = write;
+  }
+  info(text: string): void {
+    this.#write(`[${clock()}] ${text}\n`);
+  }
+  async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
+    for (const [i, stage] of stages.entries()) {
+      const started = performance.now();
+      this.info(`${stage.name}: started`);
+      try {
+        await body(stage, i, throttle(10_000, (text) => this.info(`${stage.name}: ${text}`)));
+      } catch (error) {
+        this.info(`${stage.name}: failed after ${((performance.now() - started) / 1000).toFixed(1)} s`);
+        throw error;
+      }
+      this.info(`${stage.name}: done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    }
+  }
+}
+
+/** Only errors and the result (--quiet). */
+export class QuietReporter implements Reporter {
+  info(): void {}
+  async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
+    for (const [i, stage] of stages.entries()) await body(stage, i, () => {});
+  }
+}
+
+/** listr2's live list, for a person at a terminal. */
+export class ListrReporter implements Reporter {
+  info(text: string): void {
+    process.stderr.write(`${text}\n`);
+  }
+  async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
+    const list = new Listr(
+      stages.map((stage, i) => ({
+        title: stage.name,
+        task: async (_ctx: unknown, task: { output: string; title: string }) => {
+          const started = performance.now();
+          await body(stage, i, throttle(200, (text) => (task.output = text)));
+          task.title = `${stage.name} (${((performance.now() - started) / 1000).toFixed(1)} s)`;
+        },
+      })),
+      { exitOnError: true, registerSignalListeners: false, rendererOptions: { collapseErrors: false } },
+    );
+    await list.run();
+  }
+}
+
+export function pickReporter(options: { quiet: boolean; verbose: boolean }): Reporter {
+  if (options.quiet) return new QuietReporter();
+  const ci = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false';
+  if (options.verbose || ci || !process.stderr.isTTY) return new LineReporter();
+  return new ListrReporter();
+}

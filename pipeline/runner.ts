@@ -1,0 +1,180 @@
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CleanupStack, type Outcome } from './cleanup.ts';
+import { CommandRunner } from './commands.ts';
+import type { Config } from './config.ts';
+import { ConfigError, InterruptedError, UserError } from './errors.ts';
+import { BuildLog } from './log.ts';
+import type { Reporter } from './report.ts';
+import type { BuildContext, BuildState, Pipeline, Stage } from './stage.ts';
+
+export interface Range {
+  from?: string;
+  until?: string;
+}
+
+/**
+ * The stages a run executes: `from`..`until`, plus any earlier stage that opens something a
+ * selected stage still needs (attach before overlay when starting --from overlay).
+ */
+export function selectStages(pipeline: Pipeline, range: Range): Stage[] {
+  const names = pipeline.stages.map((s) => s.name);
+  const indexOf = (flag: string, name: string | undefined, fallback: number) => {
+    if (name === undefined) return fallback;
+    const i = names.indexOf(name);
+    if (i < 0) throw new ConfigError(`--${flag} ${JSON.stringify(name)}: no such stage in the ${pipeline.name} pipeline (stages: ${names.join(', ')})`);
+    return i;
+  };
+  const from = indexOf('from', range.from, 0);
+  const until = indexOf('until', range.until, names.length - 1);
+  if (from > until) throw new ConfigError(`--from ${range.from} comes after --until ${range.until} in the ${pipeline.name} pipeline`);
+  return pipeline.stages.filter((stage, i) => {
+    if (i >= from && i <= until) return true;
+    if (i >= from || !stage.closedBy) return false;
+    const closer = names.indexOf(stage.closedBy);
+    return closer >= from && from <= until; // opened before the range, still open inside it
+  });
+}
+
+export interface Timing {
+  stage: string;
+  seconds: number;
+  commandSeconds: number;
+}
+
+export function timingTable(timings: readonly Timing[]): string {
+  const width = Math.max(5, ...timings.map((t) => t.stage.length));
+  const row = (a: string, b: string, c: string) => `  ${a.padEnd(width)}  ${b.padStart(9)}  ${c.padStart(9)}`;
+  const total = timings.reduce((s, t) => s + t.seconds, 0);
+  const commands = timings.reduce((s, t) => s + t.commandSeconds, 0);
+  return [
+    row('stage', 'time', 'commands'),
+    ...timings.map((t) => row(t.stage, `${t.seconds.toFixed(1)} s`, `${t.commandSeconds.toFixed(1)} s`)),
+    row('total', `${total.toFixed(1)} s`, `${commands.toFixed(1)} s`),
+  ].join('\n');
+}
+
+const STATE_FILE = 'state.json';
+
+function loadState(work: string, needed: boolean, first: string): BuildState {
+  const file = join(work, STATE_FILE);
+  if (!existsSync(file)) {
+    if (needed) throw new UserError(`--from ${first}: ${work} holds no earlier build to continue; run the whole pipeline first (without --from)`);
+    return {};
+  }
+  return needed ? (JSON.parse(readFileSync(file, 'utf8')) as BuildState) : {};
+}
+
+function saveState(work: string, state: BuildState): void {
+  const file = join(work, STATE_FILE);
+  writeFileSync(`${file}.tmp`, JSON.stringify(state, null, 2));
+  renameSync(`${file}.tmp`, file);
+}
+
+export interface BuildResult {
+  timings: Timing[];
+  state: BuildState;
+}
+
+/**
+ * Run part or all of a pipeline. Whatever happens (success, a failed stage, SIGINT, SIGTERM), the
+ * clean-up stack is unwound completely before this returns or throws; a second signal during the
+ * unwinding is acknowledged and ignored so the stack is never left half undone.
+ */
+export async function runPipeline(pipeline: Pipeline, config: Config, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
+  const stages = selectStages(pipeline, range);
+  mkdirSync(config.work, { recursive: true });
+  const resuming = range.from !== undefined && range.from !== pipeline.stages[0]!.name;
+  const state = initialState ?? loadState(config.work, resuming, range.from ?? '');
+  const log = new BuildLog(join(config.work, 'logs'), config.verbose ? (text) => process.stderr.write(text) : undefined);
+  const controller = new AbortController();
+  const cleanup = new CleanupStack((label, error) => {
+    const message = `clean-up "${label}" failed: ${(error as Error).message ?? error}`;
+    log.line(message);
+    reporter.info(message);
+  });
+  let unwinding = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (!controller.signal.aborted) {
+      reporter.info(`${signal}: stopping and cleaning up`);
+      controller.abort(new InterruptedError(signal));
+    } else if (unwinding) {
+      reporter.info(`${signal}: still cleaning up, this finishes first`);
+    }
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const commands = new CommandRunner(log, controller.signal);
+  let status: (text: string) => void = () => {};
+  const ctx: BuildContext = {
+    pipeline: pipeline.name,
+    stages: pipeline.stages,
+    config,
+    paths: { work: config.work, cache: config.cache, out: config.out },
+    log,
+    commands,
+    cleanup,
+    signal: controller.signal,
+    state,
+    resources: new Map(),
+    run: (file, args, options) => commands.run(file, args, options),
+    defer: (label, undo) => cleanup.defer(label, undo),
+    status: (text) => status(text),
+  };
+
+  const timings: Timing[] = [];
+  let outcome: Outcome = 'success';
+  try {
+    await reporter.sequence(stages, async (stage, index, setStatus) => {
+      controller.signal.throwIfAborted();
+      status = setStatus;
+      const i = pipeline.stages.indexOf(stage) + 1;
+      log.useStage(i, stage.name);
+      commands.stage = stage.name;
+      log.line(`stage ${stage.name}: ${stage.describe(config)}`);
+      const started = performance.now();
+      const commandsBefore = commands.commandMs;
+      await untilAbortedOrDone(stage.run(ctx), controller.signal);
+      const seconds = (performance.now() - started) / 1000;
+      timings.push({ stage: stage.name, seconds, commandSeconds: (commands.commandMs - commandsBefore) / 1000 });
+      ctx.state.timings = { ...ctx.state.timings, [stage.name]: Math.round(seconds * 10) / 10 };
+      saveState(config.work, ctx.state);
+      void index;
+    });
+  } catch (error) {
+    outcome = controller.signal.aborted ? 'interrupted' : 'failure';
+    throw controller.signal.aborted ? controller.signal.reason : error;
+  } finally {
+    unwinding = true;
+    commands.stage = 'clean-up';
+    if (cleanup.size > 0) {
+      log.useStage(99, 'cleanup');
+      if (outcome !== 'success') reporter.info(`cleaning up (${cleanup.size} step${cleanup.size > 1 ? 's' : ''})`);
+    }
+    await cleanup.unwind(outcome);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  return { timings, state: ctx.state };
+}
+
+/**
+ * Wait for a stage. Stages pass ctx.signal to everything long they do, so they end soon after an
+ * abort; a stage that does not is given a grace period, then left behind so that the clean-up
+ * still runs.
+ */
+async function untilAbortedOrDone(work: Promise<void>, signal: AbortSignal, graceMs = 15_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort = () => {};
+  const givenUp = new Promise<never>((_, reject) => {
+    onAbort = () => (timer = setTimeout(() => reject(signal.reason), graceMs));
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    await Promise.race([work, givenUp]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    clearTimeout(timer);
+  }
+}

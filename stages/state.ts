@@ -1,0 +1,82 @@
+/**
+ * What each stage leaves in the build state for the ones after it, in pipeline order. Kept in one
+ * place so the data's path through a build reads top to bottom.
+ */
+import type { Compression } from '../pipeline/config.ts';
+
+export interface Download {
+  /** The verified file: in the download cache, or the user's own file (never modified). */
+  path: string;
+  sha256: string;
+  /** What the user asked for (URL, path or release) and the URL it resolved to. */
+  source: string;
+  url?: string;
+  /** From Raspberry Pi Imager's OS list, when the base was resolved through it. */
+  extractSha256?: string;
+  extractSize?: number;
+  releaseDate?: string;
+}
+
+export interface Partition {
+  /** 1-based number, as in /dev/sdX<number> and sfdisk -N. */
+  number: number;
+  startSector: number;
+  sectors: number;
+  /** MBR type byte (hex) or GPT type GUID. */
+  type: string;
+  fs: 'vfat' | 'ext4' | 'other';
+  /** Byte offset and length, for losetup -o/--sizelimit and mtools' @@offset. */
+  offset: number;
+  size: number;
+}
+
+export interface Layout {
+  label: 'dos' | 'gpt';
+  sectorSize: number;
+  /** Size of the image file in bytes. */
+  fileSize: number;
+  partitions: Partition[];
+  /** Numbers of the FAT boot and ext4 root partitions. */
+  boot: number;
+  root: number;
+}
+
+export type Network = 'NetworkManager' | 'dhcpcd' | 'none';
+/** How the release expands its root filesystem at first boot. */
+export type FirstBootResize = 'init_resize' | 'firstboot' | 'resize' | 'none';
+
+export interface SystemInfo {
+  /** os-release ID and VERSION_CODENAME (raspbian/debian, bookworm...). */
+  id: string;
+  codename: string;
+  prettyName: string;
+  /** Where the image's own /etc/fstab mounts the boot partition: /boot or /boot/firmware. */
+  bootMount: string;
+  network: Network;
+  firstBoot: FirstBootResize;
+}
+
+export interface Package {
+  name: string;
+  version: string;
+  arch: string;
+}
+
+export interface Output {
+  format: Compression;
+  path: string;
+  size: number;
+  sha256: string;
+}
+
+declare module '../pipeline/stage.ts' {
+  interface BuildState {
+    download?: Download; // fetch
+    image?: string; // extract: the raw, sparse working image in the work dir
+    layout?: Layout; // grow (and every stage that changes the partition table)
+    system?: SystemInfo; // attach
+    packages?: Package[]; // finalize: from the image's dpkg status
+    imageSha256?: string; // compress: of the final raw image
+    outputs?: Output[]; // compress
+  }
+}

@@ -1,0 +1,23 @@
+/** Run real stages on a real work dir, as the CLI does, with typed settings. */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { defaultConfig, type Config } from '../../pipeline/config.ts';
+import { QuietReporter } from '../../pipeline/report.ts';
+import { runPipeline, type BuildResult } from '../../pipeline/runner.ts';
+import type { BuildState, Stage } from '../../pipeline/stage.ts';
+import '../../stages/state.ts';
+
+/** A fresh directory under /tmp for one test (work, cache and out live inside it). */
+export function scratch(prefix = 'build-image-test-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** Settings for a test: defaults, with work/cache/out inside `dir`, then the overrides. */
+export function testConfig(dir: string, overrides: Partial<Config> = {}): Config {
+  return defaultConfig({ work: join(dir, 'work'), cache: join(dir, 'cache'), out: join(dir, 'out'), ...overrides });
+}
+
+export function runStages(stages: readonly Stage[], config: Config, state?: BuildState): Promise<BuildResult> {
+  return runPipeline({ name: 'test', summary: 'test', stages }, config, {}, new QuietReporter(), state);
+}

@@ -1,0 +1,16 @@
+/** What a build may leave behind: loop devices on a file, mounts under a directory. */
+import { readFileSync } from 'node:fs';
+import { execa } from 'execa';
+
+export async function loopsOn(file: string): Promise<string[]> {
+  const { stdout } = await execa('losetup', ['-j', file, '-O', 'NAME', '-n']);
+  return stdout.split('\n').filter(Boolean);
+}
+
+export function mountsUnder(dir: string): string[] {
+  return readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
+    .map((line) => line.split(' ')[1] ?? '')
+    .map((target) => target.replace(/\\040/g, ' '))
+    .filter((target) => target === dir || target.startsWith(`${dir}/`));
+}
