@@ -1,0 +1,54 @@
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { UserError } from '../pipeline/errors.ts';
+import type { Stage } from '../pipeline/stage.ts';
+import { copyOut, snapshot, writeBack } from './bootfs.ts';
+import { attachLoop, mount } from './loop.ts';
+import { partition, readLayout } from './partitions.ts';
+import { detectSystem } from './system.ts';
+
+/** Where the root filesystem is mounted and the boot partition copied out, inside the work dir. */
+export const rootDir = (work: string) => join(work, 'root');
+export const bootDir = (work: string) => join(work, 'boot');
+
+/**
+ * Root partition on a loop device by offset and size, mounted; the FAT boot partition copied out
+ * with mtools and bound at the mount point the image's own fstab names. All of it is undone by
+ * finalize (or the clean-up stack), and the boot partition is written back only if the build got
+ * that far without failing.
+ */
+export const attachStage: Stage = {
+  name: 'attach',
+  describe: () => 'mount the root partition (loop device by offset) and copy out the boot partition (mtools)',
+  options: [],
+  closedBy: 'finalize',
+  async run(ctx) {
+    const image = ctx.state.image;
+    if (!image) throw new UserError('attach: no working image; run the pipeline from its start');
+    const layout = await readLayout(ctx, image);
+    ctx.resources.set('attach', ctx.cleanup.mark());
+    const root = rootDir(ctx.paths.work);
+    const boot = bootDir(ctx.paths.work);
+    mkdirSync(root, { recursive: true });
+    const device = await attachLoop(ctx, image, partition(layout, layout.root));
+    await mount(ctx, device, root, ['-t', 'ext4']);
+
+    rmSync(boot, { recursive: true, force: true });
+    mkdirSync(boot);
+    ctx.defer(`remove ${boot}`, () => rmSync(boot, { recursive: true, force: true }));
+    const bootOffset = partition(layout, layout.boot).offset;
+    await copyOut(ctx, image, bootOffset, boot);
+    const before = snapshot(boot);
+    ctx.defer('write back the boot partition', async (outcome) => {
+      if (outcome === 'success') await writeBack(ctx, image, bootOffset, boot, before);
+    });
+
+    const cmdline = existsSync(join(boot, 'cmdline.txt')) ? readFileSync(join(boot, 'cmdline.txt'), 'utf8') : '';
+    const system = detectSystem(root, cmdline);
+    ctx.state.system = system;
+    const target = join(root, system.bootMount);
+    mkdirSync(target, { recursive: true });
+    await mount(ctx, boot, target, ['--bind']);
+    ctx.log.line(`${system.prettyName}; boot at ${system.bootMount}; network ${system.network}; first boot ${system.firstBoot}`);
+  },
+};

@@ -1,0 +1,53 @@
+import { formatBytes } from '../pipeline/config.ts';
+import { scoped } from '../pipeline/cleanup.ts';
+import { UserError } from '../pipeline/errors.ts';
+import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { fsck } from './finalize.ts';
+import { attachLoop } from './loop.ts';
+import { partition, readLayout } from './partitions.ts';
+import { ext4Info, resizeRootPartition } from './resize.ts';
+
+const MiB = 2 ** 20;
+/** Always kept free while customizing: logs, apt lists, dpkg's temporary files. */
+const HEADROOM = 256 * MiB;
+
+/** Bytes the stages after grow say they will add, with a quarter more for what estimates miss. */
+export async function estimatedGrowth(ctx: BuildContext): Promise<number> {
+  const later = ctx.stages.slice(ctx.stages.findIndex((s) => s.name === 'grow') + 1);
+  const sizes = await Promise.all(later.map((s) => s.grows?.(ctx.config) ?? 0));
+  return Math.ceil(sizes.reduce((a, b) => a + b, 0) * 1.25);
+}
+
+/**
+ * Enlarge the file, the root partition and its filesystem before anything is installed, so a
+ * build never runs out of space half way (the complaint of pi-gen and packer-builder-arm users).
+ */
+export const growStage: Stage = {
+  name: 'grow',
+  describe: (config) =>
+    config.grow === 'auto'
+      ? 'enlarge the root filesystem by what the later stages add (computed)'
+      : `enlarge the root filesystem by ${formatBytes(config.grow)}`,
+  options: ['grow'],
+  async run(ctx) {
+    const image = ctx.state.image;
+    if (!image) throw new UserError('grow: no working image; run the pipeline from its start');
+    const layout = await readLayout(ctx, image);
+    const root = partition(layout, layout.root);
+    const info = await scoped(ctx.cleanup, ctx.signal, async () => ext4Info(ctx, await attachLoop(ctx, image, root)));
+    const free = info.freeBlocks * info.blockSize;
+    const wanted = ctx.config.grow === 'auto' ? (await estimatedGrowth(ctx)) + HEADROOM - free : ctx.config.grow;
+    if (wanted <= 0) {
+      ctx.log.line(`${formatBytes(free)} free is room enough; not growing`);
+      return;
+    }
+    const bytes = Math.ceil(wanted / MiB) * MiB;
+    ctx.log.line(`growing the root filesystem by ${formatBytes(bytes)} (${formatBytes(free)} free now)`);
+    const grown = await resizeRootPartition(ctx, image, layout, root, root.sectors + bytes / layout.sectorSize);
+    await scoped(ctx.cleanup, ctx.signal, async () => {
+      const device = await attachLoop(ctx, image, partition(grown, grown.root));
+      await fsck(ctx, device);
+      await ctx.run('resize2fs', [device]);
+    });
+  },
+};

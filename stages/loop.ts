@@ -1,0 +1,34 @@
+/**
+ * Loop devices and mounts, each undone through the build's clean-up stack. Partitions are attached
+ * by offset and size: `losetup -P` partition nodes do not appear in many containers.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CommandError } from '../pipeline/errors.ts';
+import type { BuildContext } from '../pipeline/stage.ts';
+
+/** Retry a command that fails while the kernel is still letting go of a device (EBUSY). */
+async function retry<T>(attempts: number, fn: () => Promise<T>): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await fn();
+    } catch (error) {
+      const busy = error instanceof CommandError && error.tail.some((l) => /busy|resource temporarily unavailable/i.test(l));
+      if (!busy || i >= attempts) throw error;
+      await sleep(200 * i);
+    }
+  }
+}
+
+export async function attachLoop(ctx: BuildContext, image: string, part: { offset: number; size: number }): Promise<string> {
+  const { stdout } = await retry(5, () =>
+    ctx.run('losetup', ['--find', '--show', '--offset', String(part.offset), '--sizelimit', String(part.size), image]),
+  );
+  const device = stdout.trim();
+  ctx.defer(`detach ${device}`, () => retry(10, () => ctx.run('losetup', ['--detach', device], { cleanup: true })));
+  return device;
+}
+
+export async function mount(ctx: BuildContext, source: string, target: string, args: readonly string[] = []): Promise<void> {
+  await ctx.run('mount', [...args, source, target]);
+  ctx.defer(`unmount ${target}`, () => retry(10, () => ctx.run('umount', [target], { cleanup: true })));
+}

@@ -1,0 +1,126 @@
+import { chmodSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { UserError } from '../pipeline/errors.ts';
+import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { bootDir, rootDir } from './attach.ts';
+import { renderTemplate, templateVars, TemplateError } from './template.ts';
+
+/** The trees an overlay directory may hold, and where each goes. */
+const TREES = ['boot', 'rootfs'] as const;
+/** Optional file of explicit modes: `rootfs/root/.ssh 0700`, one path (relative to the overlay) a line. */
+export const MODES_FILE = 'modes.txt';
+
+export function parseModes(text: string, file: string): Map<string, number> {
+  const modes = new Map<string, number>();
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#')) continue;
+    const m = /^(\S+)\s+([0-7]{3,4})$/.exec(line);
+    if (!m) throw new UserError(`${file}:${i + 1}: expected "PATH MODE" (e.g. "rootfs/root/.ssh 0700"), got "${line}"`);
+    modes.set(m[1]!.replace(/^\.\//, '').replace(/\/$/, ''), Number.parseInt(m[2]!, 8));
+  }
+  return modes;
+}
+
+function checkOverlay(dir: string): void {
+  if (!existsSync(dir) || !lstatSync(dir).isDirectory()) throw new UserError(`--overlay ${dir}: not a directory`);
+  const entries = readdirSync(dir);
+  if (!entries.some((e) => (TREES as readonly string[]).includes(e))) {
+    throw new UserError(`--overlay ${dir}: holds neither boot/ nor rootfs/ (put files for the boot partition in boot/ and for the root filesystem in rootfs/)`);
+  }
+}
+
+/** Total size of the files of an overlay's rootfs/ tree: what it adds to the root filesystem. */
+function treeSize(dir: string): number {
+  if (!existsSync(dir)) return 0;
+  let total = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) total += lstatSync(join(entry.parentPath, entry.name)).size + 4096;
+  }
+  return total;
+}
+
+/**
+ * Copy one tree into the image. Files are owned by root:root with mode 0644, or 0755 when the
+ * source has an exec bit, unless modes.txt says otherwise; existing directories keep their mode;
+ * `*.tmpl` files are rendered and lose the suffix.
+ */
+function copyTree(src: string, dest: string, overlay: string, modes: Map<string, number>, vars: Record<string, string>, fat: boolean, log: (line: string) => void): void {
+  for (const entry of readdirSync(src, { withFileTypes: true })) {
+    const from = join(src, entry.name);
+    const rel = relative(overlay, from);
+    const template = entry.isFile() && entry.name.endsWith('.tmpl');
+    const to = join(dest, template ? entry.name.slice(0, -'.tmpl'.length) : entry.name);
+    const target = existsSync(to) || isLink(to) ? lstatSync(to) : undefined;
+    if (entry.isDirectory()) {
+      if (target && !target.isDirectory()) throw new UserError(`overlay ${rel}: is a directory, but the image has a file there`);
+      if (!target) mkdirSync(to, { mode: 0o755 });
+      if (!fat) own(to, modes.get(rel) ?? (target ? undefined : 0o755));
+      copyTree(from, to, overlay, modes, vars, fat, log);
+      continue;
+    }
+    if (target?.isDirectory()) throw new UserError(`overlay ${rel}: is a file, but the image has a directory there`);
+    if (entry.isSymbolicLink()) {
+      if (fat) throw new UserError(`overlay ${rel}: a symbolic link cannot go on the FAT boot partition`);
+      rmSync(to, { force: true });
+      symlinkSync(readlinkSync(from), to);
+      lchownSync(to, 0, 0);
+    } else if (entry.isFile()) {
+      if (template) {
+        try {
+          writeFileSync(to, renderTemplate(readFileSync(from, 'utf8'), vars, rel));
+        } catch (error) {
+          throw error instanceof TemplateError ? new UserError(`overlay ${error.message}`) : error;
+        }
+      } else {
+        rmSync(to, { force: true });
+        copyFileSync(from, to);
+      }
+      if (!fat) own(to, modes.get(rel) ?? (lstatSync(from).mode & 0o111 ? 0o755 : 0o644));
+    } else {
+      throw new UserError(`overlay ${rel}: not a regular file, directory or symbolic link`);
+    }
+    log(`${rel} -> ${to}`);
+  }
+}
+
+function isLink(path: string): boolean {
+  try {
+    return lstatSync(path).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+function own(path: string, mode: number | undefined): void {
+  lchownSync(path, 0, 0);
+  if (mode !== undefined) chmodSync(path, mode);
+}
+
+/** Copy each overlay directory's boot/ and rootfs/ trees into the attached image, in order. */
+export async function applyOverlays(ctx: BuildContext, dirs: readonly string[]): Promise<void> {
+  const vars = templateVars(ctx.config, { codename: ctx.state.system?.codename, 'boot-mount': ctx.state.system?.bootMount });
+  for (const dir of dirs) {
+    checkOverlay(dir);
+    const modesFile = join(dir, MODES_FILE);
+    const modes = existsSync(modesFile) ? parseModes(readFileSync(modesFile, 'utf8'), modesFile) : new Map<string, number>();
+    for (const tree of TREES) {
+      const src = join(dir, tree);
+      if (!existsSync(src)) continue;
+      const dest = tree === 'boot' ? bootDir(ctx.paths.work) : rootDir(ctx.paths.work);
+      copyTree(src, dest, dir, modes, vars, tree === 'boot', (line) => ctx.log.line(line));
+    }
+  }
+}
+
+export const overlayStage: Stage = {
+  name: 'overlay',
+  describe: (config) => (config.overlay.length ? `copy ${config.overlay.length} overlay director${config.overlay.length > 1 ? 'ies' : 'y'} into the image` : 'no overlay directories (--overlay DIR)'),
+  options: ['overlay'],
+  async grows(config) {
+    return config.overlay.reduce((sum, dir) => sum + treeSize(join(dir, 'rootfs')), 0);
+  },
+  async run(ctx) {
+    await applyOverlays(ctx, ctx.config.overlay);
+  },
+};

@@ -1,0 +1,56 @@
+/** Moving the end of the root partition (the last one) and of the image file. */
+import { truncateSync } from 'node:fs';
+import type { BuildContext } from '../pipeline/stage.ts';
+import { readLayout } from './partitions.ts';
+import type { Layout, Partition } from './state.ts';
+
+/** Sectors a GPT keeps after the last partition for its backup header and entries. */
+const GPT_TAIL = 33;
+
+/**
+ * An `sfdisk --dump` with one partition's size changed, ready to be written back. The device and
+ * last-lba lines go so that sfdisk recomputes them for the new file size (a GPT's backup header
+ * then lands at the new end); label ids, partition uuids and types are kept.
+ */
+export function resizeInDump(dump: string, number: number, sectors: number): string {
+  let found = false;
+  const lines = dump
+    .split('\n')
+    .filter((line) => !/^(device|last-lba):/.test(line))
+    .map((line) => {
+      const m = /^(\S*?)(\d+) : (.*)$/.exec(line);
+      if (!m || Number(m[2]) !== number) return line;
+      found = true;
+      return line.replace(/size=\s*\d+/, `size=${sectors}`);
+    });
+  if (!found) throw new Error(`partition ${number} is not in the partition table`);
+  return `${lines.join('\n').trim()}\n`;
+}
+
+/**
+ * Set the root partition's size and make the file end right after it: the table is rewritten
+ * whole from its own dump, which works the same for MBR and GPT, growing or shrinking.
+ */
+export async function resizeRootPartition(ctx: BuildContext, image: string, layout: Layout, root: Partition, sectors: number): Promise<Layout> {
+  const { stdout: dump } = await ctx.run('sfdisk', ['--dump', image]);
+  const table = resizeInDump(dump, root.number, sectors);
+  truncateSync(image, (root.startSector + sectors + (layout.label === 'gpt' ? GPT_TAIL : 0)) * layout.sectorSize);
+  await ctx.run('sfdisk', ['--no-reread', '--no-tell-kernel', '--quiet', '--wipe', 'never', '--wipe-partitions', 'never', image], { input: table });
+  return readLayout(ctx, image);
+}
+
+export interface Ext4Info {
+  blockSize: number;
+  blockCount: number;
+  freeBlocks: number;
+}
+
+export async function ext4Info(ctx: BuildContext, device: string): Promise<Ext4Info> {
+  const { stdout } = await ctx.run('dumpe2fs', ['-h', device]);
+  const field = (name: string) => {
+    const m = new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(stdout);
+    if (!m) throw new Error(`dumpe2fs gave no "${name}"`);
+    return Number(m[1]);
+  };
+  return { blockSize: field('Block size'), blockCount: field('Block count'), freeBlocks: field('Free blocks') };
+}

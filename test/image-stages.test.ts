@@ -1,0 +1,159 @@
+/** grow, attach, overlay, finalize and shrink on a real image: real loop devices, ext4 and FAT. */
+import test from 'ava';
+import { createHash } from 'node:crypto';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { attachStage } from '../stages/attach.ts';
+import { finalizeStage } from '../stages/finalize.ts';
+import { growStage } from '../stages/grow.ts';
+import { overlayStage } from '../stages/overlay.ts';
+import { shrinkStage } from '../stages/shrink.ts';
+import { makeTinyImage } from './fixtures/tiny-image.ts';
+import { runStages, scratch, testConfig } from './helpers/build.ts';
+import { loopsOn, mountsUnder } from './helpers/leaks.ts';
+
+const MiB = 2 ** 20;
+const stages = [growStage, attachStage, overlayStage, finalizeStage, shrinkStage];
+
+async function debugfs(image: string, offset: number, size: number, request: string): Promise<string> {
+  const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(size), image]);
+  try {
+    return (await execa('debugfs', ['-R', request, dev.trim()])).stdout;
+  } finally {
+    await execa('losetup', ['-d', dev.trim()]);
+  }
+}
+
+/** resize2fs -P's minimum, in bytes, of the root filesystem. */
+async function resize2fsMinimum(image: string, offset: number, size: number): Promise<number> {
+  const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(size), image]);
+  try {
+    const { stdout } = await execa('resize2fs', ['-P', dev.trim()]);
+    const blockSize = Number(/Block size:\s+(\d+)/.exec((await execa('dumpe2fs', ['-h', dev.trim()])).stdout)![1]);
+    return Number(/minimum size of the filesystem: (\d+)/.exec(stdout)![1]) * blockSize;
+  } finally {
+    await execa('losetup', ['-d', dev.trim()]);
+  }
+}
+
+async function partitions(image: string) {
+  const { stdout } = await execa('sfdisk', ['--json', image]);
+  return (JSON.parse(stdout) as { partitiontable: { partitions: Array<{ start: number; size: number }> } }).partitiontable.partitions;
+}
+
+function overlayDir(dir: string): string {
+  const overlay = join(dir, 'overlay');
+  mkdirSync(join(overlay, 'rootfs/etc/demo'), { recursive: true });
+  mkdirSync(join(overlay, 'rootfs/root/.ssh'), { recursive: true });
+  mkdirSync(join(overlay, 'rootfs/usr/local/bin'), { recursive: true });
+  mkdirSync(join(overlay, 'boot'), { recursive: true });
+  writeFileSync(join(overlay, 'rootfs/etc/demo/plain.conf'), 'plain\n');
+  writeFileSync(join(overlay, 'rootfs/etc/demo/rendered.conf.tmpl'), 'arch={{ arch }} release={{codename}}\n');
+  writeFileSync(join(overlay, 'rootfs/usr/local/bin/hello'), '#!/bin/sh\necho hello\n');
+  chmodSync(join(overlay, 'rootfs/usr/local/bin/hello'), 0o775);
+  writeFileSync(join(overlay, 'rootfs/root/.ssh/authorized_keys'), 'ssh-ed25519 AAAA test\n');
+  symlinkSync('plain.conf', join(overlay, 'rootfs/etc/demo/link.conf'));
+  writeFileSync(join(overlay, 'boot/ssh'), '');
+  writeFileSync(join(overlay, 'boot/config.txt'), '# replaced\n');
+  writeFileSync(join(overlay, 'modes.txt'), 'rootfs/root/.ssh 0700\nrootfs/root/.ssh/authorized_keys 0600\n');
+  return overlay;
+}
+
+test('grow, overlay, shrink: files land with their modes, boot is written back, the image ends up shrunk', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 24, rootMiB: 96 });
+  const config = testConfig(dir, { overlay: [overlayDir(dir)], grow: 200 * MiB, 'expand-on-boot': true });
+  await runStages(stages, config, { image });
+
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
+  const [boot, root] = await partitions(image);
+  const rootOffset = root!.start * 512;
+  const rootSize = root!.size * 512;
+  t.is(statSync(image).size, rootOffset + rootSize, 'the file ends with the root partition');
+
+  const fs = (request: string) => debugfs(image, rootOffset, rootSize, request);
+  t.regex(await fs('cat /etc/demo/rendered.conf'), /^arch=arm64 release=bookworm$/);
+  t.is(await fs('cat /etc/demo/plain.conf'), 'plain');
+  t.regex(await fs('stat /usr/local/bin/hello'), /Mode:\s+0755/);
+  t.regex(await fs('stat /etc/demo/plain.conf'), /User:\s+0\s+Group:\s+0.*\n.*Mode:\s+0644|Mode:\s+0644/);
+  t.regex(await fs('stat /root/.ssh'), /Mode:\s+0700/);
+  t.regex(await fs('stat /root/.ssh/authorized_keys'), /Mode:\s+0600/);
+  t.regex(await fs('stat /etc/demo/link.conf'), /Type: symlink[\s\S]*Fast link dest: "plain.conf"/);
+  t.notRegex(await fs('ls /etc/demo'), /\.tmpl/, 'templates lose their suffix');
+
+  const bootAt = `${image}@@${boot!.start * 512}`;
+  const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' };
+  t.is((await execa('mtype', ['-i', bootAt, '::/config.txt'], { env })).stdout, '# replaced');
+  t.is((await execa('mdir', ['-b', '-i', bootAt, '::/ssh'], { env })).stdout.trim(), '::/ssh');
+  t.regex((await execa('mtype', ['-i', bootAt, '::/cmdline.txt'], { env })).stdout, /init=\/usr\/lib\/raspberrypi-sys-mods\/firstboot$/);
+  const info = (await execa('minfo', ['-i', bootAt, '::'], { env })).stdout;
+  t.regex(info, /serial number: 1A2B3C4D/i, 'volume ID kept');
+  t.regex(info, /disk type="FAT32\s*"/, 'still FAT32');
+
+  // Shrunk: the filesystem holds its data plus the margin, and free blocks are holes.
+  const stats = await fs('stats');
+  const fsBytes = Number(/Block count:\s+(\d+)/.exec(stats)![1]) * Number(/Block size:\s+(\d+)/.exec(stats)![1]);
+  const minimum = await resize2fsMinimum(image, rootOffset, rootSize);
+  t.true(fsBytes <= minimum + config['shrink-margin'] + MiB, `shrunk to ${fsBytes} bytes; minimum ${minimum}`);
+  t.true(fsBytes < 96 * MiB + 200 * MiB - 64 * MiB, 'smaller than it was grown to');
+  const { stdout: du } = await execa('du', ['--block-size=1', image]);
+  t.true(Number(du.split('\t')[0]) < statSync(image).size, 'sparse');
+});
+
+test('shrinking a shrunk image changes nothing', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 8, rootMiB: 128 });
+  const config = testConfig(dir);
+  await runStages([shrinkStage], config, { image });
+  const first = { size: statSync(image).size, table: (await execa('sfdisk', ['-d', image])).stdout };
+  await runStages([shrinkStage], config, { image });
+  t.deepEqual({ size: statSync(image).size, table: (await execa('sfdisk', ['-d', image])).stdout }, first);
+  t.true(first.size < 4 * MiB + 40 * MiB + 128 * MiB, 'the first run did shrink');
+});
+
+test('a GPT image is grown and shrunk with its backup header moved', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { label: 'gpt', release: 'bullseye', payloadMiB: 4 });
+  const config = testConfig(dir, { grow: 64 * MiB });
+  await runStages([growStage, attachStage, finalizeStage, shrinkStage], config, { image });
+  const { stdout, stderr } = await execa('sfdisk', ['--verify', image]);
+  t.regex(stdout + stderr, /No errors detected/);
+  const [, root] = await partitions(image);
+  t.is(statSync(image).size, (root!.start + root!.size + 33) * 512);
+});
+
+test('a root that is not ext4 is refused with one line, and nothing is left behind', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { rootFs: 'vfat' });
+  const before = createHash('sha256').update(readFileSync(image)).digest('hex');
+  const error = await t.throwsAsync(runStages(stages, testConfig(dir), { image }));
+  t.regex(error!.message, /expected one ext4 root partition, found 0.*only ext4 roots are supported/);
+  t.notRegex(error!.message, /\n/);
+  t.is(createHash('sha256').update(readFileSync(image)).digest('hex'), before);
+  t.deepEqual(await loopsOn(image), []);
+  void copyFileSync;
+});
+
+test('an unknown template variable is an error naming it; the image is detached', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image);
+  const overlay = join(dir, 'bad');
+  mkdirSync(join(overlay, 'rootfs/etc'), { recursive: true });
+  writeFileSync(join(overlay, 'rootfs/etc/x.conf.tmpl'), 'value={{ nope }}\n');
+  const error = await t.throwsAsync(runStages(stages, testConfig(dir, { overlay: [overlay] }), { image }));
+  t.regex(error!.message, /rootfs\/etc\/x\.conf\.tmpl: unknown template variable \{\{ nope \}\}/);
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
+});
