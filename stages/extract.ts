@@ -1,0 +1,269 @@
+/**
+ * extract: turn the verified download into `<work>/image.img`, a sparse raw image. The format is
+ * found by magic bytes (xz, gzip, zstd, zip, else a raw disk image with a boot signature);
+ * decompressors stream into a writer that skips zero blocks. The download itself is only read.
+ * The image is written as `image.img.part` and renamed when complete and verified, so a failed or
+ * interrupted run never leaves a partial `image.img`.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join, relative } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { crc32 } from 'node:zlib';
+import yauzl from 'yauzl';
+import { UserError } from '../pipeline/errors.ts';
+import { Progress } from '../pipeline/progress.ts';
+import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { SparseWriter } from './sparse-writer.ts';
+import type { Download } from './state.ts';
+
+export type Format = 'xz' | 'gzip' | 'zstd' | 'zip' | 'raw';
+
+const DECOMPRESSORS = {
+  xz: { tool: 'xz', args: ['-dc', '-T0'] },
+  gzip: { tool: 'pigz', args: ['-dc'] },
+  zstd: { tool: 'zstd', args: ['-dc'] },
+} as const;
+
+const startsWith = (head: Buffer, bytes: readonly number[]) => bytes.every((b, i) => head[i] === b);
+const hasBootSignature = (head: Buffer) => head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa;
+
+/** The format of a file from its first bytes; undefined when it is none the pipeline reads. */
+export function detectFormat(head: Buffer): Format | undefined {
+  if (startsWith(head, [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00])) return 'xz';
+  if (startsWith(head, [0x1f, 0x8b])) return 'gzip';
+  if (startsWith(head, [0x28, 0xb5, 0x2f, 0xfd])) return 'zstd';
+  if (startsWith(head, [0x50, 0x4b, 0x03, 0x04]) || startsWith(head, [0x50, 0x4b, 0x05, 0x06])) return 'zip';
+  if (hasBootSignature(head)) return 'raw';
+  return undefined;
+}
+
+/** What a refused file looks like, for the error. */
+function looksLike(head: Buffer): string {
+  if (startsWith(head, [0x42, 0x5a, 0x68])) return ' (it is bzip2)';
+  if (startsWith(head, [0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c])) return ' (it is 7-Zip)';
+  if (head.length >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar') return ' (it is a tar archive: extract the .img from it)';
+  if (head.length < 512) return ` (it is only ${head.length} bytes long)`;
+  return '';
+}
+
+async function readHead(path: string): Promise<Buffer> {
+  const file = await open(path, 'r');
+  try {
+    const buffer = Buffer.alloc(512);
+    const { bytesRead } = await file.read(buffer, 0, 512, 0);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await file.close();
+  }
+}
+
+/** The last meaningful stderr line of a decompressor, without its name and the file's path. */
+export function toolReason(stderr: string, tool: string, input: string): string {
+  const lines = stderr.split(/[\r\n]/).map((l) => l.trim()).filter(Boolean);
+  const line = lines.at(-1) ?? '';
+  return line
+    .replaceAll(input, '')
+    .replace(/^\S+ : /, '') // zstd: "<end of the file name> : <message>"
+    .replace(new RegExp(`^${tool}:\\s*`), '')
+    .replace(/^skipping:\s*/, '')
+    .replace(/^[\s:]+/, '')
+    .replace(/\s*:\s*:\s*/g, ': ')
+    .replace(/\s+:\s*/g, ': ')
+    .trim();
+}
+
+class Corrupt extends Error {}
+
+interface Sink {
+  writer: SparseWriter;
+  /** Reported for errors: the archive as the user knows it. */
+  name: string;
+}
+
+/** Decompress with an external tool, its stdout streamed into the writer. */
+async function decompress(ctx: BuildContext, format: keyof typeof DECOMPRESSORS, input: string, sink: Sink): Promise<void> {
+  const { tool, args } = DECOMPRESSORS[format];
+  const subprocess = ctx.commands.spawn(tool, [...args, input]);
+  const copied = pipeline(subprocess.stdout, sink.writer, { signal: ctx.signal }).then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+  const result = await subprocess;
+  const copyError = await copied;
+  if (ctx.signal.aborted) throw ctx.signal.reason;
+  if (sink.writer.failure) throw sink.writer.failure;
+  if (result.failed) {
+    if (result.code === 'ENOENT' || /ENOENT/.test(String(result.cause ?? ''))) {
+      throw new UserError(`${tool} is not installed, and it is needed to decompress ${sink.name}: install it (run \`build-image doctor\`)`);
+    }
+    const why = toolReason(typeof result.stderr === 'string' ? result.stderr : '', tool, input) || (result.exitCode !== undefined ? `exit code ${result.exitCode}` : `killed by ${result.signal}`);
+    throw new Corrupt(`${tool}: ${why}`);
+  }
+  if (copyError) throw copyError;
+}
+
+const SIZE_LIE = /^(too many bytes in the stream|not enough bytes in the stream)/;
+const UNSAFE_NAME = /^(absolute path|invalid relative path|invalid characters in fileName): (.*)$/;
+
+const STORED_SIZE_LIE = /^compressed\/uncompressed size mismatch for stored file/;
+
+/** yauzl's error for a stored entry whose two sizes disagree does not name it: find it. */
+async function storedLiar(input: string): Promise<string> {
+  const zip = await yauzl.openPromise(input, { lazyEntries: true, validateEntrySizes: false, decodeStrings: true, autoClose: false });
+  try {
+    for await (const entry of zip.eachEntry()) {
+      const expected = entry.uncompressedSize + (entry.isEncrypted() ? 12 : 0);
+      if (entry.compressionMethod === 0 && entry.compressedSize !== expected) return entry.fileName;
+    }
+  } catch {
+    // Unreadable past this point: the entry stays unnamed.
+  } finally {
+    zip.close();
+  }
+  return '(unnamed)';
+}
+
+/** Copy the one `.img` of a zip archive, checking its names, its sizes and its CRC. */
+async function unzip(ctx: BuildContext, input: string, sink: Sink, observe: { crc: number }): Promise<void> {
+  let zip: yauzl.ZipFile;
+  try {
+    zip = await yauzl.openPromise(input, { lazyEntries: true, validateEntrySizes: true, autoClose: false });
+  } catch (error) {
+    throw new Corrupt(`zip: ${(error as Error).message}`);
+  }
+  try {
+    const entries: yauzl.Entry[] = [];
+    try {
+      for await (const entry of zip.eachEntry()) entries.push(entry);
+    } catch (error) {
+      const message = (error as Error).message;
+      const unsafe = UNSAFE_NAME.exec(message);
+      if (unsafe) throw new UserError(`base image ${sink.name} holds an entry with an unsafe path (${unsafe[2]}): refusing to use it`);
+      if (STORED_SIZE_LIE.test(message)) throw new Corrupt(`entry ${await storedLiar(input)} is not the size the archive says (${message})`);
+      throw new Corrupt(`zip: ${message}`);
+    }
+    for (const entry of entries) {
+      // yauzl refuses these already; this keeps the rule in plain sight.
+      if (entry.fileName.startsWith('/') || entry.fileName.split('/').includes('..')) {
+        throw new UserError(`base image ${sink.name} holds an entry with an unsafe path (${entry.fileName}): refusing to use it`);
+      }
+    }
+    const files = entries.filter((e) => !e.fileName.endsWith('/') && !e.fileName.startsWith('__MACOSX/'));
+    const images = files.filter((e) => /\.img$/i.test(e.fileName));
+    if (images.length === 0) {
+      const names = files.map((e) => e.fileName);
+      const shown = names.length ? `it holds ${names.slice(0, 5).join(', ')}${names.length > 5 ? `, and ${names.length - 5} more` : ''}` : 'it is empty';
+      throw new UserError(`base image ${sink.name} holds no .img file (${shown}): give a zip with exactly one disk image`);
+    }
+    if (images.length > 1) {
+      throw new UserError(`base image ${sink.name} holds ${images.length} .img files (${images.map((e) => e.fileName).join(', ')}): give a zip with exactly one disk image`);
+    }
+    const entry = images[0]!;
+    if (entry.isEncrypted()) throw new UserError(`base image ${sink.name}: ${entry.fileName} is encrypted: decrypt it first`);
+    if (!entry.canDecodeFileData()) throw new UserError(`base image ${sink.name}: ${entry.fileName} uses zip compression method ${entry.compressionMethod}, which is not supported: give an .img, .img.xz or a deflate zip`);
+    ctx.log.line(`${sink.name}: extracting ${entry.fileName} (${entry.uncompressedSize} bytes)`);
+    let stream: Readable;
+    try {
+      stream = await zip.openReadStreamPromise(entry);
+    } catch (error) {
+      throw new Corrupt(`zip: ${entry.fileName}: ${(error as Error).message}`);
+    }
+    try {
+      await pipeline(stream, sink.writer, { signal: ctx.signal });
+    } catch (error) {
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+      if (sink.writer.failure) throw sink.writer.failure;
+      const message = (error as Error).message;
+      if (SIZE_LIE.test(message)) throw new Corrupt(`entry ${entry.fileName} is not the size the archive says (${message})`);
+      throw new Corrupt(`zip: ${entry.fileName}: ${message}`);
+    }
+    if (observe.crc >>> 0 !== entry.crc32 >>> 0) {
+      throw new Corrupt(`entry ${entry.fileName} fails its CRC-32 check`);
+    }
+  } finally {
+    zip.close();
+  }
+}
+
+function describeDownload(download: Download, cache: string): { name: string; again: string } {
+  const name = basename(download.path);
+  const rel = relative(cache, download.path);
+  const inCache = !rel.startsWith('..') && !rel.startsWith('/');
+  return { name, again: inCache ? `download it again (remove ${dirname(download.path)} first)` : 'download it again' };
+}
+
+export const extractStage: Stage = {
+  name: 'extract',
+  options: [],
+  describe(config) {
+    return `decompress the base image (xz, gzip, zstd, zip or raw) into ${join(config.work, 'image.img')}, sparse`;
+  },
+  async run(ctx) {
+    const download = ctx.state.download;
+    if (!download) throw new UserError('extract: the build state has no download: run the fetch stage first (drop --from extract)');
+    const input = download.path;
+    const info = await stat(input).catch(() => undefined);
+    if (!info?.isFile()) throw new UserError(`base image ${input} is gone: run the fetch stage again (drop --from extract)`);
+    const { name, again } = describeDownload(download, ctx.paths.cache);
+    const head = await readHead(input);
+    const format = detectFormat(head);
+    if (!format) {
+      throw new UserError(`base image ${name} is neither a disk image (no MBR/GPT boot signature 0x55AA at byte 510) nor an xz, gzip, zstd or zip archive${looksLike(head)}: check --base`);
+    }
+
+    const image = join(ctx.paths.work, 'image.img');
+    const part = `${image}.part`;
+    await rm(image, { force: true });
+    ctx.defer('remove the partial image', async (outcome) => {
+      if (outcome !== 'success') await rm(part, { force: true });
+    });
+
+    const hash = download.extractSha256 ? createHash('sha256') : undefined;
+    const observe = { crc: 0 };
+    const progress = new Progress(ctx.status, 'extract', download.extractSize ?? (format === 'raw' ? info.size : undefined));
+    const file = await open(part, 'w');
+    const writer = new SparseWriter(file, (chunk) => {
+      hash?.update(chunk);
+      if (format === 'zip') observe.crc = crc32(chunk, observe.crc);
+      progress.add(chunk.length);
+    });
+    const sink = { writer, name };
+    try {
+      try {
+        if (format === 'raw') await pipeline(createReadStream(input, { highWaterMark: 1024 * 1024 }), writer, { signal: ctx.signal });
+        else if (format === 'zip') await unzip(ctx, input, sink, observe);
+        else await decompress(ctx, format, input, sink);
+      } finally {
+        await file.close();
+      }
+    } catch (error) {
+      await rm(part, { force: true });
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+      if (error instanceof Corrupt) throw new UserError(`base image ${name} is truncated or corrupt (${error.message}): ${again}`);
+      if (error === writer.failure) throw new UserError(`cannot write ${part}: ${(error as Error).message}`);
+      throw error;
+    }
+
+    const fail = async (message: string) => {
+      await rm(part, { force: true });
+      return new UserError(message);
+    };
+    if (!hasBootSignature(writer.head)) {
+      throw await fail(`base image ${name} holds ${writer.bytes} bytes that are not a disk image (no MBR/GPT boot signature 0x55AA at byte 510): check --base`);
+    }
+    if (hash) {
+      const got = hash.digest('hex');
+      if (got !== download.extractSha256) {
+        throw await fail(`the image in ${name} failed verification: expected sha256 ${download.extractSha256} (extract_sha256 of the OS list), got ${got}: ${again}`);
+      }
+    } else if (download.extractSize !== undefined && writer.bytes !== download.extractSize) {
+      throw await fail(`the image in ${name} is ${writer.bytes} bytes, the OS list says ${download.extractSize}: ${again}`);
+    }
+    await rename(part, image);
+    ctx.log.line(`${image}: ${writer.bytes} bytes from ${name} (${format}), ${writer.written} written, the rest left as holes${hash ? ', sha256 matches the OS list' : ''}`);
+    ctx.state.image = image;
+  },
+};

@@ -1,0 +1,284 @@
+/**
+ * fetch: get the base image and verify it. The base is an http(s) URL, a file:// URL, a local
+ * path, or a release name resolved through Raspberry Pi Imager's OS list. Its sha256 comes from
+ * --base-sha256, else the `.sha256` sidecar next to it, else the OS list; with none of them the
+ * build stops unless --insecure-no-verify. Downloads are cached under
+ * `<cache>/downloads/<sha256>/<file>` (a known checksum is looked up there before any download)
+ * and resumed from `<cache>/downloads/partial/`. A local file is only read, never copied.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Config } from '../pipeline/config.ts';
+import { UserError } from '../pipeline/errors.ts';
+import { Progress } from '../pipeline/progress.ts';
+import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { downloadToPartial, getText, hashInto, probe, type Net } from './download.ts';
+import { availableLite, isRelease, osListItems, pickRelease, walkOsList, type OsImage, type ReleaseName } from './os-list.ts';
+import type { Download } from './state.ts';
+
+export { downloadPolicy } from './download.ts';
+
+/** How many lists (the OS list and its `subitems_url` lists) a release lookup may load. */
+const MAX_LISTS = 32;
+
+type Source = { kind: 'release'; release: ReleaseName } | { kind: 'url'; url: string } | { kind: 'file'; path: string };
+
+function sourceOf(base: string): Source {
+  const trimmed = base.trim();
+  if (isRelease(trimmed)) return { kind: 'release', release: trimmed };
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(trimmed)) {
+    let url: URL;
+    try {
+      url = new URL(trimmed);
+    } catch {
+      throw new UserError(`--base ${trimmed}: not a valid URL`);
+    }
+    if (url.protocol === 'file:') return { kind: 'file', path: fileURLToPath(url) };
+    if (url.protocol === 'http:' || url.protocol === 'https:') return { kind: 'url', url: url.href };
+    throw new UserError(`--base ${trimmed}: only http(s) and file URLs are supported`);
+  }
+  return { kind: 'file', path: resolve(trimmed) };
+}
+
+/**
+ * The checksum of `fileName` in a sha256sum file ("HEX  name", "HEX *name", a bare "HEX", or BSD
+ * "SHA256 (name) = HEX"). A file with one line is taken whatever name it gives.
+ */
+export function parseSha256File(text: string, fileName: string, where: string): string {
+  const entries: { sha: string; name?: string }[] = [];
+  for (const line of text.split(/\r?\n/)) {
+    const trimmed = line.trim();
+    if (trimmed === '' || trimmed.startsWith('#')) continue;
+    const gnu = /^([0-9a-f]{64})(?:\s+\*?(.+))?$/i.exec(trimmed);
+    const bsd = /^SHA256\s*\((.+)\)\s*=\s*([0-9a-f]{64})$/i.exec(trimmed);
+    if (gnu) entries.push({ sha: gnu[1]!.toLowerCase(), name: gnu[2]?.trim() });
+    else if (bsd) entries.push({ sha: bsd[2]!.toLowerCase(), name: bsd[1]!.trim() });
+    else throw new UserError(`checksum file ${where} is not in sha256sum format ("HEX  name"): fix it or give --base-sha256`);
+  }
+  const named = entries.find((e) => e.name !== undefined && basename(e.name) === fileName);
+  if (named) return named.sha;
+  if (entries.length === 1) return entries[0]!.sha;
+  throw new UserError(`checksum file ${where} has no line for ${fileName}: give --base-sha256`);
+}
+
+/** The name a download is cached under: the last part of its URL's path, made safe. */
+export function fileNameOf(url: string): string {
+  let name = '';
+  try {
+    name = basename(decodeURIComponent(new URL(url).pathname));
+  } catch {
+    name = basename(url);
+  }
+  name = name.replace(/[^\w.+@-]/g, '_').replace(/^\.+/, '');
+  return name === '' ? 'download' : name;
+}
+
+/** A verified download already in the cache, preferably under `name`. */
+async function findCached(cache: string, sha256: string, name?: string): Promise<string | undefined> {
+  const dir = join(cache, 'downloads', sha256);
+  let names: string[];
+  try {
+    names = (await readdir(dir)).filter((n) => !n.startsWith('.')).sort();
+  } catch {
+    return undefined;
+  }
+  const ordered = name && names.includes(name) ? [name, ...names.filter((n) => n !== name)] : names;
+  for (const candidate of ordered) {
+    const path = join(dir, candidate);
+    const info = await stat(path).catch(() => undefined);
+    if (info?.isFile() && info.size > 0) return path;
+  }
+  return undefined;
+}
+
+interface Expected {
+  sha256: string;
+  from: string;
+}
+
+function mismatch(what: string, expected: Expected, got: string, fix: string): UserError {
+  return new UserError(`${what} failed verification: expected sha256 ${expected.sha256} (from ${expected.from}), got ${got}: ${fix}`);
+}
+
+function netOf(ctx: BuildContext): Net {
+  return { signal: ctx.signal, log: (line) => ctx.log.line(line), status: (text) => ctx.status(text) };
+}
+
+async function loadList(url: string, net: Net): Promise<unknown> {
+  let text: string;
+  if (url.startsWith('file:')) {
+    try {
+      text = await readFile(fileURLToPath(url), 'utf8');
+    } catch (error) {
+      throw new UserError(`cannot read the OS list ${url}: ${(error as NodeJS.ErrnoException).code ?? error}`);
+    }
+  } else {
+    text = (await getText(url, net, 'the OS list'))!;
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new UserError(`OS list ${url} is not valid JSON (${(error as Error).message}): check --os-list`);
+  }
+}
+
+const originOf = (url: string) => {
+  const u = new URL(url);
+  return u.protocol === 'file:' ? 'file:' : u.origin;
+};
+
+/**
+ * The image a release name stands for, through the OS list and the `subitems_url` lists it
+ * points to on the same server (the build talks to no other host than the ones it was given).
+ */
+export async function resolveRelease(release: ReleaseName, config: Config, net: Net): Promise<OsImage> {
+  const root = config['os-list'];
+  const queue = [root];
+  const seen = new Set(queue);
+  const images: OsImage[] = [];
+  const skipped: string[] = [];
+  while (queue.length > 0 && seen.size <= MAX_LISTS) {
+    const url = queue.shift()!;
+    let json: unknown;
+    try {
+      json = await loadList(url, net);
+    } catch (error) {
+      if (url === root || net.signal.aborted) throw error;
+      net.log(`skipping the OS sub-list ${url}: ${(error as Error).message}`);
+      skipped.push(url);
+      continue;
+    }
+    const found = walkOsList(osListItems(json, url), url);
+    images.push(...found.images);
+    for (const sub of found.subLists) {
+      if (seen.has(sub)) continue;
+      seen.add(sub);
+      if (originOf(sub) !== originOf(root)) {
+        net.log(`not following ${sub}: not on the OS list's own server`);
+        continue;
+      }
+      queue.push(sub);
+    }
+  }
+  const image = pickRelease(images, release, config.arch);
+  if (!image) {
+    const unread = skipped.length ? `; could not read ${skipped.join(', ')}` : '';
+    throw new UserError(
+      `no Raspberry Pi OS Lite ${release === 'latest' ? 'image' : release} for ${config.arch} in the OS list ${root} (it has: ${availableLite(images)}${unread}): give the image's URL with --base`,
+    );
+  }
+  net.log(`${release} (${config.arch}) is ${image.name}, released ${image.releaseDate ?? '(no date)'}: ${image.url}`);
+  return image;
+}
+
+/** A local file: hashed where it is, never copied or changed. */
+async function fetchLocal(ctx: BuildContext, path: string): Promise<Download> {
+  const config = ctx.config;
+  const info = await stat(path).catch(() => undefined);
+  if (!info) throw new UserError(`base image ${path} does not exist: check --base`);
+  if (!info.isFile()) throw new UserError(`base image ${path} is not a file: check --base`);
+  let expected: Expected | undefined;
+  const sidecar = `${path}.sha256`;
+  if (config['base-sha256']) expected = { sha256: config['base-sha256'], from: '--base-sha256' };
+  else if (existsSync(sidecar)) expected = { sha256: parseSha256File(await readFile(sidecar, 'utf8'), basename(path), sidecar), from: sidecar };
+  else if (!config['insecure-no-verify']) {
+    throw new UserError(`base image ${path} has no checksum: no --base-sha256 and no ${basename(sidecar)} next to it; give --base-sha256 HEX, or --insecure-no-verify to use it unverified`);
+  }
+  const hash = createHash('sha256');
+  await hashInto(path, hash, ctx.signal, new Progress(ctx.status, 'sha256', info.size));
+  const got = hash.digest('hex');
+  if (expected && got !== expected.sha256) {
+    throw mismatch(`base image ${path}`, expected, got, expected.from === '--base-sha256' ? 'check --base-sha256 or the file' : `the file or ${basename(sidecar)} is wrong`);
+  }
+  ctx.log.line(expected ? `${path}: sha256 ${got} matches ${expected.from}` : `${path}: sha256 ${got}, NOT VERIFIED (--insecure-no-verify)`);
+  return { path, sha256: got, source: config.base };
+}
+
+/** A URL: from the cache when its checksum is known and there, else downloaded (resumably) into it. */
+async function fetchRemote(ctx: BuildContext, url: string, listed?: OsImage): Promise<Download> {
+  const config = ctx.config;
+  const net = netOf(ctx);
+  const cache = ctx.paths.cache;
+  const fromList = listed ? { extractSha256: listed.extractSha256, extractSize: listed.extractSize, releaseDate: listed.releaseDate } : {};
+  let expected: Expected | undefined = config['base-sha256'] ? { sha256: config['base-sha256'], from: '--base-sha256' } : undefined;
+  let finalUrl = url;
+  if (!expected) {
+    finalUrl = (await probe(url, net)).url;
+    if (finalUrl !== url) ctx.log.line(`${url} redirects to ${finalUrl}`);
+    for (const candidate of new Set([finalUrl, url])) {
+      const sidecar = `${candidate}.sha256`;
+      const text = await getText(sidecar, net, 'the checksum', true);
+      if (text !== undefined) {
+        expected = { sha256: parseSha256File(text, fileNameOf(candidate), sidecar), from: sidecar };
+        break;
+      }
+    }
+    if (!expected && listed?.downloadSha256) expected = { sha256: listed.downloadSha256, from: `the OS list ${config['os-list']}` };
+    if (!expected && !config['insecure-no-verify']) {
+      throw new UserError(`no checksum for ${finalUrl}: no --base-sha256, no ${fileNameOf(finalUrl)}.sha256 next to it${listed ? ' and none in the OS list' : ''}; give --base-sha256 HEX, or --insecure-no-verify to use it unverified`);
+    }
+  }
+  if (expected) {
+    const cached = await findCached(cache, expected.sha256, fileNameOf(finalUrl));
+    if (cached) {
+      ctx.log.line(`${url}: already in the cache as ${cached} (sha256 ${expected.sha256} from ${expected.from})`);
+      return { path: cached, sha256: expected.sha256, source: config.base, url: finalUrl, ...fromList };
+    }
+  }
+
+  const key = expected ? expected.sha256 : `url-${createHash('sha256').update(finalUrl).digest('hex').slice(0, 32)}`;
+  const partial = join(cache, 'downloads', 'partial', `${key}.part`);
+  const got = await downloadToPartial(finalUrl, partial, net);
+  if (expected && got.sha256 !== expected.sha256) {
+    await rm(partial, { force: true });
+    const fix = expected.from === '--base-sha256' ? 'nothing was kept; check --base-sha256' : 'nothing was kept; the download was damaged or the checksum is stale: run the build again';
+    throw mismatch(`download ${got.url}`, expected, got.sha256, fix);
+  }
+  const dir = join(cache, 'downloads', got.sha256);
+  await mkdir(dir, { recursive: true });
+  const path = join(dir, fileNameOf(got.url));
+  await rename(partial, path);
+  ctx.log.line(expected ? `${got.url}: ${got.size} bytes, sha256 ${got.sha256} matches ${expected.from}; cached as ${path}` : `${got.url}: ${got.size} bytes, sha256 ${got.sha256}, NOT VERIFIED (--insecure-no-verify); cached as ${path}`);
+  return { path, sha256: got.sha256, source: config.base, url: got.url, ...fromList };
+}
+
+function verification(config: Config, local: boolean): string {
+  if (config['base-sha256']) return `against --base-sha256 ${config['base-sha256'].slice(0, 12)}…`;
+  const where = local ? 'its .sha256 file' : 'its .sha256 sidecar';
+  return config['insecure-no-verify'] ? `against ${where} if any (--insecure-no-verify)` : `against ${where}`;
+}
+
+export const fetchStage: Stage = {
+  name: 'fetch',
+  options: ['base', 'base-sha256', 'os-list', 'insecure-no-verify', 'arch'],
+  describe(config) {
+    let source: Source;
+    try {
+      source = sourceOf(config.base);
+    } catch (error) {
+      return `get the base image: ${(error as Error).message}`;
+    }
+    switch (source.kind) {
+      case 'release':
+        return `download the newest Raspberry Pi OS Lite ${source.release === 'latest' ? '' : `${source.release} `}(${config.arch}) from ${config['os-list']}, verified ${verification(config, false).replace(/^against its \.sha256 sidecar/, 'against its .sha256 sidecar or the OS list')}, cached in ${join(config.cache, 'downloads')}`;
+      case 'url':
+        return `download ${source.url}, verified ${verification(config, false)}, cached in ${join(config.cache, 'downloads')}`;
+      case 'file':
+        return `use ${source.path} in place, verified ${verification(config, true)}`;
+    }
+  },
+  async run(ctx) {
+    const source = sourceOf(ctx.config.base);
+    let download: Download;
+    if (source.kind === 'file') download = await fetchLocal(ctx, source.path);
+    else if (source.kind === 'url') download = await fetchRemote(ctx, source.url);
+    else {
+      const image = await resolveRelease(source.release, ctx.config, netOf(ctx));
+      download = await fetchRemote(ctx, image.url, image);
+    }
+    ctx.state.download = download;
+  },
+};
