@@ -140,4 +140,15 @@ export class CommandRunner {
     });
     return subprocess;
   }
+
+  /**
+   * A command the user works in (a shell inside the image): the terminal is handed over, so it is
+   * neither detached nor cancelled. Only its command line and exit code are logged.
+   */
+  async interactive(file: string, args: readonly string[]): Promise<number> {
+    this.#log.line(`$ ${commandLine(file, args)} (interactive)`);
+    const result = await execa(file, [...args], { stdio: 'inherit', reject: false });
+    this.#log.line(`exit ${result.exitCode ?? result.signal}`);
+    return result.exitCode ?? 1;
+  }
 }

@@ -17,6 +17,10 @@ export interface Config {
   grow: number | 'auto';
   overlay: string[];
   'expand-on-boot': boolean;
+  script: string[];
+  'apt-proxy': string | undefined;
+  'apt-mirror': string | undefined;
+  'shell-on-error': boolean;
   'shrink-margin': number;
   compress: Compression[];
   name: string | undefined;
@@ -49,6 +53,17 @@ export function parseSize(raw: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(raw.trim());
   if (!m) throw 'a size such as 512M, 2G or 1073741824';
   return Math.round(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!);
+}
+
+function httpUrl(raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw 'an http(s) URL such as http://127.0.0.1:3142';
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw 'an http(s) URL such as http://127.0.0.1:3142';
+  return raw.replace(/\/+$/, '');
 }
 
 const oneOf = (values: readonly string[]) => (raw: string) => {
@@ -115,6 +130,31 @@ export const schema: Schema = {
   'expand-on-boot': {
     kind: 'switch',
     help: "re-arm the release's own first-boot expansion of the root filesystem",
+    default: false,
+  },
+  script: {
+    kind: 'list',
+    placeholder: 'FILE',
+    help: 'a shell script to run inside the image (bash -e, under qemu-user), after the pipeline\'s own (repeatable)',
+    default: () => [],
+  },
+  'apt-proxy': {
+    kind: 'value',
+    placeholder: 'URL',
+    help: 'HTTP proxy for apt inside the image while building (e.g. an apt-cacher-ng)',
+    default: undefined,
+    parse: httpUrl,
+  },
+  'apt-mirror': {
+    kind: 'value',
+    placeholder: 'URL',
+    help: "Debian mirror used instead of the image's own while building (its sources are restored after)",
+    default: undefined,
+    parse: httpUrl,
+  },
+  'shell-on-error': {
+    kind: 'switch',
+    help: 'when a script fails, open a shell inside the image before cleaning up (terminal only)',
     default: false,
   },
   'shrink-margin': {

@@ -26,6 +26,11 @@ export class BuildLog {
     this.#file = join(this.dir, `${String(index).padStart(2, '0')}-${stage}.log`);
   }
 
+  /** Route what follows to a file of its own next to the stage logs (one chroot script). */
+  useFile(name: string): void {
+    this.#file = join(this.dir, name);
+  }
+
   write(text: string): void {
     appendFileSync(this.#file, text);
     this.#echo?.(text);

@@ -45,6 +45,9 @@ export const attachStage: Stage = {
 
     const cmdline = existsSync(join(boot, 'cmdline.txt')) ? readFileSync(join(boot, 'cmdline.txt'), 'utf8') : '';
     const system = detectSystem(root, cmdline);
+    if (system.arch !== ctx.config.arch) {
+      throw new UserError(`the image is ${system.arch} (from its /bin/sh) but --arch is ${ctx.config.arch}: pass --arch ${system.arch}, or an image for ${ctx.config.arch}`);
+    }
     ctx.state.system = system;
     const target = join(root, system.bootMount);
     mkdirSync(target, { recursive: true });

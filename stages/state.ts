@@ -50,6 +50,8 @@ export interface SystemInfo {
   id: string;
   codename: string;
   prettyName: string;
+  /** From the ELF header of the image's own /bin/sh. */
+  arch: string;
   /** Where the image's own /etc/fstab mounts the boot partition: /boot or /boot/firmware. */
   bootMount: string;
   network: Network;

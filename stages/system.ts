@@ -2,6 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { firstBootFor, firstBootOf, parseCmdline } from './cmdline.ts';
+import { imageArch } from './emulation.ts';
 import type { Network, SystemInfo } from './state.ts';
 
 export function parseOsRelease(text: string): Record<string, string> {
@@ -46,6 +47,7 @@ export function detectSystem(root: string, cmdline: string): SystemInfo {
     id: os.ID ?? 'unknown',
     codename,
     prettyName: os.PRETTY_NAME ?? codename,
+    arch: imageArch(root),
     bootMount: bootMountOf(read(root, 'etc/fstab')) ?? (modern ? '/boot/firmware' : '/boot'),
     network,
     firstBoot: armed !== 'none' ? armed : firstBootFor(codename),

@@ -157,3 +157,14 @@ test('an unknown template variable is an error naming it; the image is detached'
   t.deepEqual(await loopsOn(image), []);
   t.deepEqual(mountsUnder(dir), []);
 });
+
+test('an image whose architecture does not match --arch is refused, from its own /bin/sh', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { arch: 'armhf' });
+  const error = await t.throwsAsync(runStages([attachStage, finalizeStage], testConfig(dir, { arch: 'arm64' }), { image }));
+  t.is(error!.message, 'the image is armhf (from its /bin/sh) but --arch is arm64: pass --arch armhf, or an image for arm64');
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
+});

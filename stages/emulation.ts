@@ -1,0 +1,97 @@
+/**
+ * Running the image's own binaries on this host: the emulator is chosen from the ELF header of the
+ * image's /bin/sh (never from a flag alone: an arm64 image under qemu-arm is a classic failure),
+ * and binfmt_misc is checked, mounted and registered with the F flag (interpreter opened once by
+ * the kernel, nothing copied into the image).
+ */
+import { closeSync, existsSync, openSync, readFileSync, readSync, readlinkSync, writeFileSync } from 'node:fs';
+import { isAbsolute, join, posix } from 'node:path';
+import { UserError } from '../pipeline/errors.ts';
+import type { BuildContext } from '../pipeline/stage.ts';
+
+export type Arch = 'arm64' | 'armhf' | 'amd64' | 'i386' | 'unknown';
+
+/** The Debian architecture of an ELF file from its header (class, data, e_machine, float ABI). */
+export function elfArch(head: Buffer): Arch {
+  if (head.length < 20 || head.readUInt32BE(0) !== 0x7f454c46) return 'unknown';
+  const is64 = head[4] === 2;
+  const machine = head[5] === 1 ? head.readUInt16LE(18) : head.readUInt16BE(18);
+  if (machine === 0xb7 && is64) return 'arm64';
+  if (machine === 0x28 && !is64) return 'armhf';
+  if (machine === 0x3e && is64) return 'amd64';
+  if (machine === 0x03 && !is64) return 'i386';
+  return 'unknown';
+}
+
+/** Follow symbolic links inside the image (never out of it): /bin/sh -> dash -> /usr/bin/dash. */
+export function resolveInRoot(root: string, path: string, depth = 0): string {
+  if (depth > 40) throw new UserError(`${path}: too many levels of symbolic links in the image`);
+  const parts = path.split('/').filter(Boolean);
+  let current = '/';
+  for (const [i, part] of parts.entries()) {
+    const next = posix.join(current, part);
+    let target: string | undefined;
+    try {
+      target = readlinkSync(join(root, next));
+    } catch {
+      target = undefined;
+    }
+    if (target === undefined) {
+      current = next;
+      continue;
+    }
+    const resolved = isAbsolute(target) ? target : posix.join(current, target);
+    return resolveInRoot(root, posix.join(resolved, ...parts.slice(i + 1)), depth + 1);
+  }
+  return current;
+}
+
+export function imageArch(root: string): Arch {
+  const sh = join(root, resolveInRoot(root, '/bin/sh'));
+  if (!existsSync(sh)) return 'unknown';
+  const fd = openSync(sh, 'r');
+  try {
+    const head = Buffer.alloc(64);
+    readSync(fd, head, 0, 64, 0);
+    return elfArch(head);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const BINFMT = '/proc/sys/fs/binfmt_misc';
+const HANDLERS: Partial<Record<Arch, string>> = { arm64: 'qemu-aarch64', armhf: 'qemu-arm' };
+
+/** A binfmt_misc registration line from binfmt-support's format file, with the F flag. */
+export function registrationLine(name: string, format: string): string {
+  const field = (key: string) => new RegExp(`^${key} (.*)$`, 'm').exec(format)?.[1]?.trim();
+  const interpreter = field('interpreter');
+  const magic = field('magic');
+  if (!interpreter || !magic) throw new Error(`${name}: the binfmt format file has no interpreter or magic`);
+  const flags = `F${field('preserve') === 'yes' ? 'P' : ''}${field('credentials') === 'yes' ? 'C' : ''}`;
+  return `:${name}:M:${field('offset') ?? '0'}:${magic}:${field('mask') ?? ''}:${interpreter}:${flags}`;
+}
+
+/** Make sure the kernel runs `arch` binaries through qemu-user with the F flag. */
+export async function ensureBinfmt(ctx: Pick<BuildContext, 'run'> & { log: { line(text: string): void } }, arch: Arch): Promise<void> {
+  const handler = HANDLERS[arch];
+  if (!handler) throw new UserError(`images for ${arch} cannot be run here: only arm64 and armhf are supported`);
+  if (!existsSync(`${BINFMT}/register`)) {
+    const { exitCode } = await ctx.run('mount', ['-t', 'binfmt_misc', 'binfmt_misc', BINFMT], { reject: false });
+    if (exitCode !== 0) throw new UserError(`binfmt_misc is not mounted and mounting it failed: run as root, or mount it yourself (mount -t binfmt_misc binfmt_misc ${BINFMT})`);
+  }
+  const current = existsSync(`${BINFMT}/${handler}`) ? readFileSync(`${BINFMT}/${handler}`, 'utf8') : undefined;
+  const flags = current ? (/^flags: *(\S*)/m.exec(current)?.[1] ?? '') : '';
+  if (current && /^enabled/m.test(current) && flags.includes('F') && existsSync(/^interpreter (\S+)/m.exec(current)?.[1] ?? '')) return;
+  const formatFile = `/usr/share/binfmts/${handler}`;
+  if (!existsSync(formatFile)) throw new UserError(`${handler} is not registered with binfmt_misc and qemu-user-static is not installed: apt-get install qemu-user-static`);
+  const line = registrationLine(handler, readFileSync(formatFile, 'utf8'));
+  ctx.log.line(`registering ${handler} with binfmt_misc: ${line}`);
+  try {
+    // A registration without the F flag would need the interpreter inside the image: replace it.
+    if (current) writeFileSync(`${BINFMT}/${handler}`, '-1');
+    writeFileSync(`${BINFMT}/register`, line);
+  } catch (error) {
+    throw new UserError(`cannot register ${handler} with binfmt_misc (${(error as Error).message}): run as root`);
+  }
+}

@@ -1,0 +1,115 @@
+/** Scripts inside real arm64 and armhf images under qemu-user, with real apt against the Debian mirror. */
+import test from 'ava';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
+import type { Config } from '../pipeline/config.ts';
+import { attachStage } from '../stages/attach.ts';
+import { processesIn } from '../stages/chroot.ts';
+import { finalizeStage } from '../stages/finalize.ts';
+import { growStage } from '../stages/grow.ts';
+import { chrootStage } from '../stages/scripts.ts';
+import { debianImage, TEST_CACHE, type FixtureArch } from './fixtures/debian-image.ts';
+import { runStages, scratch, testConfig } from './helpers/build.ts';
+import { loopsOn, mountsUnder } from './helpers/leaks.ts';
+
+/** A private, sparse copy of the cached fixture. */
+async function fixtureCopy(dir: string, arch: FixtureArch): Promise<string> {
+  const image = join(dir, 'image.img');
+  await execa('cp', ['--sparse=always', await debianImage(arch), image]);
+  return image;
+}
+
+function script(dir: string, name: string, body: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, `#!/bin/bash\n${body}\n`);
+  return path;
+}
+
+async function rootFile(image: string, request: string): Promise<string> {
+  const { stdout } = await execa('sfdisk', ['--json', image]);
+  const root = (JSON.parse(stdout) as { partitiontable: { partitions: Array<{ start: number; size: number }> } }).partitiontable.partitions[1]!;
+  const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image]);
+  try {
+    const r = await execa('debugfs', ['-R', request, dev.trim()], { reject: false });
+    return `${r.stdout}\n${r.stderr.replace(/^debugfs [\d.]+ \(.*\)$/m, '')}`;
+  } finally {
+    await execa('losetup', ['-d', dev.trim()]);
+  }
+}
+
+const logsOf = (config: Config) => readdirSync(join(config.work, 'logs')).filter((f) => f.startsWith('chroot-')).map((f) => readFileSync(join(config.work, 'logs', f), 'utf8')).join('\n');
+
+const INSTALL = 'apt-get update -q\napt-get install -y -q --no-install-recommends hello\nhello\ncat /etc/resolv.conf | grep -c nameserver\necho "arch=$(dpkg --print-architecture) codename=$BUILD_CODENAME"';
+
+for (const arch of ['arm64', 'armhf'] as const) {
+  test.serial(`${arch}: apt-get install inside the image; the image's own files are as before afterwards`, async (t) => {
+    const dir = scratch();
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const image = await fixtureCopy(dir, arch);
+    const config = testConfig(dir, { arch, cache: TEST_CACHE, script: [script(dir, '10-hello.sh', INSTALL)] });
+    await runStages([growStage, attachStage, chrootStage(), finalizeStage], config, { image });
+    const log = logsOf(config);
+    t.regex(log, /Hello, world!/);
+    t.regex(log, new RegExp(`arch=${arch} codename=bookworm`));
+    t.notRegex(log, /ld\.so: object .* cannot be preloaded/, 'ld.so.preload was set aside');
+    t.deepEqual(await loopsOn(image), []);
+    t.deepEqual(mountsUnder(dir), []);
+
+    t.regex(await rootFile(image, 'stat /usr/bin/hello'), /Type: regular/);
+    t.regex(await rootFile(image, 'stat /etc/resolv.conf'), /Type: symlink[\s\S]*Fast link dest: "..\/run\/systemd\/resolve\/stub-resolv.conf"/);
+    t.is((await rootFile(image, 'cat /etc/ld.so.preload')).trim(), '/usr/lib/libarmmem-fixture.so');
+    for (const gone of ['/usr/sbin/policy-rc.d', '/etc/dpkg/dpkg.cfg.d/zz-build-image', '/etc/apt/apt.conf.d/zz-build-image', '/run/build-image']) {
+      t.regex(await rootFile(image, `stat ${gone}`), /File not found/, `${gone} is gone`);
+    }
+    t.notRegex(await rootFile(image, 'ls /var/cache/apt/archives'), /\.deb/, 'no package stays in the image');
+    t.true(readdirSync(join(TEST_CACHE, 'apt', `bookworm-${arch}`)).some((f) => /^hello_.*\.deb$/.test(f)), 'the package is in the host cache');
+  });
+}
+
+test.serial('a second build downloads no package again: the apt archive cache is shared', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = await fixtureCopy(dir, 'arm64');
+  const config = testConfig(dir, { cache: TEST_CACHE, script: [script(dir, '10-hello.sh', INSTALL)] });
+  await runStages([growStage, attachStage, chrootStage(), finalizeStage], config, { image });
+  const log = logsOf(config);
+  t.regex(log, /Hello, world!/);
+  t.notRegex(log, /^Get:\d+ \S+ bookworm\/main arm64 hello /m, 'hello was not downloaded');
+  t.regex(log, /Need to get 0 B/);
+});
+
+test.serial('a failing script: its name, exit code and last lines; nothing left behind', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = await fixtureCopy(dir, 'arm64');
+  const bad = script(dir, '20-broken.sh', 'echo preparing\necho "something went wrong" >&2\nfalse\necho never');
+  const error = await t.throwsAsync(runStages([attachStage, chrootStage(), finalizeStage], testConfig(dir, { cache: TEST_CACHE, script: [bad] }), { image }));
+  t.regex(error!.message, /^stage chroot: `script .*20-broken\.sh` failed with exit code 1$/);
+  t.deepEqual((error as unknown as { tail: string[] }).tail.slice(-2), ['preparing', 'something went wrong']);
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
+});
+
+test.serial('Ctrl-C in the middle of a script leaves no mount, loop device or process behind', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = await fixtureCopy(dir, 'arm64');
+  const slow = script(dir, '30-slow.sh', 'sleep 600 &\necho started\nsleep 600');
+  const child = execa('node', [new URL('./fixtures/chroot-child.ts', import.meta.url).pathname, dir, image, slow, 'arm64'], { reject: false, all: true });
+  const logs = join(dir, 'work', 'logs');
+  const started = () => existsSync(logs) && readdirSync(logs).some((f) => f.startsWith('chroot-') && readFileSync(join(logs, f), 'utf8').includes('started'));
+  for (let i = 0; !started(); i++) {
+    if (i > 600) t.fail('the script never started');
+    await sleep(100);
+  }
+  const root = join(dir, 'work', 'root');
+  t.true(processesIn(root).length >= 2, 'the script and its background process run in the image');
+  child.kill('SIGINT');
+  const result = await child;
+  t.is(result.exitCode, 130, result.all);
+  t.deepEqual(processesIn(root), []);
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
+});
