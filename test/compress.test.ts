@@ -1,0 +1,353 @@
+/**
+ * compress: real tools on real files. A tiny image with incompressible data goes through every
+ * format; each output must decompress to the very same bytes, with sidecars `sha256sum -c`
+ * accepts, a bmap `bmaptool copy` uses, and a manifest that says what was built.
+ */
+import { createHash } from 'node:crypto';
+import { chmodSync, createReadStream, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createGunzip } from 'node:zlib';
+import test, { type ExecutionContext } from 'ava';
+import { execa } from 'execa';
+import { extract } from 'tar-stream';
+import yauzl from 'yauzl';
+import type { Compression } from '../pipeline/config.ts';
+import { CommandError, InterruptedError, UserError } from '../pipeline/errors.ts';
+import type { BuildState } from '../pipeline/stage.ts';
+import { compressStage, defaultName } from '../stages/compress.ts';
+import type { Download, Package, SystemInfo } from '../stages/state.ts';
+import { makeTinyImage } from './fixtures/tiny-image.ts';
+import { runStages, scratch, testConfig } from './helpers/build.ts';
+
+const ALL: Compression[] = ['xz', 'zstd', 'gz', 'zip', 'tar.gz', 'none'];
+const MiB = 2 ** 20;
+
+const download: Download = {
+  path: '/cache/2024-11-19-raspios-bookworm-arm64-lite.img.xz',
+  sha256: 'ab'.repeat(32),
+  source: 'bookworm',
+  url: 'https://downloads.raspberrypi.com/raspios_lite_arm64/images/2024-11-19-raspios-bookworm-arm64-lite.img.xz',
+  releaseDate: '2024-11-19',
+};
+const system: SystemInfo = {
+  id: 'debian',
+  codename: 'bookworm',
+  prettyName: 'Debian GNU/Linux 12 (bookworm)',
+  arch: 'arm64',
+  bootMount: '/boot/firmware',
+  network: 'NetworkManager',
+  firstBoot: 'firstboot',
+};
+const packages: Package[] = [
+  { name: 'base-files', version: '12.4+rpi1', arch: 'arm64' },
+  { name: 'openssh-server', version: '1:9.2p1-2+deb12u3', arch: 'arm64' },
+];
+
+async function sha256sum(file: string): Promise<string> {
+  const { stdout } = await execa('sha256sum', [file]);
+  return stdout.split(' ')[0]!;
+}
+
+/** sha256 of what `command FILE` writes to stdout, through a pipe (never in memory). */
+async function sha256Piped(command: string, file: string): Promise<string> {
+  const { stdout } = await execa('bash', ['-o', 'pipefail', '-c', `${command} "$1" | sha256sum`, 'bash', file]);
+  return stdout.split(' ')[0]!;
+}
+
+/** Names and sha256 of the files of a .tar.gz, read with tar-stream. */
+async function tarEntries(file: string): Promise<Array<{ name: string; size: number | undefined; sha256: string }>> {
+  const entries: Array<{ name: string; size: number | undefined; sha256: string }> = [];
+  const tar = extract();
+  const reading = (async () => {
+    for await (const entry of tar) {
+      const hash = createHash('sha256');
+      for await (const chunk of entry) hash.update(chunk as Buffer);
+      entries.push({ name: entry.header.name, size: entry.header.size, sha256: hash.digest('hex') });
+    }
+  })();
+  await pipeline(createReadStream(file), createGunzip(), tar);
+  await reading;
+  return entries;
+}
+
+async function zipNames(file: string): Promise<string[]> {
+  const zip = await yauzl.openPromise(file, { lazyEntries: true, autoClose: false });
+  try {
+    const names: string[] = [];
+    for await (const entry of zip.eachEntry()) names.push(entry.fileName);
+    return names;
+  } finally {
+    zip.close();
+  }
+}
+
+/** Our own child processes (a compressor left running would show here). */
+function children(): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === process.pid) pids.push(Number(entry));
+    } catch {}
+  }
+  return pids;
+}
+
+function setup(t: ExecutionContext): string {
+  const dir = scratch('compress-test-');
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+// --- One build with every format, checked from several sides ------------------------------------
+
+interface Built {
+  dir: string;
+  out: string;
+  image: string;
+  imageSha256: string;
+  state: BuildState;
+}
+
+const shared = scratch('compress-shared-');
+test.after.always(() => rmSync(shared, { recursive: true, force: true }));
+let builtOnce: Promise<Built> | undefined;
+
+function built(): Promise<Built> {
+  builtOnce ??= (async () => {
+    const image = join(shared, 'image.img');
+    await makeTinyImage(image, { payloadMiB: 6 });
+    const imageSha256 = await sha256sum(image);
+    const config = testConfig(shared, { compress: ALL, name: 'pi' });
+    const { state } = await runStages([compressStage], config, { image, download, system, packages, timings: { fetch: 1.5, extract: 2.5 } });
+    return { dir: shared, out: config.out, image, imageSha256, state };
+  })();
+  return builtOnce;
+}
+
+test('every format decompresses to a byte-identical image', async (t) => {
+  const { out, imageSha256 } = await built();
+  t.is(await sha256Piped('xz -dc', join(out, 'pi.img.xz')), imageSha256, 'xz');
+  t.is(await sha256Piped('zstd -dc', join(out, 'pi.img.zst')), imageSha256, 'zstd');
+  t.is(await sha256Piped('pigz -dc', join(out, 'pi.img.gz')), imageSha256, 'gz');
+  t.is(await sha256Piped('unzip -p', join(out, 'pi.zip')), imageSha256, 'zip');
+  t.deepEqual(await zipNames(join(out, 'pi.zip')), ['pi.img'], 'the zip holds exactly pi.img');
+  const tar = await tarEntries(join(out, 'pi.img.tar.gz'));
+  t.deepEqual(tar.map((e) => e.name), ['pi.img'], 'the tar holds exactly pi.img');
+  t.is(tar[0]!.sha256, imageSha256, 'tar.gz');
+  t.is(await sha256sum(join(out, 'pi.img')), imageSha256, 'none');
+});
+
+test('the image sha256 comes from the same read, and the state lists every output', async (t) => {
+  const { out, imageSha256, state } = await built();
+  t.is(state.imageSha256, imageSha256);
+  const expected = { xz: 'pi.img.xz', zstd: 'pi.img.zst', gz: 'pi.img.gz', zip: 'pi.zip', 'tar.gz': 'pi.img.tar.gz', none: 'pi.img' };
+  t.deepEqual(state.outputs!.map((o) => o.format), ALL);
+  for (const output of state.outputs!) {
+    t.is(output.path, join(out, expected[output.format]));
+    t.is(output.size, statSync(output.path).size);
+    t.is(output.sha256, await sha256sum(output.path));
+  }
+});
+
+test('each output has a sha256sum sidecar, and nothing partial is left', async (t) => {
+  const { out, state } = await built();
+  for (const output of state.outputs!) {
+    const name = output.path.slice(out.length + 1);
+    const line = readFileSync(`${output.path}.sha256`, 'utf8');
+    t.is(line, `${await sha256sum(output.path)}  ${name}\n`);
+  }
+  const sidecars = readdirSync(out).filter((f) => f.endsWith('.sha256'));
+  t.is(sidecars.length, ALL.length);
+  await execa('sha256sum', ['--check', '--strict', ...sidecars], { cwd: out });
+  t.deepEqual(readdirSync(out).filter((f) => f.endsWith('.partial')), []);
+  t.deepEqual(
+    readdirSync(out).sort(),
+    ['pi.img', 'pi.img.bmap', 'pi.img.gz', 'pi.img.xz', 'pi.img.zst', 'pi.manifest.json', 'pi.img.tar.gz', 'pi.zip'].flatMap((f) => (f.endsWith('.bmap') || f.endsWith('.json') ? [f] : [f, `${f}.sha256`])).sort(),
+  );
+});
+
+test('bmaptool copy with the bmap reproduces the image, from the .img and from the .img.xz', async (t) => {
+  const { dir, out, image, imageSha256 } = await built();
+  const bmap = join(out, 'pi.img.bmap');
+  t.regex(readFileSync(bmap, 'utf8'), /<bmap version=/);
+  const copy = join(dir, 'copy.img');
+  await execa('bmaptool', ['copy', '--bmap', bmap, image, copy]);
+  t.is(await sha256sum(copy), imageSha256);
+  rmSync(copy);
+  await execa('bmaptool', ['copy', '--bmap', bmap, join(out, 'pi.img.xz'), copy]);
+  t.is(await sha256sum(copy), imageSha256);
+  rmSync(copy);
+});
+
+test('the manifest says what was built, from what, how and with which packages', async (t) => {
+  const { out, image, imageSha256, state } = await built();
+  const file = join(out, 'pi.manifest.json');
+  const manifest = JSON.parse(readFileSync(file, 'utf8'));
+  t.is(manifest.name, 'pi');
+  t.is(manifest.pipeline, 'test');
+  t.deepEqual(manifest.base, { source: 'bookworm', url: download.url, sha256: download.sha256, releaseDate: '2024-11-19' });
+  t.is(manifest.release, 'bookworm');
+  t.is(manifest.arch, 'arm64');
+  t.deepEqual(manifest.image, { file: 'pi.img', size: statSync(image).size, sha256: imageSha256, bmap: 'pi.img.bmap' });
+  t.deepEqual(
+    manifest.outputs,
+    state.outputs!.map((o) => ({ format: o.format, file: o.path.slice(out.length + 1), size: o.size, sha256: o.sha256 })),
+  );
+  t.deepEqual(manifest.config.compress, ALL);
+  t.is(manifest.config.name, 'pi');
+  t.is(manifest.config.out, out);
+  t.is(manifest.timings.fetch, 1.5);
+  t.is(manifest.timings.extract, 2.5);
+  t.is(typeof manifest.timings.compress, 'number');
+  t.deepEqual(manifest.packages, packages);
+  t.false(Number.isNaN(Date.parse(manifest.created)));
+  // Written last: nothing in the directory is newer.
+  const newest = Math.max(...readdirSync(out).map((f) => statSync(join(out, f)).mtimeMs));
+  t.is(statSync(file).mtimeMs, newest);
+});
+
+test('the none output is the image itself, sparse', async (t) => {
+  const { out, image } = await built();
+  const raw = statSync(join(out, 'pi.img'));
+  const source = statSync(image);
+  t.is(raw.size, source.size);
+  t.true(raw.blocks * 512 < raw.size / 4, `${raw.blocks * 512} bytes allocated for ${raw.size}`);
+  t.true(raw.blocks * 512 <= source.blocks * 512 + MiB, `no more allocated than the working image (${raw.blocks * 512} > ${source.blocks * 512})`);
+});
+
+// --- Names and plan ------------------------------------------------------------------------------
+
+test('the default name is <pipeline>-<release>-<arch>, lower case and safe', async (t) => {
+  t.is(defaultName('pimaster', 'bookworm', 'arm64'), 'pimaster-bookworm-arm64');
+  t.is(defaultName('My Pipeline', 'Trixie', 'armhf'), 'my-pipeline-trixie-armhf');
+  t.is(defaultName('customize', undefined, 'arm64'), 'customize-image-arm64');
+  t.is(defaultName('../x', 'a/b', 'arm64'), 'x-a-b-arm64');
+
+  const dir = setup(t);
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image);
+  const config = testConfig(dir, { compress: ['gz'], arch: 'armhf' });
+  await runStages([compressStage], config, { image, system });
+  t.deepEqual(readdirSync(config.out).sort(), ['test-bookworm-armhf.img.bmap', 'test-bookworm-armhf.img.gz', 'test-bookworm-armhf.img.gz.sha256', 'test-bookworm-armhf.manifest.json']);
+  const { state } = await runStages([compressStage], testConfig(dir, { compress: ['none'] }), { image });
+  t.is(state.outputs![0]!.path, join(config.out, 'test-image-arm64.img'));
+});
+
+test('--plan lists the formats and the output directory', (t) => {
+  const config = testConfig('/srv/build', { compress: ['xz', 'zip', 'tar.gz'], name: 'pi' });
+  const line = compressStage.describe(config);
+  for (const part of ['pi.img.xz', 'pi.zip', 'pi.img.tar.gz', '/srv/build/out', '.sha256', 'pi.img.bmap', 'pi.manifest.json']) t.true(line.includes(part), `${part} in: ${line}`);
+  t.false(line.includes('\n'));
+  t.regex(compressStage.describe(testConfig('/srv/build', { arch: 'armhf' })), /<pipeline>-<release>-armhf\.img\.xz/);
+  t.deepEqual([...compressStage.options], ['compress', 'name', 'out']);
+});
+
+// --- Failures (serial: they change PATH, send SIGINT to this process or measure its memory) -----
+
+test.serial('a compressor that fails: its command and exit code in one line, its stderr in the tail, no output left', async (t) => {
+  const dir = setup(t);
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 4 });
+  const bin = join(dir, 'bin');
+  mkdirSync(bin);
+  writeFileSync(join(bin, 'xz'), '#!/bin/sh\necho "xz: simulated failure" >&2\nexit 3\n');
+  chmodSync(join(bin, 'xz'), 0o755);
+  const config = testConfig(dir, { compress: ['zstd', 'xz', 'none'], name: 'pi' });
+  const path = process.env.PATH;
+  process.env.PATH = `${bin}:${path}`;
+  let error: CommandError | undefined;
+  try {
+    error = await t.throwsAsync(runStages([compressStage], config, { image }), { instanceOf: CommandError });
+  } finally {
+    process.env.PATH = path;
+  }
+  t.is(error?.message, 'stage compress: `xz -T0 -6 -c` failed with exit code 3');
+  t.deepEqual(error?.tail, ['xz: simulated failure']);
+  t.deepEqual(readdirSync(config.out), []);
+  t.deepEqual(children(), []);
+});
+
+const isRoot = process.getuid?.() === 0;
+
+(isRoot ? test.serial : test.serial.skip)('a full disk: one clear line naming the file, no partial output, the earlier build untouched', async (t) => {
+  const dir = setup(t);
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 16 });
+  const fs = join(dir, 'small.ext4');
+  await execa('truncate', ['-s', '8M', fs]);
+  await execa('mkfs.ext4', ['-q', '-F', fs]);
+  const { stdout: loop } = await execa('losetup', ['--find', '--show', fs]);
+  const out = join(dir, 'out');
+  mkdirSync(out);
+  let mounted = false;
+  t.teardown(async () => {
+    if (mounted) await execa('umount', [out], { reject: false });
+    await execa('losetup', ['-d', loop], { reject: false });
+  });
+  await execa('mount', [loop, out]);
+  mounted = true;
+  writeFileSync(join(out, 'pi.img.xz'), 'the earlier build\n');
+
+  const config = testConfig(dir, { compress: ['xz', 'none'], name: 'pi' });
+  const error = await t.throwsAsync(runStages([compressStage], config, { image }), { instanceOf: UserError });
+  t.regex(error!.message, /^compress: cannot write \S+\/out\/pi\.img(\.xz)?\.partial: no space left on device \(ENOSPC\)$/);
+  t.deepEqual(readdirSync(out).sort(), ['lost+found', 'pi.img.xz']);
+  t.is(readFileSync(join(out, 'pi.img.xz'), 'utf8'), 'the earlier build\n');
+  t.deepEqual(children(), []);
+});
+
+test.serial('Ctrl-C while compressing: stopped, no partial output, no process left', async (t) => {
+  const dir = setup(t);
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 32 });
+  const config = testConfig(dir, { compress: ['xz', 'gz', 'none'], name: 'pi' });
+  const run = runStages([compressStage], config, { image });
+  run.catch(() => {});
+  const partial = join(config.out, 'pi.img.partial');
+  for (let i = 0; ; i++) {
+    let size = 0;
+    try {
+      size = statSync(partial).blocks * 512;
+    } catch {}
+    if (size > 2 * MiB) break;
+    if (i > 400) t.fail('the outputs never started');
+    await sleep(50);
+  }
+  t.true(readdirSync(config.out).includes('pi.img.xz.partial'), 'outputs are written as .partial');
+  const keepAlive = () => {}; // if the build were already over, this SIGINT must not end the test process
+  process.on('SIGINT', keepAlive);
+  try {
+    process.kill(process.pid, 'SIGINT');
+    const error = await t.throwsAsync(run, { instanceOf: InterruptedError });
+    t.is(error?.message, 'interrupted by SIGINT');
+  } finally {
+    process.off('SIGINT', keepAlive);
+  }
+  t.deepEqual(readdirSync(config.out), []);
+  t.deepEqual(children(), []);
+});
+
+test.serial('memory stays flat: a 1 GiB image is streamed, never held', async (t) => {
+  const dir = setup(t);
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { rootMiB: 1024, payloadMiB: 8 });
+  const size = statSync(image).size;
+  const config = testConfig(dir, { compress: ['zstd', 'none'], name: 'pi' });
+  const before = process.memoryUsage().rss;
+  let peak = before;
+  const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+  try {
+    const { state } = await runStages([compressStage], config, { image });
+    t.is(state.outputs![1]!.size, size);
+  } finally {
+    clearInterval(timer);
+  }
+  const grew = peak - before;
+  t.log(`${(size / MiB).toFixed(0)} MiB image, RSS grew by ${(grew / MiB).toFixed(0)} MiB`);
+  t.true(grew < 192 * MiB, `RSS grew by ${(grew / MiB).toFixed(0)} MiB`);
+});
