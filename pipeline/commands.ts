@@ -8,8 +8,12 @@ export interface RunOptions {
   env?: Record<string, string | undefined>;
   stdin?: 'ignore' | 'inherit' | { file: string };
   stdout?: 'pipe' | 'inherit' | 'ignore' | { file: string };
-  /** A clean-up command: it must finish even after Ctrl-C, so it is never cancelled. */
-  cleanup?: boolean;
+  /**
+   * Runs to its end even after Ctrl-C: clean-up commands, and commands that make something a
+   * clean-up step must undo (a loop device, a mount), which must not be cut off between making
+   * it and registering its undoing.
+   */
+  uncancellable?: boolean;
   /** Resolve with the exit code instead of throwing when the command fails. */
   reject?: boolean;
   /** Do not copy stdout to the log (binary or huge output). */
@@ -67,7 +71,7 @@ export class CommandRunner {
       stdout: options.stdout ?? 'pipe',
       stderr: 'pipe',
       detached: true,
-      cancelSignal: options.cleanup ? undefined : this.#signal,
+      cancelSignal: options.uncancellable ? undefined : this.#signal,
       forceKillAfterDelay: 5000,
       reject: false,
       stripFinalNewline: false,
@@ -116,7 +120,7 @@ export class CommandRunner {
    * caller must consume `subprocess.stdout`, then await the subprocess and look at `failed`,
    * `exitCode` and `stderr` (kept, and copied to the log) itself.
    */
-  spawn(file: string, args: readonly string[], options: { cwd?: string; cleanup?: boolean } = {}) {
+  spawn(file: string, args: readonly string[], options: { cwd?: string; uncancellable?: boolean } = {}) {
     this.#log.line(`$ ${commandLine(file, args)}`);
     const started = performance.now();
     const subprocess = execa(file, args, {
@@ -126,7 +130,7 @@ export class CommandRunner {
       stdout: 'pipe',
       stderr: 'pipe',
       detached: true,
-      cancelSignal: options.cleanup ? undefined : this.#signal,
+      cancelSignal: options.uncancellable ? undefined : this.#signal,
       forceKillAfterDelay: 5000,
       reject: false,
       buffer: { stdout: false, stderr: true },

@@ -19,16 +19,23 @@ async function retry<T>(attempts: number, fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/*
+ * Making a device or a mount is never cancelled half way: a Ctrl-C then would leave one that no
+ * clean-up step knows of. The build stops right after it is registered instead.
+ */
+
 export async function attachLoop(ctx: BuildContext, image: string, part: { offset: number; size: number }): Promise<string> {
   const { stdout } = await retry(5, () =>
-    ctx.run('losetup', ['--find', '--show', '--offset', String(part.offset), '--sizelimit', String(part.size), image]),
+    ctx.run('losetup', ['--find', '--show', '--offset', String(part.offset), '--sizelimit', String(part.size), image], { uncancellable: true }),
   );
   const device = stdout.trim();
-  ctx.defer(`detach ${device}`, () => retry(10, () => ctx.run('losetup', ['--detach', device], { cleanup: true })));
+  ctx.defer(`detach ${device}`, () => retry(10, () => ctx.run('losetup', ['--detach', device], { uncancellable: true })));
+  ctx.signal.throwIfAborted();
   return device;
 }
 
 export async function mount(ctx: BuildContext, source: string, target: string, args: readonly string[] = []): Promise<void> {
-  await ctx.run('mount', [...args, source, target]);
-  ctx.defer(`unmount ${target}`, () => retry(10, () => ctx.run('umount', [target], { cleanup: true })));
+  await ctx.run('mount', [...args, source, target], { uncancellable: true });
+  ctx.defer(`unmount ${target}`, () => retry(10, () => ctx.run('umount', [target], { uncancellable: true })));
+  ctx.signal.throwIfAborted();
 }
