@@ -4,7 +4,7 @@
  * dpkg's unsafe-io, the host's apt archive cache, an optional apt proxy or mirror. Every change
  * to the image's own files is undone on the way out, so none of it stays in the finished image.
  */
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../pipeline/errors.ts';
@@ -17,6 +17,9 @@ import { mount } from './loop.ts';
 const SAVED = '.build-image-saved';
 /** Inside the image, on a tmpfs: scripts and files staged for them, gone after the build. */
 export const STAGING = '/run/build-image';
+
+/** Files gathered on the host for the scripts (sources, keys, environments): bound read-only at STAGING/files. */
+export const stagedFiles = (work: string) => join(work, 'files');
 
 /** The environment every command in the image gets (nothing of the host's leaks in). */
 export const CHROOT_ENV: Readonly<Record<string, string>> = {
@@ -84,6 +87,37 @@ async function endProcessesIn(ctx: BuildContext, root: string): Promise<void> {
   }
 }
 
+/** Hard link, or copy where the two are on different filesystems; `to` appears whole or not at all. */
+function linkOrCopy(from: string, to: string): void {
+  const tmp = `${to}.${process.pid}.tmp`;
+  try {
+    linkSync(from, tmp);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
+    copyFileSync(from, tmp);
+  }
+  renameSync(tmp, to);
+}
+
+/**
+ * The build's own apt archive directory, filled from the shared cache (hard links: no copy), and
+ * the packages it downloaded given back to the cache afterwards. Builds sharing a cache never
+ * hold apt's archive lock on the same directory, so they can run at the same time.
+ */
+function shareAptCache(ctx: BuildContext, shared: string, archives: string): void {
+  mkdirSync(shared, { recursive: true });
+  rmSync(archives, { recursive: true, force: true });
+  mkdirSync(join(archives, 'partial'), { recursive: true });
+  const debs = (dir: string) => readdirSync(dir).filter((f) => f.endsWith('.deb'));
+  for (const deb of debs(shared)) linkOrCopy(join(shared, deb), join(archives, deb));
+  ctx.defer('keep the downloaded packages in the apt cache', () => {
+    // Only whole packages are here: apt downloads into partial/ and moves them when complete.
+    const known = new Set(debs(shared));
+    for (const deb of debs(archives)) if (!known.has(deb)) linkOrCopy(join(archives, deb), join(shared, deb));
+    rmSync(archives, { recursive: true, force: true });
+  });
+}
+
 export interface ChrootOptions {
   aptProxy?: string;
   aptMirror?: string;
@@ -105,15 +139,16 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   await mount(ctx, 'tmpfs', join(root, 'run'), ['-t', 'tmpfs', '-o', 'mode=0755']);
   ctx.defer('end processes left in the image', () => endProcessesIn(ctx, root));
 
-  const cache = join(ctx.paths.cache, 'apt', `${system.codename}-${arch}`);
-  mkdirSync(join(cache, 'partial'), { recursive: true });
+  const archives = join(ctx.paths.work, 'apt-archives');
+  shareAptCache(ctx, join(ctx.paths.cache, 'apt', `${system.codename}-${arch}`), archives);
   mkdirSync(join(root, 'var/cache/apt/archives'), { recursive: true });
-  await mount(ctx, cache, join(root, 'var/cache/apt/archives'), ['--bind']);
+  await mount(ctx, archives, join(root, 'var/cache/apt/archives'), ['--bind']);
 
   swapFile(ctx, root, 'etc/resolv.conf', readFileSync('/etc/resolv.conf', 'utf8'));
   swapFile(ctx, root, 'etc/ld.so.preload', null);
   swapFile(ctx, root, 'usr/sbin/policy-rc.d', '#!/bin/sh\n# build-image: no service starts while the image is built\nexit 101\n', 0o755);
-  swapFile(ctx, root, 'etc/dpkg/dpkg.cfg.d/zz-build-image', 'force-unsafe-io\n');
+  // Unsafe I/O only while building; files an overlay put in place win over a package's defaults.
+  swapFile(ctx, root, 'etc/dpkg/dpkg.cfg.d/zz-build-image', 'force-unsafe-io\nforce-confdef\nforce-confold\n');
   const apt = ['APT::Keep-Downloaded-Packages "true";', 'Binary::apt::APT::Keep-Downloaded-Packages "true";'];
   if (options.aptProxy) apt.push(`Acquire::http::Proxy "${options.aptProxy}";`);
   swapFile(ctx, root, 'etc/apt/apt.conf.d/zz-build-image', `${apt.join('\n')}\n`);
