@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ConfigError } from './errors.ts';
+import { parseEnvironment, parseExistingFile, parseGitSource, parseHostname, parseInterface, parseIpv4Cidr, parsePublicKeyFile } from './validate.ts';
 
 /**
  * The one schema of every setting: defaults, validation, the `--help` text and the `--plan`
@@ -24,6 +25,16 @@ export interface Config {
   'shrink-margin': number;
   compress: Compression[];
   name: string | undefined;
+  // The pimaster's settings.
+  hostname: string;
+  ip: string;
+  interface: string;
+  uplink: string;
+  'ssh-key': string[];
+  bootcode: string | undefined;
+  'piseduce-webui': string;
+  'piseduce-agent': string;
+  environment: string[];
   work: string;
   cache: string;
   out: string;
@@ -178,12 +189,78 @@ export const schema: Schema = {
   name: {
     kind: 'value',
     placeholder: 'NAME',
-    help: 'base name of the output files (default: derived from the pipeline, release, arch and date)',
+    help: 'base name of the output files (default: <pipeline>-<release>-<arch>)',
     default: undefined,
     parse: (raw) => {
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(raw)) throw 'letters, digits, dot, dash and underscore';
       return raw;
     },
+  },
+  hostname: {
+    kind: 'value',
+    placeholder: 'NAME',
+    help: "the pimaster's host name",
+    default: 'pimaster',
+    parse: parseHostname,
+  },
+  ip: {
+    kind: 'value',
+    placeholder: 'ADDR/PREFIX',
+    help: "the pimaster's static address on the cluster network",
+    default: '48.48.0.254/24',
+    parse: (raw) => {
+      parseIpv4Cidr(raw);
+      return raw.trim();
+    },
+  },
+  interface: {
+    kind: 'value',
+    placeholder: 'IFACE',
+    help: 'the interface on the cluster network (DHCP, TFTP, NFS)',
+    default: 'eth0',
+    parse: parseInterface,
+  },
+  uplink: {
+    kind: 'value',
+    placeholder: 'IFACE',
+    help: 'the interface to the outside world, NATed for the cluster',
+    default: 'wlan0',
+    parse: parseInterface,
+  },
+  'ssh-key': {
+    kind: 'list',
+    placeholder: 'FILE',
+    help: "a file of OpenSSH public keys allowed to log in as root (repeatable)",
+    default: () => [],
+    parse: parsePublicKeyFile,
+  },
+  bootcode: {
+    kind: 'value',
+    placeholder: 'FILE',
+    help: "the network-boot bootcode.bin served over TFTP (default: the base image's own)",
+    default: undefined,
+    parse: parseExistingFile,
+  },
+  'piseduce-webui': {
+    kind: 'value',
+    placeholder: 'URL_OR_DIR[#REF]',
+    help: 'the PiSeduce web UI sources: a git URL or directory, and the ref to check out',
+    default: 'https://github.com/SeduceProject/piseduce_webui.git#d6fb097d7d904a1d6d6d725a882f407d1c819293',
+    parse: parseGitSource,
+  },
+  'piseduce-agent': {
+    kind: 'value',
+    placeholder: 'URL_OR_DIR[#REF]',
+    help: 'the PiSeduce agent sources: a git URL or directory, and the ref to check out',
+    default: 'https://github.com/SeduceProject/piseduce_agent.git#12353c159837469eefd25e52903a6aa20fc8ec4c',
+    parse: parseGitSource,
+  },
+  environment: {
+    kind: 'list',
+    placeholder: 'NAME=SOURCE',
+    help: 'an image the cluster nodes can deploy, as for --base (repeatable)',
+    default: () => [],
+    parse: parseEnvironment,
   },
   work: {
     kind: 'value',
@@ -320,4 +397,10 @@ export function formatBytes(n: number): string {
 export function defaultConfig(overrides: Partial<Config> = {}): Config {
   const all = Object.keys(schema) as ConfigKey[];
   return { ...resolveConfig(all, { flags: {} }, 'build'), ...overrides };
+}
+
+/** Values derived from settings, for templates and scripts (ip-address, ip-prefix, ...). */
+export function derivedValues(config: Config): Record<string, string> {
+  const ip = parseIpv4Cidr(config.ip);
+  return { 'ip-address': ip.address, 'ip-prefix': String(ip.prefix), 'ip-network': ip.network, 'ip-netmask': ip.netmask };
 }

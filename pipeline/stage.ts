@@ -46,8 +46,11 @@ export interface Stage {
    * --from between the two runs this stage again first, since what it opened is gone.
    */
   readonly closedBy?: string;
-  /** Bytes this stage will add to the root filesystem: the grow stage makes that much room. */
-  grows?(config: Config): Promise<number>;
+  /**
+   * Bytes this stage will add to the root filesystem, given what the root holds before any
+   * stage adds to it: the grow stage makes that much room.
+   */
+  grows?(ctx: BuildContext, rootUsed: number): Promise<number>;
   run(ctx: BuildContext): Promise<void>;
 }
 

@@ -121,6 +121,8 @@ function shareAptCache(ctx: BuildContext, shared: string, archives: string): voi
 export interface ChrootOptions {
   aptProxy?: string;
   aptMirror?: string;
+  /** dpkg's force-unsafe-io (no fsync per file): on unless a benchmark measures without it. */
+  unsafeIo?: boolean;
 }
 
 /** Prepare the attached image for running its own programs. Undone by the clean-up stack. */
@@ -148,7 +150,7 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   swapFile(ctx, root, 'etc/ld.so.preload', null);
   swapFile(ctx, root, 'usr/sbin/policy-rc.d', '#!/bin/sh\n# build-image: no service starts while the image is built\nexit 101\n', 0o755);
   // Unsafe I/O only while building; files an overlay put in place win over a package's defaults.
-  swapFile(ctx, root, 'etc/dpkg/dpkg.cfg.d/zz-build-image', 'force-unsafe-io\nforce-confdef\nforce-confold\n');
+  swapFile(ctx, root, 'etc/dpkg/dpkg.cfg.d/zz-build-image', `${options.unsafeIo === false ? '' : 'force-unsafe-io\n'}force-confdef\nforce-confold\n`);
   const apt = ['APT::Keep-Downloaded-Packages "true";', 'Binary::apt::APT::Keep-Downloaded-Packages "true";'];
   if (options.aptProxy) apt.push(`Acquire::http::Proxy "${options.aptProxy}";`);
   swapFile(ctx, root, 'etc/apt/apt.conf.d/zz-build-image', `${apt.join('\n')}\n`);

@@ -141,14 +141,14 @@ async function unzip(ctx: BuildContext, input: string, sink: Sink, observe: { cr
     } catch (error) {
       const message = (error as Error).message;
       const unsafe = UNSAFE_NAME.exec(message);
-      if (unsafe) throw new UserError(`base image ${sink.name} holds an entry with an unsafe path (${unsafe[2]}): refusing to use it`);
+      if (unsafe) throw new UserError(`${sink.name} holds an entry with an unsafe path (${unsafe[2]}): refusing to use it`);
       if (STORED_SIZE_LIE.test(message)) throw new Corrupt(`entry ${await storedLiar(input)} is not the size the archive says (${message})`);
       throw new Corrupt(`zip: ${message}`);
     }
     for (const entry of entries) {
       // yauzl refuses these already; this keeps the rule in plain sight.
       if (entry.fileName.startsWith('/') || entry.fileName.split('/').includes('..')) {
-        throw new UserError(`base image ${sink.name} holds an entry with an unsafe path (${entry.fileName}): refusing to use it`);
+        throw new UserError(`${sink.name} holds an entry with an unsafe path (${entry.fileName}): refusing to use it`);
       }
     }
     const files = entries.filter((e) => !e.fileName.endsWith('/') && !e.fileName.startsWith('__MACOSX/'));
@@ -156,14 +156,14 @@ async function unzip(ctx: BuildContext, input: string, sink: Sink, observe: { cr
     if (images.length === 0) {
       const names = files.map((e) => e.fileName);
       const shown = names.length ? `it holds ${names.slice(0, 5).join(', ')}${names.length > 5 ? `, and ${names.length - 5} more` : ''}` : 'it is empty';
-      throw new UserError(`base image ${sink.name} holds no .img file (${shown}): give a zip with exactly one disk image`);
+      throw new UserError(`${sink.name} holds no .img file (${shown}): give a zip with exactly one disk image`);
     }
     if (images.length > 1) {
-      throw new UserError(`base image ${sink.name} holds ${images.length} .img files (${images.map((e) => e.fileName).join(', ')}): give a zip with exactly one disk image`);
+      throw new UserError(`${sink.name} holds ${images.length} .img files (${images.map((e) => e.fileName).join(', ')}): give a zip with exactly one disk image`);
     }
     const entry = images[0]!;
-    if (entry.isEncrypted()) throw new UserError(`base image ${sink.name}: ${entry.fileName} is encrypted: decrypt it first`);
-    if (!entry.canDecodeFileData()) throw new UserError(`base image ${sink.name}: ${entry.fileName} uses zip compression method ${entry.compressionMethod}, which is not supported: give an .img, .img.xz or a deflate zip`);
+    if (entry.isEncrypted()) throw new UserError(`${sink.name}: ${entry.fileName} is encrypted: decrypt it first`);
+    if (!entry.canDecodeFileData()) throw new UserError(`${sink.name}: ${entry.fileName} uses zip compression method ${entry.compressionMethod}, which is not supported: give an .img, .img.xz or a deflate zip`);
     ctx.log.line(`${sink.name}: extracting ${entry.fileName} (${entry.uncompressedSize} bytes)`);
     let stream: Readable;
     try {
@@ -195,6 +195,73 @@ function describeDownload(download: Download, cache: string): { name: string; ag
   return { name, again: inCache ? `download it again (remove ${dirname(download.path)} first)` : 'download it again' };
 }
 
+/**
+ * Decompress a verified download into a raw, sparse image at `image` (written as `image.part`,
+ * renamed when complete and verified). `what` names it in errors ("base image", "environment x").
+ */
+export async function extractImage(ctx: BuildContext, download: Download, image: string, what = 'base image', flag = '--base'): Promise<void> {
+  const input = download.path;
+  const info = await stat(input).catch(() => undefined);
+  if (!info?.isFile()) throw new UserError(`${what} ${input} is gone: run the fetch stage again (drop --from extract)`);
+  const { name: fileName, again } = describeDownload(download, ctx.paths.cache);
+  const name = `${what} ${fileName}`;
+  const head = await readHead(input);
+  const format = detectFormat(head);
+  if (!format) {
+    throw new UserError(`${name} is neither a disk image (no MBR/GPT boot signature 0x55AA at byte 510) nor an xz, gzip, zstd or zip archive${looksLike(head)}: check ${flag}`);
+  }
+
+  const part = `${image}.part`;
+  await rm(image, { force: true });
+  ctx.defer('remove the partial image', async (outcome) => {
+    if (outcome !== 'success') await rm(part, { force: true });
+  });
+
+  const hash = download.extractSha256 ? createHash('sha256') : undefined;
+  const observe = { crc: 0 };
+  const progress = new Progress(ctx.status, 'extract', download.extractSize ?? (format === 'raw' ? info.size : undefined));
+  const file = await open(part, 'w');
+  const writer = new SparseWriter(file, (chunk) => {
+    hash?.update(chunk);
+    if (format === 'zip') observe.crc = crc32(chunk, observe.crc);
+    progress.add(chunk.length);
+  });
+  const sink = { writer, name };
+  try {
+    try {
+      if (format === 'raw') await pipeline(createReadStream(input, { highWaterMark: 1024 * 1024 }), writer, { signal: ctx.signal });
+      else if (format === 'zip') await unzip(ctx, input, sink, observe);
+      else await decompress(ctx, format, input, sink);
+    } finally {
+      await file.close();
+    }
+  } catch (error) {
+    await rm(part, { force: true });
+    if (ctx.signal.aborted) throw ctx.signal.reason;
+    if (error instanceof Corrupt) throw new UserError(`${name} is truncated or corrupt (${error.message}): ${again}`);
+    if (error === writer.failure) throw new UserError(`cannot write ${part}: ${(error as Error).message}`);
+    throw error;
+  }
+
+  const fail = async (message: string) => {
+    await rm(part, { force: true });
+    return new UserError(message);
+  };
+  if (!hasBootSignature(writer.head)) {
+    throw await fail(`${name} holds ${writer.bytes} bytes that are not a disk image (no MBR/GPT boot signature 0x55AA at byte 510): check ${flag}`);
+  }
+  if (hash) {
+    const got = hash.digest('hex');
+    if (got !== download.extractSha256) {
+      throw await fail(`the image in ${fileName} failed verification: expected sha256 ${download.extractSha256} (extract_sha256 of the OS list), got ${got}: ${again}`);
+    }
+  } else if (download.extractSize !== undefined && writer.bytes !== download.extractSize) {
+    throw await fail(`the image in ${fileName} is ${writer.bytes} bytes, the OS list says ${download.extractSize}: ${again}`);
+  }
+  await rename(part, image);
+  ctx.log.line(`${image}: ${writer.bytes} bytes from ${name} (${format}), ${writer.written} written, the rest left as holes${hash ? ', sha256 matches the OS list' : ''}`);
+}
+
 export const extractStage: Stage = {
   name: 'extract',
   options: [],
@@ -204,66 +271,8 @@ export const extractStage: Stage = {
   async run(ctx) {
     const download = ctx.state.download;
     if (!download) throw new UserError('extract: the build state has no download: run the fetch stage first (drop --from extract)');
-    const input = download.path;
-    const info = await stat(input).catch(() => undefined);
-    if (!info?.isFile()) throw new UserError(`base image ${input} is gone: run the fetch stage again (drop --from extract)`);
-    const { name, again } = describeDownload(download, ctx.paths.cache);
-    const head = await readHead(input);
-    const format = detectFormat(head);
-    if (!format) {
-      throw new UserError(`base image ${name} is neither a disk image (no MBR/GPT boot signature 0x55AA at byte 510) nor an xz, gzip, zstd or zip archive${looksLike(head)}: check --base`);
-    }
-
     const image = join(ctx.paths.work, 'image.img');
-    const part = `${image}.part`;
-    await rm(image, { force: true });
-    ctx.defer('remove the partial image', async (outcome) => {
-      if (outcome !== 'success') await rm(part, { force: true });
-    });
-
-    const hash = download.extractSha256 ? createHash('sha256') : undefined;
-    const observe = { crc: 0 };
-    const progress = new Progress(ctx.status, 'extract', download.extractSize ?? (format === 'raw' ? info.size : undefined));
-    const file = await open(part, 'w');
-    const writer = new SparseWriter(file, (chunk) => {
-      hash?.update(chunk);
-      if (format === 'zip') observe.crc = crc32(chunk, observe.crc);
-      progress.add(chunk.length);
-    });
-    const sink = { writer, name };
-    try {
-      try {
-        if (format === 'raw') await pipeline(createReadStream(input, { highWaterMark: 1024 * 1024 }), writer, { signal: ctx.signal });
-        else if (format === 'zip') await unzip(ctx, input, sink, observe);
-        else await decompress(ctx, format, input, sink);
-      } finally {
-        await file.close();
-      }
-    } catch (error) {
-      await rm(part, { force: true });
-      if (ctx.signal.aborted) throw ctx.signal.reason;
-      if (error instanceof Corrupt) throw new UserError(`base image ${name} is truncated or corrupt (${error.message}): ${again}`);
-      if (error === writer.failure) throw new UserError(`cannot write ${part}: ${(error as Error).message}`);
-      throw error;
-    }
-
-    const fail = async (message: string) => {
-      await rm(part, { force: true });
-      return new UserError(message);
-    };
-    if (!hasBootSignature(writer.head)) {
-      throw await fail(`base image ${name} holds ${writer.bytes} bytes that are not a disk image (no MBR/GPT boot signature 0x55AA at byte 510): check --base`);
-    }
-    if (hash) {
-      const got = hash.digest('hex');
-      if (got !== download.extractSha256) {
-        throw await fail(`the image in ${name} failed verification: expected sha256 ${download.extractSha256} (extract_sha256 of the OS list), got ${got}: ${again}`);
-      }
-    } else if (download.extractSize !== undefined && writer.bytes !== download.extractSize) {
-      throw await fail(`the image in ${name} is ${writer.bytes} bytes, the OS list says ${download.extractSize}: ${again}`);
-    }
-    await rename(part, image);
-    ctx.log.line(`${image}: ${writer.bytes} bytes from ${name} (${format}), ${writer.written} written, the rest left as holes${hash ? ', sha256 matches the OS list' : ''}`);
+    await extractImage(ctx, download, image);
     ctx.state.image = image;
   },
 };

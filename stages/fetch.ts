@@ -26,7 +26,7 @@ const MAX_LISTS = 32;
 
 type Source = { kind: 'release'; release: ReleaseName } | { kind: 'url'; url: string } | { kind: 'file'; path: string };
 
-function sourceOf(base: string): Source {
+function sourceOf(base: string, flag = '--base'): Source {
   const trimmed = base.trim();
   if (isRelease(trimmed)) return { kind: 'release', release: trimmed };
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(trimmed)) {
@@ -34,11 +34,11 @@ function sourceOf(base: string): Source {
     try {
       url = new URL(trimmed);
     } catch {
-      throw new UserError(`--base ${trimmed}: not a valid URL`);
+      throw new UserError(`${flag} ${trimmed}: not a valid URL`);
     }
     if (url.protocol === 'file:') return { kind: 'file', path: fileURLToPath(url) };
     if (url.protocol === 'http:' || url.protocol === 'https:') return { kind: 'url', url: url.href };
-    throw new UserError(`--base ${trimmed}: only http(s) and file URLs are supported`);
+    throw new UserError(`${flag} ${trimmed}: only http(s) and file URLs are supported`);
   }
   return { kind: 'file', path: resolve(trimmed) };
 }
@@ -174,36 +174,54 @@ export async function resolveRelease(release: ReleaseName, config: Config, net: 
   return image;
 }
 
+/**
+ * What to fetch: the base image, or another image given the same way (a deployable environment).
+ * `flag` is how the user names it, `shaFlag` how they give its checksum (if they can).
+ */
+export interface FetchRequest {
+  source: string;
+  sha256?: string;
+  what: string;
+  flag: string;
+  shaFlag?: string;
+}
+
+export function baseRequest(config: Config): FetchRequest {
+  return { source: config.base, sha256: config['base-sha256'], what: 'base image', flag: '--base', shaFlag: '--base-sha256' };
+}
+
+const giveChecksum = (req: FetchRequest) => (req.shaFlag ? `give ${req.shaFlag} HEX` : 'put a .sha256 file next to it');
+
 /** A local file: hashed where it is, never copied or changed. */
-async function fetchLocal(ctx: BuildContext, path: string): Promise<Download> {
+async function fetchLocal(ctx: BuildContext, path: string, req: FetchRequest): Promise<Download> {
   const config = ctx.config;
   const info = await stat(path).catch(() => undefined);
-  if (!info) throw new UserError(`base image ${path} does not exist: check --base`);
-  if (!info.isFile()) throw new UserError(`base image ${path} is not a file: check --base`);
+  if (!info) throw new UserError(`${req.what} ${path} does not exist: check ${req.flag}`);
+  if (!info.isFile()) throw new UserError(`${req.what} ${path} is not a file: check ${req.flag}`);
   let expected: Expected | undefined;
   const sidecar = `${path}.sha256`;
-  if (config['base-sha256']) expected = { sha256: config['base-sha256'], from: '--base-sha256' };
+  if (req.sha256) expected = { sha256: req.sha256, from: req.shaFlag ?? 'the request' };
   else if (existsSync(sidecar)) expected = { sha256: parseSha256File(await readFile(sidecar, 'utf8'), basename(path), sidecar), from: sidecar };
   else if (!config['insecure-no-verify']) {
-    throw new UserError(`base image ${path} has no checksum: no --base-sha256 and no ${basename(sidecar)} next to it; give --base-sha256 HEX, or --insecure-no-verify to use it unverified`);
+    throw new UserError(`${req.what} ${path} has no checksum: no ${req.shaFlag ? `${req.shaFlag} and no ` : ''}${basename(sidecar)} next to it; ${giveChecksum(req)}, or --insecure-no-verify to use it unverified`);
   }
   const hash = createHash('sha256');
   await hashInto(path, hash, ctx.signal, new Progress(ctx.status, 'sha256', info.size));
   const got = hash.digest('hex');
   if (expected && got !== expected.sha256) {
-    throw mismatch(`base image ${path}`, expected, got, expected.from === '--base-sha256' ? 'check --base-sha256 or the file' : `the file or ${basename(sidecar)} is wrong`);
+    throw mismatch(`${req.what} ${path}`, expected, got, expected.from === req.shaFlag ? `check ${req.shaFlag} or the file` : `the file or ${basename(sidecar)} is wrong`);
   }
   ctx.log.line(expected ? `${path}: sha256 ${got} matches ${expected.from}` : `${path}: sha256 ${got}, NOT VERIFIED (--insecure-no-verify)`);
-  return { path, sha256: got, source: config.base };
+  return { path, sha256: got, source: req.source };
 }
 
 /** A URL: from the cache when its checksum is known and there, else downloaded (resumably) into it. */
-async function fetchRemote(ctx: BuildContext, url: string, listed?: OsImage): Promise<Download> {
+async function fetchRemote(ctx: BuildContext, url: string, req: FetchRequest, listed?: OsImage): Promise<Download> {
   const config = ctx.config;
   const net = netOf(ctx);
   const cache = ctx.paths.cache;
   const fromList = listed ? { extractSha256: listed.extractSha256, extractSize: listed.extractSize, releaseDate: listed.releaseDate } : {};
-  let expected: Expected | undefined = config['base-sha256'] ? { sha256: config['base-sha256'], from: '--base-sha256' } : undefined;
+  let expected: Expected | undefined = req.sha256 ? { sha256: req.sha256, from: req.shaFlag ?? 'the request' } : undefined;
   let finalUrl = url;
   if (!expected) {
     finalUrl = (await probe(url, net)).url;
@@ -218,14 +236,14 @@ async function fetchRemote(ctx: BuildContext, url: string, listed?: OsImage): Pr
     }
     if (!expected && listed?.downloadSha256) expected = { sha256: listed.downloadSha256, from: `the OS list ${config['os-list']}` };
     if (!expected && !config['insecure-no-verify']) {
-      throw new UserError(`no checksum for ${finalUrl}: no --base-sha256, no ${fileNameOf(finalUrl)}.sha256 next to it${listed ? ' and none in the OS list' : ''}; give --base-sha256 HEX, or --insecure-no-verify to use it unverified`);
+      throw new UserError(`no checksum for ${req.what} ${finalUrl}: ${req.shaFlag ? `no ${req.shaFlag}, ` : ''}no ${fileNameOf(finalUrl)}.sha256 next to it${listed ? ' and none in the OS list' : ''}; ${giveChecksum(req)}, or --insecure-no-verify to use it unverified`);
     }
   }
   if (expected) {
     const cached = await findCached(cache, expected.sha256, fileNameOf(finalUrl));
     if (cached) {
       ctx.log.line(`${url}: already in the cache as ${cached} (sha256 ${expected.sha256} from ${expected.from})`);
-      return { path: cached, sha256: expected.sha256, source: config.base, url: finalUrl, ...fromList };
+      return { path: cached, sha256: expected.sha256, source: req.source, url: finalUrl, ...fromList };
     }
   }
 
@@ -234,7 +252,7 @@ async function fetchRemote(ctx: BuildContext, url: string, listed?: OsImage): Pr
   const got = await downloadToPartial(finalUrl, partial, net);
   if (expected && got.sha256 !== expected.sha256) {
     await rm(partial, { force: true });
-    const fix = expected.from === '--base-sha256' ? 'nothing was kept; check --base-sha256' : 'nothing was kept; the download was damaged or the checksum is stale: run the build again';
+    const fix = expected.from === req.shaFlag ? `nothing was kept; check ${req.shaFlag}` : 'nothing was kept; the download was damaged or the checksum is stale: run the build again';
     throw mismatch(`download ${got.url}`, expected, got.sha256, fix);
   }
   const dir = join(cache, 'downloads', got.sha256);
@@ -242,7 +260,16 @@ async function fetchRemote(ctx: BuildContext, url: string, listed?: OsImage): Pr
   const path = join(dir, fileNameOf(got.url));
   await rename(partial, path);
   ctx.log.line(expected ? `${got.url}: ${got.size} bytes, sha256 ${got.sha256} matches ${expected.from}; cached as ${path}` : `${got.url}: ${got.size} bytes, sha256 ${got.sha256}, NOT VERIFIED (--insecure-no-verify); cached as ${path}`);
-  return { path, sha256: got.sha256, source: config.base, url: got.url, ...fromList };
+  return { path, sha256: got.sha256, source: req.source, url: got.url, ...fromList };
+}
+
+/** Get and verify an image given as a path, a URL or a release name. */
+export async function fetchImage(ctx: BuildContext, req: FetchRequest): Promise<Download> {
+  const source = sourceOf(req.source, req.flag);
+  if (source.kind === 'file') return fetchLocal(ctx, source.path, req);
+  if (source.kind === 'url') return fetchRemote(ctx, source.url, req);
+  const image = await resolveRelease(source.release, ctx.config, netOf(ctx));
+  return fetchRemote(ctx, image.url, req, image);
 }
 
 function verification(config: Config, local: boolean): string {
@@ -271,14 +298,6 @@ export const fetchStage: Stage = {
     }
   },
   async run(ctx) {
-    const source = sourceOf(ctx.config.base);
-    let download: Download;
-    if (source.kind === 'file') download = await fetchLocal(ctx, source.path);
-    else if (source.kind === 'url') download = await fetchRemote(ctx, source.url);
-    else {
-      const image = await resolveRelease(source.release, ctx.config, netOf(ctx));
-      download = await fetchRemote(ctx, image.url, image);
-    }
-    ctx.state.download = download;
+    ctx.state.download = await fetchImage(ctx, baseRequest(ctx.config));
   },
 };

@@ -12,9 +12,9 @@ const MiB = 2 ** 20;
 const HEADROOM = 256 * MiB;
 
 /** Bytes the stages after grow say they will add, with a quarter more for what estimates miss. */
-export async function estimatedGrowth(ctx: BuildContext): Promise<number> {
+export async function estimatedGrowth(ctx: BuildContext, rootUsed: number): Promise<number> {
   const later = ctx.stages.slice(ctx.stages.findIndex((s) => s.name === 'grow') + 1);
-  const sizes = await Promise.all(later.map((s) => s.grows?.(ctx.config) ?? 0));
+  const sizes = await Promise.all(later.map((s) => s.grows?.(ctx, rootUsed) ?? 0));
   return Math.ceil(sizes.reduce((a, b) => a + b, 0) * 1.25);
 }
 
@@ -36,7 +36,8 @@ export const growStage: Stage = {
     const root = partition(layout, layout.root);
     const info = await scoped(ctx.cleanup, ctx.signal, async () => ext4Info(ctx, await attachLoop(ctx, image, root)));
     const free = info.freeBlocks * info.blockSize;
-    const wanted = ctx.config.grow === 'auto' ? (await estimatedGrowth(ctx)) + HEADROOM - free : ctx.config.grow;
+    const used = (info.blockCount - info.freeBlocks) * info.blockSize;
+    const wanted = ctx.config.grow === 'auto' ? (await estimatedGrowth(ctx, used)) + HEADROOM - free : ctx.config.grow;
     if (wanted <= 0) {
       ctx.log.line(`${formatBytes(free)} free is room enough; not growing`);
       return;

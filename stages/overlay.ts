@@ -1,5 +1,6 @@
 import { chmodSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { derivedValues, type ConfigKey } from '../pipeline/config.ts';
 import { UserError } from '../pipeline/errors.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { bootDir, rootDir } from './attach.ts';
@@ -99,7 +100,7 @@ function own(path: string, mode: number | undefined): void {
 
 /** Copy each overlay directory's boot/ and rootfs/ trees into the attached image, in order. */
 export async function applyOverlays(ctx: BuildContext, dirs: readonly string[]): Promise<void> {
-  const vars = templateVars(ctx.config, { codename: ctx.state.system?.codename, 'boot-mount': ctx.state.system?.bootMount });
+  const vars = templateVars(ctx.config, { ...derivedValues(ctx.config), codename: ctx.state.system?.codename, 'boot-mount': ctx.state.system?.bootMount });
   for (const dir of dirs) {
     checkOverlay(dir);
     const modesFile = join(dir, MODES_FILE);
@@ -113,14 +114,25 @@ export async function applyOverlays(ctx: BuildContext, dirs: readonly string[]):
   }
 }
 
-export const overlayStage: Stage = {
-  name: 'overlay',
-  describe: (config) => (config.overlay.length ? `copy ${config.overlay.length} overlay director${config.overlay.length > 1 ? 'ies' : 'y'} into the image` : 'no overlay directories (--overlay DIR)'),
-  options: ['overlay'],
-  async grows(config) {
-    return config.overlay.reduce((sum, dir) => sum + treeSize(join(dir, 'rootfs')), 0);
-  },
-  async run(ctx) {
-    await applyOverlays(ctx, ctx.config.overlay);
-  },
-};
+/**
+ * Copy the pipeline's own overlay directories, then the user's (--overlay), into the image: a
+ * site adds or replaces files without touching the pipeline's. `keys` are the settings the
+ * pipeline's templates use (shown by --plan, accepted by the command).
+ */
+export function overlayStage(own: readonly string[] = [], keys: readonly ConfigKey[] = []): Stage {
+  const all = (config: { overlay: readonly string[] }) => [...own, ...config.overlay];
+  return {
+    name: 'overlay',
+    describe: (config) => {
+      const n = all(config).length;
+      return n ? `copy ${n} overlay director${n > 1 ? 'ies' : 'y'} into the image` : 'no overlay directories (--overlay DIR)';
+    },
+    options: ['overlay', ...keys],
+    async grows(ctx) {
+      return all(ctx.config).reduce((sum, dir) => sum + treeSize(join(dir, 'rootfs')), 0);
+    },
+    async run(ctx) {
+      await applyOverlays(ctx, all(ctx.config));
+    },
+  };
+}

@@ -1,16 +1,19 @@
 import { copyFileSync, existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { scoped } from '../pipeline/cleanup.ts';
-import type { Config } from '../pipeline/config.ts';
+import { derivedValues, type Config, type ConfigKey } from '../pipeline/config.ts';
 import { CommandError, UserError } from '../pipeline/errors.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
-import { CHROOT_ENV, chrootRun, enterChroot, STAGING } from './chroot.ts';
+import { CHROOT_ENV, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot.ts';
+import { mount } from './loop.ts';
 
 /**
  * The settings as environment variables of every script: each key upper-cased with `-` as `_`
  * and a BUILD_ prefix (BUILD_ARCH, BUILD_HOSTNAME, ...), lists space-separated, switches
- * "true"/"false", plus what attach found: BUILD_CODENAME, BUILD_BOOT_MOUNT, BUILD_NETWORK.
+ * "true"/"false", values derived from them (BUILD_IP_ADDRESS, BUILD_IP_PREFIX, BUILD_IP_NETWORK,
+ * BUILD_IP_NETMASK), what attach found (BUILD_CODENAME, BUILD_BOOT_MOUNT, BUILD_NETWORK), and
+ * BUILD_PIPELINE and BUILD_STAGING (the directory of staged files inside the image).
  */
 export function scriptEnv(config: Config, ctx: Pick<BuildContext, 'state' | 'pipeline'>): Record<string, string> {
   const env: Record<string, string> = {};
@@ -18,6 +21,7 @@ export function scriptEnv(config: Config, ctx: Pick<BuildContext, 'state' | 'pip
     if (value === undefined || ['work', 'cache', 'out', 'verbose', 'quiet', 'shell-on-error'].includes(key)) continue;
     env[`BUILD_${key.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`] = Array.isArray(value) ? value.join(' ') : String(value);
   }
+  for (const [key, value] of Object.entries(derivedValues(config))) env[`BUILD_${key.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`] = value;
   const system = ctx.state.system;
   if (system) Object.assign(env, { BUILD_CODENAME: system.codename, BUILD_BOOT_MOUNT: system.bootMount, BUILD_NETWORK: system.network });
   env.BUILD_PIPELINE = ctx.pipeline;
@@ -38,8 +42,10 @@ export function scriptList(dir: string | undefined, user: readonly string[]): st
 export interface ChrootStageOptions {
   /** The pipeline's own scripts (scripts/<pipeline>/). */
   scriptsDir?: string;
-  /** What the scripts add to the root filesystem, for the grow stage. */
-  grows?: number;
+  /** What the scripts add to the root filesystem, given what it holds: for the grow stage. */
+  grows?: (config: Config, rootUsed: number) => number;
+  /** The settings the pipeline's scripts use (shown by --plan, accepted by the command). */
+  keys?: readonly ConfigKey[];
 }
 
 async function runScript(ctx: BuildContext, script: string, index: number, env: Record<string, string>): Promise<void> {
@@ -70,9 +76,9 @@ export function chrootStage(options: ChrootStageOptions = {}): Stage {
       const n = scriptList(options.scriptsDir, config.script).length;
       return n ? `run ${n} script${n > 1 ? 's' : ''} inside the image (qemu-user, apt cache bound in)` : 'no scripts to run (--script FILE)';
     },
-    options: ['script', 'apt-proxy', 'apt-mirror', 'shell-on-error'],
-    async grows(config) {
-      return (options.grows ?? 0) + (config.script.length ? 512 * 2 ** 20 : 0);
+    options: ['script', 'apt-proxy', 'apt-mirror', 'shell-on-error', ...(options.keys ?? [])],
+    async grows(ctx, rootUsed) {
+      return (options.grows?.(ctx.config, rootUsed) ?? 0) + (ctx.config.script.length ? 512 * 2 ** 20 : 0);
     },
     async run(ctx) {
       const scripts = scriptList(options.scriptsDir, ctx.config.script);
@@ -80,6 +86,11 @@ export function chrootStage(options: ChrootStageOptions = {}): Stage {
       await scoped(ctx.cleanup, ctx.signal, async () => {
         await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'] });
         mkdirSync(join(rootDir(ctx.paths.work), STAGING, 'scripts'), { recursive: true });
+        const files = stagedFiles(ctx.paths.work);
+        if (existsSync(files)) {
+          mkdirSync(join(rootDir(ctx.paths.work), STAGING, 'files'));
+          await mount(ctx, files, join(rootDir(ctx.paths.work), STAGING, 'files'), ['--bind', '-o', 'ro']);
+        }
         const env = scriptEnv(ctx.config, ctx);
         for (const [i, script] of scripts.entries()) await runScript(ctx, script, i + 1, env);
       });

@@ -1,0 +1,143 @@
+import { readFileSync } from 'node:fs';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { formatValue, readConfigFile, resolveConfig, schema, type ConfigKey } from './config.ts';
+import { formatChecks, runChecks } from './doctor.ts';
+import { ConfigError } from './errors.ts';
+import { PIPELINES, optionsOf, type PipelineCommand } from './pipelines.ts';
+import { pickReporter } from './report.ts';
+import { runPipeline, selectStages, timingTable } from './runner.ts';
+import type { Pipeline } from './stage.ts';
+
+const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const RUN_FLAGS = {
+  config: { help: 'read settings from a JSON file (same keys as the flags; flags win)', placeholder: 'FILE' },
+  plan: { help: 'print the stages and their resolved options, then exit without touching anything' },
+  from: { help: 'start at this stage, on the work directory of an earlier build', placeholder: 'STAGE' },
+  until: { help: 'stop after this stage', placeholder: 'STAGE' },
+} as const;
+
+function usage(command: PipelineCommand | undefined): string {
+  if (!command) {
+    return [
+      `build-image ${version}: build Raspberry Pi images (the PiSeduce pimaster by default)`,
+      '',
+      'Usage:',
+      '  build-image [options]               build the pimaster image (see build-image --help build)',
+      '  build-image customize [options]     customize any Raspberry Pi OS image with overlays',
+      '  build-image doctor [--work DIR]     check that this host can build images',
+      '  build-image --help [COMMAND]        help on a command',
+      '  build-image --version',
+      '',
+      ...Object.entries(PIPELINES).map(([name, p]) => `  ${name.padEnd(10)} ${p.summary}`),
+      '',
+      "Every option is also a key of a JSON --config file. Run 'build-image --help build' for the options.",
+    ].join('\n');
+  }
+  const pipeline = PIPELINES[command];
+  const keys = optionsOf(pipeline);
+  const flag = (name: string, placeholder?: string) => `--${name}${placeholder ? ` ${placeholder}` : ''}`;
+  const rows: Array<[string, string]> = keys.map((key) => {
+    const spec = schema[key];
+    const d = typeof spec.default === 'function' ? (spec.default as () => unknown)() : spec.default;
+    const shown = spec.kind === 'switch' ? '' : ` (default: ${formatValue(key, d)})`;
+    return [flag(key, spec.placeholder) + (spec.kind === 'list' ? ' ...' : ''), `${spec.help}${shown}`];
+  });
+  for (const [name, f] of Object.entries(RUN_FLAGS)) rows.push([flag(name, 'placeholder' in f ? f.placeholder : undefined), f.help]);
+  const width = Math.max(...rows.map(([a]) => a.length));
+  return [
+    `build-image ${command === 'build' ? '' : `${command} `}[options]: ${pipeline.summary}`,
+    '',
+    `Stages: ${pipeline.stages.map((s) => s.name).join(' -> ')}`,
+    '',
+    'Options:',
+    ...rows.map(([a, b]) => `  ${a.padEnd(width)}  ${b}`),
+  ].join('\n');
+}
+
+/** Flags in node:util's format, from the schema. */
+function parseOptions(keys: readonly ConfigKey[]): ParseArgsConfig['options'] {
+  const options: NonNullable<ParseArgsConfig['options']> = {
+    help: { type: 'boolean', short: 'h' },
+    version: { type: 'boolean' },
+    config: { type: 'string' },
+    plan: { type: 'boolean' },
+    from: { type: 'string' },
+    until: { type: 'string' },
+  };
+  for (const key of keys) {
+    const spec = schema[key];
+    options[key] = spec.kind === 'switch' ? { type: 'boolean' } : { type: 'string', multiple: spec.kind === 'list' };
+  }
+  return options;
+}
+
+type Values = Record<string, string | boolean | Array<string | boolean> | undefined>;
+
+function parse(argv: string[], keys: readonly ConfigKey[], command: string): { values: Values; positionals: string[] } {
+  try {
+    return parseArgs({ args: argv, options: parseOptions(keys), allowPositionals: true, strict: true }) as { values: Values; positionals: string[] };
+  } catch (error) {
+    const message = (error as Error).message;
+    const option = /'(-[^' ]+)/.exec(message)?.[1];
+    if ((error as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      const name = option?.replace(/^-+/, '');
+      const known = name !== undefined && name in schema;
+      throw new ConfigError(`${option}: ${known ? `not an option of \`${command}\`` : 'unknown option'} (see build-image --help ${command})`);
+    }
+    if ((error as { code?: string }).code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+      throw new ConfigError(`${option ?? 'option'}: ${/argument missing/.test(message) ? 'needs a value' : 'takes no value'} (see build-image --help ${command})`);
+    }
+    throw new ConfigError(message);
+  }
+}
+
+function printPlan(pipeline: Pipeline, config: ReturnType<typeof resolveConfig>, stages: readonly Pipeline['stages'][number][]): string {
+  const lines = [`${pipeline.name}: ${stages.length} of ${pipeline.stages.length} stages, work ${config.work}, out ${config.out}`];
+  for (const [i, stage] of stages.entries()) {
+    lines.push(`${String(i + 1).padStart(2)}. ${stage.name.padEnd(10)} ${stage.describe(config)}`);
+    for (const key of stage.options) lines.push(`      ${key} = ${formatValue(key, config[key])}`);
+  }
+  return lines.join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const first = argv[0];
+  if (first === '--version' || first === '-v') {
+    process.stdout.write(`${version}\n`);
+    return 0;
+  }
+  if (first === 'doctor') {
+    const { values } = parseArgs({ args: argv.slice(1), options: { work: { type: 'string' } }, strict: true });
+    const checks = runChecks(values.work ?? './work');
+    process.stdout.write(`${formatChecks(checks)}\n`);
+    return checks.some((c) => !c.ok && !c.warning) ? 1 : 0;
+  }
+  const command: PipelineCommand = first !== undefined && first in PIPELINES ? (first as PipelineCommand) : 'build';
+  const rest = command === first ? argv.slice(1) : argv;
+  const pipeline = PIPELINES[command];
+  const keys = optionsOf(pipeline);
+  const { values, positionals } = parse(rest, keys, command);
+  if (values.help) {
+    const topic = positionals[0] ?? (command === first ? command : undefined);
+    process.stdout.write(`${usage(topic !== undefined && topic in PIPELINES ? (topic as PipelineCommand) : undefined)}\n`);
+    return 0;
+  }
+  if (values.version) {
+    process.stdout.write(`${version}\n`);
+    return 0;
+  }
+  if (positionals.length > 0) throw new ConfigError(`${JSON.stringify(positionals[0])}: unknown command (commands: ${Object.keys(PIPELINES).join(', ')}, doctor)`);
+  const flags = Object.fromEntries(keys.filter((k) => values[k] !== undefined).map((k) => [k, values[k]]));
+  const config = resolveConfig(keys, { file: typeof values.config === 'string' ? readConfigFile(values.config) : undefined, flags }, command);
+  const range = { from: values.from as string | undefined, until: values.until as string | undefined };
+  const stages = selectStages(pipeline, range);
+  if (values.plan) {
+    process.stdout.write(`${printPlan(pipeline, config, stages)}\n`);
+    return 0;
+  }
+  const reporter = pickReporter(config);
+  const { timings } = await runPipeline(pipeline, config, range, reporter);
+  if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);
+  return 0;
+}

@@ -1,0 +1,62 @@
+import { fileURLToPath } from 'node:url';
+import { COMMON_KEYS, type ConfigKey } from './config.ts';
+import type { Pipeline } from './stage.ts';
+import { attachStage } from '../stages/attach.ts';
+import { compressStage } from '../stages/compress.ts';
+import { extractStage } from '../stages/extract.ts';
+import { fetchStage } from '../stages/fetch.ts';
+import { filesStage } from '../stages/files.ts';
+import { finalizeStage } from '../stages/finalize.ts';
+import { growStage } from '../stages/grow.ts';
+import { overlayStage } from '../stages/overlay.ts';
+import { chrootStage } from '../stages/scripts.ts';
+import { shrinkStage } from '../stages/shrink.ts';
+
+/** A directory of this repository (overlays/..., scripts/...). */
+const repo = (path: string) => fileURLToPath(new URL(`../${path}`, import.meta.url));
+
+/** Any Raspberry Pi OS image, customized with the user's overlays and scripts. */
+export const customize: Pipeline = {
+  name: 'customize',
+  summary: 'customize a Raspberry Pi OS image with your overlay directories and scripts',
+  stages: [fetchStage, extractStage, growStage, attachStage, overlayStage(), chrootStage(), finalizeStage, shrinkStage, compressStage],
+};
+
+/** What scripts/pimaster/10-packages.sh installs, about. */
+const PACKAGES = 700 * 2 ** 20;
+
+/** The PiSeduce pimaster: our overlays and scripts, then the user's. */
+export const pimaster: Pipeline = {
+  name: 'pimaster',
+  summary: 'build the PiSeduce pimaster image (the default)',
+  stages: [
+    fetchStage,
+    extractStage,
+    filesStage({
+      git: { piseduce_webui: 'piseduce-webui', piseduce_agent: 'piseduce-agent' },
+      keys: { authorized_keys: 'ssh-key' },
+      file: { 'bootcode.bin': 'bootcode' },
+      environments: 'environment',
+    }),
+    growStage,
+    attachStage,
+    overlayStage([repo('overlays/pimaster')], ['hostname', 'ip', 'interface', 'uplink']),
+    chrootStage({
+      scriptsDir: repo('scripts/pimaster'),
+      keys: ['hostname', 'ip', 'interface', 'uplink'],
+      // Packages, then the NFS root: a copy of the whole root with them.
+      grows: (_config, rootUsed) => 2 * PACKAGES + rootUsed,
+    }),
+    finalizeStage,
+    shrinkStage,
+    compressStage,
+  ],
+};
+
+export const PIPELINES = { build: pimaster, customize } as const;
+export type PipelineCommand = keyof typeof PIPELINES;
+
+/** The config keys a pipeline accepts: the common ones and those its stages read. */
+export function optionsOf(pipeline: Pipeline): ConfigKey[] {
+  return [...new Set([...pipeline.stages.flatMap((s) => s.options), ...COMMON_KEYS])];
+}

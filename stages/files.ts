@@ -1,0 +1,153 @@
+/**
+ * Gather on the host what the chroot scripts need and the image cannot fetch itself: git sources
+ * at their refs (cached as mirrors), public keys, single files. They land in `<work>/files`, which
+ * the chroot stage binds read-only at /run/build-image/files.
+ */
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import type { ConfigKey } from '../pipeline/config.ts';
+import { CommandError, UserError } from '../pipeline/errors.ts';
+import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { splitGitSource } from '../pipeline/validate.ts';
+import { STAGING, stagedFiles } from './chroot.ts';
+import { encodeImage } from './compress.ts';
+import { extractImage } from './extract.ts';
+import { fetchImage } from './fetch.ts';
+
+export interface FilesSpec {
+  /** Git sources (a config key holding URL_OR_DIR[#REF]) checked out as files/<name>. */
+  git?: Record<string, ConfigKey>;
+  /** A list of public key files (a config key) concatenated into files/<name>. */
+  keys?: Record<string, ConfigKey>;
+  /** Single files (a config key holding a path, may be unset) copied to files/<name>. */
+  file?: Record<string, ConfigKey>;
+  /**
+   * Images given as NAME=SOURCE (a config key; SOURCE as for --base, verified the same way),
+   * packed as files/environments/<image>.img.tar.gz with a <NAME>.json describing it.
+   */
+  environments?: ConfigKey;
+}
+
+/** What the scripts learn of a deployable environment (files/environments/<name>.json). */
+export interface Environment {
+  name: string;
+  /** The .img.tar.gz file name, and where the scripts find it. */
+  img_name: string;
+  path: string;
+  /** Size of the raw image, and the first sector of its second partition. */
+  img_size: number;
+  sector_start: number;
+}
+
+/** `2024-11-19-raspios-bookworm-arm64-lite` from its download's file name (.img.xz, .zip, ...). */
+export function imageBaseName(file: string): string {
+  return basename(file).replace(/\.(xz|gz|zst|zip|bz2)$/i, '').replace(/\.img$/i, '');
+}
+
+async function packEnvironment(ctx: BuildContext, spec: string, dir: string): Promise<Environment> {
+  const eq = spec.indexOf('=');
+  const [name, source] = [spec.slice(0, eq), spec.slice(eq + 1)];
+  const what = `environment ${name}`;
+  const download = await fetchImage(ctx, { source, what, flag: '--environment' });
+  const raw = join(ctx.paths.work, `environment-${name}.img`);
+  ctx.defer(`remove ${raw}`, () => rmSync(raw, { force: true }));
+  await extractImage(ctx, download, raw, what, '--environment');
+  const { stdout } = await ctx.run('sfdisk', ['--json', raw]);
+  const partitions = (JSON.parse(stdout) as { partitiontable: { partitions?: Array<{ start: number }> } }).partitiontable.partitions ?? [];
+  if (partitions.length < 2) throw new UserError(`--environment ${name}: the image has ${partitions.length} partition(s); PiSeduce deploys images with a boot and a root partition`);
+  const base = imageBaseName(download.path);
+  const partials: string[] = [];
+  const { outputs, size } = await encodeImage(ctx, raw, ['tar.gz'], (ext) => join(dir, `${base}.${ext}`), base, (file) => {
+    partials.push(`${file}.partial`);
+    return `${file}.partial`;
+  });
+  for (const p of partials) renameSync(p, p.slice(0, -'.partial'.length));
+  rmSync(raw, { force: true });
+  const file = basename(outputs[0]!.path);
+  const env: Environment = { name, img_name: file, path: `${STAGING}/files/environments/${file}`, img_size: size, sector_start: partitions[1]!.start };
+  writeFileSync(join(dir, `${name}.json`), `${JSON.stringify(env, null, 2)}\n`);
+  ctx.log.line(`environment ${name}: ${file}, ${size} bytes, partition 2 at sector ${env.sector_start}`);
+  return env;
+}
+
+declare module '../pipeline/stage.ts' {
+  interface BuildState {
+    /** name -> the repository, the ref asked for and the commit checked out (for the manifest). */
+    sources?: Record<string, { repo: string; ref?: string; commit: string }>;
+  }
+}
+
+const GIT_ENV = { GIT_TERMINAL_PROMPT: '0', GIT_CONFIG_NOSYSTEM: '1' };
+
+/** A bare mirror of `repo` in the cache, fetched anew each build (a local directory costs nothing). */
+async function mirror(ctx: BuildContext, repo: string, ref: string | undefined, flag: string): Promise<string> {
+  const dir = join(ctx.paths.cache, 'git', `${createHash('sha256').update(repo).digest('hex').slice(0, 16)}.git`);
+  if (ref && /^[0-9a-f]{40}$/.test(ref) && existsSync(join(dir, 'HEAD'))) {
+    // A pinned commit already in the mirror: no network needed.
+    const { exitCode } = await ctx.run('git', ['-C', dir, 'cat-file', '-e', `${ref}^{commit}`], { reject: false, env: GIT_ENV });
+    if (exitCode === 0) return dir;
+  }
+  try {
+    if (existsSync(join(dir, 'HEAD'))) {
+      await ctx.run('git', ['-C', dir, 'fetch', '--quiet', '--prune', '--tags', repo, '+refs/heads/*:refs/heads/*'], { env: GIT_ENV });
+    } else {
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(join(ctx.paths.cache, 'git'), { recursive: true });
+      await ctx.run('git', ['clone', '--quiet', '--mirror', repo, dir], { env: GIT_ENV });
+    }
+  } catch (error) {
+    if (error instanceof CommandError) throw new UserError(`--${flag} ${repo}: cannot fetch it (${error.tail.at(-1) ?? `exit code ${error.exitCode}`})`);
+    throw error;
+  }
+  return dir;
+}
+
+async function checkout(ctx: BuildContext, key: ConfigKey, name: string, dest: string): Promise<void> {
+  const { repo, ref } = splitGitSource(String(ctx.config[key]));
+  const cached = await mirror(ctx, repo, ref, key);
+  const { exitCode, stdout } = await ctx.run('git', ['-C', cached, 'rev-parse', '--verify', '--quiet', `${ref ?? 'HEAD'}^{commit}`], { reject: false, env: GIT_ENV });
+  if (exitCode !== 0) throw new UserError(`--${key} ${repo}#${ref}: no such ref in that repository`);
+  const commit = stdout.trim();
+  rmSync(dest, { recursive: true, force: true });
+  await ctx.run('git', ['clone', '--quiet', '--no-checkout', cached, dest], { env: GIT_ENV });
+  await ctx.run('git', ['-C', dest, 'checkout', '--quiet', '--detach', commit], { env: GIT_ENV });
+  await ctx.run('git', ['-C', dest, 'remote', 'set-url', 'origin', repo], { env: GIT_ENV });
+  ctx.state.sources = { ...ctx.state.sources, [name]: { repo, ref, commit } };
+  ctx.log.line(`${name}: ${repo} at ${commit}`);
+}
+
+export function filesStage(spec: FilesSpec): Stage {
+  const keys = [...Object.values(spec.git ?? {}), ...Object.values(spec.keys ?? {}), ...Object.values(spec.file ?? {}), ...(spec.environments ? [spec.environments] : [])];
+  return {
+    name: 'files',
+    describe: () => `gather ${[...Object.keys(spec.git ?? {}), ...Object.keys(spec.keys ?? {}), ...Object.keys(spec.file ?? {}), ...(spec.environments ? ['environments'] : [])].join(', ')} for the scripts`,
+    async grows(ctx) {
+      // Gathered before grow: what the scripts will copy into the image is on disk already.
+      const dir = stagedFiles(ctx.paths.work);
+      if (!existsSync(dir)) return 0;
+      const { stdout } = await ctx.run('du', ['-s', '--block-size=1', dir]);
+      return Number(stdout.split('\t')[0]);
+    },
+    options: keys,
+    async run(ctx) {
+      const dir = stagedFiles(ctx.paths.work);
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      for (const [name, key] of Object.entries(spec.git ?? {})) await checkout(ctx, key, name, join(dir, name));
+      for (const [name, key] of Object.entries(spec.keys ?? {})) {
+        const files = ctx.config[key] as string[];
+        writeFileSync(join(dir, name), files.map((f) => readFileSync(f, 'utf8').trim()).filter(Boolean).join('\n') + (files.length ? '\n' : ''));
+      }
+      for (const [name, key] of Object.entries(spec.file ?? {})) {
+        const path = ctx.config[key];
+        if (typeof path === 'string') copyFileSync(path, join(dir, name));
+      }
+      const environments = spec.environments ? (ctx.config[spec.environments] as string[]) : [];
+      if (environments.length) {
+        mkdirSync(join(dir, 'environments'));
+        for (const env of environments) await packEnvironment(ctx, env, join(dir, 'environments'));
+      }
+    },
+  };
+}
