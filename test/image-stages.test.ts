@@ -14,7 +14,7 @@ import { runStages, scratch, testConfig } from './helpers/build.ts';
 import { loopsOn, mountsUnder } from './helpers/leaks.ts';
 
 const MiB = 2 ** 20;
-const stages = [growStage, attachStage, overlayStage, finalizeStage, shrinkStage];
+const stages = [growStage, attachStage, overlayStage(), finalizeStage, shrinkStage];
 
 async function debugfs(image: string, offset: number, size: number, request: string): Promise<string> {
   const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(size), image]);

@@ -1,0 +1,73 @@
+# Host name, SSH, users, the static address (the way this image configures its network),
+# services, first-boot resize disarmed, wifi networks removed.
+files="$BUILD_STAGING/files"
+
+echo "$BUILD_HOSTNAME" > /etc/hostname
+if grep -q '^127\.0\.1\.1' /etc/hosts; then
+  sed -i "s/^127\.0\.1\.1.*/127.0.1.1\t$BUILD_HOSTNAME/" /etc/hosts
+else
+  printf '127.0.1.1\t%s\n' "$BUILD_HOSTNAME" >> /etc/hosts
+fi
+
+# Root logs in by key only. With UsePAM no, a locked root ("!") is refused even with a valid key:
+# "*" means no password at all, and not locked.
+sed -i -E 's/^#?[[:space:]]*UsePAM[[:space:]].*/UsePAM no/' /etc/ssh/sshd_config
+grep -q '^UsePAM no' /etc/ssh/sshd_config || echo 'UsePAM no' >> /etc/ssh/sshd_config
+usermod -p '*' root
+install -d -m 700 /root/.ssh
+if [ -s "$files/authorized_keys" ]; then
+  install -m 600 "$files/authorized_keys" /root/.ssh/authorized_keys
+fi
+
+# No default user, and so no known password.
+if id pi >/dev/null 2>&1; then
+  pkill -u pi || true
+  userdel --remove pi 2>/dev/null || userdel --force --remove pi
+fi
+rm -f /etc/sudoers.d/010_pi-nopasswd
+
+# The static address on the cluster interface.
+case "$BUILD_NETWORK" in
+  NetworkManager)
+    install -d -m 755 /etc/NetworkManager/system-connections
+    cat > "/etc/NetworkManager/system-connections/pimaster-$BUILD_INTERFACE.nmconnection" <<NM
+[connection]
+id=pimaster-$BUILD_INTERFACE
+type=ethernet
+interface-name=$BUILD_INTERFACE
+autoconnect=true
+
+[ipv4]
+method=manual
+address1=$BUILD_IP
+
+[ipv6]
+method=disabled
+NM
+    chmod 600 "/etc/NetworkManager/system-connections/pimaster-$BUILD_INTERFACE.nmconnection"
+    ;;
+  dhcpcd)
+    # The agent greps "^static ip_address" in this file.
+    printf '\n# pimaster: static address on the cluster network\ninterface %s\nstatic ip_address=%s\n' "$BUILD_INTERFACE" "$BUILD_IP" >> /etc/dhcpcd.conf
+    ;;
+  *)
+    echo "this image has neither NetworkManager nor dhcpcd: cannot give $BUILD_INTERFACE its static address" >&2
+    exit 1
+    ;;
+esac
+
+systemctl enable ssh.service dnsmasq.service nfs-server.service rsyslog.service pimaster-nat.service pimaster-firstboot.service
+
+# The Raspberry Pi first-boot resize is disarmed (init=... on buster to bookworm, resize on trixie).
+cmdline="$BUILD_BOOT_MOUNT/cmdline.txt"
+if [ -f "$cmdline" ]; then
+  sed -i -E 's# init=/usr/lib/raspi-config/init_resize\.sh##; s# init=/usr/lib/raspberrypi-sys-mods/firstboot##; s#(^| )resize( |$)#\1\2#; s/  +/ /g; s/ $//' "$cmdline"
+fi
+
+# No wifi network ships in the image.
+wpa=/etc/wpa_supplicant/wpa_supplicant.conf
+if [ -f "$wpa" ]; then
+  awk '/^[[:space:]]*network[[:space:]]*=[[:space:]]*\{/ {skip=1} !skip {print} skip && /^[[:space:]]*\}/ {skip=0}' "$wpa" > "$wpa.new"
+  mv "$wpa.new" "$wpa"
+  chmod 600 "$wpa"
+fi

@@ -1,0 +1,32 @@
+# The root filesystem the cluster nodes boot over NFS: a copy of the pimaster's (pv and vim
+# included), then everything that must differ. Its keys are made at first boot.
+nfs=/nfs/raspi
+mkdir -p "$nfs"
+rsync -xaHAX --delete --exclude /nfs --exclude /tftpboot --exclude /root/environments \
+  --exclude /root/piseduce_webui --exclude /root/piseduce_agent --exclude "$BUILD_STAGING" / "$nfs/"
+
+echo nfspi > "$nfs/etc/hostname"
+sed -i -E "s/^127\.0\.1\.1.*/127.0.1.1\tnfspi/" "$nfs/etc/hosts"
+: > "$nfs/etc/fstab"
+: > "$nfs/etc/machine-id"
+rm -f "$nfs"/etc/ssh/ssh_host_* "$nfs"/root/.ssh/* "$nfs/root/piseduce-admin-password"
+mkdir -p "$nfs/root/boot_dir" "$nfs/root/fs_dir"
+install -d -m 700 "$nfs/root/.ssh"
+# openssh-client >= 9.0 dropped the rsh alternative; the agent still calls rsh.
+ln -sf ssh "$nfs/usr/bin/rsh"
+
+# No static address: nodes take theirs from the pimaster's DHCP.
+rm -f "$nfs"/etc/NetworkManager/system-connections/pimaster-*.nmconnection
+if [ -f "$nfs/etc/dhcpcd.conf" ]; then
+  sed -i '/^# pimaster: static address/,/^static ip_address=/d' "$nfs/etc/dhcpcd.conf"
+fi
+
+# The node runs sshd by itself (the boot-partition ssh switch never fires over the network) and
+# none of the pimaster's services; its host keys are not regenerated at each node's boot.
+systemctl --root="$nfs" enable ssh.service
+for unit in dnsmasq.service nfs-server.service pimaster-firstboot.service pimaster-nat.service \
+            webui.service agent_api.service agent_exec.service regenerate_ssh_host_keys.service \
+            sshswitch.service rpi-resize.service; do
+  systemctl --root="$nfs" disable "$unit" 2>/dev/null || true
+  systemctl --root="$nfs" mask "$unit" 2>/dev/null || true
+done

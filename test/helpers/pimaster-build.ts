@@ -1,0 +1,140 @@
+/**
+ * One pimaster build per architecture, shared by every test that inspects or boots it: made by
+ * the real CLI from the Debian fixture served over HTTP on 127.0.0.1, with stand-in PiSeduce
+ * repositories, and kept in the test cache under a key that hashes the code that made it.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
+import { debianImage, TEST_CACHE, type FixtureArch } from '../fixtures/debian-image.ts';
+import { makePiseduceStandins } from '../fixtures/piseduce-standin.ts';
+import { makeTinyImage } from '../fixtures/tiny-image.ts';
+import { startServer } from './http-server.ts';
+
+const repo = new URL('../../', import.meta.url).pathname;
+const cli = join(repo, 'pipeline/cli.ts');
+
+export interface PimasterBuild {
+  dir: string;
+  /** The raw output image and its manifest. */
+  image: string;
+  manifest: Record<string, unknown>;
+  /** The key pair given with --ssh-key (the private half logs in to the booted image). */
+  sshKey: string;
+  webuiRef: string;
+  agentRef: string;
+  /** bootcode.bin of the base image, and the environment's raw image. */
+  baseBootcodeSha256: string;
+  environment: { name: string; img: string };
+  log: string;
+}
+
+function filesUnder(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name))
+    .sort();
+}
+
+/** A hash of everything a build's result depends on: the code, the overlays, the scripts, the fixtures. */
+function codeKey(arch: string, fixture: string): string {
+  const hash = createHash('sha256').update(`${arch}\n${basename(fixture)}\n`);
+  for (const dir of ['pipeline', 'stages', 'overlays', 'scripts', 'test/fixtures', 'test/helpers/pimaster-build.ts']) {
+    const path = join(repo, dir);
+    for (const file of statSync(path).isDirectory() ? filesUnder(path) : [path]) hash.update(file.slice(repo.length)).update(readFileSync(file));
+  }
+  return hash.digest('hex').slice(0, 16);
+}
+
+async function locked<T>(lock: string, fn: () => Promise<T>): Promise<T> {
+  for (;;) {
+    try {
+      mkdirSync(lock);
+      writeFileSync(join(lock, 'pid'), String(process.pid));
+      break;
+    } catch {
+      const pid = Number(existsSync(join(lock, 'pid')) ? readFileSync(join(lock, 'pid'), 'utf8') || 0 : 0);
+      try {
+        if (pid) process.kill(pid, 0);
+      } catch {
+        rmSync(lock, { recursive: true, force: true });
+      }
+      await sleep(2000);
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    rmSync(lock, { recursive: true, force: true });
+  }
+}
+
+export async function pimasterBuild(arch: FixtureArch): Promise<PimasterBuild> {
+  const fixture = await debianImage(arch);
+  const key = codeKey(arch, fixture);
+  const root = join(TEST_CACHE, 'pimaster');
+  const dir = join(root, `${arch}-${key}`);
+  const result = () => JSON.parse(readFileSync(join(dir, 'build.json'), 'utf8')) as PimasterBuild;
+  if (existsSync(join(dir, 'build.json'))) return result();
+  mkdirSync(root, { recursive: true });
+  return locked(join(root, `.lock-${arch}`), async () => {
+    if (existsSync(join(dir, 'build.json'))) return result();
+    for (const old of readdirSync(root)) if (old.startsWith(`${arch}-`)) rmSync(join(root, old), { recursive: true, force: true });
+    const tmp = `${dir}.partial`;
+    rmSync(tmp, { recursive: true, force: true });
+    mkdirSync(join(tmp, 'serve'), { recursive: true });
+
+    // The base image, served over HTTP with its sha256 sidecar; a tiny image as a deployable environment.
+    const served = join(tmp, 'serve', basename(fixture));
+    await execa('ln', ['-s', fixture, served]);
+    const sha = (await execa('sha256sum', [fixture])).stdout.split(' ')[0]!;
+    writeFileSync(`${served}.sha256`, `${sha}  ${basename(fixture)}\n`);
+    const envImg = join(tmp, 'serve', 'tiny-env.img');
+    await makeTinyImage(envImg, { payloadMiB: 2, arch });
+    await execa('xz', ['-T0', '-1', '-k', envImg]);
+    writeFileSync(`${envImg}.xz.sha256`, `${(await execa('sha256sum', [`${envImg}.xz`])).stdout.split(' ')[0]}  tiny-env.img.xz\n`);
+    const standins = await makePiseduceStandins(join(tmp, 'standins'));
+    await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'build-image-test', '-f', join(tmp, 'id_ed25519')]);
+    const bootcode = (await execa('sh', ['-c', `MTOOLS_SKIP_CHECK=1 mtype -i ${fixture}@@4194304 ::/bootcode.bin | sha256sum`])).stdout.split(' ')[0]!;
+
+    const server = await startServer(join(tmp, 'serve'));
+    let log = '';
+    try {
+      const build = await execa('node', [
+        cli, '--arch', arch,
+        '--base', server.url(basename(fixture)),
+        '--piseduce-webui', `${standins.webui}#${standins.webuiRef}`,
+        '--piseduce-agent', `${standins.agent}#${standins.agentRef}`,
+        '--ssh-key', join(tmp, 'id_ed25519.pub'),
+        '--environment', `tiny_env=${server.url('tiny-env.img.xz')}`,
+        '--compress', 'none,zstd',
+        '--name', `pimaster-${arch}`,
+        '--work', join(tmp, 'work'), '--cache', TEST_CACHE, '--out', join(tmp, 'out'),
+      ], { env: { CI: 'true' }, all: true, reject: false });
+      log = build.all ?? '';
+      writeFileSync(join(tmp, 'build.log'), log);
+      if (build.exitCode !== 0) throw new Error(`the pimaster build failed (exit ${build.exitCode}):\n${log.split('\n').slice(-40).join('\n')}`);
+    } finally {
+      await server.close();
+    }
+    rmSync(join(tmp, 'work'), { recursive: true, force: true });
+    renameSync(tmp, dir);
+    const out = join(dir, 'out');
+    const built: PimasterBuild = {
+      dir,
+      image: join(out, `pimaster-${arch}.img`),
+      manifest: JSON.parse(readFileSync(join(out, `pimaster-${arch}.manifest.json`), 'utf8')) as Record<string, unknown>,
+      sshKey: join(dir, 'id_ed25519'),
+      webuiRef: standins.webuiRef,
+      agentRef: standins.agentRef,
+      baseBootcodeSha256: bootcode,
+      environment: { name: 'tiny_env', img: join(dir, 'serve', 'tiny-env.img') },
+      log: join(dir, 'build.log'),
+    };
+    writeFileSync(join(dir, 'build.json'), JSON.stringify(built, null, 2));
+    void dirname;
+    return built;
+  });
+}

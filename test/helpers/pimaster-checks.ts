@@ -1,0 +1,208 @@
+/**
+ * Checks of the pimaster image, read-only: every fact of shared/piseduce.md checked in the output of a real
+ * build (the CLI, the Debian fixture over HTTP, stand-in PiSeduce repositories). Booting it is
+ * the verify tests' job.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { ADMIN_HASH } from '../fixtures/piseduce-standin.ts';
+import { ImageReader } from './image-reader.ts';
+import { pimasterBuild, type PimasterBuild } from './pimaster-build.ts';
+
+const PACKAGES = 'dnsmasq git sqlite3 nfs-kernel-server python3-pip pv snmp vim iptables rsyslog parted rsync python3-flask python3-flask-login python3-sqlalchemy python3-cryptography python3-paramiko python3-influxdb python3-requests'.split(' ');
+const NFS_CMDLINE = 'nfsroot=48.48.0.254:/nfs/raspi,vers=4.1,proto=tcp console=serial0,115200 console=tty1 root=/dev/nfs rw ip=dhcp elevator=deadline fsck.repair=yes rootwait quiet splash plymouth.ignore-serial-consoles';
+const DNSMASQ = `listen-address=48.48.0.254
+interface=eth0
+bind-interfaces
+log-dhcp
+enable-tftp
+dhcp-boot=/bootcode.bin
+tftp-root=/tftpboot
+pxe-service=0,"Raspberry Pi Boot"
+tftp-no-blocksize
+no-hosts
+dhcp-range=48.48.0.0,static,255.255.255.0
+dhcp-option=23,64
+`;
+
+/** Query a sqlite database of the image on the host. */
+async function sql(image: ImageReader, path: string, query: string): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), 'pimaster-db-'));
+  try {
+    await image.dump(path, join(dir, 'db'));
+    const { stdout } = await execa('python3', ['-c', 'import sqlite3,sys; print("\\n".join("|".join(map(str, r)) for r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2])))', join(dir, 'db'), query]);
+    return stdout;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const enabled = async (image: ImageReader, root: string, unit: string) => (await image.ls(`${root}/etc/systemd/system/multi-user.target.wants`)).includes(unit);
+
+/** Every check, for the build of one architecture (one test file each, so ava runs them apart). */
+export function pimasterChecks(arch: 'arm64' | 'armhf'): void {
+  let build: PimasterBuild;
+  let image: ImageReader;
+  const it = (title: string, fn: (t: ExecutionContext) => Promise<void>) => test.serial(`${arch}: ${title}`, fn);
+
+  test.before(async () => {
+    build ??= await pimasterBuild(arch);
+    image = await ImageReader.open(build.image);
+  });
+  test.after.always(async () => {
+    await image?.close();
+  });
+
+  it('SSH is switched on by an empty ssh file on the boot partition', async (t) => {
+    t.true((await image.bootFiles()).includes('ssh'));
+  });
+
+  it('the static address is written the way the image configures its network (dhcpcd here)', async (t) => {
+    t.regex(await image.cat('/etc/dhcpcd.conf'), /^interface eth0\nstatic ip_address=48\.48\.0\.254\/24$/m);
+  });
+
+  it('host name pimaster in /etc/hostname and /etc/hosts', async (t) => {
+    t.is(await image.cat('/etc/hostname'), 'pimaster\n');
+    t.regex(await image.cat('/etc/hosts'), /^127\.0\.1\.1\s+pimaster$/m);
+  });
+
+  it("root logs in with the build's key: /root/.ssh 0700, authorized_keys 0600, root:root", async (t) => {
+    const dir = await image.stat('/root/.ssh');
+    t.like(dir, { type: 'directory', mode: 0o700, uid: 0, gid: 0 });
+    t.like(await image.stat('/root/.ssh/authorized_keys'), { mode: 0o600, uid: 0, gid: 0 });
+    t.is((await image.cat('/root/.ssh/authorized_keys')).trim(), readFileSync(`${build.sshKey}.pub`, 'utf8').trim());
+  });
+
+  it('sshd: UsePAM no, and root has no password but is not locked', async (t) => {
+    t.regex(await image.cat('/etc/ssh/sshd_config'), /^UsePAM no$/m);
+    t.notRegex(await image.cat('/etc/ssh/sshd_config'), /^UsePAM yes/m);
+    t.regex(await image.cat('/etc/shadow'), /^root:\*:/m);
+  });
+
+  it('no pi user, no home, no known password', async (t) => {
+    t.notRegex(await image.cat('/etc/passwd'), /^pi:/m);
+    t.notRegex(await image.cat('/etc/shadow'), /^pi:/m);
+    t.false(await image.exists('/home/pi'));
+  });
+
+  it('every package of the install guide and the Python modules are installed', async (t) => {
+    const status = await image.cat('/var/lib/dpkg/status');
+    for (const name of PACKAGES) t.regex(status, new RegExp(`^Package: ${name}\\nStatus: install ok installed$`, 'm'), name);
+  });
+
+  it('IP forwarding, and NAT on the uplink by an enabled unit', async (t) => {
+    t.regex(await image.cat('/etc/sysctl.d/90-pimaster-forwarding.conf'), /^net\.ipv4\.ip_forward=1$/m);
+    t.regex(await image.cat('/etc/systemd/system/pimaster-nat.service'), /iptables -t nat -A POSTROUTING -o wlan0 -j MASQUERADE/);
+    t.true(await enabled(image, '', 'pimaster-nat.service'));
+  });
+
+  it('the first-boot resize is disarmed', async (t) => {
+    const cmdline = await image.bootFile('cmdline.txt');
+    t.notRegex(cmdline, /init=|(^| )resize( |$)/);
+    t.regex(cmdline, /root=PARTUUID=\S+ rootfstype=ext4/);
+  });
+
+  it('clean: no wifi network, no host keys, no key pairs, no known_hosts, no leases, no logs, empty machine-id', async (t) => {
+    t.notRegex(await image.cat('/etc/wpa_supplicant/wpa_supplicant.conf'), /network=|psk=/);
+    t.deepEqual((await image.ls('/etc/ssh')).filter((f) => f.startsWith('ssh_host_')), []);
+    t.deepEqual((await image.ls('/root/.ssh')).sort(), ['authorized_keys']);
+    t.false(await image.exists('/var/lib/misc/dnsmasq.leases'));
+    t.is(await image.cat('/etc/machine-id'), '');
+    for (const dir of ['/var/log', '/var/log/apt']) t.deepEqual((await image.ls(dir)).filter((f) => /\.log$|^syslog|^messages/.test(f)), [], dir);
+  });
+
+  it('the NFS root: hostname nfspi, empty fstab, no host keys or key pairs of its own yet, boot_dir and fs_dir, pv, rsh -> ssh', async (t) => {
+    t.is(await image.cat('/nfs/raspi/etc/hostname'), 'nfspi\n');
+    t.is(await image.cat('/nfs/raspi/etc/fstab'), '');
+    t.deepEqual((await image.ls('/nfs/raspi/etc/ssh')).filter((f) => f.startsWith('ssh_host_')), []);
+    t.deepEqual(await image.ls('/nfs/raspi/root/.ssh'), []);
+    t.like(await image.stat('/nfs/raspi/root/boot_dir'), { type: 'directory' });
+    t.like(await image.stat('/nfs/raspi/root/fs_dir'), { type: 'directory' });
+    t.like(await image.stat('/nfs/raspi/usr/bin/pv'), { type: 'regular' });
+    t.like(await image.stat('/nfs/raspi/usr/bin/rsh'), { type: 'symlink', link: 'ssh' });
+    t.is(await image.cat('/nfs/raspi/etc/machine-id'), '');
+  });
+
+  it("the NFS root has no static address, starts sshd itself, and runs none of the pimaster's services", async (t) => {
+    t.notRegex(await image.cat('/nfs/raspi/etc/dhcpcd.conf'), /static ip_address/);
+    t.true(await enabled(image, '/nfs/raspi', 'ssh.service'));
+    for (const unit of ['dnsmasq.service', 'nfs-server.service', 'pimaster-firstboot.service', 'pimaster-nat.service', 'webui.service', 'agent_api.service', 'agent_exec.service']) {
+      t.false(await enabled(image, '/nfs/raspi', unit), unit);
+    }
+    t.false(await image.exists('/nfs/raspi/root/piseduce_webui'));
+    t.false(await image.exists('/nfs/raspi/root/environments'));
+    t.false(await image.exists('/nfs/raspi/tftpboot'));
+  });
+
+  it('/etc/exports exports /nfs read-write to every node', async (t) => {
+    t.is(await image.cat('/etc/exports'), '/nfs *(rw,sync,no_subtree_check,no_root_squash)\n');
+  });
+
+  it("TFTP: the base image's bootcode.bin, and a copy of the boot partition without the EEPROM files", async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'pimaster-tftp-'));
+    try {
+      await image.dump('/tftpboot/bootcode.bin', join(dir, 'bootcode.bin'));
+      t.is((await execa('sha256sum', [join(dir, 'bootcode.bin')])).stdout.split(' ')[0], build.baseBootcodeSha256);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const files = await image.ls('/tftpboot/rpiboot_uboot');
+    for (const f of ['config.txt', 'start4.elf', 'overlays', 'cmdline.txt']) t.true(files.includes(f), f);
+    for (const f of ['bootcode.bin', 'pieeprom.upd', 'pieeprom.sig', 'recovery.bin', 'ssh']) t.false(files.includes(f), f);
+    t.is((await image.cat('/tftpboot/rpiboot_uboot/cmdline.txt')).trim(), NFS_CMDLINE);
+  });
+
+  it('dnsmasq.conf is exactly the one the agent reads and edits; rsyslog writes the traditional format', async (t) => {
+    t.is(await image.cat('/etc/dnsmasq.conf'), DNSMASQ);
+    t.regex(await image.cat('/etc/rsyslog.d/00-pimaster-traditional.conf'), /^\$ActionFileDefaultTemplate RSYSLOG_TraditionalFileFormat$/m);
+    t.regex(await image.cat('/etc/systemd/system/dnsmasq.service.d/pimaster.conf'), /^Restart=on-failure$/m);
+    t.true(await enabled(image, '', 'dnsmasq.service'));
+    t.true(await enabled(image, '', 'nfs-server.service'));
+  });
+
+  it('the web UI and the agent are checked out at their pinned refs, configured, their databases made', async (t) => {
+    t.is((await image.cat('/root/piseduce_webui/.git/HEAD')).trim(), build.webuiRef);
+    t.is((await image.cat('/root/piseduce_agent/.git/HEAD')).trim(), build.agentRef);
+    const agent = JSON.parse(await image.cat('/root/piseduce_agent/config_agent.json')) as Record<string, unknown>;
+    t.like(agent, { port_number: 8090, node_type: 'raspberry', key_file: 'secret.key', db_url: 'sqlite:///test-agent.db', env_path: '/root/environments/', ip: '48.48.0.254' });
+    const webui = JSON.parse(await image.cat('/root/piseduce_webui/config_webui.json')) as Record<string, unknown>;
+    t.like(webui, { port_number: 9000, db_url: 'sqlite:///test-ui.db' });
+    t.is(await sql(image, '/root/piseduce_webui/test-ui.db', "select email, is_admin from user"), 'admin@piseduce.fr|1');
+    t.regex(await sql(image, '/root/piseduce_agent/test-agent.db', "select sql from sqlite_master where name = 'rasp_environment'"), /img_size INTEGER[\s\S]*sector_start INTEGER/);
+  });
+
+  it('the web UI and agent units are installed and enabled, after the first-boot unit', async (t) => {
+    for (const unit of ['webui.service', 'agent_api.service', 'agent_exec.service', 'pimaster-firstboot.service']) t.true(await enabled(image, '', unit), unit);
+    t.regex(await image.cat('/etc/systemd/system/webui.service'), /WorkingDirectory=\/root\/piseduce_webui\nExecStart=\/usr\/bin\/python3 webui\.py config_webui\.json/);
+    t.regex(await image.cat('/etc/systemd/system/pimaster-firstboot.service'), /^Before=.*webui\.service agent_api\.service agent_exec\.service/m);
+  });
+
+  it('the environment is stored as <image>.img.tar.gz and registered with its real size and second partition', async (t) => {
+    t.deepEqual(await image.ls('/root/environments'), ['tiny-env.img.tar.gz']);
+    const { stdout } = await execa('sfdisk', ['--json', build.environment.img]);
+    const start = (JSON.parse(stdout) as { partitiontable: { partitions: Array<{ start: number }> } }).partitiontable.partitions[1]!.start;
+    const size = Number((await execa('stat', ['-c', '%s', build.environment.img])).stdout);
+    t.is(await sql(image, '/root/piseduce_agent/test-agent.db', 'select name, img_name, img_size, sector_start, ssh_user, web, state from rasp_environment'), `tiny_env|tiny-env.img.tar.gz|${size}|${start}|root|0|available`);
+  });
+
+  it('nothing unique to a device is in the image: no secret.key, placeholder secrets, the published admin hash only until first boot', async (t) => {
+    t.false(await image.exists('/root/piseduce_webui/secret.key'));
+    t.false(await image.exists('/root/piseduce_agent/secret.key'));
+    t.is((JSON.parse(await image.cat('/root/piseduce_webui/config_webui.json')) as { pwd_secret_key: string }).pwd_secret_key, 'made-at-first-boot');
+    t.deepEqual((JSON.parse(await image.cat('/root/piseduce_agent/config_agent.json')) as { auth_token: string[] }).auth_token, ['made-at-first-boot']);
+    t.is(await sql(image, '/root/piseduce_webui/test-ui.db', "select password from user where email = 'admin@piseduce.fr'"), ADMIN_HASH, 'replaced by pimaster-firstboot');
+    t.like(await image.stat('/usr/local/sbin/pimaster-firstboot'), { mode: 0o755 });
+    t.false(await image.exists('/root/piseduce-admin-password'));
+  });
+
+  it('the manifest names the base, the release, the arch and the PiSeduce commits', async (t) => {
+    const m = build.manifest as { release: string; arch: string; sources: Record<string, { commit: string }>; packages: Array<{ name: string }> };
+    t.is(m.release, 'bookworm');
+    t.is(m.arch, arch);
+    t.is(m.sources.piseduce_webui!.commit, build.webuiRef);
+    t.true(m.packages.some((p) => p.name === 'dnsmasq'));
+  });
+}
