@@ -21,8 +21,7 @@ fi
 
 # No default user, and so no known password.
 if id pi >/dev/null 2>&1; then
-  pkill -u pi || true
-  userdel --remove pi 2>/dev/null || userdel --force --remove pi
+  userdel --force --remove pi
 fi
 rm -f /etc/sudoers.d/010_pi-nopasswd
 

@@ -6,12 +6,12 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { debianImage, TEST_CACHE, type FixtureArch } from '../fixtures/debian-image.ts';
 import { makePiseduceStandins } from '../fixtures/piseduce-standin.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { startServer } from './http-server.ts';
+import { withLock } from './lock.ts';
 
 const repo = new URL('../../', import.meta.url).pathname;
 const cli = join(repo, 'pipeline/cli.ts');
@@ -48,29 +48,6 @@ function codeKey(arch: string, fixture: string): string {
   return hash.digest('hex').slice(0, 16);
 }
 
-async function locked<T>(lock: string, fn: () => Promise<T>): Promise<T> {
-  for (;;) {
-    try {
-      mkdirSync(lock);
-      writeFileSync(join(lock, 'pid'), String(process.pid));
-      break;
-    } catch {
-      const pid = Number(existsSync(join(lock, 'pid')) ? readFileSync(join(lock, 'pid'), 'utf8') || 0 : 0);
-      try {
-        if (pid) process.kill(pid, 0);
-      } catch {
-        rmSync(lock, { recursive: true, force: true });
-      }
-      await sleep(2000);
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    rmSync(lock, { recursive: true, force: true });
-  }
-}
-
 export async function pimasterBuild(arch: FixtureArch): Promise<PimasterBuild> {
   const fixture = await debianImage(arch);
   const key = codeKey(arch, fixture);
@@ -79,7 +56,7 @@ export async function pimasterBuild(arch: FixtureArch): Promise<PimasterBuild> {
   const result = () => JSON.parse(readFileSync(join(dir, 'build.json'), 'utf8')) as PimasterBuild;
   if (existsSync(join(dir, 'build.json'))) return result();
   mkdirSync(root, { recursive: true });
-  return locked(join(root, `.lock-${arch}`), async () => {
+  return withLock(join(root, `.lock-${arch}`), async () => {
     if (existsSync(join(dir, 'build.json'))) return result();
     for (const old of readdirSync(root)) if (old.startsWith(`${arch}-`)) rmSync(join(root, old), { recursive: true, force: true });
     const tmp = `${dir}.partial`;
