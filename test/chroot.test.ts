@@ -12,6 +12,7 @@ import { growStage } from '../stages/grow.ts';
 import { chrootStage } from '../stages/scripts.ts';
 import { debianImage, TEST_CACHE, type FixtureArch } from './fixtures/debian-image.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
+import { startAptRelay } from './helpers/apt-relay.ts';
 import { loopsOn, mountsUnder } from './helpers/leaks.ts';
 
 /** A private, sparse copy of the cached fixture. */
@@ -112,4 +113,28 @@ test.serial('Ctrl-C in the middle of a script leaves no mount, loop device or pr
   t.deepEqual(processesIn(root), []);
   t.deepEqual(await loopsOn(image), []);
   t.deepEqual(mountsUnder(dir), []);
+});
+
+test.serial('--apt-mirror and --apt-proxy: apt goes through them while building; the sources are restored after', async (t) => {
+  const relay = await startAptRelay();
+  const dir = scratch();
+  t.teardown(async () => {
+    await relay.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const image = await fixtureCopy(dir, 'arm64');
+  const before = await rootFile(image, 'cat /etc/apt/sources.list');
+  const show = script(dir, '10-sources.sh', 'grep -h "^deb\\|^URIs" /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null || true\napt-get update -q');
+  const mirror = testConfig(dir, { cache: TEST_CACHE, script: [show], 'apt-mirror': `${relay.origin}/debian` });
+  await runStages([attachStage, chrootStage(), finalizeStage], mirror, { image });
+  t.regex(logsOf(mirror), new RegExp(`deb ${relay.origin}/debian bookworm main`));
+  t.true(relay.requests.some((r) => /^\/debian\/dists\/bookworm\/InRelease$/.test(r)), relay.requests.join('\n'));
+  t.is(await rootFile(image, 'cat /etc/apt/sources.list'), before, 'the sources are the image\'s own again');
+
+  relay.requests.length = 0;
+  rmSync(join(dir, 'work'), { recursive: true, force: true });
+  const proxy = testConfig(dir, { cache: TEST_CACHE, script: [show], 'apt-proxy': relay.origin });
+  await runStages([attachStage, chrootStage(), finalizeStage], proxy, { image });
+  t.true(relay.requests.some((r) => /^http:\/\/deb\.debian\.org\/debian\/dists\/bookworm\/InRelease$/.test(r)), relay.requests.join('\n'));
+  t.notRegex(await rootFile(image, 'ls /etc/apt/apt.conf.d'), /zz-build-image/, 'no proxy setting stays');
 });

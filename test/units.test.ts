@@ -1,0 +1,108 @@
+/** The pure pieces: no root, no image, fast. */
+import test from 'ava';
+import { parseIpv4Cidr, parseHostname, isPublicKey, parseGitSource } from '../pipeline/validate.ts';
+import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../stages/cmdline.ts';
+import { diffSnapshots } from '../stages/bootfs.ts';
+import { rewriteSources } from '../stages/chroot.ts';
+import { elfArch, registrationLine } from '../stages/emulation.ts';
+import { imageBaseName } from '../stages/files.ts';
+import { parseLayout } from '../stages/partitions.ts';
+import { resizeInDump } from '../stages/resize.ts';
+import { shrinkTarget } from '../stages/shrink.ts';
+import { bootMountOf, parseOsRelease } from '../stages/system.ts';
+import { renderTemplate } from '../stages/template.ts';
+import { elfHeader } from './fixtures/tiny-image.ts';
+
+test('IPv4 address and prefix', (t) => {
+  t.deepEqual(parseIpv4Cidr('48.48.0.254/24'), { address: '48.48.0.254', prefix: 24, network: '48.48.0.0', netmask: '255.255.255.0' });
+  t.deepEqual(parseIpv4Cidr('10.1.2.3/16'), { address: '10.1.2.3', prefix: 16, network: '10.1.0.0', netmask: '255.255.0.0' });
+  for (const bad of ['48.48.0.254', '48.48.0.256/24', '48.48.0.1/31', '48.48.0.255/24', '048.48.0.1/24', 'a.b.c.d/24']) t.throws(() => parseIpv4Cidr(bad), { any: true }, bad);
+});
+
+test('host names (RFC 1123)', (t) => {
+  t.is(parseHostname('PiMaster-2'), 'pimaster-2');
+  t.is(parseHostname('pimaster.lab.example'), 'pimaster.lab.example');
+  for (const bad of ['-pi', 'pi-', 'pi_master', '', 'a'.repeat(64)]) t.throws(() => parseHostname(bad), { any: true }, bad);
+});
+
+test('OpenSSH public keys: the blob must carry its own type', (t) => {
+  const blob = (type: string) => {
+    const b = Buffer.alloc(4 + type.length + 8);
+    b.writeUInt32BE(type.length, 0);
+    b.write(type, 4, 'latin1');
+    return b.toString('base64');
+  };
+  t.true(isPublicKey(`ssh-ed25519 ${blob('ssh-ed25519')} me@host`));
+  t.true(isPublicKey(`no-pty ssh-rsa ${blob('ssh-rsa')}`));
+  t.false(isPublicKey(`ssh-ed25519 ${blob('ssh-rsa')}`), 'type and blob disagree');
+  t.false(isPublicKey('ssh-ed25519 not-base64!'));
+  t.false(isPublicKey('-----BEGIN OPENSSH PRIVATE KEY-----'));
+});
+
+test('git sources with refs', (t) => {
+  t.is(parseGitSource('https://github.com/SeduceProject/piseduce_agent.git#12353c1'), 'https://github.com/SeduceProject/piseduce_agent.git#12353c1');
+  t.throws(() => parseGitSource('https://x/y.git#a..b'), { any: true });
+  t.throws(() => parseGitSource('/no/such/dir#main'), { any: true });
+});
+
+test('cmdline.txt: find, arm and disarm the first-boot resize of each release', (t) => {
+  const bookworm = parseCmdline('console=serial0,115200 root=PARTUUID=x-02 rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n');
+  t.is(firstBootOf(bookworm), 'firstboot');
+  t.deepEqual(disarmFirstBoot(bookworm), ['console=serial0,115200', 'root=PARTUUID=x-02', 'rootwait', 'quiet']);
+  t.is(firstBootOf(parseCmdline('root=/dev/x resize quiet')), 'resize');
+  t.deepEqual(armFirstBoot(['root=/dev/x', 'init=/bin/sh'], 'init_resize'), ['root=/dev/x', 'init=/usr/lib/raspi-config/init_resize.sh']);
+  t.deepEqual(armFirstBoot(disarmFirstBoot(bookworm), 'firstboot'), bookworm);
+});
+
+test('boot partition write-back: what to copy, make and delete', (t) => {
+  const before = new Map([['a.txt', '1:10'], ['dir', 'dir'], ['dir/b', '2:10'], ['old', 'dir'], ['old/c', '3:10'], ['gone.txt', '4:10']]);
+  const after = new Map([['a.txt', '1:20'], ['dir', 'dir'], ['dir/b', '2:10'], ['new', 'dir'], ['new/d', '5:20']]);
+  t.deepEqual(diffSnapshots(before, after), {
+    mkdirs: ['new'],
+    copies: ['a.txt', 'new/d'],
+    deletes: [{ path: 'gone.txt', dir: false }, { path: 'old', dir: true }],
+  });
+});
+
+test('apt sources pointed at a mirror, Debian archives only', (t) => {
+  const list = 'deb http://deb.debian.org/debian bookworm main\ndeb http://security.debian.org/debian-security bookworm-security main\ndeb http://archive.raspberrypi.com/debian/ bookworm main\n';
+  t.is(rewriteSources(list, 'http://127.0.0.1:3142/debian'), 'deb http://127.0.0.1:3142/debian bookworm main\ndeb http://security.debian.org/debian-security bookworm-security main\ndeb http://127.0.0.1:3142/debian bookworm main\n');
+  t.is(rewriteSources('URIs: https://deb.debian.org/debian\nSuites: bookworm\n', 'http://m/debian'), 'URIs: http://m/debian\nSuites: bookworm\n');
+});
+
+test('the emulator comes from the ELF header; binfmt registration carries the F flag', (t) => {
+  t.is(elfArch(elfHeader('arm64')), 'arm64');
+  t.is(elfArch(elfHeader('armhf')), 'armhf');
+  t.is(elfArch(Buffer.from('#!/bin/sh\n')), 'unknown');
+  const format = 'package qemu-user-static\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nmagic \\x7f\\x45\\x4c\\x46\noffset 0\nmask \\xff\\xff\\xff\\xff\ncredentials no\nfix_binary yes\npreserve yes\n';
+  t.is(registrationLine('qemu-aarch64', format), ':qemu-aarch64:M:0:\\x7f\\x45\\x4c\\x46:\\xff\\xff\\xff\\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:FP');
+});
+
+test('partition tables: boot and root found, a truncated file and a root that is not last refused', (t) => {
+  const json = (parts: Array<[number, number]>) => ({ partitiontable: { label: 'dos', sectorsize: 512, partitions: parts.map(([start, size], i) => ({ node: `img${i + 1}`, start, size, type: '83' })) } });
+  const fs = (kinds: Record<number, 'vfat' | 'ext4' | 'other'>) => (p: { offset: number }) => kinds[p.offset / 512]!;
+  const layout = parseLayout(json([[8192, 1000], [9192, 2000]]), 11192 * 512, fs({ 8192: 'vfat', 9192: 'ext4' }));
+  t.like(layout, { label: 'dos', boot: 1, root: 2 });
+  t.throws(() => parseLayout(json([[8192, 1000], [9192, 2000]]), 10000 * 512, fs({ 8192: 'vfat', 9192: 'ext4' })), { message: /partition 2 ends at byte .* past the end of the file/ });
+  t.throws(() => parseLayout(json([[8192, 1000], [9192, 2000], [11192, 100]]), 11292 * 512, fs({ 8192: 'vfat', 9192: 'ext4', 11192: 'other' })), { message: /is not the last partition/ });
+});
+
+test('resizing in an sfdisk dump keeps ids and types, and drops what sfdisk must recompute', (t) => {
+  const dump = 'label: gpt\nlabel-id: X\ndevice: img\nunit: sectors\nfirst-lba: 2048\nlast-lba: 5000\nsector-size: 512\n\nimg1 : start=        8192, size=       81920, type=EBD0, uuid=A\nimg2 : start=       90112, size=      131072, type=0FC6, uuid=B\n';
+  t.is(resizeInDump(dump, 2, 4096), 'label: gpt\nlabel-id: X\nunit: sectors\nfirst-lba: 2048\nsector-size: 512\n\nimg1 : start=        8192, size=       81920, type=EBD0, uuid=A\nimg2 : start=       90112, size=4096, type=0FC6, uuid=B\n');
+});
+
+test('shrink target: minimum plus margin, and no rewrite for a few MiB', (t) => {
+  t.is(shrinkTarget(1000, 100_000, 4096, 64 * 2 ** 20), 1000 + 16384);
+  t.is(shrinkTarget(1000, 1000 + 16384 + 100, 4096, 64 * 2 ** 20), undefined, 'a shrunk image stays as it is');
+});
+
+test('os-release, fstab, environment names, templates', (t) => {
+  t.like(parseOsRelease('ID=debian\nVERSION_CODENAME=bookworm\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'), { ID: 'debian', VERSION_CODENAME: 'bookworm', PRETTY_NAME: 'Debian GNU/Linux 12 (bookworm)' });
+  t.is(bootMountOf('proc /proc proc defaults 0 0\nPARTUUID=1-01 /boot/firmware vfat defaults 0 2\n'), '/boot/firmware');
+  t.is(bootMountOf('# /boot vfat\nPARTUUID=1-01 /boot vfat defaults 0 2\n'), '/boot');
+  t.is(imageBaseName('/c/2020-08-20-raspios-buster-armhf-lite.zip'), '2020-08-20-raspios-buster-armhf-lite');
+  t.is(imageBaseName('x/2024-11-19-raspios-bookworm-arm64-lite.img.xz'), '2024-11-19-raspios-bookworm-arm64-lite');
+  t.is(renderTemplate('listen={{ ip-address }} if={{interface}}', { 'ip-address': '1.2.3.4', interface: 'eth0' }, 'f'), 'listen=1.2.3.4 if=eth0');
+  t.throws(() => renderTemplate('{{ nope }}', {}, 'f.tmpl'), { message: /f\.tmpl: unknown template variable \{\{ nope \}\}/ });
+});
