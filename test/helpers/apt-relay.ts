@@ -27,19 +27,19 @@ export async function startAptRelay(): Promise<AptRelay> {
       res.writeHead(403).end();
       return;
     }
-    fetch(target, { method: req.method === 'HEAD' ? 'HEAD' : 'GET' }).then(
-      async (answer) => {
-        const headers: Record<string, string> = {};
-        for (const name of ['content-type', 'content-length', 'last-modified', 'etag']) {
-          const value = answer.headers.get(name);
-          if (value) headers[name] = value;
-        }
-        res.writeHead(answer.status, headers);
-        if (answer.body && req.method !== 'HEAD') await pipeline(Readable.fromWeb(answer.body as import('node:stream/web').ReadableStream), res);
-        else res.end();
-      },
-      () => res.writeHead(502).end(),
-    );
+    const relay = async () => {
+      const answer = await fetch(target, { method: req.method === 'HEAD' ? 'HEAD' : 'GET' });
+      const headers: Record<string, string> = {};
+      for (const name of ['content-type', 'content-length', 'last-modified', 'etag']) {
+        const value = answer.headers.get(name);
+        if (value) headers[name] = value;
+      }
+      res.writeHead(answer.status, headers);
+      if (answer.body && req.method !== 'HEAD') await pipeline(Readable.fromWeb(answer.body as import('node:stream/web').ReadableStream), res);
+      else res.end();
+    };
+    // apt hangs up on answers it no longer wants: that ends the relay of this one, nothing more.
+    relay().catch(() => (res.headersSent ? res.destroy() : res.writeHead(502).end()));
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;

@@ -1,0 +1,74 @@
+/**
+ * Installing the pimaster's package set (scripts/pimaster/10-packages.sh) into the arm64 Debian
+ * fixture under qemu-user, three ways: without the speed-ups (dpkg syncing every file, an empty
+ * apt cache), with dpkg's unsafe-io, and with unsafe-io and the apt cache of the run before (a
+ * second build). Prints one table. Needs root and the network to the Debian mirror; takes about
+ * a quarter of an hour on two cores.
+ *
+ *   node bench/chroot-bench.ts
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { scoped } from '../pipeline/cleanup.ts';
+import { defaultConfig, formatBytes } from '../pipeline/config.ts';
+import { QuietReporter } from '../pipeline/report.ts';
+import { runPipeline } from '../pipeline/runner.ts';
+import type { Stage } from '../pipeline/stage.ts';
+import { attachStage } from '../stages/attach.ts';
+import { chrootRun, enterChroot } from '../stages/chroot.ts';
+import { finalizeStage } from '../stages/finalize.ts';
+import { growStage } from '../stages/grow.ts';
+import { debianImage } from '../test/fixtures/debian-image.ts';
+
+const script = new URL('../scripts/pimaster/10-packages.sh', import.meta.url).pathname;
+
+/** A stage that runs the package script in the image, with or without unsafe-io, and times it. */
+function install(unsafeIo: boolean, result: { seconds: number }): Stage {
+  return {
+    name: 'install',
+    describe: () => 'apt-get install the pimaster packages',
+    options: [],
+    async run(ctx) {
+      await scoped(ctx.cleanup, ctx.signal, async () => {
+        await enterChroot(ctx, { unsafeIo });
+        const started = performance.now();
+        await chrootRun(ctx, ['/bin/bash', '-e', '-c', readFileSync(script, 'utf8')]);
+        result.seconds = (performance.now() - started) / 1000;
+      });
+    },
+  };
+}
+
+async function measure(fixture: string, cache: string, unsafeIo: boolean): Promise<{ seconds: number; cached: number }> {
+  const dir = mkdtempSync(join(tmpdir(), 'chroot-bench-'));
+  try {
+    const image = join(dir, 'image.img');
+    await execa('cp', ['--sparse=always', fixture, image]);
+    const cached = Number((await execa('du', ['-s', '--block-size=1', cache], { reject: false })).stdout.split('\t')[0] || 0);
+    const result = { seconds: 0 };
+    const config = defaultConfig({ work: join(dir, 'work'), cache, out: join(dir, 'out'), grow: 1024 * 2 ** 20 });
+    await runPipeline({ name: 'bench', summary: '', stages: [growStage, attachStage, install(unsafeIo, result), finalizeStage] }, config, {}, new QuietReporter(), { image });
+    return { seconds: result.seconds, cached };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const fixture = await debianImage('arm64');
+const caches = mkdtempSync(join(tmpdir(), 'chroot-bench-cache-'));
+try {
+  const rows: Array<[string, { seconds: number; cached: number }]> = [];
+  rows.push(['no speed-ups (fsync, empty apt cache)', await measure(fixture, join(caches, 'a'), false)]);
+  rows.push(['unsafe-io, empty apt cache', await measure(fixture, join(caches, 'b'), true)]);
+  rows.push(['unsafe-io, apt cache of the run before', await measure(fixture, join(caches, 'b'), true)]);
+  const base = rows[0]![1].seconds;
+  process.stdout.write('\nInstalling the pimaster package set into the arm64 fixture (qemu-user)\n\n');
+  process.stdout.write(`  ${'case'.padEnd(42)} ${'time'.padStart(8)}  ${'vs first'.padStart(8)}  apt cache before\n`);
+  for (const [label, r] of rows) {
+    process.stdout.write(`  ${label.padEnd(42)} ${`${r.seconds.toFixed(0)} s`.padStart(8)}  ${`${((100 * r.seconds) / base).toFixed(0)}%`.padStart(8)}  ${formatBytes(r.cached)}\n`);
+  }
+} finally {
+  rmSync(caches, { recursive: true, force: true });
+}
