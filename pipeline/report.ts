@@ -2,7 +2,7 @@ import { Listr } from 'listr2';
 import type { Stage } from './stage.ts';
 
 /** Runs one stage, given a way to show a live status line under it. */
-export type StageBody = (stage: Stage, index: number, status: (text: string) => void) => Promise<void>;
+export type StageBody = (stage: Stage, status: (text: string) => void) => Promise<void>;
 
 /** How the build shows itself: listr2's live task list on a terminal, plain timestamped lines elsewhere. */
 export interface Reporter {
@@ -34,11 +34,11 @@ export class LineReporter implements Reporter {
     this.#write(`[${clock()}] ${text}\n`);
   }
   async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
-    for (const [i, stage] of stages.entries()) {
+    for (const stage of stages) {
       const started = performance.now();
       this.info(`${stage.name}: started`);
       try {
-        await body(stage, i, throttle(10_000, (text) => this.info(`${stage.name}: ${text}`)));
+        await body(stage, throttle(10_000, (text) => this.info(`${stage.name}: ${text}`)));
       } catch (error) {
         this.info(`${stage.name}: failed after ${((performance.now() - started) / 1000).toFixed(1)} s`);
         throw error;
@@ -52,7 +52,7 @@ export class LineReporter implements Reporter {
 export class QuietReporter implements Reporter {
   info(): void {}
   async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
-    for (const [i, stage] of stages.entries()) await body(stage, i, () => {});
+    for (const stage of stages) await body(stage, () => {});
   }
 }
 
@@ -63,11 +63,11 @@ export class ListrReporter implements Reporter {
   }
   async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
     const list = new Listr(
-      stages.map((stage, i) => ({
+      stages.map((stage) => ({
         title: stage.name,
         task: async (_ctx: unknown, task: { output: string; title: string }) => {
           const started = performance.now();
-          await body(stage, i, throttle(200, (text) => (task.output = text)));
+          await body(stage, throttle(200, (text) => (task.output = text)));
           task.title = `${stage.name} (${((performance.now() - started) / 1000).toFixed(1)} s)`;
         },
       })),

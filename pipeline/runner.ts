@@ -126,7 +126,7 @@ export async function runPipeline(pipeline: Pipeline, config: Config, range: Ran
   const timings: Timing[] = [];
   let outcome: Outcome = 'success';
   try {
-    await reporter.sequence(stages, async (stage, index, setStatus) => {
+    await reporter.sequence(stages, async (stage, setStatus) => {
       controller.signal.throwIfAborted();
       status = setStatus;
       const i = pipeline.stages.indexOf(stage) + 1;
@@ -140,7 +140,6 @@ export async function runPipeline(pipeline: Pipeline, config: Config, range: Ran
       timings.push({ stage: stage.name, seconds, commandSeconds: (commands.commandMs - commandsBefore) / 1000 });
       ctx.state.timings = { ...ctx.state.timings, [stage.name]: Math.round(seconds * 10) / 10 };
       saveState(config.work, ctx.state);
-      void index;
     });
   } catch (error) {
     outcome = controller.signal.aborted ? 'interrupted' : 'failure';

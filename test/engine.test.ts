@@ -1,6 +1,6 @@
 /** The engine: clean-up stack, command runner, signals, configuration, stage selection. */
 import test from 'ava';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
@@ -173,5 +173,4 @@ test('the timing table adds up', (t) => {
   const table = timingTable([{ stage: 'fetch', seconds: 1.25, commandSeconds: 1 }, { stage: 'shrink', seconds: 2, commandSeconds: 1.5 }]);
   t.regex(table, /fetch\s+1\.3 s\s+1\.0 s/);
   t.regex(table, /total\s+3\.3 s\s+2\.5 s/);
-  void writeFileSync;
 });

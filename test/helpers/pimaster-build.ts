@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { debianImage, TEST_CACHE, type FixtureArch } from '../fixtures/debian-image.ts';
 import { makePiseduceStandins } from '../fixtures/piseduce-standin.ts';
@@ -111,7 +111,6 @@ export async function pimasterBuild(arch: FixtureArch): Promise<PimasterBuild> {
       log: join(dir, 'build.log'),
     };
     writeFileSync(join(dir, 'build.json'), JSON.stringify(built, null, 2));
-    void dirname;
     return built;
   });
 }
