@@ -123,6 +123,8 @@ export interface ChrootOptions {
   aptMirror?: string;
   /** dpkg's force-unsafe-io (no fsync per file): on unless a benchmark measures without it. */
   unsafeIo?: boolean;
+  /** A host directory bound read-only at STAGING/files (what the files stage gathered). */
+  files?: string;
 }
 
 /** Prepare the attached image for running its own programs. Undone by the clean-up stack. */
@@ -139,7 +141,6 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   await mount(ctx, 'proc', join(root, 'proc'), ['-t', 'proc']);
   await mount(ctx, '/sys', join(root, 'sys'), ['--bind']);
   await mount(ctx, 'tmpfs', join(root, 'run'), ['-t', 'tmpfs', '-o', 'mode=0755']);
-  ctx.defer('end processes left in the image', () => endProcessesIn(ctx, root));
 
   const archives = join(ctx.paths.work, 'apt-archives');
   shareAptCache(ctx, join(ctx.paths.cache, 'apt', `${system.codename}-${arch}`), archives);
@@ -162,7 +163,14 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
       if (rewritten !== text) swapFile(ctx, root, list, rewritten);
     }
   }
-  mkdirSync(join(root, STAGING.slice(1)), { recursive: true });
+  mkdirSync(join(root, STAGING.slice(1), 'scripts'), { recursive: true });
+  if (options.files && existsSync(options.files)) {
+    mkdirSync(join(root, STAGING.slice(1), 'files'));
+    await mount(ctx, options.files, join(root, STAGING.slice(1), 'files'), ['--bind', '-o', 'ro']);
+  }
+  // Registered last so it runs first: a process still holding a file under one of these mounts
+  // (apt stopped by Ctrl-C) would keep it from being unmounted.
+  ctx.defer('end processes left in the image', () => endProcessesIn(ctx, root));
 }
 
 function listDir(root: string, dir: string): string[] {

@@ -1,4 +1,4 @@
-import { copyFileSync, existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { scoped } from '../pipeline/cleanup.ts';
 import { derivedValues, type Config, type ConfigKey } from '../pipeline/config.ts';
@@ -6,7 +6,6 @@ import { CommandError, UserError } from '../pipeline/errors.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
 import { CHROOT_ENV, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot.ts';
-import { mount } from './loop.ts';
 
 /**
  * The settings as environment variables of every script: each key upper-cased with `-` as `_`
@@ -84,13 +83,7 @@ export function chrootStage(options: ChrootStageOptions = {}): Stage {
       const scripts = scriptList(options.scriptsDir, ctx.config.script);
       if (scripts.length === 0) return;
       await scoped(ctx.cleanup, ctx.signal, async () => {
-        await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'] });
-        mkdirSync(join(rootDir(ctx.paths.work), STAGING, 'scripts'), { recursive: true });
-        const files = stagedFiles(ctx.paths.work);
-        if (existsSync(files)) {
-          mkdirSync(join(rootDir(ctx.paths.work), STAGING, 'files'));
-          await mount(ctx, files, join(rootDir(ctx.paths.work), STAGING, 'files'), ['--bind', '-o', 'ro']);
-        }
+        await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'], files: stagedFiles(ctx.paths.work) });
         const env = scriptEnv(ctx.config, ctx);
         for (const [i, script] of scripts.entries()) await runScript(ctx, script, i + 1, env);
       });

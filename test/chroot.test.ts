@@ -97,7 +97,8 @@ test.serial('Ctrl-C in the middle of a script leaves no mount, loop device or pr
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const image = await fixtureCopy(dir, 'arm64');
-  const slow = script(dir, '30-slow.sh', 'sleep 600 &\necho started\nsleep 600');
+  // The background process holds a file under the apt archive mount, as apt stopped mid-download would.
+  const slow = script(dir, '30-slow.sh', 'exec 3>/var/cache/apt/archives/partial/held\nsleep 600 &\necho started\nsleep 600');
   const child = execa('node', [new URL('./fixtures/chroot-child.ts', import.meta.url).pathname, dir, image, slow, 'arm64'], { reject: false, all: true });
   const logs = join(dir, 'work', 'logs');
   const started = () => existsSync(logs) && readdirSync(logs).some((f) => f.startsWith('chroot-') && readFileSync(join(logs, f), 'utf8').includes('started'));
