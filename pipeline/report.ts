@@ -77,9 +77,10 @@ export class ListrReporter implements Reporter {
   }
 }
 
-export function pickReporter(options: { quiet: boolean; verbose: boolean }): Reporter {
+export function pickReporter(options: { quiet: boolean; verbose: boolean; 'shell-on-error'?: boolean }): Reporter {
   if (options.quiet) return new QuietReporter();
   const ci = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false';
-  if (options.verbose || ci || !process.stderr.isTTY) return new LineReporter();
+  // A shell opened inside the image needs the terminal to itself: no live task list redrawing it.
+  if (options.verbose || options['shell-on-error'] || ci || !process.stderr.isTTY) return new LineReporter();
   return new ListrReporter();
 }

@@ -139,3 +139,30 @@ test.serial('--apt-mirror and --apt-proxy: apt goes through them while building;
   t.true(relay.requests.some((r) => /^http:\/\/deb\.debian\.org\/debian\/dists\/bookworm\/InRelease$/.test(r)), relay.requests.join('\n'));
   t.notRegex(await rootFile(image, 'ls /etc/apt/apt.conf.d'), /zz-build-image/, 'no proxy setting stays');
 });
+
+test.serial('--shell-on-error opens a shell inside the image where a script failed (in a real terminal, tmux)', async (t) => {
+  const dir = scratch();
+  const session = `build-image-test-${process.pid}`;
+  t.teardown(async () => {
+    await execa('tmux', ['kill-session', '-t', session], { reject: false });
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const image = await fixtureCopy(dir, 'arm64');
+  const bad = script(dir, '40-broken.sh', 'echo before the failure\nfalse');
+  const child = new URL('./fixtures/chroot-child.ts', import.meta.url).pathname;
+  await execa('tmux', ['new-session', '-d', '-s', session, '-x', '160', '-y', '40', `node ${child} ${dir} ${image} ${bad} arm64 --shell-on-error; echo $? > ${dir}/exit`]);
+  const screen = async () => (await execa('tmux', ['capture-pane', '-p', '-t', session], { reject: false })).stdout;
+  for (let i = 0; !(await screen()).includes('a shell inside the image follows'); i++) {
+    if (i > 600) return t.fail(`no shell:\n${await screen()}`);
+    await sleep(100);
+  }
+  await execa('tmux', ['send-keys', '-t', session, 'echo "inside $BUILD_ARCH $(uname -m)" > /root/shell-was-here; exit', 'Enter']);
+  for (let i = 0; !existsSync(join(dir, 'exit')); i++) {
+    if (i > 600) return t.fail(`the build did not end:\n${await screen()}`);
+    await sleep(100);
+  }
+  t.is(readFileSync(join(dir, 'exit'), 'utf8').trim(), '1', 'the build still fails after the shell');
+  t.regex(await rootFile(image, 'cat /root/shell-was-here'), /^inside arm64 aarch64$/m, 'the shell ran inside the image, under emulation');
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
+});
