@@ -10,7 +10,7 @@ import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { overlayStage } from '../stages/overlay.ts';
 import { chrootStage } from '../stages/scripts.ts';
-import { shrinkStage } from '../stages/shrink.ts';
+import { shrink, shrinkStage } from '../stages/shrink.ts';
 
 /** A directory of this repository (overlays/..., scripts/...). */
 const repo = (path: string) => fileURLToPath(new URL(`../${path}`, import.meta.url));
@@ -48,7 +48,8 @@ export const pimaster: Pipeline = {
       grows: (_config, rootUsed) => 2 * PACKAGES + rootUsed,
     }),
     finalizeStage,
-    shrinkStage,
+    // The install guide removes the Raspberry Pi first-boot resize; --expand-on-boot keeps it.
+    shrink({ disarmFirstBoot: true }),
     compressStage,
   ],
 };

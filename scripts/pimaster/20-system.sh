@@ -1,5 +1,5 @@
 # Host name, SSH, users, the static address (the way this image configures its network),
-# services, first-boot resize disarmed, wifi networks removed.
+# services, wifi networks removed. (The first-boot resize is disarmed by the pipeline's shrink stage.)
 files="$BUILD_STAGING/files"
 
 echo "$BUILD_HOSTNAME" > /etc/hostname
@@ -56,12 +56,6 @@ NM
 esac
 
 systemctl enable ssh.service dnsmasq.service nfs-server.service rsyslog.service pimaster-nat.service pimaster-firstboot.service
-
-# The Raspberry Pi first-boot resize is disarmed (init=... on buster to bookworm, resize on trixie).
-cmdline="$BUILD_BOOT_MOUNT/cmdline.txt"
-if [ -f "$cmdline" ]; then
-  sed -i -E 's# init=/usr/lib/raspi-config/init_resize\.sh##; s# init=/usr/lib/raspberrypi-sys-mods/firstboot##; s#(^| )resize( |$)#\1\2#; s/  +/ /g; s/ $//' "$cmdline"
-fi
 
 # No wifi network ships in the image.
 wpa=/etc/wpa_supplicant/wpa_supplicant.conf
