@@ -1,6 +1,7 @@
 /**
  * extract: turn the verified download into `<work>/image.img`, a sparse raw image. The format is
- * found by magic bytes (xz, gzip, zstd, zip, else a raw disk image with a boot signature);
+ * found by magic bytes (xz, gzip, zstd, zip, else a raw disk image with a boot signature; a
+ * compressed tar of one .img by its name);
  * decompressors stream into a writer that skips zero blocks. The download itself is only read.
  * The image is written as `image.img.part` and renamed when complete and verified, so a failed or
  * interrupted run never leaves a partial `image.img`.
@@ -12,6 +13,7 @@ import { basename, dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { crc32 } from 'node:zlib';
+import { extract } from 'tar-stream';
 import yauzl from 'yauzl';
 import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
@@ -87,7 +89,8 @@ interface Sink {
 async function decompress(ctx: BuildContext, format: keyof typeof DECOMPRESSORS, input: string, sink: Sink): Promise<void> {
   const { tool, args } = DECOMPRESSORS[format];
   const subprocess = ctx.commands.spawn(tool, [...args, input]);
-  const copied = pipeline(subprocess.stdout, sink.writer, { signal: ctx.signal }).then(
+  const copy = TARRED.test(input) ? untar(subprocess.stdout, sink, ctx.signal) : pipeline(subprocess.stdout, sink.writer, { signal: ctx.signal });
+  const copied = copy.then(
     () => undefined,
     (error: unknown) => error,
   );
@@ -95,6 +98,7 @@ async function decompress(ctx: BuildContext, format: keyof typeof DECOMPRESSORS,
   const copyError = await copied;
   if (ctx.signal.aborted) throw ctx.signal.reason;
   if (sink.writer.failure) throw sink.writer.failure;
+  if (copyError instanceof UserError) throw copyError;
   if (result.failed) {
     if (result.code === 'ENOENT' || /ENOENT/.test(String(result.cause ?? ''))) {
       throw new UserError(`${tool} is not installed, and it is needed to decompress ${sink.name}: install it (run \`build-image doctor\`)`);
@@ -103,6 +107,36 @@ async function decompress(ctx: BuildContext, format: keyof typeof DECOMPRESSORS,
     throw new Corrupt(`${tool}: ${why}`);
   }
   if (copyError) throw copyError;
+}
+
+/** A compressed tar (`.img.tar.gz`, as PiSeduce stores environments): its one .img is the image. */
+const TARRED = /\.(tar\.(gz|xz|zst)|tgz)$/i;
+
+async function untar(source: Readable, sink: Sink, signal: AbortSignal): Promise<void> {
+  const tar = extract();
+  const fed = pipeline(source, tar, { signal });
+  fed.catch(() => {}); // its error is the loop's below
+  const images: string[] = [];
+  try {
+    for await (const entry of tar) {
+      // tar-stream gives GNU sparse entries (tar --sparse) no type: it cannot expand them.
+      if (entry.header.type !== 'file' && /\.img$/i.test(entry.header.name)) {
+        throw new UserError(`${sink.name}: ${entry.header.name} is ${entry.header.type ? `a ${entry.header.type}` : 'stored sparse (tar --sparse)'}, not a plain file: make the tar of the .img itself, without --sparse`);
+      }
+      if (entry.header.type !== 'file' || !/\.img$/i.test(entry.header.name)) {
+        entry.resume();
+        continue;
+      }
+      images.push(entry.header.name);
+      if (images.length > 1) throw new UserError(`${sink.name} holds more than one .img file (${images.join(', ')}): give a tar with exactly one disk image`);
+      await pipeline(entry, sink.writer, { signal });
+    }
+  } catch (error) {
+    if (error instanceof UserError || sink.writer.failure) throw error;
+    throw new Corrupt(`tar: ${(error as Error).message}`);
+  }
+  await fed;
+  if (images.length === 0) throw new UserError(`${sink.name} holds no .img file: give a tar with exactly one disk image`);
 }
 
 const SIZE_LIE = /^(too many bytes in the stream|not enough bytes in the stream)/;

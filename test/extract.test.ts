@@ -20,6 +20,8 @@ test.before(async () => {
   base = await makeBaseImages(fixtures);
   await execa('pigz', ['-k', '-1', '-f', base.img]);
   await execa('zstd', ['-q', '-k', '-1', '-f', base.img]);
+  // As our tar.gz output and PiSeduce environments are: a tar of the one .img, gzipped.
+  await execa('tar', ['-czf', `${base.img}.tar.gz`, '-C', fixtures, '--transform', 's,.*,disk.img,', base.img.slice(fixtures.length + 1)]);
 });
 test.after.always(() => rmSync(fixtures, { recursive: true, force: true }));
 
@@ -81,6 +83,7 @@ for (const [format, file] of [
   ['gzip', () => `${base.img}.gz`],
   ['zstd', () => `${base.img}.zst`],
   ['zip', () => base.zip],
+  ['tar.gz', () => `${base.img}.tar.gz`],
 ] as const) {
   test(`a ${format} base image becomes an identical, sparse image.img; the input is untouched`, async (t) => {
     const { config } = await setup(t);
@@ -229,6 +232,21 @@ test('a file that is neither an archive nor a disk image is refused', async (t) 
   const notDisk = join(dir, 'text.xz');
   await execa('sh', ['-c', `printf 'hello world\\n' | xz > ${notDisk}`]);
   await assertRefused(t, config, notDisk, /^base image text\.xz holds 12 bytes that are not a disk image/);
+});
+
+test('a .tar.gz must hold exactly one .img', async (t) => {
+  const { dir, config } = await setup(t);
+  writeFileSync(join(dir, 'a.img'), smallDisk());
+  writeFileSync(join(dir, 'b.img'), smallDisk());
+  writeFileSync(join(dir, 'notes.txt'), 'hello');
+  await execa('tar', ['-czf', join(dir, 'two.img.tar.gz'), '-C', dir, 'a.img', 'b.img']);
+  await assertRefused(t, config, join(dir, 'two.img.tar.gz'), /^base image two\.img\.tar\.gz holds more than one \.img file \(a\.img, b\.img\): give a tar with exactly one disk image$/);
+  await execa('tar', ['-czf', join(dir, 'none.tar.gz'), '-C', dir, 'notes.txt']);
+  await assertRefused(t, config, join(dir, 'none.tar.gz'), /^base image none\.tar\.gz holds no \.img file: give a tar with exactly one disk image$/);
+  writeFileSync(join(dir, 'holes.img'), smallDisk().subarray(0, 512));
+  truncateSync(join(dir, 'holes.img'), 8 * 1024 * 1024);
+  await execa('tar', ['-czSf', join(dir, 'sparse.img.tar.gz'), '-C', dir, 'holes.img']);
+  await assertRefused(t, config, join(dir, 'sparse.img.tar.gz'), /^base image sparse\.img\.tar\.gz: holes\.img is stored sparse \(tar --sparse\), not a plain file: make the tar of the \.img itself, without --sparse$/);
 });
 
 test('a stale image.img from an earlier build is replaced', async (t) => {
