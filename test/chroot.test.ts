@@ -28,12 +28,13 @@ function script(dir: string, name: string, body: string): string {
   return path;
 }
 
-async function rootFile(image: string, request: string): Promise<string> {
+/** debugfs requests on the image's root (read-only unless `write`). */
+async function rootFile(image: string, request: string, write = false): Promise<string> {
   const { stdout } = await execa('sfdisk', ['--json', image]);
   const root = (JSON.parse(stdout) as { partitiontable: { partitions: Array<{ start: number; size: number }> } }).partitiontable.partitions[1]!;
-  const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image]);
+  const { stdout: dev } = await execa('losetup', ['--find', '--show', ...(write ? [] : ['--read-only']), '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image]);
   try {
-    const r = await execa('debugfs', ['-R', request, dev.trim()], { reject: false });
+    const r = await execa('debugfs', [...(write ? ['-w', '-f', '-'] : ['-R', request]), dev.trim()], { reject: false, input: write ? request : undefined });
     return `${r.stdout}\n${r.stderr.replace(/^debugfs [\d.]+ \(.*\)$/m, '')}`;
   } finally {
     await execa('losetup', ['-d', dev.trim()]);
@@ -49,6 +50,8 @@ for (const arch of ['arm64', 'armhf'] as const) {
     const dir = scratch();
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     const image = await fixtureCopy(dir, arch);
+    // resolv.conf as systemd-resolved leaves it (Ubuntu-like): the chroot must put the link back.
+    await rootFile(image, 'rm /etc/resolv.conf\nsymlink /etc/resolv.conf ../run/systemd/resolve/stub-resolv.conf\n', true);
     const config = testConfig(dir, { arch, cache: TEST_CACHE, script: [script(dir, '10-hello.sh', INSTALL)] });
     await runStages([growStage, attachStage, chrootStage(), finalizeStage], config, { image });
     const log = logsOf(config);
