@@ -18,6 +18,8 @@ export interface RunOptions {
   reject?: boolean;
   /** Do not copy stdout to the log (binary or huge output). */
   quietStdout?: boolean;
+  /** Killed after this long (a command on a guest that may hang). */
+  timeoutMs?: number;
 }
 
 export interface RunResult {
@@ -73,6 +75,7 @@ export class CommandRunner {
       detached: true,
       cancelSignal: options.uncancellable ? undefined : this.#signal,
       forceKillAfterDelay: 5000,
+      timeout: options.timeoutMs,
       reject: false,
       stripFinalNewline: false,
       maxBuffer: 64 * 1024 * 1024,
@@ -91,7 +94,7 @@ export class CommandRunner {
     const durationMs = performance.now() - started;
     this.commandMs += durationMs;
     const exitCode = result.exitCode ?? -1;
-    this.#log.line(`exit ${result.exitCode ?? result.signal} after ${(durationMs / 1000).toFixed(2)} s`);
+    this.#log.line(`exit ${result.exitCode ?? result.signal} after ${(durationMs / 1000).toFixed(2)} s${result.timedOut ? ' (timed out)' : ''}`);
     if (result.failed && options.reject !== false) {
       if (result.isCanceled && this.#signal.aborted) throw this.#signal.reason;
       if (result.code === 'ENOENT' || /ENOENT/.test(String(result.cause ?? ''))) {

@@ -11,7 +11,7 @@ import { debianImage, TEST_CACHE, type FixtureArch } from '../fixtures/debian-im
 import { makePiseduceStandins } from '../fixtures/piseduce-standin.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { startServer } from './http-server.ts';
-import { withLock } from './lock.ts';
+import { withLock } from '../../pipeline/lock.ts';
 
 const repo = new URL('../../', import.meta.url).pathname;
 const cli = join(repo, 'pipeline/cli.ts');

@@ -1,6 +1,7 @@
 /**
- * A lock between test processes (ava runs test files in parallel): a directory made atomically,
- * holding the owner's pid so that a lock left by a dead process is taken over.
+ * A lock between processes sharing a cache (two builds, or test files run in parallel): a
+ * directory made atomically, holding the owner's pid so that a lock left by a dead process is
+ * taken over.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,7 +18,7 @@ function ownerAlive(lock: string): boolean {
   }
 }
 
-export async function withLock<T>(lock: string, fn: () => Promise<T>): Promise<T> {
+export async function withLock<T>(lock: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
   for (;;) {
     try {
       mkdirSync(lock);
@@ -25,7 +26,7 @@ export async function withLock<T>(lock: string, fn: () => Promise<T>): Promise<T
       break;
     } catch {
       if (!ownerAlive(lock)) rmSync(lock, { recursive: true, force: true });
-      await sleep(1000);
+      await sleep(1000, undefined, { signal });
     }
   }
   try {
