@@ -32,7 +32,12 @@ export const HOST_TOOLS: ReadonlyArray<{ command: string; apt: string; use: stri
   { command: 'qemu-arm-static', apt: 'qemu-user-static', use: 'running armhf code in the image' },
   { command: 'git', apt: 'git', use: 'cloning the PiSeduce sources' },
   { command: 'mmdebstrap', apt: 'mmdebstrap', use: 'building test fixtures', optional: true },
-  { command: 'qemu-system-aarch64', apt: 'qemu-system-arm', use: 'build-image verify', optional: true },
+  { command: 'qemu-system-aarch64', apt: 'qemu-system-arm', use: 'build-image verify: booting arm64 images', optional: true },
+  { command: 'qemu-system-arm', apt: 'qemu-system-arm', use: 'build-image verify: booting armhf images', optional: true },
+  { command: 'ssh', apt: 'openssh-client', use: 'build-image verify: the checks', optional: true },
+  { command: 'modprobe', apt: 'kmod', use: "build-image verify: the initrd's modules", optional: true },
+  { command: 'cpio', apt: 'cpio', use: 'build-image verify: the initrd', optional: true },
+  { command: 'dpkg-deb', apt: 'dpkg', use: "build-image verify: unpacking Debian's kernel", optional: true },
 ];
 
 export function findOnPath(command: string): string | undefined {

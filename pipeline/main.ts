@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatValue, readConfigFile, resolveConfig, schema, type ConfigKey } from './config.ts';
 import { formatChecks, runChecks } from './doctor.ts';
@@ -7,6 +8,8 @@ import { PIPELINES, optionsOf, type PipelineCommand } from './pipelines.ts';
 import { pickReporter } from './report.ts';
 import { runPipeline, selectStages, timingTable } from './runner.ts';
 import type { Pipeline } from './stage.ts';
+import { formatResults, readChecksFile } from '../verify/checks.ts';
+import { verifyPipeline } from '../verify/stages.ts';
 
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -25,6 +28,8 @@ function usage(command: PipelineCommand | undefined): string {
       'Usage:',
       '  build-image [options]               build the pimaster image (see build-image --help build)',
       '  build-image customize [options]     customize any Raspberry Pi OS image with overlays',
+      '  build-image verify IMAGE --ssh-key KEY [options]',
+      '                                      boot an image in QEMU and check it (see build-image --help verify)',
       '  build-image doctor [--work DIR]     check that this host can build images',
       '  build-image --help [COMMAND]        help on a command',
       '  build-image --version',
@@ -101,6 +106,81 @@ function printPlan(pipeline: Pipeline, config: ReturnType<typeof resolveConfig>,
   return lines.join('\n');
 }
 
+const VERIFY_FLAGS = {
+  'ssh-key': { type: 'string', placeholder: 'FILE', help: 'the private key that logs in to the image (required)' },
+  user: { type: 'string', placeholder: 'NAME', help: 'the user it logs in as', default: 'root' },
+  checks: { type: 'string', placeholder: 'FILE', help: 'more checks: one shell command a line, run on the guest, each must exit 0' },
+  timeout: { type: 'string', placeholder: 'SECONDS', help: 'how long to wait for SSH after QEMU starts', default: '600' },
+  memory: { type: 'string', placeholder: 'MIB', help: "the guest's memory", default: '2048' },
+  'debian-mirror': { type: 'string', placeholder: 'URL', help: "the Debian mirror of the kernel booted when the image's own cannot boot under QEMU", default: 'http://deb.debian.org/debian' },
+  work: { type: 'string', placeholder: 'DIR', help: 'working directory (the copy and the console log go to DIR/verify)', default: './work' },
+  cache: { type: 'string', placeholder: 'DIR', help: 'cache directory (Debian kernels)', default: schema.cache.default as () => string },
+  verbose: { type: 'boolean', help: 'echo every command and its output' },
+  quiet: { type: 'boolean', help: 'print only the results and errors' },
+  help: { type: 'boolean', help: 'this help' },
+} as const;
+
+function verifyUsage(): string {
+  const rows = Object.entries(VERIFY_FLAGS).map(([name, f]) => {
+    const d = 'default' in f ? (typeof f.default === 'function' ? f.default() : f.default) : undefined;
+    return [`--${name}${'placeholder' in f ? ` ${f.placeholder}` : ''}`, `${f.help}${d !== undefined ? ` (default: ${d})` : ''}`] as const;
+  });
+  const width = Math.max(...rows.map(([a]) => a.length));
+  return [
+    'build-image verify IMAGE --ssh-key FILE [options]: boot a throw-away copy of IMAGE (.img, .img.xz, .img.zst, .img.gz,',
+    '.zip or .img.tar.gz) in QEMU, wait for SSH, run the checks (the built-in ones, more for a pimaster, and yours),',
+    'print one PASS/FAIL line per check, power it off. Exits 1 if a check failed or the image never came up.',
+    '',
+    'Options:',
+    ...rows.map(([a, b]) => `  ${a.padEnd(width)}  ${b}`),
+  ].join('\n');
+}
+
+async function verify(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: Object.fromEntries(Object.entries(VERIFY_FLAGS).map(([k, f]) => [k, { type: f.type }])), allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new ConfigError(`${(error as Error).message.split('\n')[0]} (see build-image --help verify)`);
+  }
+  const { values, positionals } = parsed as { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  if (values.help) {
+    process.stdout.write(`${verifyUsage()}\n`);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new ConfigError('verify takes one IMAGE: build-image verify IMAGE --ssh-key FILE (see build-image --help verify)');
+  const image = positionals[0]!;
+  if (!existsSync(image)) throw new ConfigError(`${image}: no such file (the image to verify)`);
+  if (typeof values['ssh-key'] !== 'string') throw new ConfigError('--ssh-key FILE is needed: the private key that logs in to the image');
+  if (!existsSync(values['ssh-key'])) throw new ConfigError(`--ssh-key ${values['ssh-key']}: no such file (the private key that logs in to the image)`);
+  const checksFile = typeof values.checks === 'string' ? resolve(values.checks) : undefined;
+  const number = (name: 'timeout' | 'memory', min: number) => {
+    const raw = String(values[name] ?? VERIFY_FLAGS[name].default);
+    if (!/^\d+$/.test(raw) || Number(raw) < min) throw new ConfigError(`--${name} ${raw}: expected a whole number of ${name === 'timeout' ? 'seconds' : 'MiB'}, at least ${min}`);
+    return Number(raw);
+  };
+  const flags = { work: values.work, cache: values.cache, verbose: values.verbose, quiet: values.quiet };
+  const config = resolveConfig([], { flags }, 'verify');
+  const pipeline = verifyPipeline({
+    image: resolve(image),
+    sshKey: resolve(values['ssh-key']),
+    user: String(values.user ?? 'root'),
+    checks: checksFile ? readChecksFile(checksFile) : [],
+    checksFile,
+    timeoutS: number('timeout', 10),
+    memoryMiB: number('memory', 256),
+    debianMirror: String(values['debian-mirror'] ?? VERIFY_FLAGS['debian-mirror'].default).replace(/\/+$/, ''),
+  });
+  const { state, timings } = await runPipeline(pipeline, { ...config, work: join(config.work, 'verify') }, {}, pickReporter(config));
+  const v = state.verify!;
+  const results = v.results ?? [];
+  const failed = results.filter((r) => !r.ok).length;
+  process.stdout.write(`${formatResults(results)}\n`);
+  process.stdout.write(`${results.length - failed} of ${results.length} checks passed; SSH answered ${v.bootSeconds} s after QEMU started; kernel: ${v.kernel.source}\n`);
+  if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);
+  return failed ? 1 : 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const first = argv[0];
   if (first === '--version' || first === '-v') {
@@ -112,6 +192,11 @@ export async function main(argv: string[]): Promise<number> {
     const checks = runChecks(values.work ?? './work');
     process.stdout.write(`${formatChecks(checks)}\n`);
     return checks.some((c) => !c.ok && !c.warning) ? 1 : 0;
+  }
+  if (first === 'verify') return verify(argv.slice(1));
+  if (first === '--help' && argv[1] === 'verify') {
+    process.stdout.write(`${verifyUsage()}\n`);
+    return 0;
   }
   const command: PipelineCommand = first !== undefined && first in PIPELINES ? (first as PipelineCommand) : 'build';
   const rest = command === first ? argv.slice(1) : argv;

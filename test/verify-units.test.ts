@@ -1,0 +1,87 @@
+// The pure parts of `build-image verify`: what the image says, the kernel choice, QEMU's network.
+import test from 'ava';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { formatResults, lastLine, readChecksFile, systemChecks } from '../verify/checks.ts';
+import { dhcpcdStatic, natUplink, nmStatic, readFacts } from '../verify/facts.ts';
+import { userNetwork } from '../verify/guest.ts';
+import { bootsUnderVirt, ownKernel } from '../verify/kernel.ts';
+
+const temp = (t: { teardown(fn: () => void): void }) => {
+  const dir = mkdtempSync(join(tmpdir(), 'verify-units-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+};
+
+test('dhcpcd.conf: the static address of the last interface block that has one', (t) => {
+  const conf = '# a comment\nhostname\ninterface wlan0\n#static ip_address=10.0.0.9/8\n\ninterface eth0\nstatic ip_address=48.48.0.254/24\n';
+  t.like(dhcpcdStatic(conf), { interface: 'eth0', address: '48.48.0.254', prefix: 24, network: '48.48.0.0' });
+  t.is(dhcpcdStatic('interface eth0\n# static ip_address=1.2.3.4/24\n'), undefined);
+  t.is(dhcpcdStatic('static ip_address=1.2.3.4/24\n'), undefined, 'not bound to an interface');
+});
+
+test('NetworkManager keyfile: a manual address bound to an interface', (t) => {
+  const nm = '[connection]\nid=x\ninterface-name=eth0\n\n[ipv4]\nmethod=manual\naddress1=10.1.2.3/16,10.1.0.1\n';
+  t.like(nmStatic(nm), { interface: 'eth0', address: '10.1.2.3', prefix: 16, network: '10.1.0.0' });
+  t.is(nmStatic(nm.replace('method=manual', 'method=auto')), undefined);
+});
+
+test('the NAT unit names its uplink', (t) => {
+  t.is(natUplink("ExecStart=/bin/sh -c '... || /usr/sbin/iptables -t nat -A POSTROUTING -o wlan1 -j MASQUERADE'"), 'wlan1');
+  t.is(natUplink(''), undefined);
+});
+
+test('facts from an image tree: host name, address, pimaster or not', (t) => {
+  const root = temp(t);
+  mkdirSync(join(root, 'etc/NetworkManager/system-connections'), { recursive: true });
+  writeFileSync(join(root, 'etc/hostname'), 'node7\n');
+  writeFileSync(join(root, 'etc/NetworkManager/system-connections/a.nmconnection'), 'interface-name=eth0\n[ipv4]\nmethod=manual\naddress1=192.168.5.2/24\n');
+  t.deepEqual(readFacts(root), { hostname: 'node7', address: { address: '192.168.5.2', prefix: 24, network: '192.168.5.0', netmask: '255.255.255.0', interface: 'eth0' }, pimaster: undefined });
+  mkdirSync(join(root, 'usr/local/sbin'), { recursive: true });
+  writeFileSync(join(root, 'usr/local/sbin/pimaster-firstboot'), '');
+  t.deepEqual(readFacts(root).pimaster, { uplink: 'wlan0' });
+});
+
+const VIRT = 'CONFIG_PCI_HOST_GENERIC=y\nCONFIG_VIRTIO_PCI=m\nCONFIG_VIRTIO_BLK=y\nCONFIG_VIRTIO_NET=m\nCONFIG_SERIAL_AMBA_PL011_CONSOLE=y\n';
+
+test("the image's own kernel is used only when its config boots under virt and it has an initrd", (t) => {
+  t.true(bootsUnderVirt(VIRT));
+  t.false(bootsUnderVirt(VIRT.replace('CONFIG_VIRTIO_BLK=y', '# CONFIG_VIRTIO_BLK is not set')), 'a Raspberry Pi kernel has no virtio');
+  const root = temp(t);
+  t.is(ownKernel(root), undefined, 'no /boot');
+  mkdirSync(join(root, 'boot'));
+  for (const v of ['6.1.0-9-arm64', '6.1.0-10-arm64']) {
+    writeFileSync(join(root, 'boot', `vmlinuz-${v}`), '');
+    writeFileSync(join(root, 'boot', `config-${v}`), VIRT);
+  }
+  t.is(ownKernel(root), undefined, 'no initrd');
+  writeFileSync(join(root, 'boot', 'initrd.img-6.1.0-9-arm64'), '');
+  t.is(ownKernel(root)?.version, '6.1.0-9-arm64');
+  writeFileSync(join(root, 'boot', 'initrd.img-6.1.0-10-arm64'), '');
+  t.is(ownKernel(root)?.version, '6.1.0-10-arm64', 'the newest');
+});
+
+test("QEMU's user network is the image's subnet, its own addresses kept off the guest's", (t) => {
+  const at = (address: string, prefix = 24) => ({ address, prefix, network: address.replace(/\.\d+$/, '.0'), netmask: '', interface: 'eth0' });
+  t.deepEqual(userNetwork(undefined), []);
+  t.deepEqual(userNetwork(at('48.48.0.254')), ['net=48.48.0.0/24', 'host=48.48.0.2', 'dns=48.48.0.3']);
+  t.deepEqual(userNetwork(at('48.48.0.2')), ['net=48.48.0.0/24', 'host=48.48.0.3', 'dns=48.48.0.4']);
+});
+
+test('a --checks file: one command a line, comments and blank lines skipped; an empty one refused', (t) => {
+  const dir = temp(t);
+  writeFileSync(join(dir, 'c'), '# mine\n\ntest -d /nfs\n  systemctl is-active ssh  \n');
+  t.deepEqual(readChecksFile(join(dir, 'c')).map((c) => c.command), ['test -d /nfs', 'systemctl is-active ssh']);
+  writeFileSync(join(dir, 'e'), '# nothing\n');
+  t.throws(() => readChecksFile(join(dir, 'e')), { message: /holds no command/ });
+  t.throws(() => readChecksFile(join(dir, 'missing')), { message: /cannot read it \(ENOENT\)/ });
+});
+
+test('checks: the address check is there only for a static address; results one line each', (t) => {
+  t.is(systemChecks({ hostname: 'h' }).length, 2);
+  t.regex(systemChecks({ hostname: 'h', address: { address: '1.2.3.4', prefix: 8, network: '1.0.0.0', netmask: '', interface: 'eth0' } })[2]!.name, /eth0 has 1\.2\.3\.4\/8/);
+  t.is(lastLine('a\nb\n\n'), 'b');
+  t.is(lastLine(''), '(no output)');
+  t.is(formatResults([{ name: 'one', ok: true, saw: 'x' }, { name: 'three', ok: false, saw: 'y' }]), 'PASS  one    x\nFAIL  three  y');
+});

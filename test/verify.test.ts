@@ -1,0 +1,133 @@
+/**
+ * `build-image verify` end to end: the pimaster built from the fixture (served over HTTP) booted
+ * in QEMU and checked; an image that never comes up; Ctrl-C while the guest boots. Each run must
+ * leave no QEMU process, loop device, mount or copy behind, and the input image untouched.
+ */
+import test from 'ava';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
+import { debianImage, TEST_CACHE } from './fixtures/debian-image.ts';
+import { makeTinyImage } from './fixtures/tiny-image.ts';
+import { scratch } from './helpers/build.ts';
+import { loopsOn, mountsUnder } from './helpers/leaks.ts';
+import { pimasterBuild } from './helpers/pimaster-build.ts';
+
+const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+const verify = (args: string[]) => execa('node', [cli, 'verify', ...args], { reject: false, env: { CI: 'true' } });
+
+/** Processes whose command line mentions `dir` (QEMU runs the copy from there). */
+function processesNaming(dir: string): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+      if (cmdline.includes(dir) && !cmdline.includes(cli)) found.push(`${pid}: ${cmdline.slice(0, 80)}`);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+function assertNothingLeft(t: import('ava').ExecutionContext, dir: string): void {
+  t.deepEqual(processesNaming(dir), [], 'no QEMU outlives verify');
+  t.deepEqual(mountsUnder(dir), []);
+  t.false(existsSync(join(dir, 'work', 'verify', 'guest.img')), 'the throw-away copy is gone');
+}
+
+async function keyPair(dir: string): Promise<string> {
+  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'key')]);
+  return join(dir, 'key');
+}
+
+test('verify refuses bad arguments with one line and exit code 2', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'x.img');
+  writeFileSync(image, '');
+  const cases: Array<[string[], RegExp]> = [
+    [[image], /--ssh-key FILE is needed/],
+    [[join(dir, 'nope.img'), '--ssh-key', image], /nope\.img: no such file/],
+    [[image, '--ssh-key', join(dir, 'nokey')], /--ssh-key .*nokey: no such file/],
+    [[image, '--ssh-key', image, '--timeout', 'soon'], /--timeout soon: expected a whole number of seconds/],
+    [[image, image, '--ssh-key', image], /verify takes one IMAGE/],
+    [[image, '--ssh-key', image, '--bogus'], /Unknown option '--bogus'/],
+  ];
+  for (const [args, message] of cases) {
+    const r = await verify([...args, '--work', join(dir, 'work')]);
+    t.is(r.exitCode, 2, args.join(' '));
+    t.regex(r.stderr, message);
+    t.is(r.stderr.trim().split('\n').length, 1, 'one line');
+  }
+});
+
+/** Debian's kernel verify boots each arch with (the fixture carries none). */
+const KERNEL = { arm64: 'cloud-arm64', armhf: 'armmp-lpae' } as const;
+
+for (const arch of ['arm64', 'armhf'] as const) {
+  test.serial(`${arch} pimaster: boots in QEMU and passes every built-in check; a failing check of the user's fails the run`, async (t) => {
+    const build = await pimasterBuild(arch);
+    const image = `${build.image}.zst`;
+    const before = statSync(image);
+    const dir = scratch();
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const checks = join(dir, 'checks');
+    writeFileSync(checks, '# the node root is there\ntest -d /nfs/raspi/root/fs_dir\n# and this one must fail\ntest -e /no/such/file\n');
+    const r = await verify([image, '--ssh-key', build.sshKey, '--checks', checks, '--work', join(dir, 'work'), '--cache', TEST_CACHE]);
+    t.log(r.stdout);
+    t.is(r.exitCode, 1, r.stderr);
+
+    const lines = r.stdout.split('\n').filter((l) => /^(PASS|FAIL) /.test(l));
+    const failed = lines.filter((l) => l.startsWith('FAIL'));
+    t.deepEqual(failed.map((l) => l.replace(/\s+.*$/, '') + ' ' + l.split(/\s{2,}/)[1]), ['FAIL test -e /no/such/file'], 'only the user\'s failing check fails');
+    for (const name of [
+      'systemd: every unit started, none failed', 'hostname is pimaster', 'eth0 has 48.48.0.254/24', 'first-boot unit finished', 'sshd: UsePAM no', 'no pi user',
+      'dnsmasq active', 'TFTP serves /bootcode.bin and rpiboot_uboot/', 'NFS export active', 'NFS root mountable (vers=4.1, tcp)', 'NFS root hostname is nfspi',
+      'NFS root fstab is empty', "NFS root host keys differ from the pimaster's", "NFS root authorizes the pimaster's root key", 'NFS root unmounts', 'IPv4 forwarding on',
+      'NAT to wlan0', 'web UI answers on 9000', 'agent API answers on 8090', 'web UI admin password is not the published one', 'test -d /nfs/raspi/root/fs_dir',
+    ]) {
+      t.true(lines.some((l) => l.startsWith(`PASS  ${name} `)), `PASS ${name}`);
+    }
+    t.regex(r.stdout, /^PASS  TFTP .* bootcode\.bin \(\d+ B\) and rpiboot_uboot\/cmdline\.txt \(\d+ B\) from 48\.48\.0\.254, as on disk$/m);
+    t.regex(r.stdout, /^PASS  web UI answers on 9000 +HTTP \d{3} /m);
+    t.regex(r.stdout, new RegExp(`^${lines.length - 1} of ${lines.length} checks passed; SSH answered [\\d.]+ s after QEMU started; kernel: Debian's linux-image-6\\S+-${KERNEL[arch]}`, 'm'));
+    t.regex(readFileSync(join(dir, 'work', 'verify', 'console.log'), 'utf8'), /pimaster-firstboot: done/, 'the console went to the log file');
+
+    assertNothingLeft(t, dir);
+    t.deepEqual(await loopsOn(image), []);
+    const after = statSync(image);
+    t.is(after.mtimeMs, before.mtimeMs, 'the input image is untouched');
+    t.is(after.size, before.size);
+  });
+}
+
+test.serial('an image that never comes up: exit 1 with the console\'s last lines, nothing left behind', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'no-init.img');
+  await makeTinyImage(image, { arch: 'arm64' });
+  const r = await verify([image, '--ssh-key', await keyPair(dir), '--work', join(dir, 'work'), '--cache', TEST_CACHE, '--timeout', '300']);
+  t.is(r.exitCode, 1);
+  t.regex(r.stderr, /error: the guest stopped before SSH answered \(QEMU exit code 0\); its console's last lines:/);
+  t.regex(r.stderr, /\| verify initrd: \/dev\/vda2 has no \/sbin\/init/);
+  assertNothingLeft(t, dir);
+  t.deepEqual(await loopsOn(image), []);
+});
+
+test.serial('Ctrl-C while the guest boots: QEMU is ended, the copy removed, exit code 130', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const fixture = await debianImage('arm64');
+  const child = execa('node', [cli, 'verify', fixture, '--ssh-key', await keyPair(dir), '--work', join(dir, 'work'), '--cache', TEST_CACHE], { reject: false, env: { CI: 'true' } });
+  const console = join(dir, 'work', 'verify', 'console.log');
+  for (let i = 0; i < 600 && !(existsSync(console) && statSync(console).size > 0); i++) await sleep(500);
+  t.true(existsSync(console), 'the guest started');
+  t.not(processesNaming(dir).length, 0, 'QEMU runs');
+  child.kill('SIGINT');
+  const r = await child;
+  t.is(r.exitCode, 130, r.stderr);
+  assertNothingLeft(t, dir);
+  t.deepEqual(await loopsOn(fixture), []);
+});

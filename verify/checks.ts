@@ -1,0 +1,94 @@
+/**
+ * Checks run against the booted guest. Most are one shell command run on the guest over SSH: it
+ * passes when it exits 0, and its last line of output is what it saw. A few are run from the host
+ * (an HTTP request through a forwarded port), which proves the service is reachable from outside.
+ */
+import { readFileSync } from 'node:fs';
+import { ConfigError } from '../pipeline/errors.ts';
+import type { GuestFacts } from './facts.ts';
+
+export interface Check {
+  name: string;
+  /** Shell run on the guest (as the SSH user, by its login shell). */
+  command?: string;
+  /** Or a probe run on the host, given the host port a guest port is forwarded to. */
+  probe?: (hostPort: (guestPort: number) => number) => Promise<{ ok: boolean; saw: string }>;
+  /** Seconds before the check is given up as failed. */
+  timeoutS?: number;
+}
+
+export interface CheckResult {
+  name: string;
+  ok: boolean;
+  saw: string;
+}
+
+/** sh single-quoting. */
+export const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+
+/** Checks for any image: it booted cleanly, and is what its files said it would be. */
+export function systemChecks(facts: GuestFacts): Check[] {
+  const checks: Check[] = [
+    {
+      // First: the checks after it see a system that has finished starting.
+      name: 'systemd: every unit started, none failed',
+      command: 's=$(systemctl is-system-running --wait); f=$(systemctl --failed --no-legend --plain | awk \'{print $1}\' | paste -sd" "); echo "$s${f:+ (failed: $f)}"; [ "$s" = running ]',
+      timeoutS: 300,
+    },
+    { name: `hostname is ${facts.hostname}`, command: `h=$(hostname); echo "$h"; [ "$h" = ${q(facts.hostname)} ]` },
+  ];
+  const a = facts.address;
+  if (a) {
+    const want = `${a.address}/${a.prefix}`;
+    checks.push({
+      name: `${a.interface} has ${want}`,
+      command: `ip -4 -o addr show dev ${q(a.interface)} | awk '{print $4}' | paste -sd" "; ip -4 -o addr show dev ${q(a.interface)} | grep -qF ${q(` ${want} `)}`,
+    });
+  }
+  return checks;
+}
+
+/** The user's --checks file: one shell command a line; blank lines and # comments skipped. */
+export function readChecksFile(path: string): Check[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`--checks ${path}: cannot read it (${(error as NodeJS.ErrnoException).code ?? error})`);
+  }
+  const checks = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !l.startsWith('#'))
+    .map((command) => ({ name: command, command }));
+  if (checks.length === 0) throw new ConfigError(`--checks ${path}: holds no command (one shell command a line)`);
+  return checks;
+}
+
+/** The last line of a command's output, short enough for one line of the report. */
+export function lastLine(output: string, max = 120): string {
+  const line = output.trim().split('\n').map((l) => l.trim()).filter(Boolean).at(-1) ?? '(no output)';
+  return line.length > max ? `${line.slice(0, max - 3)}...` : line;
+}
+
+/** An HTTP request to a guest port: any HTTP answer passes (a login page, a 401, a redirect). */
+export function httpCheck(name: string, guestPort: number, path = '/'): Check {
+  return {
+    name,
+    async probe(hostPort) {
+      try {
+        const response = await fetch(`http://127.0.0.1:${hostPort(guestPort)}${path}`, { redirect: 'manual', signal: AbortSignal.timeout(30_000) });
+        await response.body?.cancel();
+        return { ok: response.status < 500, saw: `HTTP ${response.status} ${response.statusText} for GET ${path} on port ${guestPort}` };
+      } catch (error) {
+        const cause = (error as { cause?: { code?: string } }).cause?.code;
+        return { ok: false, saw: `no HTTP answer on port ${guestPort} (${cause ?? (error as Error).message})` };
+      }
+    },
+  };
+}
+
+export function formatResults(results: readonly CheckResult[]): string {
+  const width = Math.min(60, Math.max(...results.map((r) => r.name.length)));
+  return results.map((r) => `${r.ok ? 'PASS' : 'FAIL'}  ${r.name.padEnd(width)}  ${r.saw}`).join('\n');
+}

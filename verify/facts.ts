@@ -1,0 +1,63 @@
+/**
+ * What the image says it will be once booted, read from its files before the boot: the checks
+ * then compare the running system against it (a host name or address the image sets but the
+ * booted system does not have is a failure).
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseIpv4Cidr, type Ipv4Cidr } from '../pipeline/validate.ts';
+
+export interface StaticAddress extends Ipv4Cidr {
+  interface: string;
+}
+
+export interface GuestFacts {
+  hostname: string;
+  /** The static IPv4 address the image gives an interface; none when it asks DHCP. */
+  address?: StaticAddress;
+  /** Set on a PiSeduce pimaster image: the interface its NAT rule sends traffic out of. */
+  pimaster?: { uplink: string };
+}
+
+/** The last `interface X` block of a dhcpcd.conf with a `static ip_address=`. */
+export function dhcpcdStatic(text: string): StaticAddress | undefined {
+  let current: string | undefined;
+  let found: StaticAddress | undefined;
+  for (const raw of text.split('\n')) {
+    const line = raw.replace(/#.*/, '').trim();
+    const iface = /^interface\s+(\S+)/.exec(line);
+    if (iface) current = iface[1];
+    const address = /^static\s+ip_address=(\S+)/.exec(line);
+    if (address && current) found = { ...parseIpv4Cidr(address[1]!), interface: current };
+  }
+  return found;
+}
+
+/** A NetworkManager keyfile with a manual IPv4 address bound to an interface. */
+export function nmStatic(text: string): StaticAddress | undefined {
+  const iface = /^interface-name=(\S+)/m.exec(text)?.[1];
+  const address = /^address1=([^,\s]+)/m.exec(text)?.[1];
+  if (!iface || !address || !/^method=manual/m.test(text)) return undefined;
+  return { ...parseIpv4Cidr(address), interface: iface };
+}
+
+/** The uplink of the pimaster's NAT unit (`iptables ... -o wlan0 -j MASQUERADE`). */
+export function natUplink(unit: string): string | undefined {
+  return /-A POSTROUTING -o (\S+) -j MASQUERADE/.exec(unit)?.[1];
+}
+
+const read = (root: string, path: string) => (existsSync(join(root, path)) ? readFileSync(join(root, path), 'utf8') : '');
+
+export function readFacts(root: string): GuestFacts {
+  const hostname = read(root, 'etc/hostname').trim() || 'localhost';
+  let address = dhcpcdStatic(read(root, 'etc/dhcpcd.conf'));
+  const nm = 'etc/NetworkManager/system-connections';
+  if (!address && existsSync(join(root, nm))) {
+    for (const name of readdirSync(join(root, nm)).filter((n) => n.endsWith('.nmconnection')).sort()) {
+      address ??= nmStatic(read(root, join(nm, name)));
+    }
+  }
+  const nat = read(root, 'etc/systemd/system/pimaster-nat.service');
+  const pimaster = existsSync(join(root, 'usr/local/sbin/pimaster-firstboot')) ? { uplink: natUplink(nat) ?? 'wlan0' } : undefined;
+  return { hostname, address, pimaster };
+}

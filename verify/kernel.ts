@@ -1,0 +1,200 @@
+/**
+ * The kernel and initrd `verify` boots the image with, under QEMU's `virt` machine.
+ *
+ * The image's own kernel when it can: a /boot/vmlinuz-V with its initrd.img-V and a config-V that
+ * has virtio and the generic PCI host (a Debian-style image). Raspberry Pi OS kernels (kernel8.img
+ * and friends) are built for the Pi's SoC, without virtio or the `virt` board, so for those the
+ * guest boots Debian's generic kernel for the arch instead (cloud-arm64; armmp-lpae for armhf),
+ * with an initrd made here from Debian's busybox-static and only the modules needed to reach the
+ * root filesystem. Its module tree is copied into the throw-away copy, so nfsd, netfilter and vfat
+ * load as usual. Both packages come from the Debian mirror through apt, which checks the archive's
+ * signature and the files' hashes, and are cached per version.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { UserError } from '../pipeline/errors.ts';
+import { withLock } from '../pipeline/lock.ts';
+import type { BuildContext } from '../pipeline/stage.ts';
+
+export type GuestArch = 'arm64' | 'armhf';
+
+export interface GuestKernel {
+  /** Said in the report: which kernel, and why. */
+  source: string;
+  version: string;
+  kernel: string;
+  initrd: string;
+  /** `lib/modules/<version>` to copy into the image; none for the image's own kernel. */
+  modules?: string;
+}
+
+const FLAVOUR: Record<GuestArch, string> = { arm64: 'linux-image-cloud-arm64', armhf: 'linux-image-armmp-lpae' };
+
+/** Config lines a kernel needs to boot under `-M virt` from a virtio disk with a PL011 console. */
+const VIRT_NEEDS = ['CONFIG_PCI_HOST_GENERIC=y', 'CONFIG_VIRTIO_PCI=[ym]', 'CONFIG_VIRTIO_BLK=[ym]', 'CONFIG_VIRTIO_NET=[ym]', 'CONFIG_SERIAL_AMBA_PL011_CONSOLE=y'];
+
+export function bootsUnderVirt(kernelConfig: string): boolean {
+  return VIRT_NEEDS.every((line) => new RegExp(`^${line}$`, 'm').test(kernelConfig));
+}
+
+/** The newest kernel in the image's /boot that boots under `virt` with its own initrd, if any. */
+export function ownKernel(root: string): { version: string; kernel: string; initrd: string } | undefined {
+  const boot = join(root, 'boot');
+  if (!existsSync(boot)) return undefined;
+  const versions = readdirSync(boot)
+    .map((name) => /^vmlinuz-(.+)$/.exec(name)?.[1])
+    .filter((v): v is string => v !== undefined)
+    .sort((a, b) => b.localeCompare(a, undefined, { numeric: true }));
+  for (const version of versions) {
+    const [kernel, initrd, config] = ['vmlinuz', 'initrd.img', 'config'].map((n) => join(boot, `${n}-${version}`)) as [string, string, string];
+    if (existsSync(initrd) && existsSync(config) && bootsUnderVirt(readFileSync(config, 'utf8'))) return { version, kernel, initrd };
+  }
+  return undefined;
+}
+
+/** A private apt for another arch's packages: its own lists and cache, Debian's keyring. */
+function aptRoot(dir: string, arch: GuestArch, mirror: string): Record<string, string> {
+  for (const sub of ['etc/apt/apt.conf.d', 'etc/apt/preferences.d', 'etc/apt/sources.list.d', 'var/lib/apt/lists/partial', 'var/cache/apt/archives/partial', 'var/lib/dpkg']) {
+    mkdirSync(join(dir, sub), { recursive: true });
+  }
+  if (!existsSync(join(dir, 'var/lib/dpkg/status'))) writeFileSync(join(dir, 'var/lib/dpkg/status'), '');
+  writeFileSync(join(dir, 'etc/apt/sources.list'), `deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${mirror} bookworm main\n`);
+  writeFileSync(
+    join(dir, 'apt.conf'),
+    [
+      `Dir "${dir}/";`,
+      `Dir::State::status "${dir}/var/lib/dpkg/status";`,
+      `APT::Architecture "${arch}";`,
+      `APT::Architectures { "${arch}"; };`,
+      'APT::Sandbox::User "root";',
+      'Acquire::Languages "none";',
+      '',
+    ].join('\n'),
+  );
+  return { APT_CONFIG: join(dir, 'apt.conf') };
+}
+
+/** The named Debian packages for `arch`, unpacked into one tree, cached by their versions. */
+async function debianPackages(ctx: BuildContext, arch: GuestArch, mirror: string, names: readonly string[]): Promise<{ dir: string; versions: string }> {
+  if (!existsSync('/usr/share/keyrings/debian-archive-keyring.gpg')) {
+    throw new UserError('verify needs Debian\'s archive keyring to check the kernel it downloads: apt-get install debian-archive-keyring');
+  }
+  const base = join(ctx.paths.cache, 'verify', arch);
+  mkdirSync(base, { recursive: true });
+  return withLock(
+    join(base, '.lock'),
+    async () => {
+      const env = aptRoot(join(base, 'apt'), arch, mirror);
+      const update = await ctx.run('apt-get', ['-q', 'update'], { env, reject: false });
+      if (update.exitCode !== 0) {
+        const cached = readdirSync(base).filter((n) => n.startsWith('packages-')).sort().at(-1);
+        if (!cached) throw new UserError(`cannot reach the Debian mirror ${mirror} for the kernel verify boots with (${update.stderr.trim().split('\n').at(-1)}): check the network, or pass --debian-mirror`);
+        ctx.log.line(`apt-get update failed: using the cached ${cached}`);
+        return { dir: join(base, cached), versions: readFileSync(join(base, cached, 'versions'), 'utf8').trim() };
+      }
+      // A metapackage (linux-image-cloud-arm64) names the versioned kernel package it depends on.
+      const packages: string[] = [];
+      for (const name of names) {
+        const { stdout } = await ctx.run('apt-cache', ['show', '--no-all-versions', name], { env });
+        const depends = /^Depends: (linux-image-\S+)/m.exec(stdout)?.[1];
+        packages.push(name.startsWith('linux-image-') && depends ? depends : name);
+      }
+      const lines: string[] = [];
+      for (const name of packages) {
+        const { stdout } = await ctx.run('apt-cache', ['show', '--no-all-versions', name], { env });
+        lines.push(`${name} ${/^Version: (\S+)/m.exec(stdout)?.[1] ?? '?'}`);
+      }
+      const versions = lines.join(', ');
+      const dir = join(base, `packages-${lines.join('_').replace(/[^\w.+-]+/g, '_')}`);
+      if (existsSync(dir)) return { dir, versions };
+      const tmp = `${dir}.part`;
+      rmSync(tmp, { recursive: true, force: true });
+      mkdirSync(join(tmp, 'debs'), { recursive: true });
+      ctx.defer(`remove ${tmp}`, () => rmSync(tmp, { recursive: true, force: true }));
+      await ctx.run('apt-get', ['-q', 'download', ...packages], { env, cwd: join(tmp, 'debs') });
+      for (const deb of readdirSync(join(tmp, 'debs'))) await ctx.run('dpkg-deb', ['-x', join(tmp, 'debs', deb), join(tmp, 'root')]);
+      rmSync(join(tmp, 'debs'), { recursive: true });
+      writeFileSync(join(tmp, 'versions'), `${versions}\n`);
+      renameSync(tmp, dir);
+      return { dir, versions };
+    },
+    ctx.signal,
+  );
+}
+
+/** Debian's busybox-static for the guest: the initrd's tools, and the TFTP client of the checks. */
+export async function guestBusybox(ctx: BuildContext, arch: GuestArch, mirror: string): Promise<string> {
+  const { dir } = await debianPackages(ctx, arch, mirror, ['busybox-static']);
+  return join(dir, 'root/bin/busybox');
+}
+
+/** The initrd's /init: load the disk's modules, mount root= read-only, hand over to its init. */
+const INIT = `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules.order); do insmod "/modules/$m"; done
+for arg in $(cat /proc/cmdline); do case "$arg" in root=*) root=\${arg#root=} ;; esac; done
+i=0
+while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if mount -t ext4 -o ro "$root" /newroot; then
+  if [ -e /newroot/sbin/init ] || [ -L /newroot/sbin/init ]; then
+    umount /proc /sys
+    mount --move /dev /newroot/dev
+    exec switch_root /newroot /sbin/init
+  fi
+  echo "verify initrd: $root has no /sbin/init"
+else
+  echo "verify initrd: cannot mount $root"
+fi
+poweroff -f
+`;
+
+/** Modules the initrd loads to see a virtio disk holding ext4 (with their dependencies). */
+const DISK_MODULES = ['virtio_pci', 'virtio_blk', 'ext4'];
+
+async function makeInitrd(ctx: BuildContext, tree: string, version: string, output: string): Promise<void> {
+  const staging = `${output}.d`;
+  rmSync(staging, { recursive: true, force: true });
+  for (const d of ['bin', 'dev', 'proc', 'sys', 'newroot', 'modules']) mkdirSync(join(staging, d), { recursive: true });
+  ctx.defer(`remove ${staging}`, () => rmSync(staging, { recursive: true, force: true }));
+  await ctx.run('cp', [join(tree, 'bin/busybox'), join(staging, 'bin/busybox')]);
+  const order: string[] = [];
+  for (const name of DISK_MODULES) {
+    // "insmod PATH" per module, dependencies first; "builtin NAME" when it is in the kernel.
+    const { stdout } = await ctx.run('modprobe', ['--dirname', tree, '--set-version', version, '--show-depends', name]);
+    for (const path of stdout.split('\n').flatMap((l) => /^insmod (\S+)/.exec(l)?.[1] ?? [])) {
+      const file = path.split('/').at(-1)!;
+      if (order.includes(file)) continue;
+      order.push(file);
+      await ctx.run('cp', [path, join(staging, 'modules', file)]);
+    }
+  }
+  writeFileSync(join(staging, 'modules.order'), `${order.join('\n')}\n`);
+  writeFileSync(join(staging, 'init'), INIT, { mode: 0o755 });
+  await ctx.run('sh', ['-c', 'cd "$1" && find . | cpio --quiet -o -H newc -R 0:0 | gzip -9 > "$2.part" && mv "$2.part" "$2"', 'sh', staging, output]);
+}
+
+/** Debian's generic kernel for `arch`, its modules, and an initrd for it (all cached). */
+export async function debianKernel(ctx: BuildContext, arch: GuestArch, mirror: string): Promise<GuestKernel> {
+  const { dir, versions } = await debianPackages(ctx, arch, mirror, [FLAVOUR[arch], 'busybox-static']);
+  const tree = join(dir, 'root');
+  const version = readdirSync(join(tree, 'lib/modules'))[0];
+  if (!version) throw new UserError(`${dir} holds no kernel modules: remove it and run verify again`);
+  const modules = join(tree, 'lib/modules', version);
+  // Named by what makes it, so a changed /init or module list makes a new one.
+  const initrd = join(dir, `initrd-${createHash('sha256').update(INIT + DISK_MODULES.join()).digest('hex').slice(0, 12)}.img`);
+  if (!existsSync(initrd)) {
+    if (!existsSync(join(modules, 'modules.dep'))) await ctx.run('depmod', ['--basedir', tree, version]);
+    await makeInitrd(ctx, tree, version, initrd);
+  }
+  return {
+    source: `Debian's ${versions.split(', ')[0]} (the image has no kernel that boots under QEMU's virt machine)`,
+    version,
+    kernel: join(tree, 'boot', `vmlinuz-${version}`),
+    initrd,
+    modules,
+  };
+}

@@ -1,0 +1,80 @@
+/**
+ * What a booted PiSeduce pimaster must be (../shared/piseduce.md): its services up, its first boot
+ * done, the NFS root the nodes boot from served and made different from the pimaster itself.
+ */
+import { httpCheck, q, type Check } from './checks.ts';
+import type { GuestFacts } from './facts.ts';
+
+/** The web UI's published default admin password: it must not work on an image. */
+const PUBLISHED_ADMIN_PASSWORD = 'piseduceadmin';
+/** Where the checks mount the pimaster's NFS export on the pimaster itself. */
+const MNT = '/run/verify-nfs';
+/** The static busybox the verifier copies to the guest before the checks (its TFTP client). */
+export const GUEST_BUSYBOX = '/run/build-image-verify/busybox'; // busybox picks the applet from argv[1] only under this name
+
+export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string } }): Check[] {
+  const ip = facts.address?.address ?? '127.0.0.1';
+  const uplink = facts.pimaster.uplink;
+  return [
+    {
+      name: 'first-boot unit finished',
+      command:
+        'st=$(systemctl show -p ActiveState --value pimaster-firstboot.service); r=$(systemctl show -p Result --value pimaster-firstboot.service); ' +
+        'echo "$st, $r; steps done: $(ls /var/lib/pimaster/firstboot | paste -sd" ")"; [ "$st" = active ] && [ "$r" = success ] && [ -e /var/lib/pimaster/firstboot/done ]',
+    },
+    { name: 'sshd: UsePAM no', command: 'v=$(sshd -T | grep -i "^usepam "); echo "$v"; [ "$v" = "usepam no" ]' },
+    { name: 'no pi user', command: 'if getent passwd pi; then exit 1; fi; echo "no pi in the user database"' },
+    { name: 'dnsmasq active', command: 'systemctl is-active dnsmasq' },
+    {
+      name: 'TFTP serves /bootcode.bin and rpiboot_uboot/',
+      command:
+        `d=$(mktemp -d) && cd "$d" && ${GUEST_BUSYBOX} tftp -g -r bootcode.bin -l bootcode.bin ${ip} && ${GUEST_BUSYBOX} tftp -g -r rpiboot_uboot/cmdline.txt -l cmdline.txt ${ip} && ` +
+        'cmp bootcode.bin /tftpboot/bootcode.bin && cmp cmdline.txt /tftpboot/rpiboot_uboot/cmdline.txt && ' +
+        `echo "bootcode.bin ($(stat -c %s bootcode.bin) B) and rpiboot_uboot/cmdline.txt ($(stat -c %s cmdline.txt) B) from ${ip}, as on disk"`,
+    },
+    { name: 'NFS export active', command: 'e=$(exportfs -v | grep "^/nfs"); echo "$e" | tr -s " \\t" " "; [ -n "$e" ]' },
+    {
+      // Mounted as the nodes do (their cmdline.txt); the checks after it read the node's root through it.
+      name: 'NFS root mountable (vers=4.1, tcp)',
+      command: `mkdir -p ${MNT} && mount -t nfs -o vers=4.1,proto=tcp ${ip}:/nfs/raspi ${MNT} && findmnt -no SOURCE,FSTYPE,OPTIONS ${MNT} | cut -c1-90`,
+    },
+    { name: 'NFS root hostname is nfspi', command: `h=$(cat ${MNT}/etc/hostname); echo "$h"; [ "$h" = nfspi ]` },
+    { name: 'NFS root fstab is empty', command: `if [ -s ${MNT}/etc/fstab ]; then echo "$(wc -l < ${MNT}/etc/fstab) lines"; exit 1; fi; echo "$(stat -c %s ${MNT}/etc/fstab) bytes"` },
+    {
+      name: "NFS root host keys differ from the pimaster's",
+      command:
+        `mine=$(cat /etc/ssh/ssh_host_*_key.pub | awk '{print $2}' | sort); theirs=$(cat ${MNT}/etc/ssh/ssh_host_*_key.pub | awk '{print $2}' | sort); ` +
+        'same=$(comm -12 <(echo "$mine") <(echo "$theirs") | grep -c .); echo "$(echo "$theirs" | grep -c .) keys on the NFS root, $same shared with the pimaster"; [ -n "$theirs" ] && [ "$same" = 0 ]',
+    },
+    {
+      name: "NFS root authorizes the pimaster's root key",
+      command: `k=$(cat /root/.ssh/id_rsa.pub) && grep -qxF "$k" ${MNT}/root/.ssh/authorized_keys && echo "holds $(ssh-keygen -lf /root/.ssh/id_rsa.pub | awk '{print $2}')"`,
+    },
+    // Left mounted, it would hang the guest's power-off (the server stops before the client).
+    { name: 'NFS root unmounts', command: `umount ${MNT} && echo "unmounted ${MNT}"` },
+    { name: 'IPv4 forwarding on', command: 'v=$(sysctl -n net.ipv4.ip_forward); echo "net.ipv4.ip_forward = $v"; [ "$v" = 1 ]' },
+    {
+      name: `NAT to ${uplink}`,
+      command: `r=$(iptables -t nat -S POSTROUTING | grep -e ${q(`-o ${uplink} -j MASQUERADE`)}); echo "\${r:-no MASQUERADE rule out of ${uplink}}"; [ -n "$r" ]`,
+    },
+    httpCheck('web UI answers on 9000', 9000),
+    httpCheck('agent API answers on 8090', 8090),
+    {
+      name: 'web UI admin password is not the published one',
+      command: `cd /root/piseduce_webui && python3 - <<'PY'
+import json, sqlite3
+from werkzeug.security import check_password_hash
+db = json.load(open("config_webui.json"))["db_url"].replace("sqlite:///", "")
+row = sqlite3.connect(db).execute("SELECT password FROM user WHERE email = 'admin@piseduce.fr'").fetchone()
+if row is None:
+    raise SystemExit("no admin@piseduce.fr user in " + db)
+if check_password_hash(row[0], "${PUBLISHED_ADMIN_PASSWORD}"):
+    raise SystemExit("admin@piseduce.fr still has the published password")
+print("admin@piseduce.fr has a password of its own")
+PY`,
+    },
+  ];
+}
+
+/** Guest ports the pimaster checks reach from the host. */
+export const PIMASTER_PORTS = [9000, 8090];

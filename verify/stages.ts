@@ -1,0 +1,197 @@
+/**
+ * `build-image verify IMAGE`: boot a throw-away copy of an image in QEMU and check it over SSH.
+ *
+ *   copy     the image (any output format) decompressed into a sparse copy in the work dir
+ *   prepare  the copy's root grown, the kernel chosen (its own, or Debian's with its modules
+ *            copied in), what the image says it will be read from its files
+ *   boot     QEMU started, SSH waited for (bounded), console logged
+ *   check    the checks run, one result each; then the guest is powered off
+ *
+ * The copy, QEMU and every mount are undone by the clean-up stack, whatever happens.
+ */
+import { cpSync, mkdirSync, rmdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { scoped } from '../pipeline/cleanup.ts';
+import { UserError } from '../pipeline/errors.ts';
+import type { BuildContext, Pipeline, Stage } from '../pipeline/stage.ts';
+import { extractImage } from '../stages/extract.ts';
+import { imageArch, resolveInRoot } from '../stages/emulation.ts';
+import { attachLoop, mount } from '../stages/loop.ts';
+import { partition, readLayout } from '../stages/partitions.ts';
+import { resizeRootPartition } from '../stages/resize.ts';
+import { lastLine, systemChecks, type Check, type CheckResult } from './checks.ts';
+import { readFacts, type GuestFacts } from './facts.ts';
+import { shutDown, startGuest, sshArgs, waitForSsh, type Guest, type SshTarget } from './guest.ts';
+import { debianKernel, guestBusybox, ownKernel, type GuestArch, type GuestKernel } from './kernel.ts';
+import { GUEST_BUSYBOX, PIMASTER_PORTS, pimasterChecks } from './pimaster-checks.ts';
+
+export interface VerifyOptions {
+  image: string;
+  /** The private key that logs in to the guest. */
+  sshKey: string;
+  user: string;
+  /** The user's own checks (--checks FILE), read before anything starts. */
+  checks: Check[];
+  checksFile?: string;
+  timeoutS: number;
+  debianMirror: string;
+  memoryMiB: number;
+}
+
+declare module '../pipeline/stage.ts' {
+  interface BuildState {
+    verify?: {
+      copy: string;
+      arch: GuestArch;
+      rootPartition: number;
+      facts: GuestFacts;
+      kernel: GuestKernel;
+      bootSeconds?: number;
+      results?: CheckResult[];
+    };
+  }
+}
+
+/** Room added to the copy's root: the kernel's modules, and what the first boot writes. */
+const ROOM = 1024 * 2 ** 20;
+
+function verifyState(ctx: BuildContext) {
+  const state = ctx.state.verify;
+  if (!state) throw new UserError('verify: run it from the start (no --from)');
+  return state;
+}
+
+const copyStage = (opts: VerifyOptions): Stage => ({
+  name: 'copy',
+  describe: () => `decompress ${opts.image} into a throw-away copy`,
+  options: [],
+  async run(ctx) {
+    const copy = join(ctx.paths.work, 'guest.img');
+    ctx.defer(`remove ${copy}`, () => rmSync(copy, { force: true }));
+    await extractImage(ctx, { path: opts.image, sha256: '', source: opts.image }, copy, 'image', 'IMAGE');
+    ctx.state.verify = { copy, arch: 'arm64', rootPartition: 0, facts: { hostname: '' }, kernel: { source: '', version: '', kernel: '', initrd: '' } };
+  },
+});
+
+const prepareStage = (opts: VerifyOptions): Stage => ({
+  name: 'prepare',
+  describe: () => 'grow the copy, choose the kernel (the image\'s own if it boots under QEMU virt, else Debian\'s), read what the image should be',
+  options: [],
+  async run(ctx) {
+    const state = verifyState(ctx);
+    let layout = await readLayout(ctx, state.copy);
+    const root = partition(layout, layout.root);
+    if (layout.root !== Math.max(...layout.partitions.map((p) => p.number))) {
+      throw new UserError(`the image's root (partition ${layout.root}) is not its last partition: verify cannot make room in it`);
+    }
+    layout = await resizeRootPartition(ctx, state.copy, layout, root, root.sectors + ROOM / layout.sectorSize);
+    state.rootPartition = layout.root;
+    const dir = join(ctx.paths.work, 'root');
+    mkdirSync(dir, { recursive: true });
+    await scoped(ctx.cleanup, ctx.signal, async () => {
+      ctx.defer(`remove ${dir}`, () => rmdirSync(dir)); // after the unmount; never recursive
+      const device = await attachLoop(ctx, state.copy, partition(layout, layout.root));
+      // resize2fs wants a freshly checked filesystem; 1 means e2fsck mended something.
+      const fsck = await ctx.run('e2fsck', ['-f', '-p', device], { reject: false });
+      if (fsck.exitCode > 1) throw new UserError(`the image's root filesystem has errors e2fsck cannot mend (exit code ${fsck.exitCode}): see ${ctx.log.file}`);
+      await ctx.run('resize2fs', [device]);
+      await mount(ctx, device, dir, ['-t', 'ext4']);
+      const arch = imageArch(dir);
+      if (arch !== 'arm64' && arch !== 'armhf') throw new UserError(`the image's /bin/sh is for ${arch}: verify boots arm64 and armhf images`);
+      state.arch = arch;
+      state.facts = readFacts(dir);
+      const own = ownKernel(dir);
+      if (own) {
+        // Copied out: the copy is in QEMU's hands once booted.
+        const kernel = join(ctx.paths.work, 'vmlinuz');
+        const initrd = join(ctx.paths.work, 'initrd.img');
+        cpSync(own.kernel, kernel, { dereference: true });
+        cpSync(own.initrd, initrd, { dereference: true });
+        state.kernel = { source: `the image's own ${own.version}`, version: own.version, kernel, initrd };
+      } else {
+        state.kernel = await debianKernel(ctx, arch, opts.debianMirror);
+        const modules = join(dir, resolveInRoot(dir, '/lib/modules'));
+        mkdirSync(modules, { recursive: true });
+        await ctx.run('cp', ['-a', state.kernel.modules!, modules]);
+      }
+    });
+    ctx.log.line(`kernel: ${state.kernel.source}; facts: ${JSON.stringify(state.facts)}`);
+  },
+});
+
+const target = (ctx: BuildContext, opts: VerifyOptions): SshTarget => {
+  const guest = ctx.resources.get('guest') as Guest | undefined;
+  if (!guest) throw new UserError('verify: the guest is not running: run it from the start');
+  return { key: opts.sshKey, user: opts.user, port: guest.hostPort.get(22)! };
+};
+
+const bootStage = (opts: VerifyOptions): Stage => ({
+  name: 'boot',
+  describe: () => `boot the copy in QEMU (user networking, restrict=on) and wait up to ${opts.timeoutS} s for SSH`,
+  options: [],
+  async run(ctx) {
+    const state = verifyState(ctx);
+    const console = join(ctx.paths.work, 'console.log');
+    rmSync(console, { force: true });
+    ctx.status(`kernel: ${state.kernel.source}`);
+    const started = performance.now();
+    const guest = await startGuest(ctx, {
+      arch: state.arch,
+      image: state.copy,
+      rootPartition: state.rootPartition,
+      kernel: state.kernel,
+      address: state.facts.address,
+      ports: [22, ...(state.facts.pimaster ? PIMASTER_PORTS : [])],
+      console,
+      memoryMiB: opts.memoryMiB,
+    });
+    ctx.resources.set('guest', guest);
+    ctx.status(`console: ${console}`);
+    await waitForSsh(ctx, guest, target(ctx, opts), opts.timeoutS, console);
+    state.bootSeconds = Math.round((performance.now() - started) / 100) / 10;
+    ctx.log.line(`SSH answered ${state.bootSeconds} s after QEMU started`);
+  },
+});
+
+async function runCheck(ctx: BuildContext, opts: VerifyOptions, check: Check): Promise<CheckResult> {
+  const guest = ctx.resources.get('guest') as Guest;
+  if (check.probe) return { name: check.name, ...(await check.probe((port) => guest.hostPort.get(port)!)) };
+  const timeoutMs = (check.timeoutS ?? 120) * 1000;
+  const r = await ctx.run('ssh', sshArgs(target(ctx, opts), check.command!), { reject: false, timeoutMs });
+  // What it printed; its error output only when it printed nothing (warnings are not what it saw).
+  const saw = r.exitCode === -1 && r.durationMs >= timeoutMs ? `no answer within ${timeoutMs / 1000} s` : lastLine(r.stdout.trim() ? r.stdout : r.stderr);
+  return { name: check.name, ok: r.exitCode === 0, saw: r.exitCode === 0 || r.exitCode === 1 || r.exitCode === -1 ? saw : `exit code ${r.exitCode}: ${saw}` };
+}
+
+const checkStage = (opts: VerifyOptions): Stage => ({
+  name: 'check',
+  describe: () => `run the built-in checks${opts.checksFile ? ` and those of ${opts.checksFile}` : ''} on the guest, then power it off`,
+  options: [],
+  async run(ctx) {
+    const state = verifyState(ctx);
+    const facts = state.facts;
+    const checks = [...systemChecks(facts), ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }) : []), ...opts.checks];
+    if (facts.pimaster) {
+      const busybox = await guestBusybox(ctx, state.arch, opts.debianMirror);
+      await ctx.run('ssh', sshArgs(target(ctx, opts), `mkdir -p ${dirname(GUEST_BUSYBOX)} && cat > ${GUEST_BUSYBOX} && chmod 755 ${GUEST_BUSYBOX}`), { stdin: { file: busybox } });
+    }
+    const results: CheckResult[] = [];
+    for (const [i, check] of checks.entries()) {
+      ctx.status(`${i + 1}/${checks.length} ${check.name}`);
+      const result = await runCheck(ctx, opts, check);
+      ctx.log.line(`${result.ok ? 'PASS' : 'FAIL'} ${result.name}: ${result.saw}`);
+      results.push(result);
+    }
+    state.results = results;
+    ctx.status('powering the guest off');
+    if (!(await shutDown(ctx, ctx.resources.get('guest') as Guest, target(ctx, opts)))) ctx.log.line('the guest did not power off in time: QEMU is stopped');
+  },
+});
+
+export function verifyPipeline(opts: VerifyOptions): Pipeline {
+  return {
+    name: 'verify',
+    summary: 'boot an image in QEMU and check it',
+    stages: [copyStage(opts), prepareStage(opts), bootStage(opts), checkStage(opts)],
+  };
+}
