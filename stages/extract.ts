@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { crc32 } from 'node:zlib';
 import { extract } from 'tar-stream';
@@ -79,8 +79,14 @@ export function toolReason(stderr: string, tool: string, input: string): string 
 
 class Corrupt extends Error {}
 
+/** Where decoded image bytes go: a sparse file (extract) or a block device (flash). */
+export interface ImageWriter extends Writable {
+  /** Set when writing failed (as opposed to the data not arriving). */
+  failure: Error | undefined;
+}
+
 interface Sink {
-  writer: SparseWriter;
+  writer: ImageWriter;
   /** Reported for errors: the archive as the user knows it. */
   name: string;
 }
@@ -229,6 +235,35 @@ function describeDownload(download: Download, cache: string): { name: string; ag
   return { name, again: inCache ? `download it again (remove ${dirname(download.path)} first)` : 'download it again' };
 }
 
+/** The format of an image file, or a one-line error saying what the file is instead. */
+export async function imageFormat(input: string, name: string, flag: string): Promise<Format> {
+  const head = await readHead(input);
+  const format = detectFormat(head);
+  if (!format) {
+    throw new UserError(`${name} is neither a disk image (no MBR/GPT boot signature 0x55AA at byte 510) nor an xz, gzip, zstd or zip archive${looksLike(head)}: check ${flag}`);
+  }
+  return format;
+}
+
+/**
+ * Stream the raw disk image inside `input` into `writer`, which must keep `zipCrc.crc` up to date
+ * (crc32 of every chunk) when the format is zip. Failures are one-line errors: `name` is the input
+ * as the user knows it, `again` what to do about a corrupt one, `target` what is written.
+ */
+export async function decodeImage(ctx: BuildContext, input: string, format: Format, writer: ImageWriter, zipCrc: { crc: number }, names: { name: string; again: string; target: string }): Promise<void> {
+  const sink = { writer, name: names.name };
+  try {
+    if (format === 'raw') await pipeline(createReadStream(input, { highWaterMark: 1024 * 1024 }), writer, { signal: ctx.signal });
+    else if (format === 'zip') await unzip(ctx, input, sink, zipCrc);
+    else await decompress(ctx, format, input, sink);
+  } catch (error) {
+    if (ctx.signal.aborted) throw ctx.signal.reason;
+    if (error instanceof Corrupt) throw new UserError(`${names.name} is truncated or corrupt (${error.message}): ${names.again}`);
+    if (error === writer.failure) throw new UserError(`cannot write ${names.target}: ${(error as Error).message}`);
+    throw error;
+  }
+}
+
 /**
  * Decompress a verified download into a raw, sparse image at `image` (written as `image.part`,
  * renamed when complete and verified). `what` names it in errors ("base image", "environment x").
@@ -239,11 +274,7 @@ export async function extractImage(ctx: BuildContext, download: Download, image:
   if (!info?.isFile()) throw new UserError(`${what} ${input} is gone: run the fetch stage again (drop --from extract)`);
   const { name: fileName, again } = describeDownload(download, ctx.paths.cache);
   const name = `${what} ${fileName}`;
-  const head = await readHead(input);
-  const format = detectFormat(head);
-  if (!format) {
-    throw new UserError(`${name} is neither a disk image (no MBR/GPT boot signature 0x55AA at byte 510) nor an xz, gzip, zstd or zip archive${looksLike(head)}: check ${flag}`);
-  }
+  const format = await imageFormat(input, name, flag);
 
   const part = `${image}.part`;
   await rm(image, { force: true });
@@ -252,29 +283,21 @@ export async function extractImage(ctx: BuildContext, download: Download, image:
   });
 
   const hash = download.extractSha256 ? createHash('sha256') : undefined;
-  const observe = { crc: 0 };
+  const zipCrc = { crc: 0 };
   const progress = new Progress(ctx.status, 'extract', download.extractSize ?? (format === 'raw' ? info.size : undefined));
   const file = await open(part, 'w');
   const writer = new SparseWriter(file, (chunk) => {
     hash?.update(chunk);
-    if (format === 'zip') observe.crc = crc32(chunk, observe.crc);
+    if (format === 'zip') zipCrc.crc = crc32(chunk, zipCrc.crc);
     progress.add(chunk.length);
   });
-  const sink = { writer, name };
   try {
-    try {
-      if (format === 'raw') await pipeline(createReadStream(input, { highWaterMark: 1024 * 1024 }), writer, { signal: ctx.signal });
-      else if (format === 'zip') await unzip(ctx, input, sink, observe);
-      else await decompress(ctx, format, input, sink);
-    } finally {
-      await file.close();
-    }
+    await decodeImage(ctx, input, format, writer, zipCrc, { name, again, target: part });
   } catch (error) {
     await rm(part, { force: true });
-    if (ctx.signal.aborted) throw ctx.signal.reason;
-    if (error instanceof Corrupt) throw new UserError(`${name} is truncated or corrupt (${error.message}): ${again}`);
-    if (error === writer.failure) throw new UserError(`cannot write ${part}: ${(error as Error).message}`);
     throw error;
+  } finally {
+    await file.close();
   }
 
   const fail = async (message: string) => {
