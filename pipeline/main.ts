@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { formatValue, readConfigFile, resolveConfig, schema, type ConfigKey } from './config.ts';
+import { formatBytes, formatValue, readConfigFile, resolveConfig, schema, type ConfigKey } from './config.ts';
 import { formatChecks, runChecks } from './doctor.ts';
 import { ConfigError } from './errors.ts';
 import { PIPELINES, optionsOf, type PipelineCommand } from './pipelines.ts';
@@ -10,6 +10,8 @@ import { runPipeline, selectStages, timingTable } from './runner.ts';
 import type { Pipeline } from './stage.ts';
 import { formatResults, readChecksFile } from '../verify/checks.ts';
 import { verifyPipeline } from '../verify/stages.ts';
+import { bmapBeside } from '../flash/bmap.ts';
+import { flashPipeline } from '../flash/stages.ts';
 
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -30,6 +32,8 @@ function usage(command: PipelineCommand | undefined): string {
       '  build-image customize [options]     customize any Raspberry Pi OS image with overlays',
       '  build-image verify IMAGE --ssh-key KEY [options]',
       '                                      boot an image in QEMU and check it (see build-image --help verify)',
+      '  build-image flash IMAGE DEVICE [--force]',
+      '                                      write an image to a disk, then read it back (see build-image --help flash)',
       '  build-image doctor [--work DIR]     check that this host can build images',
       '  build-image --help [COMMAND]        help on a command',
       '  build-image --version',
@@ -121,18 +125,13 @@ const VERIFY_FLAGS = {
 } as const;
 
 function verifyUsage(): string {
-  const rows = Object.entries(VERIFY_FLAGS).map(([name, f]) => {
-    const d = 'default' in f ? (typeof f.default === 'function' ? f.default() : f.default) : undefined;
-    return [`--${name}${'placeholder' in f ? ` ${f.placeholder}` : ''}`, `${f.help}${d !== undefined ? ` (default: ${d})` : ''}`] as const;
-  });
-  const width = Math.max(...rows.map(([a]) => a.length));
   return [
     'build-image verify IMAGE --ssh-key FILE [options]: boot a throw-away copy of IMAGE (.img, .img.xz, .img.zst, .img.gz,',
     '.zip or .img.tar.gz) in QEMU, wait for SSH, run the checks (the built-in ones, more for a pimaster, and yours),',
     'print one PASS/FAIL line per check, power it off. Exits 1 if a check failed or the image never came up.',
     '',
     'Options:',
-    ...rows.map(([a, b]) => `  ${a.padEnd(width)}  ${b}`),
+    ...flagRows(VERIFY_FLAGS),
   ].join('\n');
 }
 
@@ -181,6 +180,66 @@ async function verify(argv: string[]): Promise<number> {
   return failed ? 1 : 0;
 }
 
+const FLASH_FLAGS = {
+  force: { type: 'boolean', help: 'write a disk that is not removable (never the system disk, a mounted one, or a too small one)' },
+  bmap: { type: 'string', placeholder: 'FILE', help: 'the block map (default: NAME.img.bmap beside the image, when there is one)' },
+  'no-bmap': { type: 'boolean', help: 'write every byte of the image, even with a .bmap beside it' },
+  work: { type: 'string', placeholder: 'DIR', help: 'working directory (logs go to DIR/flash)', default: './work' },
+  verbose: { type: 'boolean', help: 'echo every command and its output' },
+  quiet: { type: 'boolean', help: 'print only errors' },
+  help: { type: 'boolean', help: 'this help' },
+} as const;
+
+function flagRows(flags: Record<string, { help: string; placeholder?: string; default?: unknown }>): string[] {
+  const rows = Object.entries(flags).map(([name, f]) => {
+    const d = typeof f.default === 'function' ? (f.default as () => unknown)() : f.default;
+    return [`--${name}${f.placeholder ? ` ${f.placeholder}` : ''}`, `${f.help}${d !== undefined ? ` (default: ${d})` : ''}`] as const;
+  });
+  const width = Math.max(...rows.map(([a]) => a.length));
+  return rows.map(([a, b]) => `  ${a.padEnd(width)}  ${b}`);
+}
+
+function flashUsage(): string {
+  return [
+    'build-image flash IMAGE DEVICE [options]: write IMAGE (.img, .img.xz, .img.zst, .img.gz, .zip or .img.tar.gz) to the',
+    'disk DEVICE, only the blocks of its .bmap when it has one, with progress; then read back what was written and',
+    'compare. Refuses the disk the system runs from, a disk in use, a partition, a disk smaller than the image, and a',
+    'disk that is not removable unless --force.',
+    '',
+    'Options:',
+    ...flagRows(FLASH_FLAGS),
+  ].join('\n');
+}
+
+async function flash(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: Object.fromEntries(Object.entries(FLASH_FLAGS).map(([k, f]) => [k, { type: f.type }])), allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new ConfigError(`${(error as Error).message.split('\n')[0]} (see build-image --help flash)`);
+  }
+  const { values, positionals } = parsed as { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  if (values.help) {
+    process.stdout.write(`${flashUsage()}\n`);
+    return 0;
+  }
+  if (positionals.length !== 2) throw new ConfigError('flash takes an IMAGE and a DEVICE: build-image flash IMAGE DEVICE (see build-image --help flash)');
+  const [image, device] = positionals as [string, string];
+  if (!existsSync(image)) throw new ConfigError(`${image}: no such file (the image to write)`);
+  if (typeof values.bmap === 'string' && values['no-bmap']) throw new ConfigError('--bmap and --no-bmap: give one or the other');
+  if (typeof values.bmap === 'string' && !existsSync(values.bmap)) throw new ConfigError(`--bmap ${values.bmap}: no such file`);
+  const bmap = values['no-bmap'] ? undefined : typeof values.bmap === 'string' ? values.bmap : bmapBeside(resolve(image));
+  const config = resolveConfig([], { flags: { work: values.work, verbose: values.verbose, quiet: values.quiet } }, 'flash');
+  const pipeline = flashPipeline({ image: resolve(image), device, bmap: bmap && resolve(bmap), force: values.force === true });
+  const { state, timings } = await runPipeline(pipeline, { ...config, work: join(config.work, 'flash') }, {}, pickReporter(config));
+  const f = state.flash!;
+  process.stdout.write(
+    `${device}: wrote ${formatBytes(f.deviceBytes!)} of the ${formatBytes(f.bytes!)} image${bmap ? ` (only what ${basename(bmap)} maps)` : ''}; read back ${formatBytes(f.verified!)} and it matches\n`,
+  );
+  if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const first = argv[0];
   if (first === '--version' || first === '-v') {
@@ -194,8 +253,9 @@ export async function main(argv: string[]): Promise<number> {
     return checks.some((c) => !c.ok && !c.warning) ? 1 : 0;
   }
   if (first === 'verify') return verify(argv.slice(1));
-  if (first === '--help' && argv[1] === 'verify') {
-    process.stdout.write(`${verifyUsage()}\n`);
+  if (first === 'flash') return flash(argv.slice(1));
+  if (first === '--help' && (argv[1] === 'verify' || argv[1] === 'flash')) {
+    process.stdout.write(`${argv[1] === 'verify' ? verifyUsage() : flashUsage()}\n`);
     return 0;
   }
   const command: PipelineCommand = first !== undefined && first in PIPELINES ? (first as PipelineCommand) : 'build';

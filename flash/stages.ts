@@ -1,0 +1,127 @@
+/**
+ * `build-image flash IMAGE DEVICE`: write an image in any of our output formats to a disk, only
+ * the blocks its .bmap maps when there is one, then read back what was written and compare.
+ *
+ *   check      the target is a whole, removable, unused disk, not the system's, large enough
+ *   write      the image decoded straight onto the device (no temporary copy), synced
+ *   read-back  the kernel's cache of the device dropped, every written range read and hashed
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { crc32 } from 'node:zlib';
+import { UserError } from '../pipeline/errors.ts';
+import { Progress } from '../pipeline/progress.ts';
+import type { BuildContext, Pipeline, Stage } from '../pipeline/stage.ts';
+import { decodeImage, imageFormat } from '../stages/extract.ts';
+import { readBmap, type Bmap } from './bmap.ts';
+import { DeviceWriter, type Written } from './device-writer.ts';
+import { inspectTarget, refusals } from './target.ts';
+
+export interface FlashOptions {
+  image: string;
+  device: string;
+  /** The block map: found beside the image, given, or none (every byte written). */
+  bmap?: string;
+  force: boolean;
+}
+
+declare module '../pipeline/stage.ts' {
+  interface BuildState {
+    flash?: { written?: Written[]; bytes?: number; deviceBytes?: number; verified?: number };
+  }
+}
+
+/** The image's size before writing: from its block map, or a raw image's own size, or xz's index. */
+async function knownSize(ctx: BuildContext, image: string, bmap: Bmap | undefined): Promise<number | undefined> {
+  if (bmap) return bmap.imageSize;
+  const format = await imageFormat(image, basename(image), 'IMAGE');
+  if (format === 'raw') return (await stat(image)).size;
+  if (format === 'xz') {
+    const { stdout } = await ctx.run('xz', ['--robot', '--list', image], { reject: false });
+    const totals = stdout.split('\n').find((l) => l.startsWith('totals\t'))?.split('\t');
+    return totals ? Number(totals[4]) : undefined;
+  }
+  return undefined; // found out while writing: a write past the end fails
+}
+
+const checkStage = (opts: FlashOptions, bmap: Bmap | undefined): Stage => ({
+  name: 'check',
+  describe: () => `check that ${opts.device} is a whole, removable, unused disk large enough for ${basename(opts.image)}`,
+  options: [],
+  async run(ctx) {
+    const disk = inspectTarget(opts.device);
+    const size = await knownSize(ctx, opts.image, bmap);
+    const reasons = refusals(disk, size, opts.force);
+    if (reasons.length) throw new UserError(reasons[0]!);
+    ctx.log.line(`${disk.path}: /sys/block/${disk.name}, ${disk.size} bytes, ${disk.removable ? 'removable' : 'not removable (--force)'}; image ${size ?? 'size unknown until decoded'}`);
+  },
+});
+
+const writeStage = (opts: FlashOptions, bmap: Bmap | undefined): Stage => ({
+  name: 'write',
+  describe: () => `write ${basename(opts.image)} to ${opts.device}${bmap ? ` (only the blocks mapped in ${basename(opts.bmap!)})` : ' (every byte: no .bmap)'}`,
+  options: [],
+  async run(ctx) {
+    const name = `image ${basename(opts.image)}`;
+    const format = await imageFormat(opts.image, name, 'IMAGE');
+    const disk = inspectTarget(opts.device);
+    const device = await open(opts.device, 'r+');
+    const mapped = bmap?.ranges.reduce((n, r) => n + r.end - r.start, 0);
+    const progress = new Progress(ctx.status, 'write', bmap?.imageSize);
+    const zipCrc = { crc: 0 };
+    const writer = new DeviceWriter(device, disk.size, bmap?.ranges, (chunk) => {
+      if (format === 'zip') zipCrc.crc = crc32(chunk, zipCrc.crc);
+      progress.add(chunk.length);
+    });
+    try {
+      await decodeImage(ctx, opts.image, format, writer, zipCrc, { name, again: 'get it again', target: opts.device });
+    } catch (error) {
+      if (writer.mismatch) throw new UserError(`${name}: ${writer.mismatch}: the image or its .bmap is damaged (the device now holds part of it): get them again`);
+      throw error;
+    } finally {
+      await device.close();
+    }
+    // Let the kernel see the new partition table (a loop device without partitions says no).
+    await ctx.run('blockdev', ['--rereadpt', opts.device], { reject: false });
+    ctx.state.flash = { written: writer.done, bytes: writer.bytes, deviceBytes: writer.written };
+    ctx.log.line(`${writer.written} of ${writer.bytes} bytes written to ${opts.device}${mapped !== undefined ? ` (${mapped} mapped)` : ''}`);
+  },
+});
+
+const readBackStage = (opts: FlashOptions): Stage => ({
+  name: 'read-back',
+  describe: () => `read back what was written to ${opts.device} and compare`,
+  options: [],
+  async run(ctx) {
+    const state = ctx.state.flash;
+    if (!state?.written) throw new UserError('flash: nothing was written: run it from the start');
+    // Reads must come from the disk, not from the kernel's cache of what was just written.
+    await ctx.run('blockdev', ['--flushbufs', opts.device]);
+    const progress = new Progress(ctx.status, 'read back', state.deviceBytes);
+    let verified = 0;
+    for (const range of state.written) {
+      if (range.end === range.start) continue;
+      const hash = createHash('sha256');
+      for await (const chunk of createReadStream(opts.device, { start: range.start, end: range.end - 1, highWaterMark: 4 * 1024 * 1024, signal: ctx.signal })) {
+        hash.update(chunk as Buffer);
+        progress.add((chunk as Buffer).length);
+      }
+      if (hash.digest('hex') !== range.sha256) {
+        throw new UserError(`${opts.device} reads back different bytes at ${range.start}-${range.end - 1} than were written: the card may be failing or fake; try another`);
+      }
+      verified += range.end - range.start;
+    }
+    state.verified = verified;
+  },
+});
+
+export function flashPipeline(opts: FlashOptions): Pipeline {
+  const bmap = opts.bmap ? readBmap(opts.bmap) : undefined;
+  return {
+    name: 'flash',
+    summary: 'write an image to a disk and verify it',
+    stages: [checkStage(opts, bmap), writeStage(opts, bmap), readBackStage(opts)],
+  };
+}

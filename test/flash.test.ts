@@ -1,0 +1,139 @@
+/**
+ * `build-image flash` against loop devices: an .img.xz with its .bmap (only mapped blocks written,
+ * then read back), a .img.zst without one (every byte), and every refusal, each leaving the target
+ * untouched.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { createHash } from 'node:crypto';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa, execaSync } from 'execa';
+import { parseBmap, readBmap } from '../flash/bmap.ts';
+import { disksUnder, majorMinor, parseMountinfo, systemDisks } from '../flash/target.ts';
+import { makeTinyImage } from './fixtures/tiny-image.ts';
+import { scratch } from './helpers/build.ts';
+import { mountsUnder } from './helpers/leaks.ts';
+
+const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+const flash = (args: string[], dir: string) => execa('node', [cli, 'flash', ...args, '--work', join(dir, 'work')], { reject: false, env: { CI: 'true' } });
+
+let dir: string;
+let image: string;
+test.before(async () => {
+  dir = scratch('flash-fixtures-');
+  image = join(dir, 'tiny.img');
+  await makeTinyImage(image, { payloadMiB: 6 });
+  await execa('bmaptool', ['create', '-o', join(dir, 'tiny.img.bmap'), image]);
+  await execa('xz', ['-k', '-T0', '-1', image]);
+  await execa('zstd', ['-q', '-k', image, '-o', join(dir, 'plain.img.zst')]);
+});
+test.after.always(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A loop device over a file of `mib` MiB of noise, detached at the end of the test. */
+async function loopDisk(t: ExecutionContext, mib: number): Promise<{ device: string; file: string }> {
+  const work = scratch();
+  const file = join(work, 'disk');
+  await execa('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${mib}`, 'status=none']);
+  const { stdout } = await execa('losetup', ['--find', '--show', file]);
+  const device = stdout.trim();
+  t.teardown(async () => {
+    await execa('losetup', ['-d', device], { reject: false });
+    rmSync(work, { recursive: true, force: true });
+  });
+  return { device, file };
+}
+
+const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+async function bytesAt(path: string, start: number, end: number): Promise<Buffer> {
+  const handle = await open(path, 'r');
+  try {
+    const buffer = Buffer.alloc(end - start);
+    await handle.read(buffer, 0, buffer.length, start);
+    return buffer;
+  } finally {
+    await handle.close();
+  }
+}
+
+test.serial('an .img.xz with its .bmap: only the mapped blocks are written, and read back', async (t) => {
+  const { device, file } = await loopDisk(t, 160);
+  const r = await flash([`${image}.xz`, device, '--force'], dir);
+  t.is(r.exitCode, 0, r.stderr);
+  t.regex(r.stdout, new RegExp(`^${device}: wrote [\\d.]+ MiB of the 108\\.0 MiB image \\(only what tiny\\.img\\.bmap maps\\); read back [\\d.]+ MiB and it matches$`, 'm'));
+  const bmap = readBmap(join(dir, 'tiny.img.bmap'));
+  for (const range of bmap.ranges) {
+    t.true((await bytesAt(file, range.start, range.end)).equals(await bytesAt(image, range.start, range.end)), `bytes ${range.start}-${range.end}`);
+  }
+  // Unmapped blocks keep the noise: nothing was written there.
+  const gap = bmap.ranges.findIndex((r, i) => i > 0 && r.start > bmap.ranges[i - 1]!.end);
+  const hole = { start: bmap.ranges[gap - 1]!.end, end: bmap.ranges[gap]!.start };
+  t.false((await bytesAt(file, hole.start, hole.end)).equals(Buffer.alloc(hole.end - hole.start)));
+  await execa('sfdisk', ['--json', device]); // the partition table is readable
+});
+
+test.serial('an image without a .bmap: every byte is written and read back', async (t) => {
+  const { device, file } = await loopDisk(t, 128);
+  const r = await flash([join(dir, 'plain.img.zst'), device, '--force'], dir);
+  t.is(r.exitCode, 0, r.stderr);
+  t.regex(r.stdout, /wrote 108\.0 MiB of the 108\.0 MiB image; read back 108\.0 MiB and it matches/);
+  const size = readFileSync(image).length;
+  t.true((await bytesAt(file, 0, size)).equals(readFileSync(image)));
+});
+
+test.serial('refusals: one line each, and the disk is left as it was', async (t) => {
+  const small = await loopDisk(t, 16);
+  const big = await loopDisk(t, 160);
+  const notBlock = join(dir, 'not-a-device');
+  writeFileSync(notBlock, 'x');
+  const cases: Array<[string[], RegExp]> = [
+    [[`${image}.xz`, big.device], new RegExp(`^error: ${big.device} is not a removable disk: check it is the right one, then add --force$`)],
+    [[`${image}.xz`, small.device, '--force'], new RegExp(`^error: ${small.device} is smaller than the image \\(16777216 bytes, the image 113246208\\): use a larger card$`)],
+    [[`${image}.xz`, notBlock, '--force'], /^error: .*not-a-device is not a block device: give the whole disk to write/],
+    [[`${image}.xz`, big.device, '--bmap', join(dir, 'nope.bmap')], /^error: --bmap .*nope\.bmap: no such file$/],
+  ];
+  const before = [sha256(small.file), sha256(big.file)];
+  for (const [args, message] of cases) {
+    const r = await flash(args, dir);
+    t.not(r.exitCode, 0, args.join(' '));
+    t.regex(r.stderr.split('\n').filter((l) => l.startsWith('error:')).join('\n'), message);
+  }
+
+  t.deepEqual([sha256(small.file), sha256(big.file)], before, 'nothing was written');
+
+  // In use: a filesystem on the disk, mounted.
+  await execa('mkfs.ext4', ['-q', big.device]);
+  const scratchDir = scratch();
+  t.teardown(() => rmSync(scratchDir, { recursive: true, force: true }));
+  const mnt = join(scratchDir, 'mnt');
+  await execa('mkdir', ['-p', mnt]);
+  await execa('mount', [big.device, mnt]);
+  const mounted = await flash([`${image}.xz`, big.device, '--force'], dir).finally(() => execa('umount', [mnt]));
+  t.regex(mounted.stderr, new RegExp(`error: ${big.device} is in use \\(mounted on ${mnt}\\): unmount it first`));
+  t.deepEqual(mountsUnder(mnt), []);
+});
+
+test.serial('an image that does not match its .bmap is refused as damaged', async (t) => {
+  const { device } = await loopDisk(t, 160);
+  const bmap = readFileSync(join(dir, 'tiny.img.bmap'), 'utf8').replace(/chksum="[0-9a-f]{8}/, 'chksum="00000000');
+  writeFileSync(join(dir, 'bad.bmap'), bmap);
+  const r = await flash([`${image}.xz`, device, '--force', '--bmap', join(dir, 'bad.bmap')], dir);
+  t.is(r.exitCode, 1);
+  t.regex(r.stderr, /error: image tiny\.img\.xz: bytes 0-\d+ do not match the block map's sha256: the image or its \.bmap is damaged/);
+});
+
+test('the disk the system runs from is found under its mounts', (t) => {
+  const { stdout } = execaSync('findmnt', ['-no', 'MAJ:MIN', '/']);
+  const rootDisks = disksUnder(stdout.trim());
+  for (const disk of rootDisks) t.true(systemDisks().has(disk), disk);
+  t.deepEqual(parseMountinfo('36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n'), [{ majMin: '98:0', target: '/mnt/a b' }]);
+  t.is(majorMinor(0x0801), '8:1');
+  t.is(majorMinor((259 << 8) | 3), '259:3');
+});
+
+test('bmap parsing: ranges in bytes, the last one cut at the image size', (t) => {
+  const xml = '<bmap version="2.0"><ImageSize> 10000 </ImageSize><BlockSize> 4096 </BlockSize><ChecksumType> sha256 </ChecksumType><BlockMap><Range chksum="ab"> 0-1 </Range><Range chksum="cd"> 2 </Range></BlockMap></bmap>';
+  t.deepEqual(parseBmap(xml).ranges, [{ start: 0, end: 8192, sha256: 'ab' }, { start: 8192, end: 10000, sha256: 'cd' }]);
+  t.throws(() => parseBmap('<x/>', 'f.bmap'), { message: /f\.bmap is not a bmap \(no <ImageSize>\)/ });
+});
