@@ -25,6 +25,7 @@ export interface Config {
   'shrink-margin': number;
   compress: Compression[];
   name: string | undefined;
+  'release-url': string | undefined;
   // The pimaster's settings.
   hostname: string;
   ip: string;
@@ -184,6 +185,16 @@ export const schema: Schema = {
       const formats = raw.split(',').map((s) => s.trim());
       for (const f of formats) if (!(COMPRESSIONS as readonly string[]).includes(f)) throw `a comma-separated list of ${COMPRESSIONS.join(', ')}`;
       return formats;
+    },
+  },
+  'release-url': {
+    kind: 'value',
+    placeholder: 'URL',
+    help: "where the outputs will be published (a URL ending in /): the url fields of os-list.json, Raspberry Pi Imager's list (default: the bare file names)",
+    default: undefined,
+    parse: (raw) => {
+      if (!/^(https?|file):\/\/\S+\/$/.test(raw)) throw 'an http(s):// or file:// URL ending in /';
+      return raw;
     },
   },
   name: {

@@ -3,7 +3,7 @@ import { basename, join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatBytes, formatValue, readConfigFile, resolveConfig, schema, type ConfigKey } from './config.ts';
 import { formatChecks, runChecks } from './doctor.ts';
-import { ConfigError } from './errors.ts';
+import { ConfigError, UserError } from './errors.ts';
 import { PIPELINES, optionsOf, type PipelineCommand } from './pipelines.ts';
 import { pickReporter } from './report.ts';
 import { runPipeline, selectStages, timingTable } from './runner.ts';
@@ -12,6 +12,7 @@ import { formatResults, readChecksFile } from '../verify/checks.ts';
 import { verifyPipeline } from '../verify/stages.ts';
 import { bmapBeside } from '../flash/bmap.ts';
 import { flashPipeline } from '../flash/stages.ts';
+import { writeImagerList } from '../stages/imager-list.ts';
 
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -34,6 +35,8 @@ function usage(command: PipelineCommand | undefined): string {
       '                                      boot an image in QEMU and check it (see build-image --help verify)',
       '  build-image flash IMAGE DEVICE [--force]',
       '                                      write an image to a disk, then read it back (see build-image --help flash)',
+      '  build-image os-list DIR [--release-url URL]',
+      "                                      write DIR/os-list.json, Raspberry Pi Imager's list of the images in DIR",
       '  build-image doctor [--work DIR]     check that this host can build images',
       '  build-image --help [COMMAND]        help on a command',
       '  build-image --version',
@@ -113,6 +116,7 @@ function printPlan(pipeline: Pipeline, config: ReturnType<typeof resolveConfig>,
 const VERIFY_FLAGS = {
   'ssh-key': { type: 'string', placeholder: 'FILE', help: 'the private key that logs in to the image (required)' },
   user: { type: 'string', placeholder: 'NAME', help: 'the user it logs in as', default: 'root' },
+  authorize: { type: 'boolean', help: "authorize the key for the user in the throw-away copy (an image built without one, such as a release image)" },
   checks: { type: 'string', placeholder: 'FILE', help: 'more checks: one shell command a line, run on the guest, each must exit 0' },
   timeout: { type: 'string', placeholder: 'SECONDS', help: 'how long to wait for SSH after QEMU starts', default: '600' },
   memory: { type: 'string', placeholder: 'MIB', help: "the guest's memory", default: '2048' },
@@ -164,6 +168,7 @@ async function verify(argv: string[]): Promise<number> {
     image: resolve(image),
     sshKey: resolve(values['ssh-key']),
     user: String(values.user ?? 'root'),
+    authorize: values.authorize === true,
     checks: checksFile ? readChecksFile(checksFile) : [],
     checksFile,
     timeoutS: number('timeout', 10),
@@ -240,6 +245,23 @@ async function flash(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** The list a build writes beside its outputs, for a directory gathering several builds' outputs. */
+function osList(argv: string[]): number {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: { 'release-url': { type: 'string' } }, allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new ConfigError(`${(error as Error).message.split('\n')[0]} (usage: build-image os-list DIR [--release-url URL])`);
+  }
+  const { values, positionals } = parsed;
+  if (positionals.length !== 1 || !existsSync(positionals[0]!)) throw new ConfigError('os-list takes the output directory of builds: build-image os-list DIR [--release-url URL]');
+  const config = resolveConfig(['release-url'], { flags: { 'release-url': values['release-url'] } }, 'os-list');
+  const file = writeImagerList(positionals[0]!, config['release-url']);
+  if (!file) throw new UserError(`${positionals[0]} holds no image Raspberry Pi Imager can download (build with --compress xz)`);
+  process.stdout.write(`${file}\n`);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const first = argv[0];
   if (first === '--version' || first === '-v') {
@@ -254,6 +276,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (first === 'verify') return verify(argv.slice(1));
   if (first === 'flash') return flash(argv.slice(1));
+  if (first === 'os-list') return osList(argv.slice(1));
   if (first === '--help' && (argv[1] === 'verify' || argv[1] === 'flash')) {
     process.stdout.write(`${argv[1] === 'verify' ? verifyUsage() : flashUsage()}\n`);
     return 0;

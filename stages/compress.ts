@@ -24,6 +24,7 @@ import { formatBytes, type Compression, type Config } from '../pipeline/config.t
 import { CommandError, UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { writeImagerList } from './imager-list.ts';
 import { SparseWriter } from './sparse-writer.ts';
 import type { Output } from './state.ts';
 
@@ -311,12 +312,12 @@ function describe(config: Config): string {
   const formats = [...new Set(config.compress)];
   const name = config.name ?? `<pipeline>-<release>-${config.arch}`;
   const what = formats.length ? formats.map((f) => `${name}.${FORMATS[f].ext}`).join(', ') : 'no copy of the image';
-  return `${what} in ${config.out}, each with a .sha256, and ${name}.img.bmap, ${name}.manifest.json`;
+  return `${what} in ${config.out}, each with a .sha256, and ${name}.img.bmap, ${name}.manifest.json, os-list.json`;
 }
 
 export const compressStage: Stage = {
   name: 'compress',
-  options: ['compress', 'name', 'out'],
+  options: ['compress', 'name', 'release-url', 'out'],
   describe,
   async run(ctx) {
     const started = performance.now();
@@ -383,6 +384,8 @@ export const compressStage: Stage = {
     for (const p of partials) if (p !== `${manifest}.partial`) renameSync(p, p.slice(0, -'.partial'.length));
     renameSync(`${manifest}.partial`, manifest);
     partials.clear();
+    const list = writeImagerList(out, ctx.config['release-url']);
+    ctx.log.line(list ? `${list}: Raspberry Pi Imager's list of the images in ${out}` : `no os-list.json: Raspberry Pi Imager downloads only compressed images (--compress xz)`);
 
     ctx.state.imageSha256 = imageSha256;
     ctx.state.outputs = outputs;

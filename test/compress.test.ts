@@ -167,7 +167,7 @@ test('each output has a sha256sum sidecar, and nothing partial is left', async (
   t.deepEqual(readdirSync(out).filter((f) => f.endsWith('.partial')), []);
   t.deepEqual(
     readdirSync(out).sort(),
-    ['pi.img', 'pi.img.bmap', 'pi.img.gz', 'pi.img.xz', 'pi.img.zst', 'pi.manifest.json', 'pi.img.tar.gz', 'pi.zip'].flatMap((f) => (f.endsWith('.bmap') || f.endsWith('.json') ? [f] : [f, `${f}.sha256`])).sort(),
+    ['pi.img', 'pi.img.bmap', 'pi.img.gz', 'pi.img.xz', 'pi.img.zst', 'pi.manifest.json', 'os-list.json', 'pi.img.tar.gz', 'pi.zip'].flatMap((f) => (f.endsWith('.bmap') || f.endsWith('.json') ? [f] : [f, `${f}.sha256`])).sort(),
   );
 });
 
@@ -206,9 +206,38 @@ test('the manifest says what was built, from what, how and with which packages',
   t.is(typeof manifest.timings.compress, 'number');
   t.deepEqual(manifest.packages, packages);
   t.false(Number.isNaN(Date.parse(manifest.created)));
-  // Written last: nothing in the directory is newer.
-  const newest = Math.max(...readdirSync(out).map((f) => statSync(join(out, f)).mtimeMs));
+  // Written last of the image's files (only the directory's os-list.json comes after).
+  const newest = Math.max(...readdirSync(out).filter((f) => f !== 'os-list.json').map((f) => statSync(join(out, f)).mtimeMs));
   t.is(statSync(file).mtimeMs, newest);
+});
+
+test("os-list.json: Raspberry Pi Imager's entry for the image, from its manifest; build-image os-list for a directory", async (t) => {
+  const { out, image, imageSha256 } = await built();
+  const manifest = JSON.parse(readFileSync(join(out, 'pi.manifest.json'), 'utf8'));
+  const xz = join(out, 'pi.img.xz');
+  const entry = {
+    name: 'pi (64-bit)',
+    description: 'Raspberry Pi OS bookworm, customized by build-image.',
+    url: 'pi.img.xz',
+    release_date: manifest.created.slice(0, 10),
+    extract_size: statSync(image).size,
+    extract_sha256: imageSha256,
+    image_download_size: statSync(xz).size,
+    image_download_sha256: await sha256sum(xz),
+    init_format: 'systemd',
+    devices: ['pi5-64bit', 'pi4-64bit', 'pi3-64bit'],
+  };
+  t.deepEqual(JSON.parse(readFileSync(join(out, 'os-list.json'), 'utf8')), { os_list: [entry] });
+
+  const dir = setup(t);
+  for (const f of ['pi.manifest.json', 'pi.img.xz']) writeFileSync(join(dir, f), readFileSync(join(out, f)));
+  const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+  const r = await execa('node', [cli, 'os-list', dir, '--release-url', 'https://example.org/releases/v1/']);
+  t.is(r.stdout, join(dir, 'os-list.json'));
+  t.is(JSON.parse(readFileSync(join(dir, 'os-list.json'), 'utf8')).os_list[0].url, 'https://example.org/releases/v1/pi.img.xz');
+  const bad = await execa('node', [cli, 'os-list', dir, '--release-url', 'example.org'], { reject: false });
+  t.is(bad.exitCode, 2);
+  t.regex(bad.stderr, /--release-url .*example\.org.*an http\(s\):\/\/ or file:\/\/ URL ending in \//);
 });
 
 test('the none output is the image itself, sparse', async (t) => {
@@ -233,7 +262,7 @@ test('the default name is <pipeline>-<release>-<arch>, lower case and safe', asy
   await makeTinyImage(image);
   const config = testConfig(dir, { compress: ['gz'], arch: 'armhf' });
   await runStages([compressStage], config, { image, system });
-  t.deepEqual(readdirSync(config.out).sort(), ['test-bookworm-armhf.img.bmap', 'test-bookworm-armhf.img.gz', 'test-bookworm-armhf.img.gz.sha256', 'test-bookworm-armhf.manifest.json']);
+  t.deepEqual(readdirSync(config.out).sort(), ['os-list.json', 'test-bookworm-armhf.img.bmap', 'test-bookworm-armhf.img.gz', 'test-bookworm-armhf.img.gz.sha256', 'test-bookworm-armhf.manifest.json']);
   const { state } = await runStages([compressStage], testConfig(dir, { compress: ['none'] }), { image });
   t.is(state.outputs![0]!.path, join(config.out, 'test-image-arm64.img'));
 });
@@ -241,10 +270,10 @@ test('the default name is <pipeline>-<release>-<arch>, lower case and safe', asy
 test('--plan lists the formats and the output directory', (t) => {
   const config = testConfig('/srv/build', { compress: ['xz', 'zip', 'tar.gz'], name: 'pi' });
   const line = compressStage.describe(config);
-  for (const part of ['pi.img.xz', 'pi.zip', 'pi.img.tar.gz', '/srv/build/out', '.sha256', 'pi.img.bmap', 'pi.manifest.json']) t.true(line.includes(part), `${part} in: ${line}`);
+  for (const part of ['pi.img.xz', 'pi.zip', 'pi.img.tar.gz', '/srv/build/out', '.sha256', 'pi.img.bmap', 'pi.manifest.json', 'os-list.json']) t.true(line.includes(part), `${part} in: ${line}`);
   t.false(line.includes('\n'));
   t.regex(compressStage.describe(testConfig('/srv/build', { arch: 'armhf' })), /<pipeline>-<release>-armhf\.img\.xz/);
-  t.deepEqual([...compressStage.options], ['compress', 'name', 'out']);
+  t.deepEqual([...compressStage.options], ['compress', 'name', 'release-url', 'out']);
 });
 
 // --- Failures (serial: they change PATH, send SIGINT to this process or measure its memory) -----
