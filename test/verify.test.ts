@@ -116,6 +116,23 @@ test.serial('an image that never comes up: exit 1 with the console\'s last lines
   t.deepEqual(await loopsOn(image), []);
 });
 
+test.serial('any image: --authorize lets the key in to a throw-away copy, and the system checks run', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const fixture = await debianImage('arm64');
+  const key = await keyPair(dir);
+  const refused = await verify([fixture, '--ssh-key', key, '--work', join(dir, 'work'), '--cache', TEST_CACHE, '--timeout', '150']);
+  t.is(refused.exitCode, 1, 'the image authorizes no key of ours');
+  t.regex(refused.stderr, /error: (the guest's sshd refuses root|SSH on the guest did not answer within 150 s \(Permission denied)/);
+  const r = await verify([fixture, '--ssh-key', key, '--authorize', '--work', join(dir, 'work'), '--cache', TEST_CACHE]);
+  t.is(r.exitCode, 0, r.stderr);
+  t.regex(r.stdout, /^PASS  systemd: every unit started, none failed +running$/m);
+  t.regex(r.stdout, /^PASS  hostname is raspberrypi +raspberrypi$/m);
+  t.regex(r.stdout, /^2 of 2 checks passed; /m);
+  assertNothingLeft(t, dir);
+  t.deepEqual(await loopsOn(fixture), []);
+});
+
 test.serial('Ctrl-C while the guest boots: QEMU is ended, the copy removed, exit code 130', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));

@@ -9,7 +9,7 @@
  *
  * The copy, QEMU and every mount are undone by the clean-up stack, whatever happens.
  */
-import { cpSync, mkdirSync, rmdirSync, rmSync } from 'node:fs';
+import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { scoped } from '../pipeline/cleanup.ts';
 import { UserError } from '../pipeline/errors.ts';
@@ -30,6 +30,8 @@ export interface VerifyOptions {
   /** The private key that logs in to the guest. */
   sshKey: string;
   user: string;
+  /** Authorize the key's public half for `user` in the copy (images built without a key). */
+  authorize: boolean;
   /** The user's own checks (--checks FILE), read before anything starts. */
   checks: Check[];
   checksFile?: string;
@@ -100,6 +102,7 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
       if (arch !== 'arm64' && arch !== 'armhf') throw new UserError(`the image's /bin/sh is for ${arch}: verify boots arm64 and armhf images`);
       state.arch = arch;
       state.facts = readFacts(dir);
+      if (opts.authorize) await authorizeKey(ctx, dir, opts);
       const own = ownKernel(dir);
       if (own) {
         // Copied out: the copy is in QEMU's hands once booted.
@@ -118,6 +121,20 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
     ctx.log.line(`kernel: ${state.kernel.source}; facts: ${JSON.stringify(state.facts)}`);
   },
 });
+
+/** Add the public half of --ssh-key to the user's authorized_keys in the copy (never the image). */
+async function authorizeKey(ctx: BuildContext, root: string, opts: VerifyOptions): Promise<void> {
+  const { stdout } = await ctx.run('ssh-keygen', ['-y', '-f', opts.sshKey]);
+  const entry = readFileSync(join(root, 'etc/passwd'), 'utf8').split('\n').map((l) => l.split(':')).find((f) => f[0] === opts.user);
+  if (!entry) throw new UserError(`--user ${opts.user}: the image has no such user (see its /etc/passwd)`);
+  const [uid, gid, home] = [Number(entry[2]), Number(entry[3]), entry[5]!];
+  const ssh = join(root, resolveInRoot(root, home), '.ssh');
+  mkdirSync(ssh, { recursive: true, mode: 0o700 });
+  chownSync(ssh, uid, gid);
+  const keys = join(ssh, 'authorized_keys');
+  appendFileSync(keys, `${stdout.trim()} build-image-verify\n`, { mode: 0o600 });
+  chownSync(keys, uid, gid);
+}
 
 const target = (ctx: BuildContext, opts: VerifyOptions): SshTarget => {
   const guest = ctx.resources.get('guest') as Guest | undefined;
