@@ -14,6 +14,7 @@ import { disksUnder, majorMinor, parseMountinfo, systemDisks } from '../flash/ta
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { scratch } from './helpers/build.ts';
 import { mountsUnder } from './helpers/leaks.ts';
+import { pimasterBuild } from './helpers/pimaster-build.ts';
 
 const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
 const flash = (args: string[], dir: string) => execa('node', [cli, 'flash', ...args, '--work', join(dir, 'work')], { reject: false, env: { CI: 'true' } });
@@ -122,6 +123,26 @@ test.serial('an image that does not match its .bmap is refused as damaged', asyn
   t.is(r.exitCode, 1);
   t.regex(r.stderr, /error: image tiny\.img\.xz: bytes 0-\d+ do not match the block map's sha256: the image or its \.bmap is damaged/);
 });
+
+for (const arch of ['arm64', 'armhf'] as const) {
+  test.serial(`${arch} pimaster: the built .img.zst flashed to a loop device with its .bmap reads back as the image`, async (t) => {
+    const build = await pimasterBuild(arch);
+    const work = scratch();
+    t.teardown(() => rmSync(work, { recursive: true, force: true }));
+    const file = join(work, 'card');
+    await execa('truncate', ['-s', '4G', file]); // a blank card: unmapped blocks read as the image's zeros
+    const device = (await execa('losetup', ['--find', '--show', file])).stdout.trim();
+    t.teardown(() => execa('losetup', ['-d', device], { reject: false }));
+    const r = await flash([`${build.image}.zst`, device, '--force'], work);
+    t.log(r.stdout);
+    t.is(r.exitCode, 0, r.stderr);
+    t.regex(r.stdout, new RegExp(`only what pimaster-${arch}\\.img\\.bmap maps\\); read back [\\d.]+ [MG]iB and it matches`));
+    // Independently of the tool: the card's first bytes are the image the build describes.
+    const image = build.manifest.image as { size: number; sha256: string };
+    const { stdout } = await execa('bash', ['-o', 'pipefail', '-c', `head -c ${image.size} ${device} | sha256sum`]);
+    t.is(stdout.split(' ')[0], image.sha256);
+  });
+}
 
 test('the disk the system runs from is found under its mounts', (t) => {
   const { stdout } = execaSync('findmnt', ['-no', 'MAJ:MIN', '/']);
