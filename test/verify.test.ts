@@ -103,17 +103,28 @@ for (const arch of ['arm64', 'armhf'] as const) {
   });
 }
 
-test.serial('an image that never comes up: exit 1 with the console\'s last lines, nothing left behind', async (t) => {
+test.serial('an image that never comes up: exit 1 with the console\'s last lines, nothing left behind; offline, the cached kernel serves', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const image = join(dir, 'no-init.img');
   await makeTinyImage(image, { arch: 'arm64' });
-  const r = await verify([image, '--ssh-key', await keyPair(dir), '--work', join(dir, 'work'), '--cache', TEST_CACHE, '--timeout', '300']);
+  const key = await keyPair(dir);
+  const r = await verify([image, '--ssh-key', key, '--work', join(dir, 'work'), '--cache', TEST_CACHE, '--timeout', '300']);
   t.is(r.exitCode, 1);
   t.regex(r.stderr, /error: the guest stopped before SSH answered \(QEMU exit code 0\); its console's last lines:/);
   t.regex(r.stderr, /\| verify initrd: \/dev\/vda2 has no \/sbin\/init/);
   assertNothingLeft(t, dir);
   t.deepEqual(await loopsOn(image), []);
+
+  // Offline, the kernel cached by the run above serves; with nothing cached, one clear line.
+  const offline = 'http://127.0.0.1:9/debian';
+  const again = await verify([image, '--ssh-key', key, '--work', join(dir, 'work'), '--cache', TEST_CACHE, '--debian-mirror', offline]);
+  t.regex(again.stderr, /verify initrd: \/dev\/vda2 has no \/sbin\/init/);
+  t.regex(readFileSync(join(dir, 'work', 'verify', 'logs', '02-prepare.log'), 'utf8'), /apt-get update failed: using the cached /);
+  const cold = await verify([image, '--ssh-key', key, '--work', join(dir, 'work'), '--cache', join(dir, 'empty-cache'), '--debian-mirror', offline]);
+  t.is(cold.exitCode, 1);
+  t.regex(cold.stderr, /^error: cannot reach the Debian mirror http:\/\/127\.0\.0\.1:9\/debian for the kernel verify boots with \(Could not connect to 127\.0\.0\.1:9 .*\): check the network, or pass --debian-mirror$/m);
+  assertNothingLeft(t, dir);
 });
 
 test.serial('any image: --authorize lets the key in to a throw-away copy, and the system checks run', async (t) => {

@@ -11,7 +11,7 @@
  * signature and the files' hashes, and are cached per version.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../pipeline/errors.ts';
 import { withLock } from '../pipeline/lock.ts';
@@ -86,12 +86,16 @@ async function debianPackages(ctx: BuildContext, arch: GuestArch, mirror: string
     join(base, '.lock'),
     async () => {
       const env = aptRoot(join(base, 'apt'), arch, mirror);
-      const update = await ctx.run('apt-get', ['-q', 'update'], { env, reject: false });
+      // <what was asked>/<the versions it resolved to>: one tree per resolution.
+      const requested = join(base, names.join('+'));
+      const update = await ctx.run('apt-get', ['-q', 'update', '--error-on=any'], { env, reject: false });
       if (update.exitCode !== 0) {
-        const cached = readdirSync(base).filter((n) => n.startsWith('packages-')).sort().at(-1);
-        if (!cached) throw new UserError(`cannot reach the Debian mirror ${mirror} for the kernel verify boots with (${update.stderr.trim().split('\n').at(-1)}): check the network, or pass --debian-mirror`);
+        // Offline: the newest tree unpacked earlier for the same request.
+        const cached = existsSync(requested) ? readdirSync(requested).filter((n) => !n.endsWith('.part')).map((n) => join(requested, n)).sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0] : undefined;
+        const why = /^[WE]: Failed to fetch \S+\s+(.*)$/m.exec(update.stderr)?.[1] ?? update.stderr.trim().split('\n').at(-1);
+        if (!cached) throw new UserError(`cannot reach the Debian mirror ${mirror} for the kernel verify boots with (${why}): check the network, or pass --debian-mirror`);
         ctx.log.line(`apt-get update failed: using the cached ${cached}`);
-        return { dir: join(base, cached), versions: readFileSync(join(base, cached, 'versions'), 'utf8').trim() };
+        return { dir: cached, versions: readFileSync(join(cached, 'versions'), 'utf8').trim() };
       }
       // A metapackage (linux-image-cloud-arm64) names the versioned kernel package it depends on.
       const packages: string[] = [];
@@ -106,11 +110,11 @@ async function debianPackages(ctx: BuildContext, arch: GuestArch, mirror: string
         lines.push(`${name} ${/^Version: (\S+)/m.exec(stdout)?.[1] ?? '?'}`);
       }
       const versions = lines.join(', ');
-      const dir = join(base, `packages-${lines.join('_').replace(/[^\w.+-]+/g, '_')}`);
+      const dir = join(requested, lines.join('_').replace(/[^\w.+-]+/g, '_'));
       if (existsSync(dir)) return { dir, versions };
       const tmp = `${dir}.part`;
       rmSync(tmp, { recursive: true, force: true });
-      mkdirSync(join(tmp, 'debs'), { recursive: true });
+      mkdirSync(join(tmp, 'debs'), { recursive: true }); // makes `requested` too
       ctx.defer(`remove ${tmp}`, () => rmSync(tmp, { recursive: true, force: true }));
       await ctx.run('apt-get', ['-q', 'download', ...packages], { env, cwd: join(tmp, 'debs') });
       for (const deb of readdirSync(join(tmp, 'debs'))) await ctx.run('dpkg-deb', ['-x', join(tmp, 'debs', deb), join(tmp, 'root')]);
