@@ -127,6 +127,36 @@ test.serial('an image that never comes up: exit 1 with the console\'s last lines
   assertNothingLeft(t, dir);
 });
 
+test.serial("an image carrying a kernel that boots under virt (with its initrd and config) is booted with its own", async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'own-kernel.img');
+  await makeTinyImage(image, { arch: 'arm64', rootMiB: 64 });
+  // Debian's kernel, as verify cached it for the tests above, installed the Debian way in /boot.
+  const cached = (await execa('sh', ['-c', `ls -d ${TEST_CACHE}/verify/arm64/linux-image-*/*/ | head -1`])).stdout.trim();
+  const version = readdirSync(join(cached, 'root/lib/modules'))[0]!;
+  const initrd = readdirSync(cached).find((f) => /^initrd-.*\.img$/.test(f))!;
+  const { stdout } = await execa('sfdisk', ['--json', image]);
+  const root = (JSON.parse(stdout) as { partitiontable: { partitions: Array<{ start: number; size: number }> } }).partitiontable.partitions[1]!;
+  const device = (await execa('losetup', ['--find', '--show', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image])).stdout.trim();
+  const mnt = join(dir, 'mnt');
+  await execa('mkdir', ['-p', mnt]);
+  await execa('mount', [device, mnt]);
+  try {
+    await execa('mkdir', ['-p', join(mnt, 'boot')]);
+    await execa('cp', [join(cached, 'root/boot', `vmlinuz-${version}`), join(cached, 'root/boot', `config-${version}`), join(mnt, 'boot')]);
+    await execa('cp', [join(cached, initrd), join(mnt, 'boot', `initrd.img-${version}`)]);
+  } finally {
+    await execa('umount', [mnt]);
+    await execa('losetup', ['-d', device]);
+  }
+  const r = await verify([image, '--ssh-key', await keyPair(dir), '--work', join(dir, 'work'), '--cache', join(dir, 'no-kernels-here')]);
+  t.is(r.exitCode, 1);
+  t.regex(readFileSync(join(dir, 'work', 'verify', 'logs', '02-prepare.log'), 'utf8'), new RegExp(`kernel: the image's own ${version.replaceAll('.', '\\.')};`));
+  t.regex(r.stderr, /\| verify initrd: \/dev\/vda2 has no \/sbin\/init/, 'it booted as far as its initrd');
+  assertNothingLeft(t, dir);
+});
+
 test.serial('any image: --authorize lets the key in to a throw-away copy, and the system checks run', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));

@@ -90,6 +90,11 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
     state.rootPartition = layout.root;
     const dir = join(ctx.paths.work, 'root');
     mkdirSync(dir, { recursive: true });
+    // The image's own kernel is copied out (the copy is QEMU's once booted), until verify ends.
+    const [kernel, initrd] = [join(ctx.paths.work, 'vmlinuz'), join(ctx.paths.work, 'initrd.img')];
+    ctx.defer('remove the copied kernel', () => {
+      for (const file of [kernel, initrd]) rmSync(file, { force: true });
+    });
     await scoped(ctx.cleanup, ctx.signal, async () => {
       ctx.defer(`remove ${dir}`, () => rmdirSync(dir)); // after the unmount; never recursive
       const device = await attachLoop(ctx, state.copy, partition(layout, layout.root));
@@ -105,9 +110,6 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
       if (opts.authorize) await authorizeKey(ctx, dir, opts);
       const own = ownKernel(dir);
       if (own) {
-        // Copied out: the copy is in QEMU's hands once booted.
-        const kernel = join(ctx.paths.work, 'vmlinuz');
-        const initrd = join(ctx.paths.work, 'initrd.img');
         cpSync(own.kernel, kernel, { dereference: true });
         cpSync(own.initrd, initrd, { dereference: true });
         state.kernel = { source: `the image's own ${own.version}`, version: own.version, kernel, initrd };
