@@ -6,6 +6,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { Writable } from 'node:stream';
+import { writeAt } from '../stages/sparse-writer.ts';
 import type { Range } from './bmap.ts';
 
 export interface Written {
@@ -60,9 +61,8 @@ export class DeviceWriter extends Writable {
   }
 
   async #put(chunk: Buffer, position: number): Promise<void> {
-    if (position + chunk.length > this.#deviceSize && (!this.#ranges || this.#ranges.some((r) => r.end > this.#deviceSize))) {
-      throw new Error(`the image is larger than the device (${this.#deviceSize} bytes)`);
-    }
+    // With a block map its image size was checked against the device before anything was written.
+    if (!this.#ranges && position + chunk.length > this.#deviceSize) throw new Error(`the image is larger than the device (${this.#deviceSize} bytes)`);
     if (!this.#ranges) {
       (this.#hash ??= createHash('sha256')).update(chunk);
       await this.#write(chunk, position);
@@ -96,11 +96,7 @@ export class DeviceWriter extends Writable {
   }
 
   async #write(data: Buffer, position: number): Promise<void> {
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await this.#device.write(data, done, data.length - done, position + done);
-      done += bytesWritten;
-    }
+    await writeAt(this.#device, data, position);
     this.written += data.length;
   }
 }

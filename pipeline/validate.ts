@@ -12,8 +12,9 @@ export interface Ipv4Cidr {
   netmask: string;
 }
 
-const toInt = (a: string) => a.split('.').reduce((n, o) => n * 256 + Number(o), 0);
-const toDotted = (n: number) => [24, 16, 8, 0].map((s) => (n >>> s) & 255).join('.');
+/** A dotted IPv4 address as a number, and back. */
+export const ipv4ToInt = (a: string) => a.split('.').reduce((n, o) => n * 256 + Number(o), 0);
+export const intToIpv4 = (n: number) => [24, 16, 8, 0].map((s) => (n >>> s) & 255).join('.');
 
 /** `48.48.0.254/24`: an IPv4 host address with its prefix length. */
 export function parseIpv4Cidr(raw: string): Ipv4Cidr {
@@ -25,12 +26,12 @@ export function parseIpv4Cidr(raw: string): Ipv4Cidr {
   const prefix = Number(m[2]);
   if (prefix < 8 || prefix > 30) throw 'an IPv4 address with a prefix length from /8 to /30, such as 48.48.0.254/24';
   const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
-  const address = toInt(m[1]!);
+  const address = ipv4ToInt(m[1]!);
   const network = (address & mask) >>> 0;
   if (address === network || address === (network | (~mask >>> 0)) >>> 0) {
     throw `a host address, not the network or broadcast address of /${prefix}`;
   }
-  return { address: m[1]!, prefix, network: toDotted(network), netmask: toDotted(mask) };
+  return { address: m[1]!, prefix, network: intToIpv4(network), netmask: intToIpv4(mask) };
 }
 
 /** RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens. */

@@ -178,8 +178,13 @@ function listDir(root: string, dir: string): string[] {
   return existsSync(full) ? readdirSync(full).map((f) => `${dir}/${f}`) : [];
 }
 
-/** Run one command inside the image (after enterChroot), with the chroot's clean environment. */
+/** `chroot` arguments running `args` inside the image with the chroot's clean environment plus `env`. */
+export function chrootArgs(ctx: BuildContext, args: readonly string[], env: Record<string, string> = {}): string[] {
+  const vars = Object.entries({ ...CHROOT_ENV, ...env }).map(([k, v]) => `${k}=${v}`);
+  return [rootDir(ctx.paths.work), '/usr/bin/env', '-i', ...vars, ...args];
+}
+
+/** Run one command inside the image (after enterChroot). */
 export function chrootRun(ctx: BuildContext, args: readonly string[], options: RunOptions & { env?: Record<string, string> } = {}): Promise<RunResult> {
-  const env = Object.entries({ ...CHROOT_ENV, ...options.env }).map(([k, v]) => `${k}=${v}`);
-  return ctx.run('chroot', [rootDir(ctx.paths.work), '/usr/bin/env', '-i', ...env, ...args], { ...options, env: undefined });
+  return ctx.run('chroot', chrootArgs(ctx, args, options.env), { ...options, env: undefined });
 }

@@ -6,6 +6,7 @@ import { fsck } from './finalize.ts';
 import { attachLoop } from './loop.ts';
 import { partition, readLayout } from './partitions.ts';
 import { ext4Info, resizeRootPartition } from './resize.ts';
+import type { Layout } from './state.ts';
 
 const MiB = 2 ** 20;
 /** Always kept free while customizing: logs, apt lists, dpkg's temporary files. */
@@ -44,11 +45,18 @@ export const growStage: Stage = {
     }
     const bytes = Math.ceil(wanted / MiB) * MiB;
     ctx.log.line(`growing the root filesystem by ${formatBytes(bytes)} (${formatBytes(free)} free now)`);
-    const grown = await resizeRootPartition(ctx, image, layout, root, root.sectors + bytes / layout.sectorSize);
-    await scoped(ctx.cleanup, ctx.signal, async () => {
-      const device = await attachLoop(ctx, image, partition(grown, grown.root));
-      await fsck(ctx, device);
-      await ctx.run('resize2fs', [device]);
-    });
+    await growRoot(ctx, image, layout, bytes);
   },
 };
+
+/** The file, the root partition (the last) and its ext4 filesystem made `bytes` larger (whole MiB). */
+export async function growRoot(ctx: BuildContext, image: string, layout: Layout, bytes: number): Promise<Layout> {
+  const root = partition(layout, layout.root);
+  const grown = await resizeRootPartition(ctx, image, layout, root, root.sectors + bytes / layout.sectorSize);
+  await scoped(ctx.cleanup, ctx.signal, async () => {
+    const device = await attachLoop(ctx, image, partition(grown, grown.root));
+    await fsck(ctx, device);
+    await ctx.run('resize2fs', [device]);
+  });
+  return grown;
+}

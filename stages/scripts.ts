@@ -5,7 +5,7 @@ import { derivedValues, type Config, type ConfigKey } from '../pipeline/config.t
 import { CommandError, UserError } from '../pipeline/errors.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
-import { CHROOT_ENV, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot.ts';
+import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot.ts';
 
 /**
  * The settings as environment variables of every script: each key upper-cased with `-` as `_`
@@ -16,11 +16,12 @@ import { CHROOT_ENV, chrootRun, enterChroot, STAGING, stagedFiles } from './chro
  */
 export function scriptEnv(config: Config, ctx: Pick<BuildContext, 'state' | 'pipeline'>): Record<string, string> {
   const env: Record<string, string> = {};
+  const name = (key: string) => `BUILD_${key.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
   for (const [key, value] of Object.entries(config)) {
     if (value === undefined || ['work', 'cache', 'out', 'verbose', 'quiet', 'shell-on-error'].includes(key)) continue;
-    env[`BUILD_${key.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`] = Array.isArray(value) ? value.join(' ') : String(value);
+    env[name(key)] = Array.isArray(value) ? value.join(' ') : String(value);
   }
-  for (const [key, value] of Object.entries(derivedValues(config))) env[`BUILD_${key.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`] = value;
+  for (const [key, value] of Object.entries(derivedValues(config))) env[name(key)] = value;
   const system = ctx.state.system;
   if (system) Object.assign(env, { BUILD_CODENAME: system.codename, BUILD_BOOT_MOUNT: system.bootMount, BUILD_NETWORK: system.network });
   env.BUILD_PIPELINE = ctx.pipeline;
@@ -60,8 +61,7 @@ async function runScript(ctx: BuildContext, script: string, index: number, env: 
     const failed = new CommandError({ stage: ctx.commands.stage, command: `script ${script}`, exitCode: error.exitCode, tail: error.tail, logFile: error.logFile });
     if (ctx.config['shell-on-error'] && process.stdin.isTTY) {
       process.stderr.write(`\nscript ${name} failed (exit code ${error.exitCode}); a shell inside the image follows. Exit it to clean up.\n`);
-      const shellEnv = Object.entries({ ...CHROOT_ENV, ...env }).map(([k, v]) => `${k}=${v}`);
-      await ctx.commands.interactive('chroot', [rootDir(ctx.paths.work), '/usr/bin/env', '-i', ...shellEnv, 'TERM=' + (process.env.TERM ?? 'xterm'), '/bin/bash', '-i']);
+      await ctx.commands.interactive('chroot', chrootArgs(ctx, ['/bin/bash', '-i'], { ...env, TERM: process.env.TERM ?? 'xterm' }));
     }
     throw failed;
   }

@@ -70,11 +70,16 @@ export class SparseWriter extends Writable {
   }
 
   async #write(data: Buffer, position: number): Promise<void> {
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await this.#file.write(data, done, data.length - done, position + done);
-      done += bytesWritten;
-    }
+    await writeAt(this.#file, data, position);
     this.written += data.length;
+  }
+}
+
+/** All of `data` at `position` (a positioned write may take only part of it). */
+export async function writeAt(file: FileHandle, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await file.write(data, done, data.length - done, position + done);
+    done += bytesWritten;
   }
 }

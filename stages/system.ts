@@ -24,7 +24,8 @@ export function bootMountOf(fstab: string): string | undefined {
   return undefined;
 }
 
-function read(root: string, ...candidates: string[]): string {
+/** The first of `candidates` (paths in the image) that exists, read; '' when none does. */
+export function readInRoot(root: string, ...candidates: string[]): string {
   for (const path of candidates) {
     const full = join(root, path);
     if (existsSync(full)) return readFileSync(full, 'utf8');
@@ -33,7 +34,7 @@ function read(root: string, ...candidates: string[]): string {
 }
 
 export function detectSystem(root: string, cmdline: string): SystemInfo {
-  const os = parseOsRelease(read(root, 'etc/os-release', 'usr/lib/os-release'));
+  const os = parseOsRelease(readInRoot(root, 'etc/os-release', 'usr/lib/os-release'));
   const codename = os.VERSION_CODENAME ?? /\((\w+)\)/.exec(os.VERSION ?? '')?.[1] ?? 'unknown';
   const has = (...paths: string[]) => paths.some((p) => existsSync(join(root, p)));
   const network: Network = has('usr/sbin/NetworkManager')
@@ -48,7 +49,7 @@ export function detectSystem(root: string, cmdline: string): SystemInfo {
     codename,
     prettyName: os.PRETTY_NAME ?? codename,
     arch: imageArch(root),
-    bootMount: bootMountOf(read(root, 'etc/fstab')) ?? (modern ? '/boot/firmware' : '/boot'),
+    bootMount: bootMountOf(readInRoot(root, 'etc/fstab')) ?? (modern ? '/boot/firmware' : '/boot'),
     network,
     firstBoot: armed !== 'none' ? armed : firstBootFor(codename),
   };

@@ -4,6 +4,7 @@
  * (an HTTP request through a forwarded port), which proves the service is reachable from outside.
  */
 import { readFileSync } from 'node:fs';
+import { quote } from '../pipeline/commands.ts';
 import { ConfigError } from '../pipeline/errors.ts';
 import type { GuestFacts } from './facts.ts';
 
@@ -23,9 +24,6 @@ export interface CheckResult {
   saw: string;
 }
 
-/** sh single-quoting. */
-export const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
-
 /** Checks for any image: it booted cleanly, and is what its files said it would be. */
 export function systemChecks(facts: GuestFacts): Check[] {
   const checks: Check[] = [
@@ -35,14 +33,14 @@ export function systemChecks(facts: GuestFacts): Check[] {
       command: 's=$(systemctl is-system-running --wait); f=$(systemctl --failed --no-legend --plain | awk \'{print $1}\' | paste -sd" "); echo "$s${f:+ (failed: $f)}"; [ "$s" = running ]',
       timeoutS: 300,
     },
-    { name: `hostname is ${facts.hostname}`, command: `h=$(hostname); echo "$h"; [ "$h" = ${q(facts.hostname)} ]` },
+    { name: `hostname is ${facts.hostname}`, command: `h=$(hostname); echo "$h"; [ "$h" = ${quote(facts.hostname)} ]` },
   ];
   const a = facts.address;
   if (a) {
     const want = `${a.address}/${a.prefix}`;
     checks.push({
       name: `${a.interface} has ${want}`,
-      command: `ip -4 -o addr show dev ${q(a.interface)} | awk '{print $4}' | paste -sd" "; ip -4 -o addr show dev ${q(a.interface)} | grep -qF ${q(` ${want} `)}`,
+      command: `ip -4 -o addr show dev ${quote(a.interface)} | awk '{print $4}' | paste -sd" "; ip -4 -o addr show dev ${quote(a.interface)} | grep -qF ${quote(` ${want} `)}`,
     });
   }
   return checks;

@@ -3,9 +3,10 @@
  * then compare the running system against it (a host name or address the image sets but the
  * booted system does not have is a failure).
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseIpv4Cidr, type Ipv4Cidr } from '../pipeline/validate.ts';
+import { readInRoot } from '../stages/system.ts';
 
 export interface StaticAddress extends Ipv4Cidr {
   interface: string;
@@ -46,18 +47,16 @@ export function natUplink(unit: string): string | undefined {
   return /-A POSTROUTING -o (\S+) -j MASQUERADE/.exec(unit)?.[1];
 }
 
-const read = (root: string, path: string) => (existsSync(join(root, path)) ? readFileSync(join(root, path), 'utf8') : '');
-
 export function readFacts(root: string): GuestFacts {
-  const hostname = read(root, 'etc/hostname').trim() || 'localhost';
-  let address = dhcpcdStatic(read(root, 'etc/dhcpcd.conf'));
+  const hostname = readInRoot(root, 'etc/hostname').trim() || 'localhost';
+  let address = dhcpcdStatic(readInRoot(root, 'etc/dhcpcd.conf'));
   const nm = 'etc/NetworkManager/system-connections';
   if (!address && existsSync(join(root, nm))) {
     for (const name of readdirSync(join(root, nm)).filter((n) => n.endsWith('.nmconnection')).sort()) {
-      address ??= nmStatic(read(root, join(nm, name)));
+      address ??= nmStatic(readInRoot(root, join(nm, name)));
     }
   }
-  const nat = read(root, 'etc/systemd/system/pimaster-nat.service');
+  const nat = readInRoot(root, 'etc/systemd/system/pimaster-nat.service');
   const pimaster = existsSync(join(root, 'usr/local/sbin/pimaster-firstboot')) ? { uplink: natUplink(nat) ?? 'wlan0' } : undefined;
   return { hostname, address, pimaster };
 }

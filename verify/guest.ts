@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../pipeline/errors.ts';
+import { intToIpv4, ipv4ToInt } from '../pipeline/validate.ts';
 import type { BuildContext } from '../pipeline/stage.ts';
 import type { StaticAddress } from './facts.ts';
 import type { GuestArch, GuestKernel } from './kernel.ts';
@@ -39,9 +40,8 @@ const MACHINE: Record<GuestArch, { qemu: string; args: string[] }> = {
   armhf: { qemu: 'qemu-system-arm', args: ['-M', 'virt,highmem=off', '-cpu', 'cortex-a15'] },
 };
 
-export const qemuFor = (arch: GuestArch) => MACHINE[arch].qemu;
-
-async function freePort(): Promise<number> {
+/** A TCP port on 127.0.0.1 that is free now (the kernel's pick). */
+export async function freePort(): Promise<number> {
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as { port: number };
@@ -49,8 +49,6 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-const toInt = (a: string) => a.split('.').reduce((n, o) => n * 256 + Number(o), 0) >>> 0;
-const toDotted = (n: number) => [24, 16, 8, 0].map((s) => (n >>> s) & 255).join('.');
 
 /**
  * QEMU's user network on the image's subnet: its gateway and DNS addresses (x.x.x.2 and .3 by
@@ -58,12 +56,12 @@ const toDotted = (n: number) => [24, 16, 8, 0].map((s) => (n >>> s) & 255).join(
  */
 export function userNetwork(address: StaticAddress | undefined): string[] {
   if (!address) return [];
-  const network = toInt(address.network);
-  const [host, dns] = [1, 2, 3, 4].map((i) => network + i).filter((n) => n !== toInt(address.address)).slice(1, 3) as [number, number];
-  return [`net=${address.network}/${address.prefix}`, `host=${toDotted(host)}`, `dns=${toDotted(dns)}`];
+  const network = ipv4ToInt(address.network);
+  const [host, dns] = [1, 2, 3, 4].map((i) => network + i).filter((n) => n !== ipv4ToInt(address.address)).slice(1, 3) as [number, number];
+  return [`net=${address.network}/${address.prefix}`, `host=${intToIpv4(host)}`, `dns=${intToIpv4(dns)}`];
 }
 
-export function consoleTail(file: string, lines = 25): string {
+function consoleTail(file: string, lines = 25): string {
   if (!existsSync(file)) return '(no console output)';
   // Without colours and hyperlinks (systemd's status lines have both).
   const text = readFileSync(file, 'utf8')

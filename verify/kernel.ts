@@ -11,7 +11,7 @@
  * signature and the files' hashes, and are cached per version.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../pipeline/errors.ts';
 import { withLock } from '../pipeline/lock.ts';
@@ -27,6 +27,8 @@ export interface GuestKernel {
   initrd: string;
   /** `lib/modules/<version>` to copy into the image; none for the image's own kernel. */
   modules?: string;
+  /** Debian's static busybox, fetched with Debian's kernel (the initrd's tools). */
+  busybox?: string;
 }
 
 const FLAVOUR: Record<GuestArch, string> = { arm64: 'linux-image-cloud-arm64', armhf: 'linux-image-armmp-lpae' };
@@ -127,10 +129,12 @@ async function debianPackages(ctx: BuildContext, arch: GuestArch, mirror: string
   );
 }
 
-/** Debian's busybox-static for the guest: the initrd's tools, and the TFTP client of the checks. */
-export async function guestBusybox(ctx: BuildContext, arch: GuestArch, mirror: string): Promise<string> {
-  const { dir } = await debianPackages(ctx, arch, mirror, ['busybox-static']);
-  return join(dir, 'root/bin/busybox');
+/**
+ * Debian's busybox-static for the guest (the TFTP client of the checks): the one fetched with
+ * Debian's kernel, or fetched alone when the image boots its own.
+ */
+export async function guestBusybox(ctx: BuildContext, arch: GuestArch, mirror: string, kernel: GuestKernel): Promise<string> {
+  return kernel.busybox ?? join((await debianPackages(ctx, arch, mirror, ['busybox-static'])).dir, 'root/bin/busybox');
 }
 
 /** The initrd's /init: load the disk's modules, mount root= read-only, hand over to its init. */
@@ -164,7 +168,7 @@ async function makeInitrd(ctx: BuildContext, tree: string, version: string, outp
   rmSync(staging, { recursive: true, force: true });
   for (const d of ['bin', 'dev', 'proc', 'sys', 'newroot', 'modules']) mkdirSync(join(staging, d), { recursive: true });
   ctx.defer(`remove ${staging}`, () => rmSync(staging, { recursive: true, force: true }));
-  await ctx.run('cp', [join(tree, 'bin/busybox'), join(staging, 'bin/busybox')]);
+  copyFileSync(join(tree, 'bin/busybox'), join(staging, 'bin/busybox'));
   const order: string[] = [];
   for (const name of DISK_MODULES) {
     // "insmod PATH" per module, dependencies first; "builtin NAME" when it is in the kernel.
@@ -173,7 +177,7 @@ async function makeInitrd(ctx: BuildContext, tree: string, version: string, outp
       const file = path.split('/').at(-1)!;
       if (order.includes(file)) continue;
       order.push(file);
-      await ctx.run('cp', [path, join(staging, 'modules', file)]);
+      copyFileSync(path, join(staging, 'modules', file));
     }
   }
   writeFileSync(join(staging, 'modules.order'), `${order.join('\n')}\n`);
@@ -200,5 +204,6 @@ export async function debianKernel(ctx: BuildContext, arch: GuestArch, mirror: s
     kernel: join(tree, 'boot', `vmlinuz-${version}`),
     initrd,
     modules,
+    busybox: join(tree, 'bin/busybox'),
   };
 }

@@ -2,7 +2,8 @@
  * What a booted PiSeduce pimaster must be (../shared/piseduce.md): its services up, its first boot
  * done, the NFS root the nodes boot from served and made different from the pimaster itself.
  */
-import { httpCheck, q, type Check } from './checks.ts';
+import { quote } from '../pipeline/commands.ts';
+import { httpCheck, type Check } from './checks.ts';
 import type { GuestFacts } from './facts.ts';
 
 /** The web UI's published default admin password: it must not work on an image. */
@@ -55,7 +56,7 @@ export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string 
     { name: 'IPv4 forwarding on', command: 'v=$(sysctl -n net.ipv4.ip_forward); echo "net.ipv4.ip_forward = $v"; [ "$v" = 1 ]' },
     {
       name: `NAT to ${uplink}`,
-      command: `r=$(iptables -t nat -S POSTROUTING | grep -e ${q(`-o ${uplink} -j MASQUERADE`)}); echo "\${r:-no MASQUERADE rule out of ${uplink}}"; [ -n "$r" ]`,
+      command: `r=$(iptables -t nat -S POSTROUTING | grep -e ${quote(`-o ${uplink} -j MASQUERADE`)}); echo "\${r:-no MASQUERADE rule out of ${uplink}}"; [ -n "$r" ]`,
     },
     httpCheck('web UI answers on 9000', 9000),
     httpCheck('agent API answers on 8090', 8090),

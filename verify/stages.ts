@@ -15,10 +15,10 @@ import { scoped } from '../pipeline/cleanup.ts';
 import { UserError } from '../pipeline/errors.ts';
 import type { BuildContext, Pipeline, Stage } from '../pipeline/stage.ts';
 import { extractImage } from '../stages/extract.ts';
+import { growRoot } from '../stages/grow.ts';
 import { imageArch, resolveInRoot } from '../stages/emulation.ts';
 import { attachLoop, mount } from '../stages/loop.ts';
 import { partition, readLayout } from '../stages/partitions.ts';
-import { resizeRootPartition } from '../stages/resize.ts';
 import { lastLine, systemChecks, type Check, type CheckResult } from './checks.ts';
 import { readFacts, type GuestFacts } from './facts.ts';
 import { shutDown, startGuest, sshArgs, waitForSsh, type Guest, type SshTarget } from './guest.ts';
@@ -81,12 +81,7 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
   options: [],
   async run(ctx) {
     const state = verifyState(ctx);
-    let layout = await readLayout(ctx, state.copy);
-    const root = partition(layout, layout.root);
-    if (layout.root !== Math.max(...layout.partitions.map((p) => p.number))) {
-      throw new UserError(`the image's root (partition ${layout.root}) is not its last partition: verify cannot make room in it`);
-    }
-    layout = await resizeRootPartition(ctx, state.copy, layout, root, root.sectors + ROOM / layout.sectorSize);
+    const layout = await growRoot(ctx, state.copy, await readLayout(ctx, state.copy), ROOM);
     state.rootPartition = layout.root;
     const dir = join(ctx.paths.work, 'root');
     mkdirSync(dir, { recursive: true });
@@ -98,10 +93,6 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
     await scoped(ctx.cleanup, ctx.signal, async () => {
       ctx.defer(`remove ${dir}`, () => rmdirSync(dir)); // after the unmount; never recursive
       const device = await attachLoop(ctx, state.copy, partition(layout, layout.root));
-      // resize2fs wants a freshly checked filesystem; 1 means e2fsck mended something.
-      const fsck = await ctx.run('e2fsck', ['-f', '-p', device], { reject: false });
-      if (fsck.exitCode > 1) throw new UserError(`the image's root filesystem has errors e2fsck cannot mend (exit code ${fsck.exitCode}): see ${ctx.log.file}`);
-      await ctx.run('resize2fs', [device]);
       await mount(ctx, device, dir, ['-t', 'ext4']);
       const arch = imageArch(dir);
       if (arch !== 'arm64' && arch !== 'armhf') throw new UserError(`the image's /bin/sh is for ${arch}: verify boots arm64 and armhf images`);
@@ -191,7 +182,7 @@ const checkStage = (opts: VerifyOptions): Stage => ({
     const facts = state.facts;
     const checks = [...systemChecks(facts), ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }) : []), ...opts.checks];
     if (facts.pimaster) {
-      const busybox = await guestBusybox(ctx, state.arch, opts.debianMirror);
+      const busybox = await guestBusybox(ctx, state.arch, opts.debianMirror, state.kernel);
       await ctx.run('ssh', sshArgs(target(ctx, opts), `mkdir -p ${dirname(GUEST_BUSYBOX)} && cat > ${GUEST_BUSYBOX} && chmod 755 ${GUEST_BUSYBOX}`), { stdin: { file: busybox } });
     }
     const results: CheckResult[] = [];

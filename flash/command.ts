@@ -1,0 +1,47 @@
+/** `build-image flash IMAGE DEVICE [options]`: its flags, their checks, and its report. */
+import { existsSync } from 'node:fs';
+import { basename, resolve } from 'node:path';
+import { formatBytes } from '../pipeline/config.ts';
+import { ConfigError } from '../pipeline/errors.ts';
+import { timingTable } from '../pipeline/runner.ts';
+import { parseTool, runTool, toolUsage, type ToolFlag } from '../pipeline/tool-command.ts';
+import { bmapBeside } from './bmap.ts';
+import { flashPipeline } from './stages.ts';
+
+const FLAGS = {
+  force: { type: 'boolean', help: 'write a disk that is not removable (never the system disk, a mounted one, or a too small one)' },
+  bmap: { type: 'string', placeholder: 'FILE', help: 'the block map (default: NAME.img.bmap beside the image, when there is one)' },
+  'no-bmap': { type: 'boolean', help: 'write every byte of the image, even with a .bmap beside it' },
+} as const satisfies Record<string, ToolFlag>;
+
+export function flashUsage(): string {
+  return toolUsage(
+    [
+      'build-image flash IMAGE DEVICE [options]: write IMAGE (.img, .img.xz, .img.zst, .img.gz, .zip or .img.tar.gz) to the',
+      'disk DEVICE, only the blocks of its .bmap when it has one, with progress; then read back what was written and',
+      'compare. Refuses the disk the system runs from, a disk in use, a partition, a disk smaller than the image, and a',
+      'disk that is not removable unless --force.',
+    ],
+    FLAGS,
+  );
+}
+
+export async function flashCommand(argv: string[]): Promise<number> {
+  const parsed = parseTool(argv, 'flash', FLAGS, flashUsage);
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  if (positionals.length !== 2) throw new ConfigError('flash takes an IMAGE and a DEVICE: build-image flash IMAGE DEVICE (see build-image --help flash)');
+  const [image, device] = positionals as [string, string];
+  if (!existsSync(image)) throw new ConfigError(`${image}: no such file (the image to write)`);
+  if (typeof values.bmap === 'string' && values['no-bmap']) throw new ConfigError('--bmap and --no-bmap: give one or the other');
+  if (typeof values.bmap === 'string' && !existsSync(values.bmap)) throw new ConfigError(`--bmap ${values.bmap}: no such file`);
+  const bmap = values['no-bmap'] ? undefined : typeof values.bmap === 'string' ? values.bmap : bmapBeside(resolve(image));
+  const pipeline = flashPipeline({ image: resolve(image), device, bmap: bmap && resolve(bmap), force: values.force === true });
+  const { state, timings, config } = await runTool(pipeline, values);
+  const f = state.flash!;
+  process.stdout.write(
+    `${device}: wrote ${formatBytes(f.deviceBytes!)} of the ${formatBytes(f.bytes!)} image${bmap ? ` (only what ${basename(bmap)} maps)` : ''}; read back ${formatBytes(f.verified!)} and it matches\n`,
+  );
+  if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);
+  return 0;
+}

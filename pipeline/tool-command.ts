@@ -1,0 +1,66 @@
+/**
+ * Commands that work on an image rather than build one (verify, flash): their own flags, parsed
+ * strictly, with --help made from them, run as a pipeline in a subdirectory of the work directory
+ * (so a build's state there is left alone) with the same clean-up, signals and logs as a build.
+ */
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { resolveConfig, type Config } from './config.ts';
+import { ConfigError } from './errors.ts';
+import { pickReporter } from './report.ts';
+import { runPipeline, type Timing } from './runner.ts';
+import type { BuildState, Pipeline } from './stage.ts';
+
+export interface ToolFlag {
+  type: 'string' | 'boolean';
+  help: string;
+  placeholder?: string;
+  default?: string | (() => string);
+}
+
+/** What every such command takes besides its own flags. */
+export const TOOL_FLAGS = {
+  work: { type: 'string', placeholder: 'DIR', help: 'working directory (this command writes in DIR/verify or DIR/flash)', default: './work' },
+  verbose: { type: 'boolean', help: 'echo every command and its output' },
+  quiet: { type: 'boolean', help: 'print only the results and errors' },
+  help: { type: 'boolean', help: 'this help' },
+} as const satisfies Record<string, ToolFlag>;
+
+/** `  --flag PLACEHOLDER  help (default: ...)`, aligned. */
+export function flagRows(flags: Record<string, { help: string; placeholder?: string; default?: unknown }>): string[] {
+  const rows = Object.entries(flags).map(([name, f]) => {
+    const d = typeof f.default === 'function' ? (f.default as () => unknown)() : f.default;
+    return [`--${name}${f.placeholder ? ` ${f.placeholder}` : ''}`, `${f.help}${d !== undefined ? ` (default: ${d})` : ''}`] as const;
+  });
+  const width = Math.max(...rows.map(([a]) => a.length));
+  return rows.map(([a, b]) => `  ${a.padEnd(width)}  ${b}`);
+}
+
+export function toolUsage(synopsis: readonly string[], flags: Record<string, ToolFlag>): string {
+  return [...synopsis, '', 'Options:', ...flagRows({ ...flags, ...TOOL_FLAGS })].join('\n');
+}
+
+export type ToolValues = Record<string, string | boolean | undefined>;
+
+/** The flags and positionals, or undefined once --help has been answered. */
+export function parseTool(argv: string[], command: string, flags: Record<string, ToolFlag>, usage: () => string): { values: ToolValues; positionals: string[] } | undefined {
+  const all: Record<string, ToolFlag> = { ...flags, ...TOOL_FLAGS };
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: Object.fromEntries(Object.entries(all).map(([k, f]) => [k, { type: f.type }])), allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new ConfigError(`${(error as Error).message.split('\n')[0]} (see build-image --help ${command})`);
+  }
+  if (parsed.values.help) {
+    process.stdout.write(`${usage()}\n`);
+    return undefined;
+  }
+  return parsed as { values: ToolValues; positionals: string[] };
+}
+
+/** Run the command's pipeline in `<work>/<command>`. */
+export async function runTool(pipeline: Pipeline, values: ToolValues): Promise<{ state: BuildState; timings: Timing[]; config: Config }> {
+  const config = resolveConfig([], { flags: { work: values.work, cache: values.cache, verbose: values.verbose, quiet: values.quiet } }, pipeline.name);
+  const { state, timings } = await runPipeline(pipeline, { ...config, work: join(config.work, pipeline.name) }, {}, pickReporter(config));
+  return { state, timings, config };
+}
