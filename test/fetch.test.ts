@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
@@ -293,7 +293,7 @@ test('a local file is used in place: verified by its .sha256, never copied or ch
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const local = join(dir, 'mine.img.xz');
-  writeFileSync(local, readFileSync(base.xz));
+  copyFileSync(base.xz, local);
   writeFileSync(`${local}.sha256`, sidecarFor(local, xzSha));
   const before = statSync(local);
   const config = testConfig(dir, { base: local });
@@ -315,7 +315,7 @@ test('a local file without a checksum, or with the wrong one, is refused and lef
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const local = join(dir, 'mine.img.xz');
-  writeFileSync(local, readFileSync(base.xz));
+  copyFileSync(base.xz, local);
   const config = testConfig(dir, { base: local });
   await assertUserError(t, build(config), /^base image .*mine\.img\.xz has no checksum: no --base-sha256 and no mine\.img\.xz\.sha256 next to it; give --base-sha256 HEX, or --insecure-no-verify/);
   const wrong = '01'.repeat(32);

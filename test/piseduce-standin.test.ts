@@ -3,13 +3,13 @@
  * checks, agent executor. Needs python3-flask python3-flask-login python3-sqlalchemy
  * python3-cryptography python3-werkzeug (PISEDUCE_TEST_PYTHON picks another interpreter).
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type ResultPromise } from 'execa';
 import { ADMIN_EMAIL, ADMIN_HASH, ADMIN_PASSWORD, DEFAULT_AGENT_TOKEN, makePiseduceStandins, type PiseduceStandins } from './fixtures/piseduce-standin.ts';
+import { freePort } from '../verify/guest.ts';
 import { scratch } from './helpers/build.ts';
 
 const PYTHON = process.env.PISEDUCE_TEST_PYTHON ?? (existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3');
@@ -37,14 +37,6 @@ async function checkout(url: string, ref: string, name: string): Promise<string>
 async function sqlite(db: string, sql: string): Promise<unknown[][]> {
   const code = 'import json, sqlite3, sys; print(json.dumps(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchall()))';
   return JSON.parse((await execa(PYTHON, ['-c', code, db, sql])).stdout) as unknown[][];
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 function editJson(file: string, changes: Record<string, unknown>): void {
@@ -87,6 +79,14 @@ async function until(what: string, run: Running, ready: () => Promise<boolean> |
     await sleep(100);
   }
   throw new Error(`timed out waiting for ${what}:\n${run.output()}`);
+}
+
+/** Start a web app of the stand-ins and wait until it answers at `origin`; stopped after the test. */
+async function serve(t: ExecutionContext, dir: string, args: string[], what: string, origin: string): Promise<Running> {
+  const app = start(dir, args);
+  t.teardown(() => app.stop());
+  await until(what, app, () => serving(origin));
+  return app;
 }
 
 async function serving(origin: string): Promise<boolean> {
@@ -138,9 +138,7 @@ test('webui: init_database.py creates the admin user, webui.py checks passwords'
   const port = await freePort();
   editJson(join(dir, 'config_webui.json'), { port_number: port, pwd_secret_key: 'test-secret' });
   const origin = `http://127.0.0.1:${port}`;
-  const webui = start(dir, ['webui.py', 'config_webui.json']);
-  t.teardown(() => webui.stop());
-  await until('the web UI', webui, () => serving(origin));
+  const webui = await serve(t, dir, ['webui.py', 'config_webui.json'], 'the web UI', origin);
 
   const home = await fetch(`${origin}/`);
   t.is(home.status, 200);
@@ -200,9 +198,7 @@ test('agent: init_database.py creates the tables, agent_api.py checks its key an
   t.is((await execa(PYTHON, ['agent_api.py'], { cwd: dir, reject: false })).exitCode, 2);
 
   const origin = `http://127.0.0.1:${port}`;
-  const agent = start(dir, ['agent_api.py', 'config_agent.json']);
-  t.teardown(() => agent.stop());
-  await until('the agent API', agent, () => serving(origin));
+  const agent = await serve(t, dir, ['agent_api.py', 'config_agent.json'], 'the agent API', origin);
 
   const home = await fetch(`${origin}/`);
   t.is(home.status, 200);

@@ -1,6 +1,6 @@
 /** Base-image fixtures for the fetch and extract tests: a real tiny image and its archives. */
 import { createHash } from 'node:crypto';
-import { createReadStream, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, createReadStream, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
@@ -83,6 +83,7 @@ export function populate(root: string, files: Record<string, string | Buffer | {
   for (const [path, content] of Object.entries(files)) {
     const target = join(root, path);
     mkdirSync(dirname(target), { recursive: true });
-    writeFileSync(target, typeof content === 'string' || Buffer.isBuffer(content) ? content : readFileSync(content.copy));
+    if (typeof content === 'string' || Buffer.isBuffer(content)) writeFileSync(target, content);
+    else copyFileSync(content.copy, target);
   }
 }

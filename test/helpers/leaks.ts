@@ -14,3 +14,13 @@ export function mountsUnder(dir: string): string[] {
     .map((target) => target.replace(/\\040/g, ' '))
     .filter((target) => target === dir || target.startsWith(`${dir}/`));
 }
+
+/** Loop devices whose backing file is under `dir` (a copy a command made there). */
+export async function loopsUnder(dir: string): Promise<string[]> {
+  const { stdout } = await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
+  return stdout
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([, file]) => file !== undefined && (file === dir || file.startsWith(`${dir}/`)))
+    .map(([name]) => name!);
+}
