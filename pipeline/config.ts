@@ -38,6 +38,9 @@ export interface Config {
   environment: string[];
   work: string;
   cache: string;
+  'no-cache': boolean;
+  'cache-size': number;
+  'snapshot-after': number;
   out: string;
   verbose: boolean;
   quiet: boolean;
@@ -282,8 +285,30 @@ export const schema: Schema = {
   cache: {
     kind: 'value',
     placeholder: 'DIR',
-    help: 'cache directory (downloads, apt packages)',
+    help: 'cache directory (downloads, apt packages, snapshots of the stage cache)',
     default: () => join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'build-image'),
+  },
+  'no-cache': {
+    kind: 'switch',
+    help: 'neither start from nor save snapshots of the stage cache (downloads are still cached)',
+    default: false,
+  },
+  'cache-size': {
+    kind: 'value',
+    placeholder: 'SIZE',
+    help: 'disk space the stage cache may use; the least recently used snapshots go first',
+    default: 20 * 2 ** 30,
+    parse: parseSize,
+  },
+  'snapshot-after': {
+    kind: 'value',
+    placeholder: 'SECONDS',
+    help: 'snapshot the image when the work since the last snapshot took this long (0: after every step)',
+    default: 15,
+    parse: (raw) => {
+      if (!/^\d+(\.\d+)?$/.test(raw.trim())) throw 'a number of seconds, such as 15 or 0';
+      return Number(raw);
+    },
   },
   out: {
     kind: 'value',
@@ -299,6 +324,21 @@ export type ConfigKey = keyof Config;
 
 /** The keys every command accepts, whatever its stages. */
 export const COMMON_KEYS: readonly ConfigKey[] = ['work', 'cache', 'out', 'verbose', 'quiet'];
+/** The keys of a pipeline that uses the stage cache. */
+export const CACHE_KEYS: readonly ConfigKey[] = ['no-cache', 'cache-size', 'snapshot-after'];
+
+/** How a build runs and what it writes at the end: nothing the image holds before shrink depends on these. */
+const NOT_IN_IMAGE: ReadonlySet<string> = new Set<ConfigKey>([
+  ...COMMON_KEYS, ...CACHE_KEYS, 'shell-on-error', 'shrink-margin', 'expand-on-boot', 'compress', 'name', 'release-url',
+]);
+
+/**
+ * The settings the customizing stages may read (templates, scripts' BUILD_* variables): all but
+ * how the build runs and what it writes at the end, so that changing those reuses the stage cache.
+ */
+export function imageSettings(config: Config): Partial<Config> {
+  return Object.fromEntries(Object.entries(config).filter(([key]) => !NOT_IN_IMAGE.has(key))) as Partial<Config>;
+}
 
 function defaultOf<K extends ConfigKey>(key: K): Config[K] {
   const d = schema[key].default;

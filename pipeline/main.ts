@@ -11,6 +11,7 @@ import { flagRows } from './tool-command.ts';
 import { verifyCommand, verifyUsage } from '../verify/command.ts';
 import { flashCommand, flashUsage } from '../flash/command.ts';
 import { writeImagerList } from '../stages/imager-list.ts';
+import { cacheCommand, cacheUsage } from './cache-command.ts';
 
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -35,6 +36,7 @@ function usage(command: PipelineCommand | undefined): string {
       '                                      write an image to a disk, then read it back (see build-image --help flash)',
       '  build-image os-list DIR [--release-url URL]',
       "                                      write DIR/os-list.json, Raspberry Pi Imager's list of the images in DIR",
+      '  build-image cache ls|prune          the snapshots of the stage cache (see build-image --help cache)',
       '  build-image doctor [--work DIR]     check that this host can build images',
       '  build-image --help [COMMAND]        help on a command',
       '  build-image --version',
@@ -141,8 +143,10 @@ export async function main(argv: string[]): Promise<number> {
   if (first === 'verify') return verifyCommand(argv.slice(1));
   if (first === 'flash') return flashCommand(argv.slice(1));
   if (first === 'os-list') return osList(argv.slice(1));
-  if (first === '--help' && (argv[1] === 'verify' || argv[1] === 'flash')) {
-    process.stdout.write(`${argv[1] === 'verify' ? verifyUsage() : flashUsage()}\n`);
+  if (first === 'cache') return cacheCommand(argv.slice(1));
+  const toolUsages: Record<string, () => string> = { verify: verifyUsage, flash: flashUsage, cache: cacheUsage };
+  if (first === '--help' && argv[1] !== undefined && argv[1] in toolUsages) {
+    process.stdout.write(`${toolUsages[argv[1]]!()}\n`);
     return 0;
   }
   const command: PipelineCommand = first !== undefined && first in PIPELINES ? (first as PipelineCommand) : 'build';

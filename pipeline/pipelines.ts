@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { COMMON_KEYS, type ConfigKey } from './config.ts';
+import { CACHE_KEYS, COMMON_KEYS, type ConfigKey } from './config.ts';
 import type { Pipeline } from './stage.ts';
 import { attachStage } from '../stages/attach.ts';
 import { compressStage } from '../stages/compress.ts';
@@ -11,6 +11,7 @@ import { growStage } from '../stages/grow.ts';
 import { overlayStage } from '../stages/overlay.ts';
 import { chrootStage } from '../stages/scripts.ts';
 import { shrink, shrinkStage } from '../stages/shrink.ts';
+import { imageSnapshots } from '../stages/snapshot.ts';
 
 /** A directory of this repository (overlays/..., scripts/...). */
 const repo = (path: string) => fileURLToPath(new URL(`../${path}`, import.meta.url));
@@ -20,38 +21,47 @@ export const customize: Pipeline = {
   name: 'customize',
   summary: 'customize a Raspberry Pi OS image with your overlay directories and scripts',
   stages: [fetchStage, extractStage, growStage, attachStage, overlayStage(), chrootStage(), finalizeStage, shrinkStage, compressStage],
+  snapshots: imageSnapshots,
 };
 
 /** What scripts/pimaster/10-packages.sh installs, about. */
 const PACKAGES = 700 * 2 ** 20;
 
-/** The PiSeduce pimaster: our overlays and scripts, then the user's. */
+/**
+ * The PiSeduce pimaster: our overlays and scripts, then the user's overlays and scripts on the
+ * finished pimaster (so a site's change rebuilds from the stage cache's snapshot of it).
+ */
 export const pimaster: Pipeline = {
   name: 'pimaster',
   summary: 'build the PiSeduce pimaster image (the default)',
   stages: [
     fetchStage,
-    extractStage,
+    // Before extract: what it gathers is part of the stage cache's keys.
     filesStage({
       git: { piseduce_webui: 'piseduce-webui', piseduce_agent: 'piseduce-agent' },
       keys: { authorized_keys: 'ssh-key' },
       file: { 'bootcode.bin': 'bootcode' },
       environments: 'environment',
     }),
+    extractStage,
     growStage,
     attachStage,
-    overlayStage([repo('overlays/pimaster')], ['hostname', 'ip', 'interface', 'uplink']),
+    overlayStage([repo('overlays/pimaster')], ['hostname', 'ip', 'interface', 'uplink'], { user: false }),
     chrootStage({
       scriptsDir: repo('scripts/pimaster'),
+      user: false,
       keys: ['hostname', 'ip', 'interface', 'uplink'],
       // Packages, then the NFS root: a copy of the whole root with them.
       grows: (_config, rootUsed) => 2 * PACKAGES + rootUsed,
     }),
+    overlayStage([], [], { name: 'user-overlay' }),
+    chrootStage({ name: 'user-chroot' }),
     finalizeStage,
     // The install guide removes the Raspberry Pi first-boot resize; --expand-on-boot keeps it.
     shrink({ disarmFirstBoot: true }),
     compressStage,
   ],
+  snapshots: imageSnapshots,
 };
 
 export const PIPELINES = { build: pimaster, customize } as const;
@@ -59,5 +69,5 @@ export type PipelineCommand = keyof typeof PIPELINES;
 
 /** The config keys a pipeline accepts: the common ones and those its stages read. */
 export function optionsOf(pipeline: Pipeline): ConfigKey[] {
-  return [...new Set([...pipeline.stages.flatMap((s) => s.options), ...COMMON_KEYS])];
+  return [...new Set([...pipeline.stages.flatMap((s) => s.options), ...(pipeline.snapshots ? CACHE_KEYS : []), ...COMMON_KEYS])];
 }

@@ -1,8 +1,8 @@
 import { Listr } from 'listr2';
 import type { Stage } from './stage.ts';
 
-/** Runs one stage, given a way to show a live status line under it. */
-export type StageBody = (stage: Stage, status: (text: string) => void) => Promise<void>;
+/** Runs one stage, given a way to show a live status line under it; may return a note ("from cache"). */
+export type StageBody = (stage: Stage, status: (text: string) => void) => Promise<string | undefined>;
 
 /** How the build shows itself: listr2's live task list on a terminal, plain timestamped lines elsewhere. */
 export interface Reporter {
@@ -37,13 +37,14 @@ export class LineReporter implements Reporter {
     for (const stage of stages) {
       const started = performance.now();
       this.info(`${stage.name}: started`);
+      let note: string | undefined;
       try {
-        await body(stage, throttle(10_000, (text) => this.info(`${stage.name}: ${text}`)));
+        note = await body(stage, throttle(10_000, (text) => this.info(`${stage.name}: ${text}`)));
       } catch (error) {
         this.info(`${stage.name}: failed after ${((performance.now() - started) / 1000).toFixed(1)} s`);
         throw error;
       }
-      this.info(`${stage.name}: done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+      this.info(`${stage.name}: done in ${((performance.now() - started) / 1000).toFixed(1)} s${note ? ` (${note})` : ''}`);
     }
   }
 }
@@ -67,8 +68,8 @@ export class ListrReporter implements Reporter {
         title: stage.name,
         task: async (_ctx: unknown, task: { output: string; title: string }) => {
           const started = performance.now();
-          await body(stage, throttle(200, (text) => (task.output = text)));
-          task.title = `${stage.name} (${((performance.now() - started) / 1000).toFixed(1)} s)`;
+          const note = await body(stage, throttle(200, (text) => (task.output = text)));
+          task.title = `${stage.name} (${((performance.now() - started) / 1000).toFixed(1)} s${note ? `, ${note}` : ''})`;
         },
       })),
       { exitOnError: true, registerSignalListeners: false, rendererOptions: { collapseErrors: false } },

@@ -6,6 +6,7 @@ import type { Config } from './config.ts';
 import { ConfigError, InterruptedError, UserError } from './errors.ts';
 import { BuildLog } from './log.ts';
 import type { Reporter } from './report.ts';
+import { chainKeys, StageCache, toolkitVersion, type Checkpoint } from './stage-cache.ts';
 import type { BuildContext, BuildState, Pipeline, Stage } from './stage.ts';
 
 export interface Range {
@@ -40,6 +41,8 @@ export interface Timing {
   stage: string;
   seconds: number;
   commandSeconds: number;
+  /** "from cache", "2 of 6 steps from cache". */
+  note?: string;
 }
 
 export function timingTable(timings: readonly Timing[]): string {
@@ -49,9 +52,102 @@ export function timingTable(timings: readonly Timing[]): string {
   const commands = timings.reduce((s, t) => s + t.commandSeconds, 0);
   return [
     row('stage', 'time', 'commands'),
-    ...timings.map((t) => row(t.stage, `${t.seconds.toFixed(1)} s`, `${t.commandSeconds.toFixed(1)} s`)),
+    ...timings.map((t) => `${row(t.stage, `${t.seconds.toFixed(1)} s`, `${t.commandSeconds.toFixed(1)} s`)}${t.note ? `  ${t.note}` : ''}`),
     row('total', `${total.toFixed(1)} s`, `${commands.toFixed(1)} s`),
   ].join('\n');
+}
+
+/**
+ * The stage cache's part in one build: before the first stage that has a key, the keys of every
+ * step up to the first stage without one are chained, and the build starts from the snapshot of
+ * the latest step the cache holds; after each later step, a snapshot is saved when the work since
+ * the last one took --snapshot-after seconds or more.
+ */
+class CacheSession {
+  planned = false;
+  readonly #store: StageCache;
+  #checkpoints: Checkpoint[] = [];
+  /** Index of the checkpoint the build started from (-1: none), and of the next one to pass. */
+  #restored = -1;
+  #next = 0;
+  #since = performance.now();
+
+  readonly pipeline: Pipeline & { snapshots: NonNullable<Pipeline['snapshots']> };
+  readonly config: Config;
+  readonly reporter: Reporter;
+
+  constructor(pipeline: CacheSession['pipeline'], config: Config, reporter: Reporter) {
+    this.pipeline = pipeline;
+    this.config = config;
+    this.reporter = reporter;
+    this.#store = new StageCache(join(config.cache, 'snapshots'));
+  }
+
+  /** Chain the keys from `first` on and restore the latest snapshot the cache holds. */
+  async plan(ctx: BuildContext, first: Stage): Promise<void> {
+    this.planned = true;
+    const steps = [];
+    for (const stage of this.pipeline.stages.slice(this.pipeline.stages.indexOf(first))) {
+      if (!stage.key) break;
+      for (const [step, { label, input }] of (await stage.key(ctx)).entries()) steps.push({ stage: stage.name, step, label, input });
+    }
+    this.#checkpoints = chainKeys(`${await toolkitVersion()}\n${this.pipeline.name}`, steps);
+    this.#store.prune(this.config['cache-size']); // what builds killed while writing left, first
+    const hit = this.#store.latest(this.#checkpoints);
+    if (hit) {
+      const checkpoint = this.#checkpoints[hit.index]!;
+      ctx.status(`restoring the snapshot taken at ${checkpoint.stage}: ${checkpoint.label}`);
+      ctx.log.line(`stage cache: starting from ${hit.entry.dir} (${checkpoint.stage}: ${checkpoint.label})`);
+      await this.pipeline.snapshots.restore(ctx, hit.entry, checkpoint.stage);
+      this.#store.touch(hit.entry);
+      this.#restored = hit.index;
+      this.#next = hit.index + 1;
+    }
+    this.#since = performance.now();
+  }
+
+  #position(stage: string): number {
+    return this.pipeline.stages.findIndex((s) => s.name === stage);
+  }
+
+  /** How many steps of `stage` the restored image holds (Infinity: all of them). */
+  stepsDone(stage: Stage): number {
+    if (this.#restored < 0) return 0;
+    const restored = this.#checkpoints[this.#restored]!;
+    const [here, there] = [this.#position(stage.name), this.#position(restored.stage)];
+    if (here !== there) return here < there ? Infinity : 0;
+    const last = this.#checkpoints.findLastIndex((c) => c.stage === stage.name);
+    return last === this.#restored ? Infinity : restored.step + 1;
+  }
+
+  /** A step of `stage` is done: save a snapshot if the work since the last one was worth it. */
+  async passed(ctx: BuildContext, stage: Stage, beforeSnapshot?: () => Promise<void>): Promise<void> {
+    const checkpoint = this.#checkpoints[this.#next];
+    if (checkpoint?.stage !== stage.name) return;
+    this.#next++;
+    if ((performance.now() - this.#since) / 1000 < this.config['snapshot-after']) return;
+    await beforeSnapshot?.();
+    ctx.status(`saving a snapshot for the stage cache (${checkpoint.label})`);
+    try {
+      const { timings: _, ...state } = ctx.state;
+      const entry = await this.#store.save({ key: checkpoint.key, pipeline: this.pipeline.name, label: `${checkpoint.stage}: ${checkpoint.label}`, state }, (dir) =>
+        this.pipeline.snapshots.save(ctx, dir),
+      );
+      ctx.log.line(`stage cache: saved ${entry.dir} (${checkpoint.stage}: ${checkpoint.label}, ${entry.diskBytes} bytes on disk)`);
+      for (const old of this.#store.prune(this.config['cache-size'], checkpoint.key)) ctx.log.line(`stage cache: removed ${old.dir} (least recently used)`);
+    } catch (error) {
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+      const message = `stage cache: no snapshot saved after ${checkpoint.stage}: ${checkpoint.label} (${(error as Error).message.split('\n')[0]}); the build goes on`;
+      ctx.log.line(message);
+      this.reporter.info(message);
+    }
+    this.#since = performance.now();
+  }
+
+  /** The rest of `stage`'s steps are done (stages of one step do not call ctx.stepDone). */
+  async stageDone(ctx: BuildContext, stage: Stage): Promise<void> {
+    while (this.#checkpoints[this.#next]?.stage === stage.name) await this.passed(ctx, stage);
+  }
 }
 
 const STATE_FILE = 'state.json';
@@ -107,6 +203,10 @@ export async function runPipeline(pipeline: Pipeline, config: Config, range: Ran
 
   const commands = new CommandRunner(log, controller.signal);
   let status: (text: string) => void = () => {};
+  const { snapshots } = pipeline;
+  const cache = snapshots && !config['no-cache'] && !resuming ? new CacheSession({ ...pipeline, snapshots }, config, reporter) : undefined;
+  let current: Stage | undefined;
+  let currentStepsDone = 0;
   const ctx: BuildContext = {
     pipeline: pipeline.name,
     stages: pipeline.stages,
@@ -121,6 +221,12 @@ export async function runPipeline(pipeline: Pipeline, config: Config, range: Ran
     run: (file, args, options) => commands.run(file, args, options),
     defer: (label, undo) => cleanup.defer(label, undo),
     status: (text) => status(text),
+    get stepsDone() {
+      return currentStepsDone;
+    },
+    stepDone: async (beforeSnapshot) => {
+      if (cache && current) await cache.passed(ctx, current, beforeSnapshot);
+    },
   };
 
   const timings: Timing[] = [];
@@ -135,11 +241,28 @@ export async function runPipeline(pipeline: Pipeline, config: Config, range: Ran
       log.line(`stage ${stage.name}: ${stage.describe(config)}`);
       const started = performance.now();
       const commandsBefore = commands.commandMs;
+      let note: string | undefined;
+      const done = () => {
+        const seconds = (performance.now() - started) / 1000;
+        timings.push({ stage: stage.name, seconds, commandSeconds: (commands.commandMs - commandsBefore) / 1000, note });
+        ctx.state.timings = { ...ctx.state.timings, [stage.name]: Math.round(seconds * 10) / 10 };
+        saveState(config.work, ctx.state);
+        return note;
+      };
+      if (cache && !cache.planned && stage.key) await untilAbortedOrDone(cache.plan(ctx, stage), controller.signal);
+      const stepsDone = cache?.stepsDone(stage) ?? 0;
+      // A stage whose every step is in the restored image is skipped, unless it opens something
+      // (attach) that the stages after it need.
+      if (stepsDone === Infinity && !stage.closedBy) {
+        note = 'from cache';
+        return done();
+      }
+      if (stepsDone > 0 && stepsDone < Infinity) note = `${stepsDone} step${stepsDone > 1 ? 's' : ''} from cache`;
+      current = stage;
+      currentStepsDone = stepsDone === Infinity ? 0 : stepsDone;
       await untilAbortedOrDone(stage.run(ctx), controller.signal);
-      const seconds = (performance.now() - started) / 1000;
-      timings.push({ stage: stage.name, seconds, commandSeconds: (commands.commandMs - commandsBefore) / 1000 });
-      ctx.state.timings = { ...ctx.state.timings, [stage.name]: Math.round(seconds * 10) / 10 };
-      saveState(config.work, ctx.state);
+      if (cache) await untilAbortedOrDone(cache.stageDone(ctx, stage), controller.signal);
+      return done();
     });
   } catch (error) {
     outcome = controller.signal.aborted ? 'interrupted' : 'failure';

@@ -2,6 +2,7 @@ import type { CleanupStack, Outcome } from './cleanup.ts';
 import type { CommandRunner, RunOptions, RunResult } from './commands.ts';
 import type { Config, ConfigKey } from './config.ts';
 import type { BuildLog } from './log.ts';
+import type { SnapshotEntry } from './stage-cache.ts';
 
 /**
  * What stages leave for the stages after them. It is saved to `<work>/state.json` after every
@@ -32,6 +33,21 @@ export interface BuildContext {
   defer(label: string, undo: (outcome: Outcome) => unknown): void;
   /** One line of live status under the current stage (progress bars). */
   status(text: string): void;
+  /** How many of the current stage's steps the image restored from the stage cache already holds. */
+  readonly stepsDone: number;
+  /**
+   * A stage with several steps calls this after each: the stage cache may snapshot the image
+   * there, calling `beforeSnapshot` first (to put away what must not be in a snapshot).
+   */
+  stepDone(beforeSnapshot?: () => Promise<void>): Promise<void>;
+}
+
+/** One step of a stage that the stage cache can resume after. */
+export interface CacheStep {
+  /** Shown by `build-image cache ls`: "after 10-packages.sh". */
+  label: string;
+  /** Everything the step's result depends on besides the steps before it (file contents, settings). */
+  input: string;
 }
 
 export interface Stage {
@@ -51,11 +67,26 @@ export interface Stage {
    * stage adds to it: the grow stage makes that much room.
    */
   grows?(ctx: BuildContext, rootUsed: number): Promise<number>;
+  /**
+   * The stage's steps and what each depends on, known before it runs (from the settings and what
+   * fetch and files gathered). Stages without it end the part of a build the stage cache covers.
+   */
+  key?(ctx: BuildContext): Promise<CacheStep[]>;
   run(ctx: BuildContext): Promise<void>;
+}
+
+/** How a pipeline's working image is saved to the stage cache and restored from it. */
+export interface ImageSnapshots {
+  /** Save the image as it is now into `dir`; returns the names of the files written. */
+  save(ctx: BuildContext, dir: string): Promise<string[]>;
+  /** Make the snapshot the working image; `stage` is the stage it was taken in. */
+  restore(ctx: BuildContext, entry: SnapshotEntry, stage: string): Promise<void>;
 }
 
 export interface Pipeline {
   readonly name: string;
   readonly summary: string;
   readonly stages: readonly Stage[];
+  /** Given, the build uses the stage cache. */
+  readonly snapshots?: ImageSnapshots;
 }

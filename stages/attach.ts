@@ -22,6 +22,9 @@ export const attachStage: Stage = {
   describe: () => 'mount the root partition (loop device by offset) and copy out the boot partition (mtools)',
   options: [],
   closedBy: 'finalize',
+  async key() {
+    return [{ label: 'image attached', input: '' }];
+  },
   async run(ctx) {
     const image = ctx.state.image;
     if (!image) throw new UserError('attach: no working image; run the pipeline from its start');
@@ -39,6 +42,7 @@ export const attachStage: Stage = {
     const bootOffset = partition(layout, layout.boot).offset;
     await copyOut(ctx, image, bootOffset, boot);
     const before = snapshot(boot);
+    ctx.resources.set('boot-before', before); // for the stage cache's snapshots (stages/snapshot.ts)
     ctx.defer('write back the boot partition', async (outcome) => {
       if (outcome === 'success') await writeBack(ctx, image, bootOffset, boot, before);
     });

@@ -325,6 +325,9 @@ export const extractStage: Stage = {
   describe(config) {
     return `decompress the base image (xz, gzip, zstd, zip or raw) into ${join(config.work, 'image.img')}, sparse`;
   },
+  async key(ctx) {
+    return [{ label: 'base image extracted', input: ctx.state.download?.sha256 ?? '' }];
+  },
   async run(ctx) {
     const download = ctx.state.download;
     if (!download) throw new UserError('extract: the build state has no download: run the fetch stage first (drop --from extract)');

@@ -38,6 +38,8 @@ export interface Environment {
   /** Size of the raw image, and the first sector of its second partition. */
   img_size: number;
   sector_start: number;
+  /** sha256 of the verified download it was made from. */
+  source_sha256: string;
 }
 
 /** `2024-11-19-raspios-bookworm-arm64-lite` from its download's file name (.img.xz, .zip, ...). */
@@ -65,7 +67,7 @@ async function packEnvironment(ctx: BuildContext, spec: string, dir: string): Pr
   for (const p of partials) renameSync(p, p.slice(0, -'.partial'.length));
   rmSync(raw, { force: true });
   const file = basename(outputs[0]!.path);
-  const env: Environment = { name, img_name: file, path: `${STAGING}/files/environments/${file}`, img_size: size, sector_start: partitions[1]!.start };
+  const env: Environment = { name, img_name: file, path: `${STAGING}/files/environments/${file}`, img_size: size, sector_start: partitions[1]!.start, source_sha256: download.sha256 };
   writeFileSync(join(dir, `${name}.json`), `${JSON.stringify(env, null, 2)}\n`);
   ctx.log.line(`environment ${name}: ${file}, ${size} bytes, partition 2 at sector ${env.sector_start}`);
   return env;

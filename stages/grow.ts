@@ -10,11 +10,11 @@ import type { Layout } from './state.ts';
 
 const MiB = 2 ** 20;
 /** Always kept free while customizing: logs, apt lists, dpkg's temporary files. */
-const HEADROOM = 256 * MiB;
+export const HEADROOM = 256 * MiB;
 
-/** Bytes the stages after grow say they will add, with a quarter more for what estimates miss. */
-export async function estimatedGrowth(ctx: BuildContext, rootUsed: number): Promise<number> {
-  const later = ctx.stages.slice(ctx.stages.findIndex((s) => s.name === 'grow') + 1);
+/** Bytes the stages after `after` say they will add, with a quarter more for what estimates miss. */
+export async function estimatedGrowth(ctx: BuildContext, rootUsed: number, after = 'grow'): Promise<number> {
+  const later = ctx.stages.slice(ctx.stages.findIndex((s) => s.name === after) + 1);
   const sizes = await Promise.all(later.map((s) => s.grows?.(ctx, rootUsed) ?? 0));
   return Math.ceil(sizes.reduce((a, b) => a + b, 0) * 1.25);
 }
@@ -30,6 +30,11 @@ export const growStage: Stage = {
       ? 'enlarge the root filesystem by what the later stages add (computed)'
       : `enlarge the root filesystem by ${formatBytes(config.grow)}`,
   options: ['grow'],
+  // With --grow auto, the room made follows from the stages after grow (in the chain of keys);
+  // an image restored from the cache is grown again if they need more (see snapshot.ts).
+  async key(ctx) {
+    return [{ label: 'root filesystem grown', input: String(ctx.config.grow) }];
+  },
   async run(ctx) {
     const image = ctx.state.image;
     if (!image) throw new UserError('grow: no working image; run the pipeline from its start');

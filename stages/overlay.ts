@@ -1,7 +1,8 @@
 import { chmodSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { derivedValues, type ConfigKey } from '../pipeline/config.ts';
+import { derivedValues, imageSettings, type ConfigKey } from '../pipeline/config.ts';
 import { UserError } from '../pipeline/errors.ts';
+import { treeDigest } from '../pipeline/stage-cache.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { bootDir, rootDir } from './attach.ts';
 import { renderTemplate, templateVars, TemplateError } from './template.ts';
@@ -100,7 +101,7 @@ function own(path: string, mode: number | undefined): void {
 
 /** Copy each overlay directory's boot/ and rootfs/ trees into the attached image, in order. */
 export async function applyOverlays(ctx: BuildContext, dirs: readonly string[]): Promise<void> {
-  const vars = templateVars(ctx.config, { ...derivedValues(ctx.config), codename: ctx.state.system?.codename, 'boot-mount': ctx.state.system?.bootMount });
+  const vars = overlayVars(ctx);
   for (const dir of dirs) {
     checkOverlay(dir);
     const modesFile = join(dir, MODES_FILE);
@@ -114,22 +115,41 @@ export async function applyOverlays(ctx: BuildContext, dirs: readonly string[]):
   }
 }
 
+/** Template variables of the settings that can change what the image holds. */
+function overlayVars(ctx: BuildContext): Record<string, string> {
+  return templateVars(imageSettings(ctx.config), { ...derivedValues(ctx.config), codename: ctx.state.system?.codename, 'boot-mount': ctx.state.system?.bootMount });
+}
+
+export interface OverlayStageOptions {
+  /** The stage's name (a pipeline with two overlay stages names one of them). */
+  name?: string;
+  /** Copy the user's --overlay directories after the pipeline's own (default: yes). */
+  user?: boolean;
+}
+
 /**
  * Copy the pipeline's own overlay directories, then the user's (--overlay), into the image: a
  * site adds or replaces files without touching the pipeline's. `keys` are the settings the
  * pipeline's templates use (shown by --plan, accepted by the command).
  */
-export function overlayStage(own: readonly string[] = [], keys: readonly ConfigKey[] = []): Stage {
-  const all = (config: { overlay: readonly string[] }) => [...own, ...config.overlay];
+export function overlayStage(own: readonly string[] = [], keys: readonly ConfigKey[] = [], options: OverlayStageOptions = {}): Stage {
+  const user = options.user ?? true;
+  const all = (config: { overlay: readonly string[] }) => [...own, ...(user ? config.overlay : [])];
   return {
-    name: 'overlay',
+    name: options.name ?? 'overlay',
     describe: (config) => {
       const n = all(config).length;
       return n ? `copy ${n} overlay director${n > 1 ? 'ies' : 'y'} into the image` : 'no overlay directories (--overlay DIR)';
     },
-    options: ['overlay', ...keys],
+    options: [...(user ? (['overlay'] as const) : []), ...keys],
     async grows(ctx) {
       return all(ctx.config).reduce((sum, dir) => sum + treeSize(join(dir, 'rootfs')), 0);
+    },
+    async key(ctx) {
+      const dirs = all(ctx.config);
+      for (const dir of dirs) checkOverlay(dir);
+      const trees = await Promise.all(dirs.map((dir) => treeDigest(dir)));
+      return [{ label: `${dirs.length} overlay director${dirs.length === 1 ? 'y' : 'ies'} copied`, input: JSON.stringify({ trees, vars: overlayVars(ctx) }) }];
     },
     async run(ctx) {
       await applyOverlays(ctx, all(ctx.config));

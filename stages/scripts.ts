@@ -1,14 +1,15 @@
 import { copyFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { scoped } from '../pipeline/cleanup.ts';
-import { derivedValues, type Config, type ConfigKey } from '../pipeline/config.ts';
+import { derivedValues, imageSettings, type Config, type ConfigKey } from '../pipeline/config.ts';
 import { CommandError, UserError } from '../pipeline/errors.ts';
+import { treeDigest } from '../pipeline/stage-cache.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
 import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot.ts';
 
 /**
- * The settings as environment variables of every script: each key upper-cased with `-` as `_`
+ * The settings as environment variables of every script (those that can change what the image
+ * holds: not --work, --compress, ...): each key upper-cased with `-` as `_`
  * and a BUILD_ prefix (BUILD_ARCH, BUILD_HOSTNAME, ...), lists space-separated, switches
  * "true"/"false", values derived from them (BUILD_IP_ADDRESS, BUILD_IP_PREFIX, BUILD_IP_NETWORK,
  * BUILD_IP_NETMASK), what attach found (BUILD_CODENAME, BUILD_BOOT_MOUNT, BUILD_NETWORK), and
@@ -17,9 +18,8 @@ import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from './chro
 export function scriptEnv(config: Config, ctx: Pick<BuildContext, 'state' | 'pipeline'>): Record<string, string> {
   const env: Record<string, string> = {};
   const name = (key: string) => `BUILD_${key.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
-  for (const [key, value] of Object.entries(config)) {
-    if (value === undefined || ['work', 'cache', 'out', 'verbose', 'quiet', 'shell-on-error'].includes(key)) continue;
-    env[name(key)] = Array.isArray(value) ? value.join(' ') : String(value);
+  for (const [key, value] of Object.entries(imageSettings(config))) {
+    if (value !== undefined) env[name(key)] = Array.isArray(value) ? value.join(' ') : String(value);
   }
   for (const [key, value] of Object.entries(derivedValues(config))) env[name(key)] = value;
   const system = ctx.state.system;
@@ -40,8 +40,12 @@ export function scriptList(dir: string | undefined, user: readonly string[]): st
 }
 
 export interface ChrootStageOptions {
+  /** The stage's name (a pipeline with two chroot stages names one of them). */
+  name?: string;
   /** The pipeline's own scripts (scripts/<pipeline>/). */
   scriptsDir?: string;
+  /** Run the user's --script files after the pipeline's own (default: yes). */
+  user?: boolean;
   /** What the scripts add to the root filesystem, given what it holds: for the grow stage. */
   grows?: (config: Config, rootUsed: number) => number;
   /** The settings the pipeline's scripts use (shown by --plan, accepted by the command). */
@@ -67,26 +71,60 @@ async function runScript(ctx: BuildContext, script: string, index: number, env: 
   }
 }
 
+/**
+ * What the scripts read besides themselves: the gathered files (without .git directories, whose
+ * index changes with every checkout, and the packed environments: the commits and the sources'
+ * sha256 stand for them, in the build state and each environment's .json).
+ */
+async function stagedDigest(ctx: BuildContext): Promise<string> {
+  const tree = await treeDigest(stagedFiles(ctx.paths.work), (rel) => basename(rel) === '.git' || rel.endsWith('.img.tar.gz'));
+  return JSON.stringify({ tree, sources: ctx.state.sources ?? {} });
+}
+
 /** Run the pipeline's scripts and the user's inside the image, each with bash -e, in name order. */
 export function chrootStage(options: ChrootStageOptions = {}): Stage {
+  const user = options.user ?? true;
+  const scripts = (config: Config) => scriptList(options.scriptsDir, user ? config.script : []);
   return {
-    name: 'chroot',
+    name: options.name ?? 'chroot',
     describe: (config) => {
-      const n = scriptList(options.scriptsDir, config.script).length;
+      const n = scripts(config).length;
       return n ? `run ${n} script${n > 1 ? 's' : ''} inside the image (qemu-user, apt cache bound in)` : 'no scripts to run (--script FILE)';
     },
-    options: ['script', 'apt-proxy', 'apt-mirror', 'shell-on-error', ...(options.keys ?? [])],
+    options: [...(user ? (['script'] as const) : []), 'apt-proxy', 'apt-mirror', 'shell-on-error', ...(options.keys ?? [])],
     async grows(ctx, rootUsed) {
-      return (options.grows?.(ctx.config, rootUsed) ?? 0) + (ctx.config.script.length ? 512 * 2 ** 20 : 0);
+      return (options.grows?.(ctx.config, rootUsed) ?? 0) + (user && ctx.config.script.length ? 512 * 2 ** 20 : 0);
+    },
+    async key(ctx) {
+      // The settings part of the scripts' environment; what attach finds follows from the base image.
+      const env = JSON.stringify(scriptEnv(ctx.config, { state: {}, pipeline: ctx.pipeline }));
+      const staged = await stagedDigest(ctx);
+      return Promise.all(
+        scripts(ctx.config).map(async (script, i) => ({ label: `after ${basename(script)}`, input: JSON.stringify({ i, name: basename(script), script: await treeDigest(script), env, staged }) })),
+      );
     },
     async run(ctx) {
-      const scripts = scriptList(options.scriptsDir, ctx.config.script);
-      if (scripts.length === 0) return;
-      await scoped(ctx.cleanup, ctx.signal, async () => {
-        await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'], files: stagedFiles(ctx.paths.work) });
-        const env = scriptEnv(ctx.config, ctx);
-        for (const [i, script] of scripts.entries()) await runScript(ctx, script, i + 1, env);
-      });
+      const list = scripts(ctx.config);
+      const env = scriptEnv(ctx.config, ctx);
+      // The chroot is left before a snapshot (its resolv.conf, policy-rc.d, ... must not be in
+      // it) and entered again for the next script.
+      let entered: number | undefined;
+      const leave = async () => {
+        if (entered === undefined) return;
+        const errors = await ctx.cleanup.unwindTo(entered, 'success');
+        entered = undefined;
+        if (errors.length) throw errors[0];
+      };
+      for (const [i, script] of list.entries()) {
+        if (i < ctx.stepsDone) continue; // in the image restored from the stage cache
+        if (entered === undefined) {
+          entered = ctx.cleanup.mark();
+          await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'], files: stagedFiles(ctx.paths.work) });
+        }
+        await runScript(ctx, script, i + 1, env);
+        await ctx.stepDone(leave);
+      }
+      await leave();
     },
   };
 }

@@ -20,7 +20,10 @@ test('--help lists the commands; --help build and customize list their options w
   const build = await run(['--help', 'build']);
   t.regex(build.stdout, /--arch ARCH\s+architecture of the image: arm64 or armhf \(default: arm64\)/);
   t.regex(build.stdout, /--ip ADDR\/PREFIX\s+.*\(default: 48\.48\.0\.254\/24\)/);
-  t.regex(build.stdout, /Stages: fetch -> extract -> files -> grow -> attach -> overlay -> chroot -> finalize -> shrink -> compress/);
+  t.regex(build.stdout, /Stages: fetch -> files -> extract -> grow -> attach -> overlay -> chroot -> user-overlay -> user-chroot -> finalize -> shrink -> compress/);
+  t.regex(build.stdout, /--no-cache\s+neither start from nor save snapshots/);
+  const cache = await run(['--help', 'cache']);
+  t.regex(cache.stdout, /^build-image cache ls \[--cache DIR\]/);
   const customize = await run(['customize', '--help']);
   t.regex(customize.stdout, /--overlay DIR \.\.\./);
   t.notRegex(customize.stdout, /--hostname/);
@@ -37,7 +40,7 @@ test('--plan prints every stage with its resolved options and touches nothing', 
   writeFileSync(join(dir, 'site.json'), JSON.stringify({ arch: 'armhf', hostname: 'from-file', compress: ['xz', 'zstd'] }));
   const result = await run(['--plan', '--config', join(dir, 'site.json'), '--hostname', 'from-flag', '--work', join(dir, 'work')]);
   t.is(result.exitCode, 0, result.stderr);
-  t.regex(result.stdout, /^pimaster: 10 of 10 stages/);
+  t.regex(result.stdout, /^pimaster: 12 of 12 stages/);
   t.regex(result.stdout, / 1\. fetch +download the newest Raspberry Pi OS Lite bookworm \(armhf\)/);
   t.regex(result.stdout, /\n +arch = armhf\n/);
   t.regex(result.stdout, /\n +hostname = from-flag\n/, 'flags win over the file');
@@ -63,7 +66,7 @@ for (const [args, message] of [
   [['--environment', 'no-equals-sign'], /^error: --environment "no-equals-sign" is invalid: expected NAME=SOURCE/],
   [['--colour', 'blue'], /^error: --colour: unknown option \(see build-image --help build\)$/],
   [['customize', '--hostname', 'x'], /^error: --hostname: not an option of `customize` \(see build-image --help customize\)$/],
-  [['--from', 'shrnk'], /^error: --from "shrnk": no such stage in the pimaster pipeline \(stages: fetch, extract, files, grow, attach, overlay, chroot, finalize, shrink, compress\)$/],
+  [['--from', 'shrnk'], /^error: --from "shrnk": no such stage in the pimaster pipeline \(stages: fetch, files, extract, grow, attach, overlay, chroot, user-overlay, user-chroot, finalize, shrink, compress\)$/],
   [['--arch'], /^error: --arch: needs a value/],
 ] as const) {
   test(`bad input: ${args.join(' ')} -> one line, exit code 2`, async (t) => {
