@@ -123,13 +123,13 @@ export class CommandRunner {
    * caller must consume `subprocess.stdout`, then await the subprocess and look at `failed`,
    * `exitCode` and `stderr` (kept, and copied to the log) itself.
    */
-  spawn(file: string, args: readonly string[], options: { cwd?: string; uncancellable?: boolean } = {}) {
+  spawn(file: string, args: readonly string[], options: { cwd?: string; uncancellable?: boolean; stdin?: 'ignore' | 'pipe' } = {}) {
     this.#log.line(`$ ${commandLine(file, args)}`);
     const started = performance.now();
     const subprocess = execa(file, args, {
       cwd: options.cwd,
       extendEnv: true,
-      stdin: 'ignore',
+      stdin: options.stdin ?? 'ignore',
       stdout: 'pipe',
       stderr: 'pipe',
       detached: true,

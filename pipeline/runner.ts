@@ -275,6 +275,7 @@ export async function runPipeline(pipeline: Pipeline, config: Config, range: Ran
       if (outcome !== 'success') reporter.info(`cleaning up (${cleanup.size} step${cleanup.size > 1 ? 's' : ''})`);
     }
     await cleanup.unwind(outcome);
+    if (outcome === 'success') saveState(config.work, ctx.state); // what clean-up steps finished (a download)
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }

@@ -188,9 +188,9 @@ export interface Downloaded {
  * Download `url` into `partial`, resuming what is already there: the part on disk is hashed
  * again, then the rest is asked for with `Range`. A server that answers 200 (whole file) instead
  * of 206 is fine: the file starts over. On failure the partial file stays for the next attempt
- * or the next build.
+ * or the next build. `wrote` is called after every write (a reader following the file).
  */
-export async function downloadToPartial(url: string, partial: string, net: Net): Promise<Downloaded> {
+export async function downloadToPartial(url: string, partial: string, net: Net, wrote: () => void = () => {}): Promise<Downloaded> {
   await mkdir(dirname(partial), { recursive: true });
   return withRetries(`download ${url}`, net, async () => {
     const have = await sizeOf(partial);
@@ -236,6 +236,7 @@ export async function downloadToPartial(url: string, partial: string, net: Net):
         for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
           idle.touch();
           await file.writeFile(chunk);
+          wrote();
           hash.update(chunk);
           progress.add(chunk.length);
         }

@@ -19,6 +19,7 @@ import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { SparseWriter } from './sparse-writer.ts';
+import { DOWNLOADING, fileNameOf, type Downloading } from './fetch.ts';
 import type { Download } from './state.ts';
 
 export type Format = 'xz' | 'gzip' | 'zstd' | 'zip' | 'raw';
@@ -91,10 +92,12 @@ interface Sink {
   name: string;
 }
 
-/** Decompress with an external tool, its stdout streamed into the writer. */
-async function decompress(ctx: BuildContext, format: keyof typeof DECOMPRESSORS, input: string, sink: Sink): Promise<void> {
+/** Decompress with an external tool, its stdout streamed into the writer; its input the file or `stream`. */
+async function decompress(ctx: BuildContext, format: keyof typeof DECOMPRESSORS, input: string, sink: Sink, stream?: AsyncIterable<Buffer>): Promise<void> {
   const { tool, args } = DECOMPRESSORS[format];
-  const subprocess = ctx.commands.spawn(tool, [...args, input]);
+  const subprocess = ctx.commands.spawn(tool, stream ? [...args] : [...args, input], { stdin: stream ? 'pipe' : 'ignore' });
+  // A tool that stops reading (corrupt input) closes its stdin: its exit code tells why, not EPIPE.
+  const fed = stream ? pipeline(stream, subprocess.stdin!, { signal: ctx.signal }).catch((error: unknown) => error) : undefined;
   const copy = TARRED.test(input) ? untar(subprocess.stdout, sink, ctx.signal) : pipeline(subprocess.stdout, sink.writer, { signal: ctx.signal });
   const copied = copy.then(
     () => undefined,
@@ -102,7 +105,9 @@ async function decompress(ctx: BuildContext, format: keyof typeof DECOMPRESSORS,
   );
   const result = await subprocess;
   const copyError = await copied;
+  const feedError = await fed;
   if (ctx.signal.aborted) throw ctx.signal.reason;
+  if (feedError instanceof UserError) throw feedError; // the download failed
   if (sink.writer.failure) throw sink.writer.failure;
   if (copyError instanceof UserError) throw copyError;
   if (result.failed) {
@@ -250,12 +255,12 @@ export async function imageFormat(input: string, name: string, flag: string): Pr
  * (crc32 of every chunk) when the format is zip. Failures are one-line errors: `name` is the input
  * as the user knows it, `again` what to do about a corrupt one, `target` what is written.
  */
-export async function decodeImage(ctx: BuildContext, input: string, format: Format, writer: ImageWriter, zipCrc: { crc: number }, names: { name: string; again: string; target: string }): Promise<void> {
+export async function decodeImage(ctx: BuildContext, input: string, format: Format, writer: ImageWriter, zipCrc: { crc: number }, names: { name: string; again: string; target: string }, stream?: AsyncIterable<Buffer>): Promise<void> {
   const sink = { writer, name: names.name };
   try {
-    if (format === 'raw') await pipeline(createReadStream(input, { highWaterMark: 1024 * 1024 }), writer, { signal: ctx.signal });
+    if (format === 'raw') await pipeline(stream ?? createReadStream(input, { highWaterMark: 1024 * 1024 }), writer, { signal: ctx.signal });
     else if (format === 'zip') await unzip(ctx, input, sink, zipCrc);
-    else await decompress(ctx, format, input, sink);
+    else await decompress(ctx, format, input, sink, stream);
   } catch (error) {
     if (ctx.signal.aborted) throw ctx.signal.reason;
     if (error instanceof Corrupt) throw new UserError(`${names.name} is truncated or corrupt (${error.message}): ${names.again}`);
@@ -268,11 +273,15 @@ export async function decodeImage(ctx: BuildContext, input: string, format: Form
  * Decompress a verified download into a raw, sparse image at `image` (written as `image.part`,
  * renamed when complete and verified). `what` names it in errors ("base image", "environment x").
  */
-export async function extractImage(ctx: BuildContext, download: Download, image: string, what = 'base image', flag = '--base'): Promise<void> {
+export async function extractImage(ctx: BuildContext, download: Download, image: string, what = 'base image', flag = '--base', downloading?: Downloading): Promise<Download> {
   const input = download.path;
+  if (downloading) await downloading.growing.holds(512, ctx.signal);
   const info = await stat(input).catch(() => undefined);
-  if (!info?.isFile()) throw new UserError(`${what} ${input} is gone: run the fetch stage again (drop --from extract)`);
-  const { name: fileName, again } = describeDownload(download, ctx.paths.cache);
+  if (!info?.isFile()) {
+    if (downloading) await downloading.done; // it failed: its own error says why
+    throw new UserError(`${what} ${input} is gone: run the fetch stage again (drop --from extract)`);
+  }
+  const { name: fileName, again } = describeDownload({ ...download, path: downloading && download.url ? join(dirname(input), fileNameOf(download.url)) : input }, ctx.paths.cache);
   const name = `${what} ${fileName}`;
   const format = await imageFormat(input, name, flag);
 
@@ -284,7 +293,7 @@ export async function extractImage(ctx: BuildContext, download: Download, image:
 
   const hash = download.extractSha256 ? createHash('sha256') : undefined;
   const zipCrc = { crc: 0 };
-  const progress = new Progress(ctx.status, 'extract', download.extractSize ?? (format === 'raw' ? info.size : undefined));
+  const progress = new Progress(ctx.status, 'extract', download.extractSize ?? (format === 'raw' && !downloading ? info.size : undefined));
   const file = await open(part, 'w');
   const writer = new SparseWriter(file, (chunk) => {
     hash?.update(chunk);
@@ -292,7 +301,9 @@ export async function extractImage(ctx: BuildContext, download: Download, image:
     progress.add(chunk.length);
   });
   try {
-    await decodeImage(ctx, input, format, writer, zipCrc, { name, again, target: part });
+    await decodeImage(ctx, input, format, writer, zipCrc, { name, again, target: part }, downloading?.growing.read(ctx.signal));
+    // Nothing extracted from a download counts before the download is verified.
+    if (downloading) download = await downloading.done;
   } catch (error) {
     await rm(part, { force: true });
     throw error;
@@ -316,7 +327,8 @@ export async function extractImage(ctx: BuildContext, download: Download, image:
     throw await fail(`the image in ${fileName} is ${writer.bytes} bytes, the OS list says ${download.extractSize}: ${again}`);
   }
   await rename(part, image);
-  ctx.log.line(`${image}: ${writer.bytes} bytes from ${name} (${format}), ${writer.written} written, the rest left as holes${hash ? ', sha256 matches the OS list' : ''}`);
+  ctx.log.line(`${image}: ${writer.bytes} bytes from ${name} (${format}${downloading ? ', extracted while it downloaded' : ''}), ${writer.written} written, the rest left as holes${hash ? ', sha256 matches the OS list' : ''}`);
+  return download;
 }
 
 export const extractStage: Stage = {
@@ -332,7 +344,9 @@ export const extractStage: Stage = {
     const download = ctx.state.download;
     if (!download) throw new UserError('extract: the build state has no download: run the fetch stage first (drop --from extract)');
     const image = join(ctx.paths.work, 'image.img');
-    await extractImage(ctx, download, image);
+    const downloading = ctx.resources.get(DOWNLOADING) as Downloading | undefined;
+    ctx.resources.delete(DOWNLOADING);
+    ctx.state.download = await extractImage(ctx, download, image, undefined, undefined, downloading);
     ctx.state.image = image;
   },
 };

@@ -15,7 +15,8 @@ import type { Config } from '../pipeline/config.ts';
 import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { downloadToPartial, getText, hashInto, probe, type Net } from './download.ts';
+import { downloadToPartial, getText, hashInto, probe, type Downloaded, type Net } from './download.ts';
+import { GrowingFile } from './growing-file.ts';
 import { availableLite, isRelease, osListItems, pickRelease, walkOsList, type OsImage, type ReleaseName } from './os-list.ts';
 import type { Download } from './state.ts';
 
@@ -216,7 +217,7 @@ async function fetchLocal(ctx: BuildContext, path: string, req: FetchRequest): P
 }
 
 /** A URL: from the cache when its checksum is known and there, else downloaded (resumably) into it. */
-async function fetchRemote(ctx: BuildContext, url: string, req: FetchRequest, listed?: OsImage): Promise<Download> {
+async function fetchRemote(ctx: BuildContext, url: string, req: FetchRequest, listed: OsImage | undefined, stream: boolean): Promise<Download> {
   const config = ctx.config;
   const net = netOf(ctx);
   const cache = ctx.paths.cache;
@@ -249,27 +250,58 @@ async function fetchRemote(ctx: BuildContext, url: string, req: FetchRequest, li
 
   const key = expected ? expected.sha256 : `url-${createHash('sha256').update(finalUrl).digest('hex').slice(0, 32)}`;
   const partial = join(cache, 'downloads', 'partial', `${key}.part`);
-  const got = await downloadToPartial(finalUrl, partial, net);
-  if (expected && got.sha256 !== expected.sha256) {
-    await rm(partial, { force: true });
-    const fix = expected.from === req.shaFlag ? `nothing was kept; check ${req.shaFlag}` : 'nothing was kept; the download was damaged or the checksum is stale: run the build again';
-    throw mismatch(`download ${got.url}`, expected, got.sha256, fix);
-  }
-  const dir = join(cache, 'downloads', got.sha256);
-  await mkdir(dir, { recursive: true });
-  const path = join(dir, fileNameOf(got.url));
-  await rename(partial, path);
-  ctx.log.line(expected ? `${got.url}: ${got.size} bytes, sha256 ${got.sha256} matches ${expected.from}; cached as ${path}` : `${got.url}: ${got.size} bytes, sha256 ${got.sha256}, NOT VERIFIED (--insecure-no-verify); cached as ${path}`);
-  return { path, sha256: got.sha256, source: req.source, url: got.url, ...fromList };
+  const keep = async (got: Downloaded): Promise<Download> => {
+    if (expected && got.sha256 !== expected.sha256) {
+      await rm(partial, { force: true });
+      const fix = expected.from === req.shaFlag ? `nothing was kept; check ${req.shaFlag}` : 'nothing was kept; the download was damaged or the checksum is stale: run the build again';
+      throw mismatch(`download ${got.url}`, expected, got.sha256, fix);
+    }
+    const dir = join(cache, 'downloads', got.sha256);
+    await mkdir(dir, { recursive: true });
+    const path = join(dir, fileNameOf(got.url));
+    await rename(partial, path);
+    ctx.log.line(expected ? `${got.url}: ${got.size} bytes, sha256 ${got.sha256} matches ${expected.from}; cached as ${path}` : `${got.url}: ${got.size} bytes, sha256 ${got.sha256}, NOT VERIFIED (--insecure-no-verify); cached as ${path}`);
+    return { path, sha256: got.sha256, source: req.source, url: got.url, ...fromList };
+  };
+  // A zip is read from its end (the central directory): it is extracted once it is all here.
+  if (!stream || !expected || /\.zip$/i.test(fileNameOf(finalUrl))) return keep(await downloadToPartial(finalUrl, partial, net));
+
+  // The download goes on while the next stage extracts it; the build waits for it, verified, at
+  // the end of extract (or of the build), and stops it if the build fails first.
+  const growing = new GrowingFile(partial);
+  const stop = new AbortController();
+  const done = downloadToPartial(finalUrl, partial, { ...net, signal: AbortSignal.any([ctx.signal, stop.signal]) }, () => growing.grew()).then(keep);
+  done.then(
+    () => growing.finish(),
+    (error: unknown) => growing.finish(error),
+  );
+  ctx.defer(`finish the download of ${finalUrl}`, async (outcome) => {
+    if (outcome !== 'success') stop.abort(new Error('the build stopped'));
+    const download = await done.catch(() => undefined);
+    if (download && outcome === 'success') ctx.state.download = download;
+  });
+  ctx.resources.set(DOWNLOADING, { growing, done } satisfies Downloading);
+  return { path: partial, sha256: expected.sha256, source: req.source, url: finalUrl, ...fromList };
 }
 
-/** Get and verify an image given as a path, a URL or a release name. */
-export async function fetchImage(ctx: BuildContext, req: FetchRequest): Promise<Download> {
+/** A download still in progress when fetch ends: extract reads it as it grows (ctx.resources). */
+export const DOWNLOADING = 'downloading';
+export interface Downloading {
+  growing: GrowingFile;
+  /** The download kept in the cache, verified; rejects with its one-line error. */
+  done: Promise<Download>;
+}
+
+/**
+ * Get and verify an image given as a path, a URL or a release name. With `stream`, a download
+ * whose checksum is known beforehand is left running for extract (see DOWNLOADING).
+ */
+export async function fetchImage(ctx: BuildContext, req: FetchRequest, stream = false): Promise<Download> {
   const source = sourceOf(req.source, req.flag);
   if (source.kind === 'file') return fetchLocal(ctx, source.path, req);
-  if (source.kind === 'url') return fetchRemote(ctx, source.url, req);
+  if (source.kind === 'url') return fetchRemote(ctx, source.url, req, undefined, stream);
   const image = await resolveRelease(source.release, ctx.config, netOf(ctx));
-  return fetchRemote(ctx, image.url, req, image);
+  return fetchRemote(ctx, image.url, req, image, stream);
 }
 
 function verification(config: Config, local: boolean): string {
@@ -298,6 +330,6 @@ export const fetchStage: Stage = {
     }
   },
   async run(ctx) {
-    ctx.state.download = await fetchImage(ctx, baseRequest(ctx.config));
+    ctx.state.download = await fetchImage(ctx, baseRequest(ctx.config), true);
   },
 };

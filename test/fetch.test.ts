@@ -124,6 +124,25 @@ test('a download cut half way is resumed with Range', async (t) => {
   await assertSameSparseImage(t, state.image!, base);
 });
 
+test('extraction starts with the first bytes of a download, and counts only once the download is verified', async (t) => {
+  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const size = statSync(base.xz).size;
+  server.pace(XZ_PATH, size / 2); // two seconds
+  const config = testConfig(dir, { base: server.url(XZ_PATH) });
+  const downloading = join(config.cache, 'downloads', 'partial', `${xzSha}.part`);
+  const extracting = join(config.work, 'image.img.part');
+  let overlapped = 0;
+  const watch = setInterval(() => {
+    const [d, e] = [downloading, extracting].map((p) => (existsSync(p) ? statSync(p) : undefined));
+    if (d && e && d.size < size && e.blocks > 0) overlapped++;
+  }, 20);
+  const { state } = await build(config).finally(() => clearInterval(watch));
+  t.true(overlapped > 0, 'the image was being written while the download was still arriving');
+  t.deepEqual(state.download, { path: join(config.cache, 'downloads', xzSha, `${IMAGE_NAME}.xz`), sha256: xzSha, source: server.url(XZ_PATH), url: server.url(XZ_PATH) });
+  await assertSameSparseImage(t, state.image!, base);
+  t.false(existsSync(downloading));
+});
+
 test('a server answering a Range request with 200 makes the download start over', async (t) => {
   const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   server.ignoreRange = true;

@@ -7,6 +7,8 @@ import { createReadStream, statSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join, normalize } from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 
 export interface LoggedRequest {
   method: string;
@@ -29,6 +31,8 @@ export interface TestServer {
   cutAfter(path: string, bytes: number, times?: number): void;
   /** The next `times` requests of `path` get this status. */
   failWith(path: string, status: number, times?: number): void;
+  /** Send `path` at this many bytes a second. */
+  pace(path: string, bytesPerSecond: number): void;
   /** Answer Range requests with 200 and the whole file, as some servers do. */
   ignoreRange: boolean;
   close(): Promise<void>;
@@ -38,6 +42,7 @@ export async function startServer(root: string): Promise<TestServer> {
   const redirects = new Map<string, string>();
   const cuts = new Map<string, { bytes: number; times: number }>();
   const failures = new Map<string, { status: number; times: number }>();
+  const paces = new Map<string, number>();
   const requests: LoggedRequest[] = [];
   const state = { ignoreRange: false };
 
@@ -101,7 +106,12 @@ export async function startServer(root: string): Promise<TestServer> {
       stream.on('end', () => setTimeout(() => res.socket?.end(), 50));
       return;
     }
-    createReadStream(file, { start, end: last }).pipe(res);
+    const rate = paces.get(path);
+    const source = createReadStream(file, { start, end: last, highWaterMark: 64 * 1024 });
+    if (!rate) return void source.pipe(res);
+    // Each chunk held back as long as it takes at `rate` bytes a second: a slow mirror.
+    const paced = new Transform({ transform: (chunk: Buffer, _encoding, done) => void setTimeout(() => done(null, chunk), (1000 * chunk.length) / rate) });
+    pipeline(source, paced, res).catch(() => {});
   };
 
   const server = createServer(handle);
@@ -115,6 +125,7 @@ export async function startServer(root: string): Promise<TestServer> {
     redirect: (from, to) => redirects.set(from, to),
     cutAfter: (path, bytes, times = 1) => cuts.set(path, { bytes, times }),
     failWith: (path, status, times = 1) => failures.set(path, { status, times }),
+    pace: (path, bytesPerSecond) => paces.set(path, bytesPerSecond),
     get ignoreRange() {
       return state.ignoreRange;
     },

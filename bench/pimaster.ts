@@ -1,0 +1,190 @@
+/**
+ * `npm run bench`: the pimaster on the arm64 Debian fixture, built in full, then rebuilt after one
+ * change at a time, with the stage cache; the outputs against resize2fs's minimum and a
+ * PiShrink-style baseline (bench/pishrink-baseline.sh); the pipeline's own overhead; the peak RSS
+ * of the Node process. Prints one table with the targets.
+ *
+ * The builds run a copy of this toolkit (so a pimaster script can be changed without touching the
+ * repository) in Node processes of their own, with a user layer on top (one overlay file, one
+ * script), the fixture served over HTTP on 127.0.0.1 and stand-in PiSeduce repositories. Downloads
+ * and apt archives are kept in ~/.cache/build-image-bench (the first run fills them); the stage
+ * cache starts empty. Needs root; about a quarter of an hour on two cores.
+ *
+ *   node bench/pimaster.ts [--keep]
+ */
+import { appendFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { execa } from 'execa';
+import { formatBytes, resolveConfig } from '../pipeline/config.ts';
+import { describeError } from '../pipeline/errors.ts';
+import { optionsOf, pimaster } from '../pipeline/pipelines.ts';
+import { LineReporter } from '../pipeline/report.ts';
+import { runPipeline, type Timing } from '../pipeline/runner.ts';
+import type { Output } from '../stages/state.ts';
+import { debianImage } from '../test/fixtures/debian-image.ts';
+import { makePiseduceStandins } from '../test/fixtures/piseduce-standin.ts';
+import { startServer } from '../test/helpers/http-server.ts';
+
+const CHILD = '--pipeline-child';
+const repo = fileURLToPath(new URL('../', import.meta.url));
+const CACHE = join(homedir(), '.cache', 'build-image-bench');
+const say = (text: string) => process.stderr.write(`[bench] ${text}\n`);
+
+/** What one build reports. */
+interface Build {
+  timings: Timing[];
+  outputs: Output[];
+  image: string;
+  maxRssKiB: number;
+}
+
+const total = (b: Build) => b.timings.reduce((s, t) => s + t.seconds, 0);
+const commandTime = (b: Build) => b.timings.reduce((s, t) => s + t.commandSeconds, 0);
+const cached = (b: Build) => b.timings.filter((t) => t.note).map((t) => `${t.stage}${t.note === 'from cache' ? '' : ` (${t.note!.replace(' from cache', '')})`}`).join(', ');
+
+/** The child's side: the pimaster pipeline as the CLI runs it, with these flags. */
+async function pipelineChild(spec: { flags: Record<string, unknown>; until?: string }): Promise<void> {
+  const config = resolveConfig(optionsOf(pimaster), { flags: spec.flags }, 'build');
+  const { timings, state } = await runPipeline(pimaster, config, { until: spec.until }, new LineReporter());
+  const build: Build = { timings, outputs: state.outputs ?? [], image: state.image!, maxRssKiB: process.resourceUsage().maxRSS };
+  process.stdout.write(`${JSON.stringify(build)}\n`);
+}
+
+async function build(toolkit: string, flags: Record<string, unknown>, until?: string): Promise<Build> {
+  const { stdout } = await execa(process.execPath, [join(toolkit, 'bench/pimaster.ts'), CHILD, JSON.stringify({ flags, until })], {
+    env: { CI: 'true' },
+    stderr: 'inherit',
+    forceKillAfterDelay: false, // SIGTERM only: the child unwinds what it attached
+  });
+  return JSON.parse(stdout.trim().split('\n').at(-1)!) as Build;
+}
+
+/** The smallest the image's root can be (resize2fs -P), as an image size: its offset plus that. */
+async function minimumImage(image: string): Promise<number> {
+  const { stdout } = await execa('sfdisk', ['--json', image]);
+  const parts = (JSON.parse(stdout) as { partitiontable: { partitions: { start: number; size: number }[] } }).partitiontable.partitions;
+  const root = parts.at(-1)!;
+  const loop = (await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image])).stdout.trim();
+  try {
+    const min = Number(/: (\d+)\s*$/.exec((await execa('resize2fs', ['-P', loop])).stdout)![1]);
+    const blockSize = Number(/^Block size:\s+(\d+)/m.exec((await execa('dumpe2fs', ['-h', loop])).stdout)![1]);
+    return root.start * 512 + min * blockSize;
+  } finally {
+    await execa('losetup', ['--detach', loop]);
+  }
+}
+
+function formatTable(rows: readonly (readonly string[])[]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((cell, i) => (i === 1 ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!))).join('   ').trimEnd()).join('\n');
+}
+
+async function bench(keep: boolean): Promise<string> {
+  if (process.getuid?.() !== 0) throw new Error('run as root (builds attach loop devices and mount)');
+  const dir = mkdtempSync(join(tmpdir(), 'pimaster-bench-'));
+  const server = { close: async () => {} };
+  try {
+    // A copy of the toolkit whose pimaster scripts this bench may change.
+    const toolkit = join(dir, 'toolkit');
+    mkdirSync(toolkit);
+    for (const entry of ['package.json', 'pipeline', 'stages', 'overlays', 'scripts', 'bench', 'test']) await execa('cp', ['-a', join(repo, entry), toolkit]);
+    symlinkSync(join(repo, 'node_modules'), join(toolkit, 'node_modules'));
+
+    const fixture = await debianImage('arm64');
+    const serve = join(dir, 'serve');
+    mkdirSync(serve);
+    symlinkSync(fixture, join(serve, basename(fixture)));
+    const sha = (await execa('sha256sum', [fixture])).stdout.split(' ')[0]!;
+    writeFileSync(join(serve, `${basename(fixture)}.sha256`), `${sha}  ${basename(fixture)}\n`);
+    const started = await startServer(serve);
+    server.close = () => started.close();
+    const standins = await makePiseduceStandins(join(dir, 'standins'));
+    await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'id_ed25519')]);
+
+    // The user's layer on top of the pimaster: one overlay file, one script.
+    mkdirSync(join(dir, 'site/rootfs/etc'), { recursive: true });
+    writeFileSync(join(dir, 'site/rootfs/etc/site-motd'), 'site v1\n');
+    writeFileSync(join(dir, 'site.sh'), 'cp /etc/site-motd /etc/motd\n');
+    rmSync(join(CACHE, 'snapshots'), { recursive: true, force: true });
+    const flags = {
+      arch: 'arm64',
+      base: started.url(basename(fixture)),
+      'piseduce-webui': `${standins.webui}#${standins.webuiRef}`,
+      'piseduce-agent': `${standins.agent}#${standins.agentRef}`,
+      'ssh-key': join(dir, 'id_ed25519.pub'),
+      overlay: join(dir, 'site'),
+      script: join(dir, 'site.sh'),
+      compress: 'zstd',
+      name: 'pimaster-arm64',
+      work: join(dir, 'work'),
+      cache: CACHE,
+      out: join(dir, 'out'),
+    };
+
+    say('full build, the stage cache empty');
+    const full = await build(toolkit, flags);
+    say('rebuild after changing one overlay file of the user layer');
+    writeFileSync(join(dir, 'site/rootfs/etc/site-motd'), 'site v2\n');
+    const overlay = await build(toolkit, flags);
+    say('rebuild after changing the pimaster\'s last script');
+    appendFileSync(join(toolkit, 'scripts/pimaster/90-clean.sh'), '# bench: a late change\n');
+    const late = await build(toolkit, flags);
+    say('rebuild for other output formats only (.img, .img.xz, .img.zst)');
+    const formats = await build(toolkit, { ...flags, compress: 'none,xz,zstd' });
+    const size = (format: string) => formats.outputs.find((o) => o.format === format)!.size;
+    const minimum = await minimumImage(formats.outputs.find((o) => o.format === 'none')!.path);
+    const margin = resolveConfig([], { flags: {} }, 'build')['shrink-margin'];
+
+    say('the image before shrink (from the cache), then the PiShrink-style baseline on it');
+    const unshrunk = await build(toolkit, flags, 'finalize');
+    const baselineOut = join(dir, 'baseline.img.xz');
+    const baselineStarted = performance.now();
+    await execa('bash', [join(repo, 'bench/pishrink-baseline.sh'), unshrunk.image, baselineOut], { stderr: 'inherit' });
+    const baselineSeconds = (performance.now() - baselineStarted) / 1000;
+    const baselineXz = Number((await execa('stat', ['-c', '%s', baselineOut])).stdout);
+
+    const s = (n: number) => `${n.toFixed(1)} s`;
+    const share = (b: Build) => (100 * total(b)) / total(full);
+    const overhead = (100 * (total(full) - commandTime(full))) / total(full);
+    const rss = Math.max(...[full, overlay, late, formats, unshrunk].map((b) => b.maxRssKiB)) * 1024;
+    const imgOver = (100 * (size('none') - (minimum + margin))) / (minimum + margin);
+    const ok = (pass: boolean) => (pass ? 'yes' : 'NO');
+    const rows = [
+      ['', 'measured', 'target', 'met', 'notes'],
+      ['full pimaster build', s(total(full)), '', '', 'the stage cache empty; apt archives and downloads cached; .img.zst'],
+      ['rebuild, one overlay file changed', s(total(overlay)), '<= 15% of full', ok(share(overlay) <= 15), `${share(overlay).toFixed(1)}% of full; from cache: ${cached(overlay)}`],
+      ['rebuild, the last pimaster script changed', s(total(late)), '', '', `${share(late).toFixed(1)}% of full; from cache: ${cached(late)}`],
+      ['rebuild, only the output formats changed', s(total(formats)), '', '', `.img, .img.xz and .img.zst; from cache: ${cached(formats)}`],
+      ['.img', formatBytes(size('none')), '<= min + margin + 5%', ok(imgOver <= 5), `resize2fs -P minimum ${formatBytes(minimum)} + --shrink-margin ${formatBytes(margin)}: ${imgOver >= 0 ? '+' : ''}${imgOver.toFixed(1)}%`],
+      ['.img.xz', formatBytes(size('xz')), '<= baseline', ok(size('xz') <= baselineXz), `PiShrink-style baseline (resize2fs -M, xz -T0 -6): ${formatBytes(baselineXz)} in ${s(baselineSeconds)}`],
+      ['.img.zst', formatBytes(size('zstd')), '', '', ''],
+      ['pipeline overhead', `${overhead.toFixed(1)}%`, '< 5%', ok(overhead < 5), `full build: ${s(total(full) - commandTime(full))} of ${s(total(full))} not spent in commands`],
+      ['peak RSS', formatBytes(rss), '< 200 MiB', ok(rss < 200 * 2 ** 20), 'maxRSS of the Node process running each build, the largest'],
+    ];
+    const stages = full.timings.map((t) => `${t.stage} ${t.seconds.toFixed(1)}`).join(', ');
+    return `pimaster bench: arm64 Debian fixture, ${(await execa('nproc')).stdout} CPUs\n${formatTable(rows)}\nfull build by stage (s): ${stages}`;
+  } finally {
+    await server.close();
+    if (keep) say(`kept ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const argv = process.argv.slice(2);
+if (argv[0] === CHILD) {
+  await pipelineChild(JSON.parse(argv[1]!) as { flags: Record<string, unknown>; until?: string }).catch((error: unknown) => {
+    process.stderr.write(`${describeError(error, true)}\n`);
+    process.exitCode = 1;
+  });
+} else {
+  try {
+    const { values } = parseArgs({ args: argv, options: { keep: { type: 'boolean', default: false } } });
+    console.log(await bench(values.keep));
+  } catch (error) {
+    process.stderr.write(`pimaster bench: ${(error as { shortMessage?: string }).shortMessage ?? (error as Error).message}\n`);
+    process.exitCode = 1;
+  }
+}
