@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: every benchmark module of bench/ in turn, each in a Node process of its own (so
+ * `npm run bench:all`: every benchmark module of bench/ in turn, each in a Node process of its own (so
  * no module's memory or signal handlers touch another's), each printing its table. The arguments
  * are passed on to every module.
  */

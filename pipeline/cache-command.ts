@@ -20,7 +20,7 @@ function table(entries: readonly SnapshotEntry[]): string {
   return [head, ...rows].map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
 }
 
-export function cacheCommand(argv: string[]): number {
+export async function cacheCommand(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
   if (action !== 'ls' && action !== 'prune') throw new ConfigError(`cache${action ? ` ${action}` : ''}: expected ls or prune (see build-image --help cache)`);
   let values;
@@ -39,7 +39,7 @@ export function cacheCommand(argv: string[]): number {
     process.stdout.write(entries.length ? `${table(entries)}\n${entries.length} snapshot${entries.length > 1 ? 's' : ''}, ${formatBytes(total)} in ${store.dir}\n` : `no snapshots in ${store.dir}\n`);
     return 0;
   }
-  const removed = store.prune(values.all ? 0 : config['cache-size']);
+  const removed = await store.locked(async () => store.prune(values.all ? 0 : config['cache-size']));
   const freed = removed.reduce((sum, e) => sum + e.diskBytes, 0);
   process.stdout.write(`removed ${removed.length} snapshot${removed.length === 1 ? '' : 's'} (${formatBytes(freed)}); ${store.list().length} left in ${store.dir}\n`);
   return 0;

@@ -92,9 +92,10 @@ class CacheSession {
       for (const [step, { label, input }] of (await stage.key(ctx)).entries()) steps.push({ stage: stage.name, step, label, input });
     }
     this.#checkpoints = chainKeys(`${await toolkitVersion()}\n${this.pipeline.name}`, steps);
-    this.#store.prune(this.config['cache-size']); // what builds killed while writing left, first
-    const hit = this.#store.latest(this.#checkpoints);
-    if (hit) {
+    await this.#store.locked(async () => {
+      this.#store.prune(this.config['cache-size']); // what builds killed while writing left, first
+      const hit = this.#store.latest(this.#checkpoints);
+      if (!hit) return;
       const checkpoint = this.#checkpoints[hit.index]!;
       ctx.status(`restoring the snapshot taken at ${checkpoint.stage}: ${checkpoint.label}`);
       ctx.log.line(`stage cache: starting from ${hit.entry.dir} (${checkpoint.stage}: ${checkpoint.label})`);
@@ -102,7 +103,7 @@ class CacheSession {
       this.#store.touch(hit.entry);
       this.#restored = hit.index;
       this.#next = hit.index + 1;
-    }
+    }, ctx.signal);
     this.#since = performance.now();
   }
 
@@ -134,7 +135,8 @@ class CacheSession {
         this.pipeline.snapshots.save(ctx, dir),
       );
       ctx.log.line(`stage cache: saved ${entry.dir} (${checkpoint.stage}: ${checkpoint.label}, ${entry.diskBytes} bytes on disk)`);
-      for (const old of this.#store.prune(this.config['cache-size'], checkpoint.key)) ctx.log.line(`stage cache: removed ${old.dir} (least recently used)`);
+      const removed = await this.#store.locked(async () => this.#store.prune(this.config['cache-size'], checkpoint.key), ctx.signal);
+      for (const old of removed) ctx.log.line(`stage cache: removed ${old.dir} (least recently used)`);
     } catch (error) {
       if (ctx.signal.aborted) throw ctx.signal.reason;
       const message = `stage cache: no snapshot saved after ${checkpoint.stage}: ${checkpoint.label} (${(error as Error).message.split('\n')[0]}); the build goes on`;
@@ -245,6 +247,7 @@ export async function runPipeline(pipeline: Pipeline, config: Config, range: Ran
       const done = () => {
         const seconds = (performance.now() - started) / 1000;
         timings.push({ stage: stage.name, seconds, commandSeconds: (commands.commandMs - commandsBefore) / 1000, note });
+        log.line(`stage ${stage.name}: ${seconds.toFixed(1)} s${note ? ` (${note})` : ''}; peak RSS so far ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
         ctx.state.timings = { ...ctx.state.timings, [stage.name]: Math.round(seconds * 10) / 10 };
         saveState(config.work, ctx.state);
         return note;

@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { withLock } from './lock.ts';
 import type { BuildState } from './stage.ts';
 
 export interface SnapshotMeta {
@@ -134,6 +135,12 @@ export class StageCache {
     } catch {
       return undefined; // missing, half-written or damaged: not a snapshot
     }
+  }
+
+  /** Restoring and pruning take turns between builds sharing the cache: none removes what another copies. */
+  locked<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    mkdirSync(this.dir, { recursive: true });
+    return withLock(join(this.dir, '.lock'), fn, signal);
   }
 
   /** The snapshot of the latest checkpoint that has one, and its index. */

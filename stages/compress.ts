@@ -25,11 +25,9 @@ import { CommandError, UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { writeImagerList } from './imager-list.ts';
-import { SparseWriter } from './sparse-writer.ts';
+import { READ_CHUNK, SparseWriter } from './sparse-writer.ts';
 import type { Output } from './state.ts';
 
-/** Bytes read from the image at a time (a multiple of 4 KiB, for the sparse writer). */
-const CHUNK = 1024 * 1024;
 
 /**
  * zstd level 9: on root-filesystem data it is the knee of the curve. Measured on 300 MB of /usr
@@ -43,6 +41,15 @@ const CHUNK = 1024 * 1024;
  */
 const ZSTD_LEVEL = 9;
 
+/**
+ * xz -6 compresses in independent blocks, one per thread at a time, by default 3 times its 8 MiB
+ * dictionary: each block starts with an empty dictionary. 64 MiB blocks made the 1.39 GiB arm64
+ * pimaster 1.0% smaller (245.7 MB against 248.1 MB) for 15% more time on 2 cores, and still give
+ * 20 blocks to spread over the threads; decompression needs no more memory (the dictionary is the
+ * same). xz lowers its thread count when the blocks would not fit its memory limit.
+ */
+const XZ_BLOCK = '64MiB';
+
 interface FormatSpec {
   /** What follows `<name>.` in the file name. */
   ext: string;
@@ -52,7 +59,7 @@ interface FormatSpec {
 }
 
 export const FORMATS: Record<Compression, FormatSpec> = {
-  xz: { ext: 'img.xz', command: () => ['xz', ['-T0', '-6', '-c']] },
+  xz: { ext: 'img.xz', command: () => ['xz', ['-T0', '-6', `--block-size=${XZ_BLOCK}`, '-c']] },
   zstd: { ext: 'img.zst', command: (_, size) => ['zstd', ['-T0', `-${ZSTD_LEVEL}`, '--long=27', `--stream-size=${size}`, '-q', '-c']] },
   gz: { ext: 'img.gz', command: () => ['pigz', ['-c']] },
   // pigz writes a single-entry PKZip archive (Zip64 past 4 GiB), the entry named by --alias.
@@ -285,7 +292,7 @@ export async function encodeImage(
   const progress = new Progress(ctx.status, 'compress', size);
   let readError: unknown;
   try {
-    for await (const chunk of createReadStream(image, { highWaterMark: CHUNK, signal }) as AsyncIterable<Buffer>) {
+    for await (const chunk of createReadStream(image, { highWaterMark: READ_CHUNK, signal }) as AsyncIterable<Buffer>) {
       hash.update(chunk);
       await Promise.all(sinks.map((s) => s.write(chunk, signal)));
       progress.add(chunk.length);

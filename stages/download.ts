@@ -10,6 +10,7 @@ import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
+import { READ_CHUNK } from './sparse-writer.ts';
 
 /** How hard to try. Tests shorten the delays; nothing else should change these. */
 export const downloadPolicy = { attempts: 4, baseDelayMs: 1000, idleTimeoutMs: 60_000 };
@@ -163,7 +164,7 @@ async function sizeOf(path: string): Promise<number> {
 
 /** Feed a file to a hash, streaming; progress through `progress` if given. */
 export async function hashInto(path: string, hash: Hash, signal: AbortSignal, progress?: Progress): Promise<void> {
-  const input = createReadStream(path, { highWaterMark: 1024 * 1024 });
+  const input = createReadStream(path, { highWaterMark: READ_CHUNK });
   for await (const chunk of input.iterator({ destroyOnReturn: true })) {
     signal.throwIfAborted();
     hash.update(chunk as Buffer);

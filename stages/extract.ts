@@ -18,7 +18,7 @@ import yauzl from 'yauzl';
 import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { SparseWriter } from './sparse-writer.ts';
+import { READ_CHUNK, SparseWriter } from './sparse-writer.ts';
 import { DOWNLOADING, fileNameOf, type Downloading } from './fetch.ts';
 import type { Download } from './state.ts';
 
@@ -242,7 +242,10 @@ function describeDownload(download: Download, cache: string): { name: string; ag
 
 /** The format of an image file, or a one-line error saying what the file is instead. */
 export async function imageFormat(input: string, name: string, flag: string): Promise<Format> {
-  const head = await readHead(input);
+  return formatOf(await readHead(input), name, flag);
+}
+
+function formatOf(head: Buffer, name: string, flag: string): Format {
   const format = detectFormat(head);
   if (!format) {
     throw new UserError(`${name} is neither a disk image (no MBR/GPT boot signature 0x55AA at byte 510) nor an xz, gzip, zstd or zip archive${looksLike(head)}: check ${flag}`);
@@ -258,7 +261,7 @@ export async function imageFormat(input: string, name: string, flag: string): Pr
 export async function decodeImage(ctx: BuildContext, input: string, format: Format, writer: ImageWriter, zipCrc: { crc: number }, names: { name: string; again: string; target: string }, stream?: AsyncIterable<Buffer>): Promise<void> {
   const sink = { writer, name: names.name };
   try {
-    if (format === 'raw') await pipeline(stream ?? createReadStream(input, { highWaterMark: 1024 * 1024 }), writer, { signal: ctx.signal });
+    if (format === 'raw') await pipeline(stream ?? createReadStream(input, { highWaterMark: READ_CHUNK }), writer, { signal: ctx.signal });
     else if (format === 'zip') await unzip(ctx, input, sink, zipCrc);
     else await decompress(ctx, format, input, sink, stream);
   } catch (error) {
@@ -275,15 +278,24 @@ export async function decodeImage(ctx: BuildContext, input: string, format: Form
  */
 export async function extractImage(ctx: BuildContext, download: Download, image: string, what = 'base image', flag = '--base', downloading?: Downloading): Promise<Download> {
   const input = download.path;
-  if (downloading) await downloading.growing.holds(512, ctx.signal);
-  const info = await stat(input).catch(() => undefined);
-  if (!info?.isFile()) {
-    if (downloading) await downloading.done; // it failed: its own error says why
-    throw new UserError(`${what} ${input} is gone: run the fetch stage again (drop --from extract)`);
-  }
+  const info = downloading ? undefined : await stat(input).catch(() => undefined);
+  if (!downloading && !info?.isFile()) throw new UserError(`${what} ${input} is gone: run the fetch stage again (drop --from extract)`);
   const { name: fileName, again } = describeDownload({ ...download, path: downloading && download.url ? join(dirname(input), fileNameOf(download.url)) : input }, ctx.paths.cache);
   const name = `${what} ${fileName}`;
-  const format = await imageFormat(input, name, flag);
+  let format: Format;
+  if (downloading) {
+    await downloading.growing.holds(512, ctx.signal);
+    const head = await downloading.growing.head(512);
+    if (head.length < 512) await downloading.done; // a download that failed says why itself
+    format = formatOf(head, name, flag);
+    if (format === 'zip') {
+      // Read from its end: only once it is all here.
+      download = await downloading.done;
+      downloading = undefined;
+    }
+  } else {
+    format = await imageFormat(input, name, flag);
+  }
 
   const part = `${image}.part`;
   await rm(image, { force: true });
@@ -293,7 +305,7 @@ export async function extractImage(ctx: BuildContext, download: Download, image:
 
   const hash = download.extractSha256 ? createHash('sha256') : undefined;
   const zipCrc = { crc: 0 };
-  const progress = new Progress(ctx.status, 'extract', download.extractSize ?? (format === 'raw' && !downloading ? info.size : undefined));
+  const progress = new Progress(ctx.status, 'extract', download.extractSize ?? (format === 'raw' ? info?.size : undefined));
   const file = await open(part, 'w');
   const writer = new SparseWriter(file, (chunk) => {
     hash?.update(chunk);
@@ -301,7 +313,7 @@ export async function extractImage(ctx: BuildContext, download: Download, image:
     progress.add(chunk.length);
   });
   try {
-    await decodeImage(ctx, input, format, writer, zipCrc, { name, again, target: part }, downloading?.growing.read(ctx.signal));
+    await decodeImage(ctx, download.path, format, writer, zipCrc, { name, again, target: part }, downloading?.growing.read(ctx.signal));
     // Nothing extracted from a download counts before the download is verified.
     if (downloading) download = await downloading.done;
   } catch (error) {

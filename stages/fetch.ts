@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../pipeline/config.ts';
 import { UserError } from '../pipeline/errors.ts';
@@ -268,6 +268,7 @@ async function fetchRemote(ctx: BuildContext, url: string, req: FetchRequest, li
 
   // The download goes on while the next stage extracts it; the build waits for it, verified, at
   // the end of extract (or of the build), and stops it if the build fails first.
+  await mkdir(dirname(partial), { recursive: true });
   const growing = new GrowingFile(partial);
   const stop = new AbortController();
   const done = downloadToPartial(finalUrl, partial, { ...net, signal: AbortSignal.any([ctx.signal, stop.signal]) }, () => growing.grew()).then(keep);
@@ -278,6 +279,7 @@ async function fetchRemote(ctx: BuildContext, url: string, req: FetchRequest, li
   ctx.defer(`finish the download of ${finalUrl}`, async (outcome) => {
     if (outcome !== 'success') stop.abort(new Error('the build stopped'));
     const download = await done.catch(() => undefined);
+    await growing.close();
     if (download && outcome === 'success') ctx.state.download = download;
   });
   ctx.resources.set(DOWNLOADING, { growing, done } satisfies Downloading);

@@ -3,22 +3,33 @@
  * first bytes instead of after the last. The writer calls grew() after each write and finish()
  * at its end; readers get what is on disk, wait for more, and end once the writer has finished
  * and everything is read (or fail with the writer's error). Reading the file, not a copy of the
- * chunks, keeps memory flat whichever side is faster.
+ * chunks, keeps memory flat whichever side is faster. The file is opened at once and read through
+ * that descriptor: the writer may truncate it, rename it when complete, or remove it.
  */
+import { closeSync, openSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { open, stat } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
+import { READ_CHUNK } from './sparse-writer.ts';
 
-const CHUNK = 1024 * 1024;
 
 export class GrowingFile {
   readonly path: string;
+  readonly #file: Promise<FileHandle>;
   #version = 0;
   #finished = false;
   #error: unknown;
   #wake: Array<() => void> = [];
 
+  /** `path` is made if missing: the writer appends to it or truncates it, never replaces it. */
   constructor(path: string) {
     this.path = path;
+    closeSync(openSync(path, 'a'));
+    this.#file = open(path, 'r');
+  }
+
+  /** Let go of the file (once, whether it was read or not). */
+  async close(): Promise<void> {
+    await (await this.#file).close().catch(() => {});
   }
 
   grew(): void {
@@ -46,7 +57,7 @@ export class GrowingFile {
   }
 
   async #size(): Promise<number> {
-    return (await stat(this.path).catch(() => undefined))?.size ?? 0;
+    return (await (await this.#file).stat()).size;
   }
 
   /** Wait until the file holds `bytes` bytes or the writer has finished (what a format sniffer needs). */
@@ -58,32 +69,32 @@ export class GrowingFile {
     }
   }
 
+  /** The first `bytes` bytes there are. */
+  async head(bytes: number): Promise<Buffer> {
+    const buffer = Buffer.alloc(bytes);
+    const { bytesRead } = await (await this.#file).read(buffer, 0, bytes, 0);
+    return buffer.subarray(0, bytesRead);
+  }
+
   /** Every byte the writer writes, in order, as it arrives. */
   async *read(signal: AbortSignal): AsyncGenerator<Buffer> {
-    let file: FileHandle | undefined;
+    const file = await this.#file;
     let offset = 0;
-    try {
-      for (;;) {
-        const [seen, finished] = [this.#version, this.#finished];
-        file ??= await open(this.path, 'r').catch(() => undefined);
-        if (file) {
-          const buffer = Buffer.allocUnsafe(CHUNK);
-          const { bytesRead } = await file.read(buffer, 0, CHUNK, offset);
-          if (bytesRead > 0) {
-            offset += bytesRead;
-            yield buffer.subarray(0, bytesRead);
-            continue;
-          }
-        }
-        // Nothing more on disk: done if the writer had finished before this read, else wait.
-        if (finished) {
-          if (this.#error !== undefined) throw this.#error;
-          return;
-        }
-        await this.#next(seen, signal);
+    for (;;) {
+      const [seen, finished] = [this.#version, this.#finished];
+      const buffer = Buffer.allocUnsafe(READ_CHUNK);
+      const { bytesRead } = await file.read(buffer, 0, READ_CHUNK, offset);
+      if (bytesRead > 0) {
+        offset += bytesRead;
+        yield buffer.subarray(0, bytesRead);
+        continue;
       }
-    } finally {
-      await file?.close();
+      // Nothing more on disk: done if the writer had finished before this read, else wait.
+      if (finished) {
+        if (this.#error !== undefined) throw this.#error;
+        return;
+      }
+      await this.#next(seen, signal);
     }
   }
 }

@@ -295,7 +295,7 @@ test.serial('a compressor that fails: its command and exit code in one line, its
   } finally {
     process.env.PATH = path;
   }
-  t.is(error?.message, 'stage compress: `xz -T0 -6 -c` failed with exit code 3');
+  t.is(error?.message, 'stage compress: `xz -T0 -6 --block-size=64MiB -c` failed with exit code 3');
   t.deepEqual(error?.tail, ['xz: simulated failure']);
   t.deepEqual(readdirSync(config.out), []);
   t.deepEqual(children(), []);

@@ -94,6 +94,15 @@ test('a .zip over HTTP with its .sha256 sidecar is extracted identical and spars
   t.is(server.gets(path).length, 1);
 });
 
+test('a zip whose URL does not say so is extracted once it is all here (it is read from its end)', async (t) => {
+  const { dir, server } = await setup(t, { '/raspios_lite_latest': { copy: base.zip } });
+  server.pace('/raspios_lite_latest', statSync(base.zip).size / 2);
+  const config = testConfig(dir, { base: server.url('/raspios_lite_latest'), 'base-sha256': zipSha });
+  const { state } = await build(config);
+  t.is(state.download?.path, join(config.cache, 'downloads', zipSha, 'raspios_lite_latest'));
+  await assertSameSparseImage(t, state.image!, base);
+});
+
 test('a redirect is followed and the sidecar is the final URL\'s', async (t) => {
   const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   server.redirect('/raspios_lite_arm64_latest', XZ_PATH);
