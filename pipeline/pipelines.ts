@@ -50,6 +50,8 @@ export const pimaster: Pipeline = {
     chrootStage({
       scriptsDir: repo('scripts/pimaster'),
       user: false,
+      // The finished pimaster: where a rebuild after a change to the user's layer starts.
+      snapshotAtEnd: true,
       keys: ['hostname', 'ip', 'interface', 'uplink'],
       // Packages, then the NFS root: a copy of the whole root with them.
       grows: (_config, rootUsed) => 2 * PACKAGES + rootUsed,

@@ -61,7 +61,8 @@ export function timingTable(timings: readonly Timing[]): string {
  * The stage cache's part in one build: before the first stage that has a key, the keys of every
  * step up to the first stage without one are chained, and the build starts from the snapshot of
  * the latest step the cache holds; after each later step, a snapshot is saved when the work since
- * the last one took --snapshot-after seconds or more.
+ * the last one took --snapshot-after seconds or more, and always at the end of a stage marked
+ * snapshotAtEnd.
  */
 class CacheSession {
   planned = false;
@@ -126,7 +127,8 @@ class CacheSession {
     const checkpoint = this.#checkpoints[this.#next];
     if (checkpoint?.stage !== stage.name) return;
     this.#next++;
-    if ((performance.now() - this.#since) / 1000 < this.config['snapshot-after']) return;
+    const stageEnds = this.#checkpoints[this.#next]?.stage !== stage.name;
+    if (!(stageEnds && stage.snapshotAtEnd) && (performance.now() - this.#since) / 1000 < this.config['snapshot-after']) return;
     await beforeSnapshot?.();
     ctx.status(`saving a snapshot for the stage cache (${checkpoint.label})`);
     try {

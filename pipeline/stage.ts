@@ -72,6 +72,11 @@ export interface Stage {
    * fetch and files gathered). Stages without it end the part of a build the stage cache covers.
    */
   key?(ctx: BuildContext): Promise<CacheStep[]>;
+  /**
+   * The stage cache always keeps the image as this stage leaves it, however quick its steps: the
+   * end of a pipeline's own layer, where rebuilds after a change to the user's layer start.
+   */
+  readonly snapshotAtEnd?: boolean;
   run(ctx: BuildContext): Promise<void>;
 }
 

@@ -46,6 +46,8 @@ export interface ChrootStageOptions {
   scriptsDir?: string;
   /** Run the user's --script files after the pipeline's own (default: yes). */
   user?: boolean;
+  /** Always keep a snapshot of the image as the stage leaves it (see Stage.snapshotAtEnd). */
+  snapshotAtEnd?: boolean;
   /** What the scripts add to the root filesystem, given what it holds: for the grow stage. */
   grows?: (config: Config, rootUsed: number) => number;
   /** The settings the pipeline's scripts use (shown by --plan, accepted by the command). */
@@ -87,6 +89,7 @@ export function chrootStage(options: ChrootStageOptions = {}): Stage {
   const scripts = (config: Config) => scriptList(options.scriptsDir, user ? config.script : []);
   return {
     name: options.name ?? 'chroot',
+    snapshotAtEnd: options.snapshotAtEnd,
     describe: (config) => {
       const n = scripts(config).length;
       return n ? `run ${n} script${n > 1 ? 's' : ''} inside the image (qemu-user, apt cache bound in)` : 'no scripts to run (--script FILE)';

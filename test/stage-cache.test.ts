@@ -8,11 +8,14 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { defaultConfig } from '../pipeline/config.ts';
+import { QuietReporter } from '../pipeline/report.ts';
+import { runPipeline } from '../pipeline/runner.ts';
+import type { BuildState, Pipeline, Stage } from '../pipeline/stage.ts';
 import { chainKeys, StageCache, treeDigest } from '../pipeline/stage-cache.ts';
 import { scriptEnv } from '../stages/scripts.ts';
 import { debianImage } from './fixtures/debian-image.ts';
 import { sha256File } from './helpers/base-images.ts';
-import { scratch } from './helpers/build.ts';
+import { scratch, testConfig } from './helpers/build.ts';
 import { ImageReader } from './helpers/image-reader.ts';
 import { loopsUnder, mountsUnder } from './helpers/leaks.ts';
 
@@ -114,6 +117,72 @@ test('settings that change only the outputs are not in the scripts environment, 
   t.false('BUILD_COMPRESS' in a);
   t.is(a.BUILD_ARCH, 'arm64');
   t.not(scriptEnv(defaultConfig({ 'apt-mirror': 'http://127.0.0.1:1' }), { state: {}, pipeline: 'customize' }).BUILD_APT_MIRROR, undefined);
+});
+
+/**
+ * The runner's side on stages that only record that they ran: the image is their list of runs.
+ * `inputs` are what the stages' keys hash (by stage, or by stage and step: "b1"); stage "c" always
+ * keeps a snapshot at its end.
+ */
+function recorder(inputs: Record<string, string>): Pipeline {
+  type Runs = BuildState & { runs?: string[] };
+  const record = (ctx: { state: Runs }, what: string) => (ctx.state.runs = [...(ctx.state.runs ?? []), what]);
+  const stage = (name: string, steps: number, extra: Partial<Stage> = {}): Stage => ({
+    name,
+    options: [],
+    describe: () => name,
+    key: async () => Array.from({ length: steps }, (_, i) => ({ label: `step ${i}`, input: `${inputs[`${name}${i}`] ?? inputs[name]} ${i}` })),
+    async run(ctx) {
+      for (let i = ctx.stepsDone; i < steps; i++) {
+        record(ctx, `${name}${i}`);
+        if (steps > 1) await ctx.stepDone();
+      }
+    },
+    ...extra,
+  });
+  return {
+    name: 'recorder',
+    summary: '',
+    stages: [stage('a', 1), stage('b', 2), stage('c', 1, { snapshotAtEnd: true }), { ...stage('d', 1), key: undefined }],
+    snapshots: {
+      async save(ctx, dir) {
+        writeFileSync(join(dir, 'image.img'), JSON.stringify((ctx.state as Runs).runs));
+        return ['image.img'];
+      },
+      async restore(ctx, entry) {
+        ctx.state = { ...entry.meta.state, ...ctx.state };
+      },
+    },
+  };
+}
+
+test('snapshots are taken after work that took --snapshot-after seconds, and always where a stage asks', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const inputs: Record<string, string> = { a: 'a', b: 'b', c: 'c', d: 'd' };
+  const config = testConfig(dir, { 'snapshot-after': 3600 });
+  const store = new StageCache(join(config.cache, 'snapshots'));
+  const run = async () => {
+    const { state, timings } = await runPipeline(recorder(inputs), config, {}, new QuietReporter());
+    return { runs: (state as { runs?: string[] }).runs, notes: Object.fromEntries(timings.map((x) => [x.stage, x.note ?? ''])) };
+  };
+
+  t.deepEqual((await run()).runs, ['a0', 'b0', 'b1', 'c0', 'd0']);
+  t.deepEqual(store.list().map((e) => e.meta.label), ['c: step 0'], 'quick steps: only the stage that asks for it');
+  t.deepEqual(await run(), { runs: ['a0', 'b0', 'b1', 'c0', 'd0'], notes: { a: 'from cache', b: 'from cache', c: 'from cache', d: '' } });
+
+  // Every step snapshotted (a's was not taken before: it is redone after b changed).
+  const eager = { ...config, 'snapshot-after': 0 };
+  inputs.b = 'b changed';
+  const fresh = await runPipeline(recorder(inputs), eager, {}, new QuietReporter());
+  t.deepEqual((fresh.state as { runs?: string[] }).runs, ['a0', 'b0', 'b1', 'c0', 'd0'], 'b changed: no snapshot after it or later is valid; a\'s was never taken');
+  t.deepEqual(store.list().map((e) => e.meta.label).sort(), ['a: step 0', 'b: step 0', 'b: step 1', 'c: step 0', 'c: step 0']);
+  const { state, timings } = await runPipeline(recorder(inputs), { ...eager, 'no-cache': true }, {}, new QuietReporter());
+  t.deepEqual((state as { runs?: string[] }).runs, ['a0', 'b0', 'b1', 'c0', 'd0']);
+  t.true(timings.every((x) => !x.note), '--no-cache');
+
+  inputs.b1 = 'only the second step of b changed';
+  t.deepEqual(await run(), { runs: ['a0', 'b0', 'b1', 'c0', 'd0'], notes: { a: 'from cache', b: '1 step from cache', c: '', d: '' } });
 });
 
 interface Site {
