@@ -284,8 +284,13 @@ test('a build killed while writing a snapshot leaves none that a later build tru
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const snapshots = join(cache, 'snapshots');
   const build = execa('node', [cli, ...args('--until', 'extract')], { reject: false, detached: true, env: { CI: 'true' } });
+  // Registered last, so run first: a build still running when the test fails is ended before its files go.
   let ended = false;
   void build.finally(() => (ended = true));
+  t.teardown(async () => {
+    if (!ended) process.kill(-build.pid!, 'SIGKILL');
+    await build;
+  });
   let partial: string | undefined;
   for (let i = 0; i < 3000 && !partial && !ended; i++) {
     partial = existsSync(snapshots) ? readdirSync(snapshots).find((name) => name.includes('.tmp-')) : undefined;
