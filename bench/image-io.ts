@@ -27,6 +27,7 @@ import { customize } from '../pipeline/pipelines.ts';
 import { QuietReporter } from '../pipeline/report.ts';
 import { runPipeline, type Timing } from '../pipeline/runner.ts';
 import '../stages/state.ts';
+import { formatTable, lastPartitionOffset, minimumImageSize } from './measure.ts';
 import { DISK_ID, assembleDisk, elfHeader, partuuid, writeBootFiles } from '../test/fixtures/tiny-image.ts';
 
 const MiB = 2 ** 20;
@@ -173,12 +174,6 @@ async function deleteJunk(image: string, rootOffset: number, paths: readonly str
   if (errors.length) throw new Error(`debugfs: ${errors.join('; ')}`);
 }
 
-async function lastPartitionOffset(image: string): Promise<number> {
-  const { stdout } = await execa('sfdisk', ['--json', image]);
-  const table = (JSON.parse(stdout) as { partitiontable: { partitions: { start: number }[] } }).partitiontable;
-  return table.partitions.at(-1)!.start * 512;
-}
-
 interface Plan {
   sizeMiB: number;
   bootMiB: number;
@@ -225,21 +220,6 @@ async function buildFixture(dir: string, { sizeMiB, bootMiB, rootMiB, data, junk
 
 // ---------------------------------------------------------------------------------------------
 // The measurements
-
-/**
- * The smallest image resize2fs allows: the root's start plus `resize2fs -P`'s block count (an
- * estimate known to run high, e2fsprogs issue #174). `?offset=` opens the partition in place; fine
- * for reading, never for resizing (resize2fs would cut the file to the filesystem's size).
- */
-async function minimumImageSize(fixture: Fixture): Promise<number> {
-  const fs = `${fixture.image}?offset=${fixture.rootOffset}`;
-  const { stdout: estimate } = await execa('resize2fs', ['-P', fs]);
-  const { stdout: header } = await execa('dumpe2fs', ['-h', fs]);
-  const blocks = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(estimate)?.[1]);
-  const blockSize = Number(/^Block size:\s*(\d+)/m.exec(header)?.[1]);
-  if (!blocks || !blockSize) throw new Error(`cannot read the minimum size of ${fs}`);
-  return fixture.rootOffset + blocks * blockSize;
-}
 
 /** What a pipeline child reports. */
 interface PipelineRun {
@@ -329,13 +309,6 @@ const percent = (ours: number, theirs: number) => {
   return `${Math.abs(p).toFixed(1)}% ${p <= 0 ? 'smaller' : 'larger'}`;
 };
 
-function formatTable(rows: readonly (readonly string[])[]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  // Labels and notes to the left, figures to the right.
-  const align = (cell: string, i: number) => (i === 1 || i === 2 ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!));
-  return rows.map((r) => r.map(align).join('   ').trimEnd()).join('\n');
-}
-
 interface Results {
   fixture: Fixture;
   minimum: number;
@@ -363,7 +336,7 @@ function table({ fixture, minimum, margin, ours, baseline, half }: Results): str
     [`peak RSS, ${formatBytes(fixture.size)} image`, rss(ours), '', 'maxRSS of the Node process running the pipeline'],
     [`peak RSS, ${formatBytes(half.size)} image`, rss(half.run), '', 'the same, on an image of half the size'],
   ];
-  return `${title}\n${formatTable(rows)}`;
+  return `${title}\n${formatTable(rows, [1, 2])}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,7 +354,7 @@ async function bench(options: Options): Promise<string> {
     const full = plan(options.sizeGiB, options.usedGiB);
     const halved = plan(options.sizeGiB / 2, options.usedGiB / 2);
     const fixture = await buildFixture(dir, full, signal);
-    const minimum = await minimumImageSize(fixture);
+    const minimum = await minimumImageSize(fixture.image, fixture.rootOffset);
     say('running the customize pipeline');
     const ours = await runOurs(fixture.image, join(dir, 'ours'), signal);
     say('running the baseline');

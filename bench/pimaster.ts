@@ -18,7 +18,7 @@ import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { formatBytes, resolveConfig } from '../pipeline/config.ts';
+import { defaultConfig, formatBytes, resolveConfig } from '../pipeline/config.ts';
 import { describeError } from '../pipeline/errors.ts';
 import { optionsOf, pimaster } from '../pipeline/pipelines.ts';
 import { LineReporter } from '../pipeline/report.ts';
@@ -27,6 +27,7 @@ import type { Output } from '../stages/state.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
 import { makePiseduceStandins } from '../test/fixtures/piseduce-standin.ts';
 import { startServer } from '../test/helpers/http-server.ts';
+import { formatTable, minimumImageSize } from './measure.ts';
 
 const CHILD = '--pipeline-child';
 const repo = fileURLToPath(new URL('../', import.meta.url));
@@ -60,26 +61,6 @@ async function build(toolkit: string, flags: Record<string, unknown>, until?: st
     forceKillAfterDelay: false, // SIGTERM only: the child unwinds what it attached
   });
   return JSON.parse(stdout.trim().split('\n').at(-1)!) as Build;
-}
-
-/** The smallest the image's root can be (resize2fs -P), as an image size: its offset plus that. */
-async function minimumImage(image: string): Promise<number> {
-  const { stdout } = await execa('sfdisk', ['--json', image]);
-  const parts = (JSON.parse(stdout) as { partitiontable: { partitions: { start: number; size: number }[] } }).partitiontable.partitions;
-  const root = parts.at(-1)!;
-  const loop = (await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image])).stdout.trim();
-  try {
-    const min = Number(/: (\d+)\s*$/.exec((await execa('resize2fs', ['-P', loop])).stdout)![1]);
-    const blockSize = Number(/^Block size:\s+(\d+)/m.exec((await execa('dumpe2fs', ['-h', loop])).stdout)![1]);
-    return root.start * 512 + min * blockSize;
-  } finally {
-    await execa('losetup', ['--detach', loop]);
-  }
-}
-
-function formatTable(rows: readonly (readonly string[])[]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((cell, i) => (i === 1 ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!))).join('   ').trimEnd()).join('\n');
 }
 
 async function bench(keep: boolean): Promise<string> {
@@ -135,8 +116,8 @@ async function bench(keep: boolean): Promise<string> {
     say('rebuild for other output formats only (.img, .img.xz, .img.zst)');
     const formats = await build(toolkit, { ...flags, compress: 'none,xz,zstd' });
     const size = (format: string) => formats.outputs.find((o) => o.format === format)!.size;
-    const minimum = await minimumImage(formats.outputs.find((o) => o.format === 'none')!.path);
-    const margin = resolveConfig([], { flags: {} }, 'build')['shrink-margin'];
+    const minimum = await minimumImageSize(formats.outputs.find((o) => o.format === 'none')!.path);
+    const margin = defaultConfig()['shrink-margin'];
 
     say('the image before shrink (from the cache), then the PiShrink-style baseline on it');
     const unshrunk = await build(toolkit, flags, 'finalize');
@@ -165,7 +146,7 @@ async function bench(keep: boolean): Promise<string> {
       ['peak RSS', formatBytes(rss), '< 200 MiB', ok(rss < 200 * 2 ** 20), 'maxRSS of the Node process running each build, the largest'],
     ];
     const stages = full.timings.map((t) => `${t.stage} ${t.seconds.toFixed(1)}`).join(', ');
-    return `pimaster bench: arm64 Debian fixture, ${(await execa('nproc')).stdout} CPUs\n${formatTable(rows)}\nfull build by stage (s): ${stages}`;
+    return `pimaster bench: arm64 Debian fixture, ${(await execa('nproc')).stdout} CPUs\n${formatTable(rows, [1])}\nfull build by stage (s): ${stages}`;
   } finally {
     await server.close();
     if (keep) say(`kept ${dir}`);

@@ -9,7 +9,9 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 
 const dir = fileURLToPath(new URL('.', import.meta.url));
-const modules = readdirSync(dir).filter((f) => f.endsWith('.ts') && f !== 'run.ts').sort();
+/** Modules that are not benchmarks: this one, and what the benchmarks share. */
+const HELPERS = ['run.ts', 'measure.ts'];
+const modules = readdirSync(dir).filter((f) => f.endsWith('.ts') && !HELPERS.includes(f)).sort();
 for (const module of modules) {
   const { exitCode } = await execa(process.execPath, [join(dir, module), ...process.argv.slice(2)], { stdio: 'inherit', reject: false });
   if (exitCode !== 0) {

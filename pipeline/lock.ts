@@ -7,15 +7,19 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-function ownerAlive(lock: string): boolean {
-  const pid = Number(existsSync(join(lock, 'pid')) ? readFileSync(join(lock, 'pid'), 'utf8') || 0 : 0);
-  if (!pid) return true; // being created: its owner writes the pid next
+/** Whether a process runs with this id (one of another user's counts: it cannot be signalled). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
-  } catch {
-    return false;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+function ownerAlive(lock: string): boolean {
+  const pid = Number(existsSync(join(lock, 'pid')) ? readFileSync(join(lock, 'pid'), 'utf8') || 0 : 0);
+  return !pid || processAlive(pid); // no pid yet: being created, its owner writes it next
 }
 
 export async function withLock<T>(lock: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {

@@ -10,10 +10,10 @@
  * snapshots are removed when the cache outgrows its size limit.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { join, relative } from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { withLock } from './lock.ts';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { treeDigest } from './digest.ts';
+import { processAlive, withLock } from './lock.ts';
 import type { BuildState } from './stage.ts';
 
 export interface SnapshotMeta {
@@ -61,34 +61,6 @@ export function chainKeys(root: string, steps: ReadonlyArray<Omit<Checkpoint, 'k
 }
 
 /**
- * A hash of a file or a directory tree: relative paths, types, exec bits, link targets and
- * contents (streamed: an overlay may hold large files). `skip` leaves out paths (relative) and
- * everything under them. A missing path hashes as such.
- */
-export async function treeDigest(path: string, skip: (rel: string) => boolean = () => false): Promise<string> {
-  const hash = createHash('sha256');
-  const visit = async (file: string): Promise<void> => {
-    const rel = relative(path, file);
-    if (rel && skip(rel)) return;
-    const stat = lstatSync(file);
-    if (stat.isDirectory()) {
-      hash.update(`d ${rel}\n`);
-      for (const name of readdirSync(file).sort()) await visit(join(file, name));
-    } else if (stat.isSymbolicLink()) {
-      hash.update(`l ${rel} ${readlinkSync(file)}\n`);
-    } else {
-      hash.update(`f ${rel} ${stat.mode & 0o111 ? 'x' : '-'} ${stat.size}\n`);
-      await pipeline(createReadStream(file), async function* (chunks: AsyncIterable<Buffer>) {
-        for await (const chunk of chunks) hash.update(chunk);
-      });
-    }
-  };
-  if (existsSync(path)) await visit(path);
-  else hash.update('missing');
-  return hash.digest('hex');
-}
-
-/**
  * The toolkit's version for the cache: package.json's, and a digest of the engine's and the
  * stages' code, so that a changed stage never reuses what the old one made.
  */
@@ -108,15 +80,6 @@ function diskUsage(dir: string): number {
     if (entry.isFile()) total += statSync(join(entry.parentPath, entry.name)).blocks * 512;
   }
   return total;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 export class StageCache {

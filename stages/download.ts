@@ -3,14 +3,13 @@
  * timeout, and downloads that resume a partial file with `Range` (hashing as they write, so the
  * file is read once). Everything stops at once when the build's signal is aborted.
  */
-import { createHash, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { mkdir, open, stat, truncate } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { hashInto } from '../pipeline/digest.ts';
 import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
-import { READ_CHUNK } from './sparse-writer.ts';
 
 /** How hard to try. Tests shorten the delays; nothing else should change these. */
 export const downloadPolicy = { attempts: 4, baseDelayMs: 1000, idleTimeoutMs: 60_000 };
@@ -159,16 +158,6 @@ async function sizeOf(path: string): Promise<number> {
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 0;
     throw error;
-  }
-}
-
-/** Feed a file to a hash, streaming; progress through `progress` if given. */
-export async function hashInto(path: string, hash: Hash, signal: AbortSignal, progress?: Progress): Promise<void> {
-  const input = createReadStream(path, { highWaterMark: READ_CHUNK });
-  for await (const chunk of input.iterator({ destroyOnReturn: true })) {
-    signal.throwIfAborted();
-    hash.update(chunk as Buffer);
-    progress?.add((chunk as Buffer).length);
   }
 }
 

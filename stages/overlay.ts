@@ -2,7 +2,7 @@ import { chmodSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, 
 import { join, relative } from 'node:path';
 import { derivedValues, imageSettings, type ConfigKey } from '../pipeline/config.ts';
 import { UserError } from '../pipeline/errors.ts';
-import { treeDigest } from '../pipeline/stage-cache.ts';
+import { treeDigest } from '../pipeline/digest.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { bootDir, rootDir } from './attach.ts';
 import { renderTemplate, templateVars, TemplateError } from './template.ts';

@@ -2,7 +2,7 @@ import { copyFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { derivedValues, imageSettings, type Config, type ConfigKey } from '../pipeline/config.ts';
 import { CommandError, UserError } from '../pipeline/errors.ts';
-import { treeDigest } from '../pipeline/stage-cache.ts';
+import { treeDigest } from '../pipeline/digest.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
 import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot.ts';

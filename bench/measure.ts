@@ -1,0 +1,31 @@
+/** What the benchmarks measure alike: resize2fs's minimum of an image, and their tables. */
+import { execa } from 'execa';
+
+export async function lastPartitionOffset(image: string): Promise<number> {
+  const { stdout } = await execa('sfdisk', ['--json', image]);
+  const table = (JSON.parse(stdout) as { partitiontable: { partitions: { start: number }[] } }).partitiontable;
+  return table.partitions.at(-1)!.start * 512;
+}
+
+/**
+ * The smallest image resize2fs allows: the root's start plus `resize2fs -P`'s block count (an
+ * estimate known to run high, e2fsprogs issue #174). `?offset=` opens the partition in place; fine
+ * for reading, never for resizing (resize2fs would cut the file to the filesystem's size).
+ */
+export async function minimumImageSize(image: string, rootOffset?: number): Promise<number> {
+  const offset = rootOffset ?? (await lastPartitionOffset(image));
+  const fs = `${image}?offset=${offset}`;
+  const { stdout: estimate } = await execa('resize2fs', ['-P', fs]);
+  const { stdout: header } = await execa('dumpe2fs', ['-h', fs]);
+  const blocks = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(estimate)?.[1]);
+  const blockSize = Number(/^Block size:\s*(\d+)/m.exec(header)?.[1]);
+  if (!blocks || !blockSize) throw new Error(`cannot read the minimum size of ${fs}`);
+  return offset + blocks * blockSize;
+}
+
+/** Rows of cells in columns; the columns numbered in `figures` aligned right, the others left. */
+export function formatTable(rows: readonly (readonly string[])[], figures: readonly number[]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  const align = (cell: string, i: number) => (figures.includes(i) ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!));
+  return rows.map((r) => r.map(align).join('   ').trimEnd()).join('\n');
+}
