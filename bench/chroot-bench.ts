@@ -17,7 +17,7 @@ import { QuietReporter } from '../pipeline/report.ts';
 import { runPipeline } from '../pipeline/runner.ts';
 import type { Stage } from '../pipeline/stage.ts';
 import { attachStage } from '../stages/attach.ts';
-import { chrootRun, enterChroot } from '../stages/chroot.ts';
+import { chrootRun, enterChroot } from '../stages/chroot/environment.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';

@@ -26,7 +26,7 @@ import { describeError } from '../pipeline/errors.ts';
 import { customize } from '../pipeline/pipelines.ts';
 import { QuietReporter } from '../pipeline/report.ts';
 import { runPipeline, type Timing } from '../pipeline/runner.ts';
-import '../stages/state.ts';
+import '../stages/image/state.ts';
 import { formatTable, lastPartitionOffset, minimumImageSize } from './measure.ts';
 import { DISK_ID, assembleDisk, elfHeader, partuuid, writeBootFiles } from '../test/fixtures/tiny-image.ts';
 

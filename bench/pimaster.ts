@@ -23,7 +23,7 @@ import { describeError } from '../pipeline/errors.ts';
 import { optionsOf, pimaster } from '../pipeline/pipelines.ts';
 import { LineReporter } from '../pipeline/report.ts';
 import { runPipeline, type Timing } from '../pipeline/runner.ts';
-import type { Output } from '../stages/state.ts';
+import type { Output } from '../stages/image/state.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
 import { makePiseduceStandins } from '../test/fixtures/piseduce-standin.ts';
 import { startServer } from '../test/helpers/http-server.ts';

@@ -6,7 +6,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { Writable } from 'node:stream';
-import { writeAt } from '../stages/sparse-writer.ts';
+import { writeAt } from '../stages/image/sparse-writer.ts';
 import type { Range } from './bmap.ts';
 
 export interface Written {

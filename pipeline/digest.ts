@@ -6,7 +6,7 @@ import type { Progress } from './progress.ts';
 
 /**
  * Feed a file to a hash; progress through `progress` if given. Read in fs streams' 64 KiB chunks:
- * buffers that small die young (see READ_CHUNK in stages/sparse-writer.ts).
+ * buffers that small die young (see READ_CHUNK in stages/image/sparse-writer.ts).
  */
 export async function hashInto(path: string, hash: Hash, signal?: AbortSignal, progress?: Progress): Promise<void> {
   const input = createReadStream(path);

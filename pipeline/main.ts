@@ -10,7 +10,7 @@ import type { Pipeline } from './stage.ts';
 import { flagRows } from './tool-command.ts';
 import { verifyCommand, verifyUsage } from '../verify/command.ts';
 import { flashCommand, flashUsage } from '../flash/command.ts';
-import { writeImagerList } from '../stages/imager-list.ts';
+import { writeImagerList } from '../stages/publish/os-list-json.ts';
 import { cacheCommand, cacheUsage } from './cache-command.ts';
 
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;

@@ -9,9 +9,9 @@ import { filesStage } from '../stages/files.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { overlayStage } from '../stages/overlay.ts';
-import { chrootStage } from '../stages/scripts.ts';
+import { chrootStage } from '../stages/chroot.ts';
 import { shrink, shrinkStage } from '../stages/shrink.ts';
-import { imageSnapshots } from '../stages/snapshot.ts';
+import { imageSnapshots } from '../stages/image/snapshot.ts';
 
 /** A directory of this repository (overlays/..., scripts/...). */
 const repo = (path: string) => fileURLToPath(new URL(`../${path}`, import.meta.url));

@@ -5,7 +5,7 @@ import { CommandError, UserError } from '../pipeline/errors.ts';
 import { treeDigest } from '../pipeline/digest.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
-import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot.ts';
+import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot/environment.ts';
 
 /**
  * The settings as environment variables of every script (those that can change what the image

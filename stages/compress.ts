@@ -24,9 +24,9 @@ import { formatBytes, type Compression, type Config } from '../pipeline/config.t
 import { CommandError, UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { writeImagerList } from './imager-list.ts';
-import { READ_CHUNK, SparseWriter } from './sparse-writer.ts';
-import type { Output } from './state.ts';
+import { writeImagerList } from './publish/os-list-json.ts';
+import { READ_CHUNK, SparseWriter } from './image/sparse-writer.ts';
+import type { Output } from './image/state.ts';
 
 
 /**

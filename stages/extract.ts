@@ -18,9 +18,9 @@ import yauzl from 'yauzl';
 import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { READ_CHUNK, SparseWriter } from './sparse-writer.ts';
+import { READ_CHUNK, SparseWriter } from './image/sparse-writer.ts';
 import { DOWNLOADING, fileNameOf, type Downloading } from './fetch.ts';
-import type { Download } from './state.ts';
+import type { Download } from './image/state.ts';
 
 export type Format = 'xz' | 'gzip' | 'zstd' | 'zip' | 'raw';
 

@@ -16,12 +16,12 @@ import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { hashInto } from '../pipeline/digest.ts';
-import { downloadToPartial, getText, probe, type Downloaded, type Net } from './download.ts';
-import { GrowingFile } from './growing-file.ts';
-import { availableLite, isRelease, osListItems, pickRelease, walkOsList, type OsImage, type ReleaseName } from './os-list.ts';
-import type { Download } from './state.ts';
+import { downloadToPartial, getText, probe, type Downloaded, type Net } from './sources/download.ts';
+import { GrowingFile } from './sources/growing-file.ts';
+import { availableLite, isRelease, osListItems, pickRelease, walkOsList, type OsImage, type ReleaseName } from './sources/imager-os-list.ts';
+import type { Download } from './image/state.ts';
 
-export { downloadPolicy } from './download.ts';
+export { downloadPolicy } from './sources/download.ts';
 
 /** How many lists (the OS list and its `subitems_url` lists) a release lookup may load. */
 const MAX_LISTS = 32;

@@ -10,7 +10,7 @@ import type { ConfigKey } from '../pipeline/config.ts';
 import { CommandError, UserError } from '../pipeline/errors.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { splitGitSource } from '../pipeline/validate.ts';
-import { STAGING, stagedFiles } from './chroot.ts';
+import { STAGING, stagedFiles } from './chroot/environment.ts';
 import { encodeImage } from './compress.ts';
 import { extractImage } from './extract.ts';
 import { fetchImage } from './fetch.ts';

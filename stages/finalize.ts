@@ -3,10 +3,10 @@ import { join } from 'node:path';
 import { UserError } from '../pipeline/errors.ts';
 import type { Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
-import { attachLoop } from './loop.ts';
-import { partition } from './partitions.ts';
+import { attachLoop } from './image/loop.ts';
+import { partition } from './image/partitions.ts';
 import { scoped } from '../pipeline/cleanup.ts';
-import type { Package } from './state.ts';
+import type { Package } from './image/state.ts';
 
 /** Installed packages from a dpkg status file (for the manifest). */
 export function parseDpkgStatus(text: string): Package[] {

@@ -3,10 +3,10 @@ import { scoped } from '../pipeline/cleanup.ts';
 import { UserError } from '../pipeline/errors.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { fsck } from './finalize.ts';
-import { attachLoop } from './loop.ts';
-import { partition, readLayout } from './partitions.ts';
-import { ext4Info, resizeRootPartition } from './resize.ts';
-import type { Layout } from './state.ts';
+import { attachLoop } from './image/loop.ts';
+import { partition, readLayout } from './image/partitions.ts';
+import { ext4Info, resizeRootPartition } from './image/resize.ts';
+import type { Layout } from './image/state.ts';
 
 const MiB = 2 ** 20;
 /** Always kept free while customizing: logs, apt lists, dpkg's temporary files. */

@@ -5,7 +5,7 @@ import { UserError } from '../pipeline/errors.ts';
 import { treeDigest } from '../pipeline/digest.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { bootDir, rootDir } from './attach.ts';
-import { renderTemplate, templateVars, TemplateError } from './template.ts';
+import { renderTemplate, templateVars, TemplateError } from '../pipeline/template.ts';
 
 /** The trees an overlay directory may hold, and where each goes. */
 const TREES = ['boot', 'rootfs'] as const;

@@ -2,12 +2,12 @@ import { formatBytes } from '../pipeline/config.ts';
 import { scoped } from '../pipeline/cleanup.ts';
 import { UserError } from '../pipeline/errors.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { readBootFile, writeBootFile } from './bootfs.ts';
-import { armFirstBoot, disarmFirstBoot, firstBootFor, formatCmdline, parseCmdline } from './cmdline.ts';
+import { readBootFile, writeBootFile } from './image/bootfs.ts';
+import { armFirstBoot, disarmFirstBoot, firstBootFor, formatCmdline, parseCmdline } from './image/cmdline.ts';
 import { fsck } from './finalize.ts';
-import { attachLoop } from './loop.ts';
-import { partition, readLayout } from './partitions.ts';
-import { ext4Info, resizeRootPartition } from './resize.ts';
+import { attachLoop } from './image/loop.ts';
+import { partition, readLayout } from './image/partitions.ts';
+import { ext4Info, resizeRootPartition } from './image/resize.ts';
 
 /** Below this gain a shrink is not worth a rewrite: shrinking a shrunk image changes nothing. */
 const MIN_GAIN = 4 * 2 ** 20;

@@ -17,7 +17,7 @@ import type { Compression } from '../pipeline/config.ts';
 import { CommandError, InterruptedError, UserError } from '../pipeline/errors.ts';
 import type { BuildState } from '../pipeline/stage.ts';
 import { compressStage, defaultName } from '../stages/compress.ts';
-import type { Download, Package, SystemInfo } from '../stages/state.ts';
+import type { Download, Package, SystemInfo } from '../stages/image/state.ts';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
 

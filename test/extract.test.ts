@@ -8,8 +8,8 @@ import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import type { Config } from '../pipeline/config.ts';
 import { detectFormat, extractStage, toolReason } from '../stages/extract.ts';
-import { SparseWriter } from '../stages/sparse-writer.ts';
-import type { Download } from '../stages/state.ts';
+import { SparseWriter } from '../stages/image/sparse-writer.ts';
+import type { Download } from '../stages/image/state.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
 import { assertNoWorkImage, assertSameSparseImage, assertUserError, IMAGE_NAME, makeBaseImages, sha256File, type BaseImages } from './helpers/base-images.ts';
 

@@ -6,8 +6,8 @@ import { UserError } from '../pipeline/errors.ts';
 import type { Config } from '../pipeline/config.ts';
 import { downloadPolicy, fetchStage, fileNameOf, parseSha256File, resolveRelease } from '../stages/fetch.ts';
 import { extractStage } from '../stages/extract.ts';
-import { downloadToPartial } from '../stages/download.ts';
-import { classify, pickRelease, walkOsList, osListItems } from '../stages/os-list.ts';
+import { downloadToPartial } from '../stages/sources/download.ts';
+import { classify, pickRelease, walkOsList, osListItems } from '../stages/sources/imager-os-list.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
 import { startServer, type TestServer } from './helpers/http-server.ts';
 import {

@@ -11,7 +11,7 @@ import { execa } from 'execa';
 import { attachStage } from '../stages/attach.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
-import { chrootStage } from '../stages/scripts.ts';
+import { chrootStage } from '../stages/chroot.ts';
 import { overlayStage } from '../stages/overlay.ts';
 import { TEST_CACHE } from './fixtures/debian-image.ts';
 import { ADMIN_HASH } from './fixtures/piseduce-standin.ts';

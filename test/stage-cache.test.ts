@@ -13,7 +13,7 @@ import { runPipeline } from '../pipeline/runner.ts';
 import type { BuildState, Pipeline, Stage } from '../pipeline/stage.ts';
 import { treeDigest } from '../pipeline/digest.ts';
 import { chainKeys, StageCache } from '../pipeline/stage-cache.ts';
-import { scriptEnv } from '../stages/scripts.ts';
+import { scriptEnv } from '../stages/chroot.ts';
 import { debianImage } from './fixtures/debian-image.ts';
 import { sha256File } from './helpers/base-images.ts';
 import { scratch, testConfig } from './helpers/build.ts';

@@ -1,16 +1,16 @@
 /** The pure pieces: no root, no image, fast. */
 import test from 'ava';
 import { parseIpv4Cidr, parseHostname, isPublicKey, parseGitSource } from '../pipeline/validate.ts';
-import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../stages/cmdline.ts';
-import { diffSnapshots } from '../stages/bootfs.ts';
-import { rewriteSources } from '../stages/chroot.ts';
-import { elfArch, registrationLine } from '../stages/emulation.ts';
+import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../stages/image/cmdline.ts';
+import { diffSnapshots } from '../stages/image/bootfs.ts';
+import { rewriteSources } from '../stages/chroot/environment.ts';
+import { elfArch, registrationLine } from '../stages/chroot/emulation.ts';
 import { imageBaseName } from '../stages/files.ts';
-import { parseLayout } from '../stages/partitions.ts';
-import { resizeInDump } from '../stages/resize.ts';
+import { parseLayout } from '../stages/image/partitions.ts';
+import { resizeInDump } from '../stages/image/resize.ts';
 import { shrinkTarget } from '../stages/shrink.ts';
-import { bootMountOf, parseOsRelease } from '../stages/system.ts';
-import { renderTemplate } from '../stages/template.ts';
+import { bootMountOf, parseOsRelease } from '../stages/image/system.ts';
+import { renderTemplate } from '../pipeline/template.ts';
 import { elfHeader } from './fixtures/tiny-image.ts';
 
 test('IPv4 address and prefix', (t) => {

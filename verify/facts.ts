@@ -6,7 +6,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseIpv4Cidr, type Ipv4Cidr } from '../pipeline/validate.ts';
-import { readInRoot } from '../stages/system.ts';
+import { readInRoot } from '../stages/image/system.ts';
 
 export interface StaticAddress extends Ipv4Cidr {
   interface: string;

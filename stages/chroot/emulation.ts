@@ -6,8 +6,8 @@
  */
 import { closeSync, existsSync, openSync, readFileSync, readSync, readlinkSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, posix } from 'node:path';
-import { UserError } from '../pipeline/errors.ts';
-import type { BuildContext } from '../pipeline/stage.ts';
+import { UserError } from '../../pipeline/errors.ts';
+import type { BuildContext } from '../../pipeline/stage.ts';
 
 export type Arch = 'arm64' | 'armhf' | 'amd64' | 'i386' | 'unknown';
 

@@ -7,12 +7,12 @@
 import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { UserError } from '../pipeline/errors.ts';
-import type { RunOptions, RunResult } from '../pipeline/commands.ts';
-import type { BuildContext } from '../pipeline/stage.ts';
-import { rootDir } from './attach.ts';
+import { UserError } from '../../pipeline/errors.ts';
+import type { RunOptions, RunResult } from '../../pipeline/commands.ts';
+import type { BuildContext } from '../../pipeline/stage.ts';
+import { rootDir } from '../attach.ts';
 import { ensureBinfmt, type Arch } from './emulation.ts';
-import { mount } from './loop.ts';
+import { mount } from '../image/loop.ts';
 
 const SAVED = '.build-image-saved';
 /** Inside the image, on a tmpfs: scripts and files staged for them, gone after the build. */

@@ -3,8 +3,8 @@
  * by offset and size: `losetup -P` partition nodes do not appear in many containers.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CommandError } from '../pipeline/errors.ts';
-import type { BuildContext } from '../pipeline/stage.ts';
+import { CommandError } from '../../pipeline/errors.ts';
+import type { BuildContext } from '../../pipeline/stage.ts';
 
 /** Retry a command that fails while the kernel is still letting go of a device (EBUSY). */
 async function retry<T>(attempts: number, fn: () => Promise<T>): Promise<T> {

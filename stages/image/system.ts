@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { firstBootFor, firstBootOf, parseCmdline } from './cmdline.ts';
-import { imageArch } from './emulation.ts';
+import { imageArch } from '../chroot/emulation.ts';
 import type { Network, SystemInfo } from './state.ts';
 
 export function parseOsRelease(text: string): Record<string, string> {

@@ -9,7 +9,7 @@
 import { closeSync, openSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
-import { READ_CHUNK } from './sparse-writer.ts';
+import { READ_CHUNK } from '../image/sparse-writer.ts';
 
 
 export class GrowingFile {

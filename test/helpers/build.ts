@@ -6,7 +6,7 @@ import { defaultConfig, type Config } from '../../pipeline/config.ts';
 import { QuietReporter } from '../../pipeline/report.ts';
 import { runPipeline, type BuildResult } from '../../pipeline/runner.ts';
 import type { BuildState, Stage } from '../../pipeline/stage.ts';
-import '../../stages/state.ts';
+import '../../stages/image/state.ts';
 
 /** A fresh directory under /tmp for one test (work, cache and out live inside it). */
 export function scratch(prefix = 'build-image-test-'): string {
