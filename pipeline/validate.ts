@@ -50,14 +50,20 @@ export function parseInterface(raw: string): string {
 
 const KEY_TYPES = ['ssh-ed25519', 'ssh-rsa', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ecdsa-sha2-nistp521', 'sk-ssh-ed25519@openssh.com', 'sk-ecdsa-sha2-nistp256@openssh.com'];
 
-/** One OpenSSH public key line: its type, and a base64 blob that itself starts with that type. */
+/**
+ * One OpenSSH public key line: a key type, then a base64 blob that itself starts with that type,
+ * optionally after options (which may quote spaces) and before a comment (which may be one word).
+ */
 export function isPublicKey(line: string): boolean {
-  const m = /^(?:\S+\s+)?(\S+)\s+([A-Za-z0-9+/]+={0,2})(?:\s.*)?$/.exec(line.trim());
-  if (!m || !KEY_TYPES.includes(m[1]!)) return false;
-  const blob = Buffer.from(m[2]!, 'base64');
-  if (blob.length < 4) return false;
-  const n = blob.readUInt32BE(0);
-  return blob.subarray(4, 4 + n).toString('latin1') === m[1];
+  const words = line.trim().split(/\s+/);
+  return words.some((type, i) => KEY_TYPES.includes(type) && blobType(words[i + 1]) === type);
+}
+
+function blobType(word: string | undefined): string | undefined {
+  if (!word || !/^[A-Za-z0-9+/]+={0,2}$/.test(word)) return undefined;
+  const blob = Buffer.from(word, 'base64');
+  if (blob.length < 4) return undefined;
+  return blob.subarray(4, 4 + blob.readUInt32BE(0)).toString('latin1');
 }
 
 /** A file of OpenSSH public keys (authorized_keys format); returns its absolute path. */

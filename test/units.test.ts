@@ -34,6 +34,8 @@ test('OpenSSH public keys: the blob must carry its own type', (t) => {
   };
   t.true(isPublicKey(`ssh-ed25519 ${blob('ssh-ed25519')} me@host`));
   t.true(isPublicKey(`no-pty ssh-rsa ${blob('ssh-rsa')}`));
+  t.true(isPublicKey(`ssh-ed25519 ${blob('ssh-ed25519')} laptop`), 'a one-word comment (ssh-keygen -C laptop)');
+  t.true(isPublicKey(`from="10.0.0.0/8",command="echo a b" ssh-ed25519 ${blob('ssh-ed25519')} laptop`), 'options with quoted spaces');
   t.false(isPublicKey(`ssh-ed25519 ${blob('ssh-rsa')}`), 'type and blob disagree');
   t.false(isPublicKey('ssh-ed25519 not-base64!'));
   t.false(isPublicKey('-----BEGIN OPENSSH PRIVATE KEY-----'));

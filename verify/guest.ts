@@ -89,7 +89,8 @@ export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Gu
     '-drive', `file=${spec.image},format=raw,if=none,id=disk,cache=unsafe`,
     '-device', 'virtio-blk-pci,drive=disk',
     '-netdev', ['user', 'id=net', 'restrict=on', ...userNetwork(spec.address), ...forwards].join(','),
-    '-device', 'virtio-net-pci,netdev=net',
+    // No option ROM: the kernel is loaded directly, and the ROM's package (ipxe-qemu) may be absent.
+    '-device', 'virtio-net-pci,netdev=net,romfile=',
     '-device', 'virtio-rng-pci',
   ];
   const subprocess = ctx.commands.spawn(qemu, args);
