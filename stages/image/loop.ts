@@ -2,6 +2,8 @@
  * Loop devices and mounts, each undone through the build's clean-up stack. Partitions are attached
  * by offset and size: `losetup -P` partition nodes do not appear in many containers.
  */
+import { existsSync } from 'node:fs';
+import { basename } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CommandError } from '../../pipeline/errors.ts';
 import type { BuildContext } from '../../pipeline/stage.ts';
@@ -29,9 +31,21 @@ export async function attachLoop(ctx: BuildContext, image: string, part: { offse
     ctx.run('losetup', ['--find', '--show', '--offset', String(part.offset), '--sizelimit', String(part.size), image], { uncancellable: true }),
   );
   const device = stdout.trim();
-  ctx.defer(`detach ${device}`, () => retry(10, () => ctx.run('losetup', ['--detach', device], { uncancellable: true })));
+  ctx.defer(`detach ${device}`, async () => {
+    await retry(10, () => ctx.run('losetup', ['--detach', device], { uncancellable: true }));
+    await detached(device);
+  });
   ctx.signal.throwIfAborted();
   return device;
+}
+
+/**
+ * A device still held for a moment (a filesystem just unmounted) is only marked for detaching
+ * by `losetup --detach`: wait until it has let go of its file, so that none outlives the build.
+ */
+async function detached(device: string): Promise<void> {
+  const backing = `/sys/block/${basename(device)}/loop/backing_file`;
+  for (let i = 0; i < 100 && existsSync(backing); i++) await sleep(100);
 }
 
 export async function mount(ctx: BuildContext, source: string, target: string, args: readonly string[] = []): Promise<void> {
