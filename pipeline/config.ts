@@ -70,15 +70,21 @@ export function parseSize(raw: string): number {
   return Math.round(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!);
 }
 
+/**
+ * An http(s) URL, as the parser reads it: it goes into apt's configuration and sources, where a
+ * quote, a space or a line break would add options or sources of the user's value's choosing.
+ */
 function httpUrl(raw: string): string {
+  const bad = 'an http(s) URL such as http://127.0.0.1:3142 (no quotes, spaces or control characters)';
+  if (/["'`\\\s\x00-\x1f\x7f]/.test(raw)) throw bad;
   let url: URL;
   try {
     url = new URL(raw);
   } catch {
-    throw 'an http(s) URL such as http://127.0.0.1:3142';
+    throw bad;
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw 'an http(s) URL such as http://127.0.0.1:3142';
-  return raw.replace(/\/+$/, '');
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw bad;
+  return url.href.replace(/\/+$/, '');
 }
 
 const oneOf = (values: readonly string[]) => (raw: string) => {

@@ -143,6 +143,17 @@ test('configuration errors name the key, the value and what is allowed', (t) => 
   t.is(bad({ name: 'x' }), '--name: not an option of `customize` (see `build-image customize --help`)');
 });
 
+test('--apt-proxy and --apt-mirror: the parsed URL, and no quote, space or line break that would add apt options or sources', (t) => {
+  const apt: ConfigKey[] = ['apt-proxy', 'apt-mirror'];
+  const resolve = (flags: Record<string, unknown>) => resolveConfig(apt, { flags }, 'customize');
+  t.is(resolve({ 'apt-mirror': 'HTTP://Mirror.Example/debian/' })['apt-mirror'], 'http://mirror.example/debian');
+  t.is(resolve({ 'apt-proxy': 'http://127.0.0.1:3142' })['apt-proxy'], 'http://127.0.0.1:3142');
+  for (const value of ['http://p:3142";\nAPT::Update::Pre-Invoke {"touch /tmp/owned";};//', 'http://p:3142/ bookworm main\ndeb [trusted=yes] http://evil/ x', "http://p/'x", 'http://p/a b', 'http://p/\tx']) {
+    const error = t.throws(() => resolve({ 'apt-proxy': value }), { instanceOf: ConfigError }, value)!;
+    t.regex(error.message, /^--apt-proxy ".*" is invalid: expected an http\(s\) URL such as http:\/\/127\.0\.0\.1:3142 \(no quotes, spaces or control characters\)$/);
+  }
+});
+
 test('sizes', (t) => {
   t.is(parseSize('512M'), 512 * 2 ** 20);
   t.is(parseSize('1.5G'), 1.5 * 2 ** 30);
