@@ -5,7 +5,7 @@ import { CommandError, UserError } from '../pipeline/errors.ts';
 import { treeDigest } from '../pipeline/digest.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
-import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot/environment.ts';
+import { chrootArgs, chrootRun, enterChroot, RESTORE_IMAGE_FILES, STAGING, stagedFiles } from './chroot/environment.ts';
 
 /**
  * The settings as environment variables of every script (those that can change what the image
@@ -13,7 +13,8 @@ import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from './chro
  * and a BUILD_ prefix (BUILD_ARCH, BUILD_HOSTNAME, ...), lists space-separated, switches
  * "true"/"false", values derived from them (BUILD_IP_ADDRESS, BUILD_IP_PREFIX, BUILD_IP_NETWORK,
  * BUILD_IP_NETMASK), what attach found (BUILD_CODENAME, BUILD_BOOT_MOUNT, BUILD_NETWORK), and
- * BUILD_PIPELINE and BUILD_STAGING (the directory of staged files inside the image).
+ * BUILD_PIPELINE, BUILD_STAGING (the directory of staged files inside the image) and
+ * BUILD_RESTORE_IMAGE_FILES (run it on a copy of the root: see RESTORE_IMAGE_FILES).
  */
 export function scriptEnv(config: Config, ctx: Pick<BuildContext, 'state' | 'pipeline'>): Record<string, string> {
   const env: Record<string, string> = {};
@@ -26,6 +27,7 @@ export function scriptEnv(config: Config, ctx: Pick<BuildContext, 'state' | 'pip
   if (system) Object.assign(env, { BUILD_CODENAME: system.codename, BUILD_BOOT_MOUNT: system.bootMount, BUILD_NETWORK: system.network });
   env.BUILD_PIPELINE = ctx.pipeline;
   env.BUILD_STAGING = STAGING;
+  env.BUILD_RESTORE_IMAGE_FILES = RESTORE_IMAGE_FILES;
   return env;
 }
 

@@ -378,6 +378,7 @@ export const compressStage: Stage = {
       base: download ? { source: download.source, url: download.url ?? null, sha256: download.sha256, releaseDate: download.releaseDate ?? null } : null,
       release: ctx.state.system?.codename ?? null,
       arch: ctx.config.arch,
+      init_format: ctx.state.system?.initFormat ?? null,
       image: { file: `${name}.img`, size, sha256: imageSha256, bmap: basename(bmap) },
       outputs: outputs.map((o) => ({ format: o.format, file: basename(o.path), size: o.size, sha256: o.sha256 })),
       config: ctx.config,

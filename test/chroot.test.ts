@@ -10,15 +10,25 @@ import { processesIn } from '../stages/chroot/environment.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { chrootStage } from '../stages/chroot.ts';
-import { debianImage, TEST_CACHE, type FixtureArch } from './fixtures/debian-image.ts';
+import { DEBIAN_MIRROR, debianImage, TEST_CACHE, type FixtureArch } from './fixtures/debian-image.ts';
+import { raspiosLite } from './fixtures/raspios-image.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
 import { startAptRelay } from './helpers/apt-relay.ts';
 import { loopsOn, mountsUnder } from './helpers/leaks.ts';
 
+/**
+ * arm64: the plain fixture. armhf: the Raspbian look-alike, whose own archive cannot be reached
+ * from here: --apt-mirror points it at the Debian mirror.
+ */
+const FIXTURES = {
+  arm64: { image: () => debianImage('arm64'), mirror: undefined, preload: '/usr/lib/libarmmem-fixture.so' },
+  armhf: { image: () => raspiosLite('bookworm', 'armhf'), mirror: DEBIAN_MIRROR, preload: '/usr/lib/arm-linux-gnueabihf/libarmmem-${PLATFORM}.so' },
+};
+
 /** A private, sparse copy of the cached fixture. */
 async function fixtureCopy(dir: string, arch: FixtureArch): Promise<string> {
   const image = join(dir, 'image.img');
-  await execa('cp', ['--sparse=always', await debianImage(arch), image]);
+  await execa('cp', ['--sparse=always', await FIXTURES[arch].image(), image]);
   return image;
 }
 
@@ -52,7 +62,7 @@ for (const arch of ['arm64', 'armhf'] as const) {
     const image = await fixtureCopy(dir, arch);
     // resolv.conf as systemd-resolved leaves it (Ubuntu-like): the chroot must put the link back.
     await rootFile(image, 'rm /etc/resolv.conf\nsymlink /etc/resolv.conf ../run/systemd/resolve/stub-resolv.conf\n', true);
-    const config = testConfig(dir, { arch, cache: TEST_CACHE, script: [script(dir, '10-hello.sh', INSTALL)] });
+    const config = testConfig(dir, { arch, cache: TEST_CACHE, script: [script(dir, '10-hello.sh', INSTALL)], 'apt-mirror': FIXTURES[arch].mirror });
     await runStages([growStage, attachStage, chrootStage(), finalizeStage], config, { image });
     const log = logsOf(config);
     t.regex(log, /Hello, world!/);
@@ -63,12 +73,13 @@ for (const arch of ['arm64', 'armhf'] as const) {
 
     t.regex(await rootFile(image, 'stat /usr/bin/hello'), /Type: regular/);
     t.regex(await rootFile(image, 'stat /etc/resolv.conf'), /Type: symlink[\s\S]*Fast link dest: "..\/run\/systemd\/resolve\/stub-resolv.conf"/);
-    t.is((await rootFile(image, 'cat /etc/ld.so.preload')).trim(), '/usr/lib/libarmmem-fixture.so');
+    t.is((await rootFile(image, 'cat /etc/ld.so.preload')).trim(), FIXTURES[arch].preload);
     for (const gone of ['/usr/sbin/policy-rc.d', '/etc/dpkg/dpkg.cfg.d/zz-build-image', '/etc/apt/apt.conf.d/zz-build-image', '/run/build-image']) {
       t.regex(await rootFile(image, `stat ${gone}`), /File not found/, `${gone} is gone`);
     }
     t.notRegex(await rootFile(image, 'ls /var/cache/apt/archives'), /\.deb/, 'no package stays in the image');
-    t.true(readdirSync(join(TEST_CACHE, 'apt', `bookworm-${arch}`)).some((f) => /^hello_.*\.deb$/.test(f)), 'the package is in the host cache');
+    const caches = readdirSync(join(TEST_CACHE, 'apt')).filter((d) => d.startsWith(`bookworm-${arch}-`));
+    t.true(caches.some((d) => readdirSync(join(TEST_CACHE, 'apt', d)).some((f) => /^hello_.*\.deb$/.test(f))), 'the package is in the host cache, under its archive');
   });
 }
 
@@ -141,6 +152,18 @@ test.serial('--apt-mirror and --apt-proxy: apt goes through them while building;
   await runStages([attachStage, chrootStage(), finalizeStage], proxy, { image });
   t.true(relay.requests.some((r) => /^http:\/\/deb\.debian\.org\/debian\/dists\/bookworm\/InRelease$/.test(r)), relay.requests.join('\n'));
   t.notRegex(await rootFile(image, 'ls /etc/apt/apt.conf.d'), /zz-build-image/, 'no proxy setting stays');
+});
+
+test.serial('--apt-mirror on an image whose sources name no Debian or Raspbian archive: one line, nothing left behind', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = await fixtureCopy(dir, 'arm64');
+  await rootFile(image, 'cd /etc/apt\nrm sources.list\nwrite /dev/null sources.list\n', true);
+  const config = testConfig(dir, { cache: TEST_CACHE, script: [script(dir, '10-true.sh', 'true')], 'apt-mirror': 'http://127.0.0.1:9/debian' });
+  const error = await t.throwsAsync(runStages([attachStage, chrootStage(), finalizeStage], config, { image }));
+  t.is(error!.message, "--apt-mirror http://127.0.0.1:9/debian: the image's apt sources name no Debian or Raspbian archive to replace (they name: none); leave --apt-mirror out, or use --apt-proxy");
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
 });
 
 test.serial('--shell-on-error opens a shell inside the image where a script failed (in a real terminal, tmux)', async (t) => {

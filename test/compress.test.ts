@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createGunzip } from 'node:zlib';
+import { Ajv } from 'ajv';
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { extract } from 'tar-stream';
@@ -39,6 +40,7 @@ const system: SystemInfo = {
   bootMount: '/boot/firmware',
   network: 'NetworkManager',
   firstBoot: 'firstboot',
+  initFormat: 'systemd',
 };
 const packages: Package[] = [
   { name: 'base-files', version: '12.4+rpi1', arch: 'arm64' },
@@ -218,6 +220,7 @@ test("os-list.json: Raspberry Pi Imager's entry for the image, from its manifest
   const entry = {
     name: 'pi (64-bit)',
     description: 'Raspberry Pi OS bookworm, customized by build-image.',
+    icon: 'https://downloads.raspberrypi.com/raspios_arm64/Raspberry_Pi_OS_(64-bit).png',
     url: 'pi.img.xz',
     release_date: manifest.created.slice(0, 10),
     extract_size: statSync(image).size,
@@ -227,7 +230,11 @@ test("os-list.json: Raspberry Pi Imager's entry for the image, from its manifest
     init_format: 'systemd',
     devices: ['pi5-64bit', 'pi4-64bit', 'pi3-64bit'],
   };
-  t.deepEqual(JSON.parse(readFileSync(join(out, 'os-list.json'), 'utf8')), { os_list: [entry] });
+  const list = JSON.parse(readFileSync(join(out, 'os-list.json'), 'utf8'));
+  t.deepEqual(list, { os_list: [entry] });
+  const validate = new Ajv({ allErrors: true }).compile(JSON.parse(readFileSync(new URL('./fixtures/imager-os-list.schema.json', import.meta.url), 'utf8')));
+  t.true(validate(list), JSON.stringify(validate.errors));
+  t.false(validate({ os_list: [{ ...entry, icon: undefined, devices: ['pi4'] }] }), 'the schema does catch a missing icon and bad device tags');
 
   const dir = setup(t);
   for (const f of ['pi.manifest.json', 'pi.img.xz']) copyFileSync(join(out, f), join(dir, f));

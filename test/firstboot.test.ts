@@ -91,7 +91,7 @@ async function firstBoot(dir: string, built: string, bootFiles: Record<string, s
 }
 
 test('first boot makes every per-device secret, two pimasters share none, and a second run changes nothing', async (t) => {
-  const build = await pimasterBuild('arm64');
+  const build = await pimasterBuild('bookworm-arm64');
   const a = scratch();
   const b = scratch();
   t.teardown(() => {

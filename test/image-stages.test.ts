@@ -157,6 +157,17 @@ test('an unknown template variable is an error naming it; the image is detached'
   t.deepEqual(mountsUnder(dir), []);
 });
 
+test("an image whose os-release names a release that is no name (a path) is refused before it names a cache directory", async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { rootFiles: { 'etc/os-release': 'ID=debian\nVERSION_CODENAME=../../../../tmp/escape\n' } });
+  const error = await t.throwsAsync(runStages([attachStage, finalizeStage], testConfig(dir), { image }));
+  t.is(error!.message, 'the image\'s os-release gives the release "../../../../tmp/escape", which is not a release name (lower-case letters, digits, "-"): is this a Raspberry Pi OS or Debian image?');
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
+});
+
 test('an image whose architecture does not match --arch is refused, from its own /bin/sh', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));

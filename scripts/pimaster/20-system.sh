@@ -25,6 +25,20 @@ if id pi >/dev/null 2>&1; then
 fi
 rm -f /etc/sudoers.d/010_pi-nopasswd
 
+# Raspberry Pi OS asks at the first boot which user to rename (userconf-pi), and waits for an
+# answer: the pimaster has no such user. Cancel the rename as cancel-rename does.
+if [ -e /usr/lib/systemd/system/userconfig.service ] || [ -e /lib/systemd/system/userconfig.service ]; then
+  systemctl disable userconfig.service
+  systemctl enable getty@tty1.service
+fi
+rm -f /etc/ssh/sshd_config.d/rename_user.conf
+
+# cloud-init (trixie) makes the release's default user at the first boot unless the boot
+# partition's user-data names one (Raspberry Pi Imager's `user:`): none otherwise.
+if [ -d /etc/cloud/cloud.cfg.d ]; then
+  printf '# pimaster: no default user unless user-data names one (user:)\nusers: []\n' > /etc/cloud/cloud.cfg.d/90-pimaster.cfg
+fi
+
 # The static address on the cluster interface.
 case "$BUILD_NETWORK" in
   NetworkManager)
@@ -35,6 +49,8 @@ id=pimaster-$BUILD_INTERFACE
 type=ethernet
 interface-name=$BUILD_INTERFACE
 autoconnect=true
+# Above any profile added for this interface later (cloud-init's have 120, Imager's DHCP none).
+autoconnect-priority=999
 
 [ipv4]
 method=manual
@@ -55,7 +71,7 @@ NM
     ;;
 esac
 
-systemctl enable ssh.service dnsmasq.service nfs-server.service rsyslog.service pimaster-nat.service pimaster-firstboot.service
+systemctl enable ssh.service dnsmasq.service nfs-server.service rsyslog.service pimaster-nat.service pimaster-firstboot.service pimaster-first-user.service
 
 # No wifi network ships in the image.
 wpa=/etc/wpa_supplicant/wpa_supplicant.conf

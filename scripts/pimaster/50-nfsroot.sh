@@ -4,6 +4,9 @@ nfs=/nfs/raspi
 mkdir -p "$nfs"
 rsync -xaHAX --delete --exclude /nfs --exclude /tftpboot --exclude /root/environments \
   --exclude /root/piseduce_webui --exclude /root/piseduce_agent --exclude "$BUILD_STAGING" / "$nfs/"
+# The copy is of the image as it ships, not as the build has it (the host's DNS, no services
+# starting, the build's apt and dpkg settings, the image's ld.so.preload set aside).
+"$BUILD_RESTORE_IMAGE_FILES" "$nfs"
 
 echo nfspi > "$nfs/etc/hostname"
 sed -i -E "s/^127\.0\.1\.1.*/127.0.1.1\tnfspi/" "$nfs/etc/hosts"
@@ -22,11 +25,17 @@ if [ -f "$nfs/etc/dhcpcd.conf" ]; then
 fi
 
 # The node runs sshd by itself (the boot-partition ssh switch never fires over the network) and
-# none of the pimaster's services; its host keys are not regenerated at each node's boot.
+# none of the pimaster's services; its host keys are not regenerated at each node's boot; nothing
+# that grows a root filesystem (a node's is NFS), asks for a user, or reads a cloud-init seed.
 systemctl --root="$nfs" enable ssh.service
-for unit in dnsmasq.service nfs-server.service pimaster-firstboot.service pimaster-nat.service \
+for unit in dnsmasq.service nfs-server.service pimaster-firstboot.service pimaster-first-user.service pimaster-nat.service \
             webui.service agent_api.service agent_exec.service regenerate_ssh_host_keys.service \
-            sshswitch.service rpi-resize.service; do
+            sshswitch.service rpi-resize.service userconfig.service; do
   systemctl --root="$nfs" disable "$unit" 2>/dev/null || true
   systemctl --root="$nfs" mask "$unit" 2>/dev/null || true
 done
+# resize2fs_once (bookworm) is a SysV script: it would fail at every node boot and stay.
+rm -f "$nfs/etc/init.d/resize2fs_once" "$nfs"/etc/rc?.d/[SK][0-9][0-9]resize2fs_once
+if [ -d "$nfs/etc/cloud" ]; then
+  touch "$nfs/etc/cloud/cloud-init.disabled"
+fi

@@ -5,10 +5,11 @@
  * to the image's own files is undone on the way out, so none of it stays in the finished image.
  */
 import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../pipeline/errors.ts';
-import type { RunOptions, RunResult } from '../../pipeline/commands.ts';
+import { quote, type RunOptions, type RunResult } from '../../pipeline/commands.ts';
 import type { BuildContext } from '../../pipeline/stage.ts';
 import { rootDir } from '../attach.ts';
 import { ensureBinfmt, type Arch } from './emulation.ts';
@@ -40,7 +41,7 @@ function present(path: string): boolean {
 }
 
 /** Put `content` at `path` in the image for the build (or just move the file aside when null), restored after. */
-export function swapFile(ctx: BuildContext, root: string, path: string, content: string | null, mode = 0o644): void {
+function swapFile(ctx: BuildContext, root: string, path: string, content: string | null, mode = 0o644): void {
   const file = join(root, path);
   const saved = `${file}${SAVED}`;
   const had = present(file);
@@ -53,11 +54,64 @@ export function swapFile(ctx: BuildContext, root: string, path: string, content:
     rmSync(file, { force: true });
     if (had) renameSync(saved, file);
   });
+  swapped(ctx).push(path);
 }
 
-/** Point every Debian archive URL (`.../debian`, one-line or deb822 sources) at `mirror`. */
+/** The paths swapFile changed in this chroot session. */
+const swapped = (ctx: BuildContext): string[] => {
+  if (!ctx.resources.has('chroot-swaps')) ctx.resources.set('chroot-swaps', []);
+  return ctx.resources.get('chroot-swaps') as string[];
+};
+
+/**
+ * The command scripts run on a copy of the image's root (an NFS root made with rsync of /) to put
+ * the image's own files back where the build has swapped in its temporary ones: the copy gets the
+ * image as it will ship, not the host's DNS, a no-service policy or the build's apt settings.
+ */
+export const RESTORE_IMAGE_FILES = `${STAGING}/bin/restore-image-files`;
+
+function writeRestoreCommand(ctx: BuildContext, root: string): void {
+  const lines = swapped(ctx).map((path) => `restore ${quote(`/${path}`)}`);
+  const script = [
+    '#!/bin/sh -e',
+    '# Written by build-image for this build: in DIR, a copy of the image\'s root, the files the build',
+    '# swapped in for its own use become the image\'s own again.',
+    'dir=${1:?usage: restore-image-files DIR}',
+    `restore() { if [ -e "$dir$1${SAVED}" ] || [ -L "$dir$1${SAVED}" ]; then mv -f "$dir$1${SAVED}" "$dir$1"; else rm -f "$dir$1"; fi; }`,
+    ...lines,
+    '',
+  ].join('\n');
+  const file = join(root, RESTORE_IMAGE_FILES.slice(1));
+  mkdirSync(dirname(file), { recursive: true });
+  writeFileSync(file, script, { mode: 0o755 });
+}
+
+/**
+ * Point the image's distribution archive at `mirror`, in one-line or deb822 sources: Debian's
+ * (`.../debian`) or, on Raspbian images, Raspbian's (`.../raspbian`). The Raspberry Pi archive
+ * (archive.raspberrypi.com/debian) and the security archive (`.../debian-security`) are not the
+ * distribution and stay as they are.
+ */
 export function rewriteSources(text: string, mirror: string): string {
-  return text.replace(/\bhttps?:\/\/\S+?\/debian\/?(?=\s|$)/gm, mirror);
+  return text.replace(/\bhttps?:\/\/[^\s\]]+/g, (url) => (isDistributionArchive(url) ? mirror : url));
+}
+
+function isDistributionArchive(url: string): boolean {
+  const { hostname, pathname } = new URL(url);
+  if (/\/raspbian\/?$/.test(pathname)) return true;
+  return /\/debian\/?$/.test(pathname) && !/(^|\.)raspberrypi\.(com|org)$/.test(hostname);
+}
+
+/** The archive URLs that sources (one-line `deb` lines or deb822 `URIs:`) name. */
+export function archivesOf(text: string): string[] {
+  const urls: string[] = [];
+  for (const line of text.split('\n')) {
+    const oneLine = /^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)/.exec(line);
+    const deb822 = /^URIs:\s*(.+)$/i.exec(line);
+    if (oneLine) urls.push(oneLine[1]!);
+    if (deb822) urls.push(...deb822[1]!.trim().split(/\s+/));
+  }
+  return urls;
 }
 
 /** Processes whose root directory is inside the image (daemons a package started anyway). */
@@ -130,6 +184,7 @@ export interface ChrootOptions {
 /** Prepare the attached image for running its own programs. Undone by the clean-up stack. */
 export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}): Promise<void> {
   const root = rootDir(ctx.paths.work);
+  ctx.resources.set('chroot-swaps', []);
   const system = ctx.state.system;
   if (!system) throw new UserError('chroot: the image is not attached; run from attach or earlier');
   const arch = system.arch as Arch;
@@ -142,8 +197,25 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   await mount(ctx, '/sys', join(root, 'sys'), ['--bind']);
   await mount(ctx, 'tmpfs', join(root, 'run'), ['-t', 'tmpfs', '-o', 'mode=0755']);
 
+  // The apt sources as the build's apt will see them: the distribution archive at --apt-mirror.
+  const lists = ['etc/apt/sources.list', ...listDir(root, 'etc/apt/sources.list.d').filter((f) => /\.(list|sources)$/.test(f))].filter((f) => existsSync(join(root, f)));
+  const sources = new Map(lists.map((list) => [list, readFileSync(join(root, list), 'utf8')]));
+  if (options.aptMirror) {
+    let matched = false;
+    for (const [list, text] of sources) {
+      matched ||= archivesOf(text).some(isDistributionArchive);
+      const rewritten = rewriteSources(text, options.aptMirror);
+      if (rewritten === text) continue;
+      sources.set(list, rewritten);
+      swapFile(ctx, root, list, rewritten);
+    }
+    const named = [...new Set([...sources.values()].flatMap(archivesOf))].join(', ') || 'none';
+    if (!matched) throw new UserError(`--apt-mirror ${options.aptMirror}: the image's apt sources name no Debian or Raspbian archive to replace (they name: ${named}); leave --apt-mirror out, or use --apt-proxy`);
+  }
+  // Packages of the same name differ between archives (Raspbian's armhf is not Debian's): one cache each.
+  const archiveKey = createHash('sha256').update([...new Set([...sources.values()].flatMap(archivesOf))].sort().join('\n')).digest('hex').slice(0, 8);
   const archives = join(ctx.paths.work, 'apt-archives');
-  shareAptCache(ctx, join(ctx.paths.cache, 'apt', `${system.codename}-${arch}`), archives);
+  shareAptCache(ctx, join(ctx.paths.cache, 'apt', `${system.codename}-${arch}-${archiveKey}`), archives);
   mkdirSync(join(root, 'var/cache/apt/archives'), { recursive: true });
   await mount(ctx, archives, join(root, 'var/cache/apt/archives'), ['--bind']);
 
@@ -152,18 +224,20 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   swapFile(ctx, root, 'usr/sbin/policy-rc.d', '#!/bin/sh\n# build-image: no service starts while the image is built\nexit 101\n', 0o755);
   // Unsafe I/O only while building; files an overlay put in place win over a package's defaults.
   swapFile(ctx, root, 'etc/dpkg/dpkg.cfg.d/zz-build-image', `${options.unsafeIo === false ? '' : 'force-unsafe-io\n'}force-confdef\nforce-confold\n`);
-  const apt = ['APT::Keep-Downloaded-Packages "true";', 'Binary::apt::APT::Keep-Downloaded-Packages "true";'];
+  const apt = [
+    'APT::Keep-Downloaded-Packages "true";',
+    'Binary::apt::APT::Keep-Downloaded-Packages "true";',
+    // The build installs for the image's own architecture: the indexes of foreign ones (armhf on
+    // a Raspberry Pi OS arm64 image) would double the download. The image keeps its setting.
+    `APT::Architectures { "${arch}"; };`,
+    // Package descriptions in other languages are for people, not for the build.
+    'Acquire::Languages "none";',
+    'Acquire::Retries "3";',
+  ];
   if (options.aptProxy) apt.push(`Acquire::http::Proxy "${options.aptProxy}";`);
   swapFile(ctx, root, 'etc/apt/apt.conf.d/zz-build-image', `${apt.join('\n')}\n`);
-  if (options.aptMirror) {
-    const lists = ['etc/apt/sources.list', ...listDir(root, 'etc/apt/sources.list.d').filter((f) => /\.(list|sources)$/.test(f))];
-    for (const list of lists) {
-      const text = readFileSync(join(root, list), 'utf8');
-      const rewritten = rewriteSources(text, options.aptMirror);
-      if (rewritten !== text) swapFile(ctx, root, list, rewritten);
-    }
-  }
   mkdirSync(join(root, STAGING.slice(1), 'scripts'), { recursive: true });
+  writeRestoreCommand(ctx, root);
   if (options.files && existsSync(options.files)) {
     mkdirSync(join(root, STAGING.slice(1), 'files'));
     await mount(ctx, options.files, join(root, STAGING.slice(1), 'files'), ['--bind', '-o', 'ro']);

@@ -56,6 +56,11 @@ export interface SystemInfo {
   bootMount: string;
   network: Network;
   firstBoot: FirstBootResize;
+  /**
+   * How Raspberry Pi Imager customises it (os-list.json's init_format): a cloud-init seed on the
+   * boot partition where cloud-init is installed (trixie), else firstrun.sh run by systemd.run=.
+   */
+  initFormat: 'cloudinit-rpi' | 'systemd';
 }
 
 export interface Package {

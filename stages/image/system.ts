@@ -1,6 +1,7 @@
 /** What the image's own files say about it: release, boot mount point, networking, first boot. */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { UserError } from '../../pipeline/errors.ts';
 import { firstBootFor, firstBootOf, parseCmdline } from './cmdline.ts';
 import { imageArch } from '../chroot/emulation.ts';
 import type { Network, SystemInfo } from './state.ts';
@@ -36,6 +37,8 @@ export function readInRoot(root: string, ...candidates: string[]): string {
 export function detectSystem(root: string, cmdline: string): SystemInfo {
   const os = parseOsRelease(readInRoot(root, 'etc/os-release', 'usr/lib/os-release'));
   const codename = os.VERSION_CODENAME ?? /\((\w+)\)/.exec(os.VERSION ?? '')?.[1] ?? 'unknown';
+  // It names cache directories and outputs: an image's word is checked before it names a path.
+  if (!/^[a-z][a-z0-9-]{0,31}$/.test(codename)) throw new UserError(`the image's os-release gives the release ${JSON.stringify(codename)}, which is not a release name (lower-case letters, digits, "-"): is this a Raspberry Pi OS or Debian image?`);
   const has = (...paths: string[]) => paths.some((p) => existsSync(join(root, p)));
   const network: Network = has('usr/sbin/NetworkManager')
     ? 'NetworkManager'
@@ -52,5 +55,6 @@ export function detectSystem(root: string, cmdline: string): SystemInfo {
     bootMount: bootMountOf(readInRoot(root, 'etc/fstab')) ?? (modern ? '/boot/firmware' : '/boot'),
     network,
     firstBoot: armed !== 'none' ? armed : firstBootFor(codename),
+    initFormat: has('usr/bin/cloud-init') ? 'cloudinit-rpi' : 'systemd',
   };
 }

@@ -14,6 +14,8 @@ export interface Manifest {
   created: string;
   release: string | null;
   arch: 'arm64' | 'armhf';
+  /** Older manifests have none: it then follows from the release. */
+  init_format?: 'systemd' | 'cloudinit-rpi' | null;
   image: { size: number; sha256: string };
   outputs: Array<{ format: string; file: string; size: number; sha256: string }>;
 }
@@ -21,6 +23,7 @@ export interface Manifest {
 export interface ImagerEntry {
   name: string;
   description: string;
+  icon: string;
   url: string;
   release_date: string;
   extract_size: number;
@@ -34,9 +37,14 @@ export interface ImagerEntry {
 /** Formats Imager downloads and decompresses itself, best first. */
 const DOWNLOADABLE = ['xz', 'gz', 'zip', 'zstd'];
 
+/** Imager's device tags for each image architecture (its devices list), and Raspberry Pi OS's icons. */
 const DEVICES = {
   arm64: ['pi5-64bit', 'pi4-64bit', 'pi3-64bit'],
   armhf: ['pi4-32bit', 'pi3-32bit', 'pi2-32bit', 'pi1-32bit'],
+};
+const ICONS = {
+  arm64: 'https://downloads.raspberrypi.com/raspios_arm64/Raspberry_Pi_OS_(64-bit).png',
+  armhf: 'https://downloads.raspberrypi.com/raspios_armhf/Raspberry_Pi_OS_(32-bit).png',
 };
 
 /** The image's entry, or undefined when it has no output Imager can download (only a raw .img). */
@@ -51,14 +59,15 @@ export function imagerEntry(manifest: Manifest, releaseUrl: string | undefined):
     description: pimaster
       ? `The Raspberry Pi that runs a PiSeduce cluster: DHCP, TFTP/PXE and an NFS root for the nodes, the PiSeduce web UI and agent. Raspberry Pi OS ${release}.`
       : `Raspberry Pi OS ${release}, customized by build-image.`,
+    icon: ICONS[manifest.arch],
     url: `${releaseUrl ?? ''}${download.file}`,
     release_date: manifest.created.slice(0, 10),
     extract_size: manifest.image.size,
     extract_sha256: manifest.image.sha256,
     image_download_size: download.size,
     image_download_sha256: download.sha256,
-    // Imager's customisation goes through firstrun.sh up to bookworm, cloud-init from trixie on.
-    init_format: release === 'trixie' ? 'cloudinit-rpi' : 'systemd',
+    // Imager's customisation: what the image itself runs (cloud-init on trixie, else firstrun.sh).
+    init_format: manifest.init_format ?? (release === 'trixie' ? 'cloudinit-rpi' : 'systemd'),
     devices: DEVICES[manifest.arch],
   };
 }

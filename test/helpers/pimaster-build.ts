@@ -1,13 +1,15 @@
 /**
- * One pimaster build per architecture, shared by every test that inspects or boots it: made by
- * the real CLI from the Debian fixture served over HTTP on 127.0.0.1, with stand-in PiSeduce
- * repositories, and kept in the test cache under a key that hashes the code that made it.
+ * One pimaster build per Raspberry Pi OS Lite look-alike (bookworm arm64 and armhf, trixie arm64),
+ * shared by every test that inspects or boots it: made by the real CLI from the fixture served
+ * over HTTP on 127.0.0.1, with stand-in PiSeduce repositories, and kept in the test cache under a
+ * key that hashes the code that made it.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
-import { debianImage, TEST_CACHE, type FixtureArch } from '../fixtures/debian-image.ts';
+import { DEBIAN_MIRROR, TEST_CACHE } from '../fixtures/debian-image.ts';
+import { raspiosLite, type LiteRelease } from '../fixtures/raspios-image.ts';
 import { makePiseduceStandins } from '../fixtures/piseduce-standin.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { startServer } from './http-server.ts';
@@ -16,8 +18,13 @@ import { withLock } from '../../pipeline/lock.ts';
 const repo = new URL('../../', import.meta.url).pathname;
 const cli = join(repo, 'pipeline/cli.ts');
 
+/** The base a build starts from: the Lite look-alike of this release and arch. */
+export type PimasterBase = 'bookworm-arm64' | 'bookworm-armhf' | 'trixie-arm64';
+
 export interface PimasterBuild {
   dir: string;
+  release: LiteRelease;
+  arch: 'arm64' | 'armhf';
   /** The raw output image and its manifest. */
   image: string;
   manifest: Record<string, unknown>;
@@ -38,29 +45,37 @@ function filesUnder(dir: string): string[] {
     .sort();
 }
 
-/** A hash of everything a build's result depends on: the code, the overlays, the scripts, the fixtures. */
-function codeKey(arch: string, fixture: string): string {
-  const hash = createHash('sha256').update(`${arch}\n${basename(fixture)}\n`);
-  for (const dir of ['pipeline', 'stages', 'overlays', 'scripts', 'test/fixtures', 'test/helpers/pimaster-build.ts']) {
+/**
+ * A hash of everything a build's result depends on: the code, the overlays, the scripts, the
+ * stand-in repositories and environment image it is given (the base image by its file name, which
+ * holds the hash of its recipe).
+ */
+function codeKey(base: string, fixture: string): string {
+  const hash = createHash('sha256').update(`${base}\n${basename(fixture)}\n`);
+  for (const dir of ['pipeline', 'stages', 'overlays', 'scripts', 'test/fixtures/piseduce-standin.ts', 'test/fixtures/tiny-image.ts', 'test/helpers/pimaster-build.ts']) {
     const path = join(repo, dir);
     for (const file of statSync(path).isDirectory() ? filesUnder(path) : [path]) hash.update(file.slice(repo.length)).update(readFileSync(file));
   }
   return hash.digest('hex').slice(0, 16);
 }
 
-export async function pimasterBuild(arch: FixtureArch): Promise<PimasterBuild> {
-  const fixture = await debianImage(arch);
-  const key = codeKey(arch, fixture);
+export async function pimasterBuild(base: PimasterBase): Promise<PimasterBuild> {
+  const [release, arch] = base.split('-') as [LiteRelease, 'arm64' | 'armhf'];
+  const fixture = await raspiosLite(release, arch);
+  const key = codeKey(base, fixture);
   const root = join(TEST_CACHE, 'pimaster');
-  const dir = join(root, `${arch}-${key}`);
+  const dir = join(root, `${base}-${key}`);
+  const name = `pimaster-${base}`;
   const result = () => JSON.parse(readFileSync(join(dir, 'build.json'), 'utf8')) as PimasterBuild;
   if (existsSync(join(dir, 'build.json'))) return result();
   mkdirSync(root, { recursive: true });
-  return withLock(join(root, `.lock-${arch}`), async () => {
+  return withLock(join(root, `.lock-${base}`), async () => {
     if (existsSync(join(dir, 'build.json'))) return result();
-    for (const old of readdirSync(root)) if (old.startsWith(`${arch}-`)) rmSync(join(root, old), { recursive: true, force: true });
+    // A build killed (SIGKILL) may have left its mounts, the host's /dev bound among them: never
+    // remove across a mount point.
+    for (const old of readdirSync(root)) if (old.startsWith(`${base}-`)) await execa('rm', ['-rf', '--one-file-system', join(root, old)]);
     const tmp = `${dir}.partial`;
-    rmSync(tmp, { recursive: true, force: true });
+    await execa('rm', ['-rf', '--one-file-system', tmp]);
     mkdirSync(join(tmp, 'serve'), { recursive: true });
 
     // The base image, served over HTTP with its sha256 sidecar; a tiny image as a deployable environment.
@@ -74,7 +89,7 @@ export async function pimasterBuild(arch: FixtureArch): Promise<PimasterBuild> {
     writeFileSync(`${envImg}.xz.sha256`, `${(await execa('sha256sum', [`${envImg}.xz`])).stdout.split(' ')[0]}  tiny-env.img.xz\n`);
     const standins = await makePiseduceStandins(join(tmp, 'standins'));
     await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'build-image-test', '-f', join(tmp, 'id_ed25519')]);
-    const bootcode = (await execa('sh', ['-c', `MTOOLS_SKIP_CHECK=1 mtype -i ${fixture}@@4194304 ::/bootcode.bin | sha256sum`])).stdout.split(' ')[0]!;
+    const bootcode = (await execa('sh', ['-c', `MTOOLS_SKIP_CHECK=1 mtype -i ${fixture}@@${16384 * 512} ::/bootcode.bin | sha256sum`])).stdout.split(' ')[0]!;
 
     const server = await startServer(join(tmp, 'serve'));
     let log = '';
@@ -87,7 +102,11 @@ export async function pimasterBuild(arch: FixtureArch): Promise<PimasterBuild> {
         '--ssh-key', join(tmp, 'id_ed25519.pub'),
         '--environment', `tiny_env=${server.url('tiny-env.img.xz')}`,
         '--compress', 'none,zstd',
-        '--name', `pimaster-${arch}`,
+        '--name', name,
+        // The distribution archive (Debian's, or on armhf Raspbian's, unreachable here) at the test mirror.
+        '--apt-mirror', DEBIAN_MIRROR,
+        // trixie's build keeps the release's first-boot growth: verify then sees it grow the root.
+        ...(release === 'trixie' ? ['--expand-on-boot'] : []),
         // The suite's builds are made once per code change: snapshots would only fill the disk.
         '--work', join(tmp, 'work'), '--cache', TEST_CACHE, '--no-cache', '--out', join(tmp, 'out'),
       ], { env: { CI: 'true' }, all: true, reject: false });
@@ -97,13 +116,15 @@ export async function pimasterBuild(arch: FixtureArch): Promise<PimasterBuild> {
     } finally {
       await server.close();
     }
-    rmSync(join(tmp, 'work'), { recursive: true, force: true });
+    await execa('rm', ['-rf', '--one-file-system', join(tmp, 'work')]);
     renameSync(tmp, dir);
     const out = join(dir, 'out');
     const built: PimasterBuild = {
       dir,
-      image: join(out, `pimaster-${arch}.img`),
-      manifest: JSON.parse(readFileSync(join(out, `pimaster-${arch}.manifest.json`), 'utf8')) as Record<string, unknown>,
+      release,
+      arch,
+      image: join(out, `${name}.img`),
+      manifest: JSON.parse(readFileSync(join(out, `${name}.manifest.json`), 'utf8')) as Record<string, unknown>,
       sshKey: join(dir, 'id_ed25519'),
       webuiRef: standins.webuiRef,
       agentRef: standins.agentRef,

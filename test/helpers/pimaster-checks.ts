@@ -1,7 +1,8 @@
 /**
- * Checks of the pimaster image, read-only: every fact of shared/piseduce.md checked in the output of a real
- * build (the CLI, the Debian fixture over HTTP, stand-in PiSeduce repositories). Booting it is
- * the verify tests' job.
+ * Checks of the pimaster image, read-only: every fact of shared/piseduce.md checked in the output
+ * of a real build (the CLI, a Raspberry Pi OS Lite look-alike over HTTP, stand-in PiSeduce
+ * repositories), and what the build must undo or keep of the release it starts from. Booting it
+ * is the verify tests' job.
  */
 import test, { type ExecutionContext } from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { ADMIN_HASH } from '../fixtures/piseduce-standin.ts';
 import { ImageReader } from './image-reader.ts';
-import { pimasterBuild, type PimasterBuild } from './pimaster-build.ts';
+import { pimasterBuild, type PimasterBase, type PimasterBuild } from './pimaster-build.ts';
 
 const PACKAGES = 'dnsmasq git sqlite3 nfs-kernel-server python3-pip pv snmp vim iptables rsyslog parted rsync python3-flask python3-flask-login python3-sqlalchemy python3-cryptography python3-paramiko python3-influxdb python3-requests'.split(' ');
 const NFS_CMDLINE = 'nfsroot=48.48.0.254:/nfs/raspi,vers=4.1,proto=tcp console=serial0,115200 console=tty1 root=/dev/nfs rw ip=dhcp elevator=deadline fsck.repair=yes rootwait quiet splash plymouth.ignore-serial-consoles';
@@ -40,16 +41,18 @@ async function sql(image: ImageReader, path: string, query: string): Promise<str
   }
 }
 
-const enabled = async (image: ImageReader, root: string, unit: string) => (await image.ls(`${root}/etc/systemd/system/multi-user.target.wants`)).includes(unit);
+const enabled = async (image: ImageReader, root: string, unit: string, target = 'multi-user.target') => (await image.ls(`${root}/etc/systemd/system/${target}.wants`)).includes(unit);
+const catOr = async (image: ImageReader, path: string, missing = '') => ((await image.exists(path)) ? image.cat(path) : missing);
 
-/** Every check, for the build of one architecture (one test file each, so ava runs them apart). */
-export function pimasterChecks(arch: 'arm64' | 'armhf'): void {
+/** Every check, for the build from one base (one test file each, so ava runs them apart). */
+export function pimasterChecks(base: PimasterBase): void {
   let build: PimasterBuild;
   let image: ImageReader;
-  const it = (title: string, fn: (t: ExecutionContext) => Promise<void>) => test.serial(`${arch}: ${title}`, fn);
+  const [release, arch] = base.split('-') as ['bookworm' | 'trixie', 'arm64' | 'armhf'];
+  const it = (title: string, fn: (t: ExecutionContext) => Promise<void>) => test.serial(`${base}: ${title}`, fn);
 
   test.before(async () => {
-    build ??= await pimasterBuild(arch);
+    build ??= await pimasterBuild(base);
     image = await ImageReader.open(build.image);
   });
   test.after.always(async () => {
@@ -60,8 +63,32 @@ export function pimasterChecks(arch: 'arm64' | 'armhf'): void {
     t.true((await image.bootFiles()).includes('ssh'));
   });
 
-  it('the static address is written the way the image configures its network (dhcpcd here)', async (t) => {
-    t.regex(await image.cat('/etc/dhcpcd.conf'), /^interface eth0\nstatic ip_address=48\.48\.0\.254\/24$/m);
+  it('the static address is a NetworkManager profile that wins over any other for eth0', async (t) => {
+    const profile = '/etc/NetworkManager/system-connections/pimaster-eth0.nmconnection';
+    t.like(await image.stat(profile), { mode: 0o600, uid: 0 });
+    const text = await image.cat(profile);
+    t.regex(text, /^interface-name=eth0$/m);
+    t.regex(text, /^autoconnect-priority=999$/m);
+    t.regex(text, /^method=manual\naddress1=48\.48\.0\.254\/24$/m);
+    t.notRegex(await catOr(image, '/etc/dhcpcd.conf'), /static ip_address/, 'dhcpcd (a dependency of cloud-init on trixie) is not what configures the address');
+  });
+
+  it("Raspberry Pi OS's first-boot rename is cancelled: userconfig off, getty@tty1 back, no SSH banner", async (t) => {
+    t.false(await enabled(image, '', 'userconfig.service'));
+    t.true(await enabled(image, '', 'getty@tty1.service', 'getty.target'));
+    t.false(await image.exists('/etc/ssh/sshd_config.d/rename_user.conf'));
+    t.true(await image.exists('/usr/bin/cancel-rename'), 'the release\'s own tools stay');
+  });
+
+  it("the image keeps the release's apt sources and foreign architecture; none of the build's files stay", async (t) => {
+    const sources = release === 'trixie' ? '/etc/apt/sources.list.d/debian.sources' : '/etc/apt/sources.list';
+    t.regex(await image.cat(sources), arch === 'armhf' ? /http:\/\/raspbian\.raspberrypi\.com\/raspbian\// : /http:\/\/deb\.debian\.org\/debian\/?(\s|$)/m, 'not the build\'s --apt-mirror');
+    const foreign = (await catOr(image, '/var/lib/dpkg/arch')).split('\n').filter((a) => a && a !== arch);
+    t.deepEqual(foreign, arch === 'arm64' ? ['armhf'] : [], 'arm64 images keep armhf as a foreign arch');
+    for (const root of ['', '/nfs/raspi']) {
+      for (const file of ['/usr/sbin/policy-rc.d', '/etc/dpkg/dpkg.cfg.d/zz-build-image', '/etc/apt/apt.conf.d/zz-build-image']) t.false(await image.exists(`${root}${file}`), `${root}${file}`);
+      t.deepEqual((await image.ls(`${root}/etc`)).filter((f) => f.endsWith('.build-image-saved')), [], `${root}/etc`);
+    }
   });
 
   it('host name pimaster in /etc/hostname and /etc/hosts', async (t) => {
@@ -99,20 +126,35 @@ export function pimasterChecks(arch: 'arm64' | 'armhf'): void {
     t.true(await enabled(image, '', 'pimaster-nat.service'));
   });
 
-  it('the first-boot resize is disarmed', async (t) => {
-    const cmdline = await image.bootFile('cmdline.txt');
-    t.notRegex(cmdline, /init=|(^| )resize( |$)/);
-    t.regex(cmdline, /root=PARTUUID=\S+ rootfstype=ext4/);
-  });
+  if (release === 'trixie') {
+    it('--expand-on-boot: the release\'s first-boot growth is re-armed (resize on the command line), nothing else', async (t) => {
+      const cmdline = await image.bootFile('cmdline.txt');
+      t.regex(cmdline, /(^| )resize( |$)/);
+      t.notRegex(cmdline, /init=/);
+    });
+  } else {
+    it('the first-boot resize is disarmed', async (t) => {
+      const cmdline = await image.bootFile('cmdline.txt');
+      t.notRegex(cmdline, /init=|(^| )resize( |$)/);
+      t.regex(cmdline, /root=PARTUUID=\S+ rootfstype=ext4/);
+    });
+  }
 
-  it('clean: no wifi network, no host keys, no key pairs, no known_hosts, no leases, no logs, empty machine-id', async (t) => {
-    t.notRegex(await image.cat('/etc/wpa_supplicant/wpa_supplicant.conf'), /network=|psk=/);
+  it(`clean: no wifi network, no host keys, no key pairs, no known_hosts, no leases, no logs, machine-id as the release ships it (${release === 'trixie' ? 'uninitialized' : 'empty'})`, async (t) => {
+    t.notRegex(await catOr(image, '/etc/wpa_supplicant/wpa_supplicant.conf'), /network=|psk=/);
     t.deepEqual((await image.ls('/etc/ssh')).filter((f) => f.startsWith('ssh_host_')), []);
     t.deepEqual((await image.ls('/root/.ssh')).sort(), ['authorized_keys']);
     t.false(await image.exists('/var/lib/misc/dnsmasq.leases'));
-    t.is(await image.cat('/etc/machine-id'), '');
+    t.is(await image.cat('/etc/machine-id'), release === 'trixie' ? 'uninitialized\n' : '', 'a trixie first boot counts as one (ConditionFirstBoot)');
     for (const dir of ['/var/log', '/var/log/apt']) t.deepEqual((await image.ls(dir)).filter((f) => /\.log$|^syslog|^messages/.test(f)), [], dir);
   });
+
+  if (release === 'trixie') {
+    it('cloud-init makes no default user unless the boot partition\'s user-data names one', async (t) => {
+      t.regex(await image.cat('/etc/cloud/cloud.cfg.d/90-pimaster.cfg'), /^users: \[\]$/m);
+      t.true(await enabled(image, '', 'rpi-resize.service'), 'the release\'s first-boot growth stays (it grows nothing without resize on the command line)');
+    });
+  }
 
   it('the NFS root: hostname nfspi, empty fstab, no host keys or key pairs of its own yet, boot_dir and fs_dir, pv, rsh -> ssh', async (t) => {
     t.is(await image.cat('/nfs/raspi/etc/hostname'), 'nfspi\n');
@@ -127,7 +169,7 @@ export function pimasterChecks(arch: 'arm64' | 'armhf'): void {
   });
 
   it("the NFS root has no static address, starts sshd itself, and runs none of the pimaster's services", async (t) => {
-    t.notRegex(await image.cat('/nfs/raspi/etc/dhcpcd.conf'), /static ip_address/);
+    t.deepEqual((await image.ls('/nfs/raspi/etc/NetworkManager/system-connections')).filter((f) => f.startsWith('pimaster-')), []);
     t.true(await enabled(image, '/nfs/raspi', 'ssh.service'));
     for (const unit of ['dnsmasq.service', 'nfs-server.service', 'pimaster-firstboot.service', 'pimaster-nat.service', 'webui.service', 'agent_api.service', 'agent_exec.service']) {
       t.false(await enabled(image, '/nfs/raspi', unit), unit);
@@ -135,6 +177,16 @@ export function pimasterChecks(arch: 'arm64' | 'armhf'): void {
     t.false(await image.exists('/nfs/raspi/root/piseduce_webui'));
     t.false(await image.exists('/nfs/raspi/root/environments'));
     t.false(await image.exists('/nfs/raspi/tftpboot'));
+  });
+
+  it('the NFS root is the image as shipped: its own DNS file and preload, no build files; nothing grows it, asks for a user, or runs cloud-init', async (t) => {
+    t.is(await image.cat('/nfs/raspi/etc/resolv.conf'), await image.cat('/etc/resolv.conf'), "the image's resolv.conf, not the build host's");
+    t.is(await catOr(image, '/nfs/raspi/etc/ld.so.preload', 'none'), await catOr(image, '/etc/ld.so.preload', 'none'));
+    if (arch === 'armhf') t.regex(await image.cat('/nfs/raspi/etc/ld.so.preload'), /libarmmem/);
+    t.false(await image.exists('/nfs/raspi/etc/init.d/resize2fs_once'), 'resize2fs_once would fail at every node boot');
+    if (release === 'bookworm') t.true(await image.exists('/etc/init.d/resize2fs_once'), 'the pimaster keeps it (it grows its own root once)');
+    for (const unit of ['rpi-resize.service', 'userconfig.service', 'regenerate_ssh_host_keys.service']) t.false(await enabled(image, '/nfs/raspi', unit), unit);
+    if (release === 'trixie') t.true(await image.exists('/nfs/raspi/etc/cloud/cloud-init.disabled'));
   });
 
   it('/etc/exports exports /nfs read-write to every node', async (t) => {
@@ -150,9 +202,17 @@ export function pimasterChecks(arch: 'arm64' | 'armhf'): void {
       rmSync(dir, { recursive: true, force: true });
     }
     const files = await image.ls('/tftpboot/rpiboot_uboot');
-    for (const f of ['config.txt', 'start4.elf', 'overlays', 'cmdline.txt']) t.true(files.includes(f), f);
-    for (const f of ['bootcode.bin', 'pieeprom.upd', 'pieeprom.sig', 'recovery.bin', 'ssh']) t.false(files.includes(f), f);
+    for (const f of ['config.txt', 'start4.elf', 'overlays', 'cmdline.txt', arch === 'arm64' ? 'kernel8.img' : 'kernel7l.img']) t.true(files.includes(f), f);
+    for (const f of ['bootcode.bin', 'pieeprom.upd', 'pieeprom.sig', 'recovery.bin', 'ssh', 'user-data', 'meta-data', 'network-config']) t.false(files.includes(f), f);
     t.is((await image.cat('/tftpboot/rpiboot_uboot/cmdline.txt')).trim(), NFS_CMDLINE);
+  });
+
+  it('nodes boot without an initramfs (klibc nfsmount speaks NFS v2/v3 only; cmdline.txt asks 4.1)', async (t) => {
+    t.deepEqual((await image.ls('/tftpboot/rpiboot_uboot')).filter((f) => f.startsWith('initramfs')), []);
+    const config = await image.cat('/tftpboot/rpiboot_uboot/config.txt');
+    t.notRegex(config, /^\s*(auto_initramfs=1|initramfs\s)/m);
+    t.regex(config, /^auto_initramfs=0$/m);
+    t.regex(await image.bootFile('config.txt'), /^auto_initramfs=1$/m, 'the pimaster itself boots as the release does');
   });
 
   it('dnsmasq.conf is exactly the one the agent reads and edits; rsyslog writes the traditional format', async (t) => {
@@ -200,7 +260,7 @@ export function pimasterChecks(arch: 'arm64' | 'armhf'): void {
 
   it('the manifest names the base, the release, the arch and the PiSeduce commits', async (t) => {
     const m = build.manifest as { release: string; arch: string; sources: Record<string, { commit: string }>; packages: Array<{ name: string }> };
-    t.is(m.release, 'bookworm');
+    t.is(m.release, release);
     t.is(m.arch, arch);
     t.is(m.sources.piseduce_webui!.commit, build.webuiRef);
     t.true(m.packages.some((p) => p.name === 'dnsmasq'));
