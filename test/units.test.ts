@@ -3,7 +3,8 @@ import test from 'ava';
 import { parseIpv4Cidr, parseHostname, isPublicKey, parseGitSource } from '../pipeline/validate.ts';
 import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../stages/image/cmdline.ts';
 import { diffSnapshots } from '../stages/image/bootfs.ts';
-import { rewriteSources } from '../stages/chroot/environment.ts';
+import { archivesOf, rewriteSources } from '../stages/chroot/environment.ts';
+import { guestArgs } from '../verify/guest.ts';
 import { elfArch, registrationLine } from '../stages/chroot/emulation.ts';
 import { imageBaseName } from '../stages/files.ts';
 import { parseLayout } from '../stages/image/partitions.ts';
@@ -66,10 +67,23 @@ test('boot partition write-back: what to copy, make and delete', (t) => {
   });
 });
 
-test('apt sources pointed at a mirror, Debian archives only', (t) => {
-  const list = 'deb http://deb.debian.org/debian bookworm main\ndeb http://security.debian.org/debian-security bookworm-security main\ndeb http://archive.raspberrypi.com/debian/ bookworm main\n';
-  t.is(rewriteSources(list, 'http://127.0.0.1:3142/debian'), 'deb http://127.0.0.1:3142/debian bookworm main\ndeb http://security.debian.org/debian-security bookworm-security main\ndeb http://127.0.0.1:3142/debian bookworm main\n');
+test("apt sources pointed at a mirror: the image's distribution archive only", (t) => {
+  // Raspberry Pi OS arm64 (bookworm): Debian, its security archive, the Raspberry Pi archive.
+  const debian = 'deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian-security/ bookworm-security main\ndeb http://archive.raspberrypi.com/debian/ bookworm main\n';
+  t.is(rewriteSources(debian, 'http://127.0.0.1:3142/debian'), 'deb http://127.0.0.1:3142/debian bookworm main\ndeb http://deb.debian.org/debian-security/ bookworm-security main\ndeb http://archive.raspberrypi.com/debian/ bookworm main\n');
   t.is(rewriteSources('URIs: https://deb.debian.org/debian\nSuites: bookworm\n', 'http://m/debian'), 'URIs: http://m/debian\nSuites: bookworm\n');
+  // Raspberry Pi OS armhf is Raspbian: its own archive is the one to replace.
+  t.is(rewriteSources('deb [arch=armhf] http://raspbian.raspberrypi.com/raspbian/ bookworm main contrib non-free rpi\n', 'http://m/raspbian'), 'deb [arch=armhf] http://m/raspbian bookworm main contrib non-free rpi\n');
+  t.is(rewriteSources('deb http://archive.raspberrypi.com/debian/ bookworm main\n', 'http://m/debian'), 'deb http://archive.raspberrypi.com/debian/ bookworm main\n', 'nothing to replace');
+  t.deepEqual(archivesOf('deb [arch=armhf] http://a/raspbian bookworm main\n# deb http://b/debian x\nTypes: deb\nURIs: http://c/debian http://d/debian\n'), ['http://a/raspbian', 'http://c/debian', 'http://d/debian']);
+});
+
+test("verify keeps the image's kernel arguments that user space reads", (t) => {
+  t.deepEqual(guestArgs('console=serial0,115200 console=tty1 root=PARTUUID=5e1d2c3b-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n'), ['fsck.repair=yes']);
+  t.deepEqual(
+    guestArgs('console=tty1 root=PARTUUID=x-02 rootfstype=ext4 rootwait resize splash plymouth.ignore-serial-consoles systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target ds=nocloud;i=abc'),
+    ['resize', 'systemd.run=/boot/firmware/firstrun.sh', 'systemd.run_success_action=reboot', 'systemd.unit=kernel-command-line.target', 'ds=nocloud;i=abc'],
+  );
 });
 
 test('the emulator comes from the ELF header; binfmt registration carries the F flag', (t) => {

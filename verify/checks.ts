@@ -24,8 +24,11 @@ export interface CheckResult {
   saw: string;
 }
 
-/** Checks for any image: it booted cleanly, and is what its files said it would be. */
-export function systemChecks(facts: GuestFacts): Check[] {
+/**
+ * Checks for any image: it booted cleanly, and is what its files said it would be; when it grows
+ * its root at the first boot (`expands`), that it did, into the disk larger than the image.
+ */
+export function systemChecks(facts: GuestFacts, expands = false): Check[] {
   const checks: Check[] = [
     {
       // First: the checks after it see a system that has finished starting.
@@ -41,6 +44,16 @@ export function systemChecks(facts: GuestFacts): Check[] {
     checks.push({
       name: `${a.interface} has ${want}`,
       command: `ip -4 -o addr show dev ${quote(a.interface)} | awk '{print $4}' | paste -sd" "; ip -4 -o addr show dev ${quote(a.interface)} | grep -qF ${quote(` ${want} `)}`,
+    });
+  }
+  if (expands) {
+    checks.push({
+      name: 'the root grew to the end of its disk at the first boot',
+      command:
+        'src=$(findmnt -no SOURCE /); part=$(basename "$src"); disk=/dev/$(lsblk -no PKNAME "$src"); size=$(blockdev --getsize64 "$src"); ' +
+        'end=$(( $(cat /sys/class/block/$part/start) * 512 + size )); total=$(blockdev --getsize64 "$disk"); fs=$(df -B1 --output=size / | tail -n1 | tr -d " "); ' +
+        'echo "partition ends $(( (total - end) / 1048576 )) MiB before the end of the ${total}-byte disk; filesystem ${fs} bytes of ${size}"; ' +
+        '[ $((total - end)) -lt 16777216 ] && [ "$fs" -gt $((size * 9 / 10)) ]',
     });
   }
   return checks;

@@ -13,6 +13,7 @@ const FLAGS = {
   user: { type: 'string', placeholder: 'NAME', help: 'the user it logs in as', default: 'root' },
   authorize: { type: 'boolean', help: 'authorize the key for the user in the throw-away copy (an image built without one, such as a release image)' },
   checks: { type: 'string', placeholder: 'FILE', help: 'more checks: one shell command a line, run on the guest, each must exit 0' },
+  node: { type: 'boolean', help: 'a pimaster (arm64): also boot a cluster node from it over the network (DHCP, TFTP, NFS root) and check it' },
   timeout: { type: 'string', placeholder: 'SECONDS', help: 'how long to wait for SSH after QEMU starts', default: '600' },
   memory: { type: 'string', placeholder: 'MIB', help: "the guest's memory", default: '2048' },
   'debian-mirror': { type: 'string', placeholder: 'URL', help: "the Debian mirror of the kernel booted when the image's own cannot boot under QEMU", default: 'http://deb.debian.org/debian' },
@@ -25,6 +26,7 @@ export function verifyUsage(): string {
       'build-image verify IMAGE --ssh-key FILE [options]: boot a throw-away copy of IMAGE (.img, .img.xz, .img.zst, .img.gz,',
       '.zip or .img.tar.gz) in QEMU, wait for SSH, run the checks (the built-in ones, more for a pimaster, and yours),',
       'print one PASS/FAIL line per check, power it off. Exits 1 if a check failed or the image never came up.',
+      'With --node, a cluster node then boots from the pimaster over a link the two guests share, and is checked.',
     ],
     FLAGS,
   );
@@ -56,13 +58,14 @@ export async function verifyCommand(argv: string[]): Promise<number> {
     timeoutS: number('timeout', 10),
     memoryMiB: number('memory', 256),
     debianMirror: String(values['debian-mirror'] ?? FLAGS['debian-mirror'].default).replace(/\/+$/, ''),
+    node: values.node === true,
   });
   const { state, timings, config } = await runTool(pipeline, values);
   const v = state.verify!;
   const results = v.results ?? [];
   const failed = results.filter((r) => !r.ok).length;
   process.stdout.write(`${formatResults(results)}\n`);
-  process.stdout.write(`${results.length - failed} of ${results.length} checks passed; SSH answered ${v.bootSeconds} s after QEMU started; kernel: ${v.kernel.source}\n`);
+  process.stdout.write(`${results.length - failed} of ${results.length} checks passed; SSH answered ${v.bootSeconds} s after QEMU started${(v.boots ?? 1) > 1 ? ` (boot ${v.boots}: the guest rebooted itself before)` : ''}; kernel: ${v.kernel.source}\n`);
   if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);
   return failed ? 1 : 0;
 }

@@ -4,7 +4,7 @@
  * image's own subnet so its static address works, chosen guest ports forwarded from 127.0.0.1
  * only, the serial console in a log file. The QEMU process is ended by the clean-up stack.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../pipeline/errors.ts';
@@ -15,15 +15,21 @@ import type { GuestArch, GuestKernel } from './kernel.ts';
 
 export interface GuestSpec {
   arch: GuestArch;
-  image: string;
-  rootPartition: number;
-  kernel: GuestKernel;
-  /** The image's static address: the user network is made its subnet. */
-  address?: StaticAddress;
-  /** Guest TCP ports reachable from the host (22 first). */
-  ports: readonly number[];
   console: string;
   memoryMiB: number;
+  /**
+   * An image booted with a kernel and initrd given to QEMU, or a firmware with no disk (a node
+   * booting from the network: U-Boot).
+   */
+  boot: { image: string; rootPartition: number; kernel: GuestKernel; bootArgs: readonly string[] } | { firmware: string };
+  /**
+   * QEMU's user network (restrict=on: it reaches nothing outside), with guest TCP `ports` (22
+   * first) forwarded from 127.0.0.1; on the subnet of the image's static `address` when the
+   * image's own interface is on it.
+   */
+  user?: { address?: StaticAddress; ports: readonly number[] };
+  /** A private link between two guests only (QEMU socket networking on 127.0.0.1): the first NIC. */
+  cluster?: { port: number; listen: boolean; mac: string };
 }
 
 export interface Guest {
@@ -33,6 +39,8 @@ export interface Guest {
   exit?: string;
   stopped: Promise<void>;
   pid: number;
+  /** Where this boot's output starts in the console file. */
+  consoleFrom: number;
 }
 
 const MACHINE: Record<GuestArch, { qemu: string; args: string[] }> = {
@@ -61,10 +69,21 @@ export function userNetwork(address: StaticAddress | undefined): string[] {
   return [`net=${address.network}/${address.prefix}`, `host=${intToIpv4(host)}`, `dns=${intToIpv4(dns)}`];
 }
 
-function consoleTail(file: string, lines = 25): string {
+/**
+ * The image's kernel arguments that the boot under QEMU keeps: those user space reads
+ * (`systemd.run=` of Raspberry Pi Imager, `ds=nocloud`, `resize`, ...). Not where the root is,
+ * the consoles, init= (the Raspberry Pi first-boot script reboots into itself; QEMU boots the
+ * system) nor quiet/splash (the console log is what tells what happened).
+ */
+export function guestArgs(cmdline: string): string[] {
+  const dropped = /^(root|rootfstype|console|init|plymouth\.[^=]*)=|^(quiet|splash|rootwait|ro|rw|plymouth\.ignore-serial-consoles)$/;
+  return cmdline.trim().split(/\s+/).filter((arg) => arg && !dropped.test(arg));
+}
+
+function consoleTail(file: string, from = 0, lines = 25): string {
   if (!existsSync(file)) return '(no console output)';
   // Without colours and hyperlinks (systemd's status lines have both).
-  const text = readFileSync(file, 'utf8')
+  const text = readFileSync(file).subarray(from).toString('utf8')
     .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '')
     .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
     .replace(/\r/g, '');
@@ -74,28 +93,41 @@ function consoleTail(file: string, lines = 25): string {
 
 export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Guest> {
   const hostPort = new Map<number, number>();
-  for (const port of spec.ports) hostPort.set(port, await freePort());
-  const guestIp = spec.address?.address ?? '';
-  const forwards = [...hostPort].map(([guest, host]) => `hostfwd=tcp:127.0.0.1:${host}-${guestIp}:${guest}`);
+  for (const port of spec.user?.ports ?? []) hostPort.set(port, await freePort());
   const { qemu, args: machine } = MACHINE[spec.arch];
+  const nics: string[] = [];
+  // No option ROM on any NIC: the kernel or U-Boot is loaded directly, and the ROMs' package (ipxe-qemu) may be absent.
+  if (spec.cluster) {
+    const { port, listen, mac } = spec.cluster;
+    nics.push('-netdev', `socket,id=cluster,${listen ? 'listen' : 'connect'}=127.0.0.1:${port}`, '-device', `virtio-net-pci,netdev=cluster,mac=${mac},romfile=`);
+  }
+  if (spec.user) {
+    const guestIp = spec.user.address?.address ?? '';
+    const forwards = [...hostPort].map(([guest, host]) => `hostfwd=tcp:127.0.0.1:${host}-${guestIp}:${guest}`);
+    nics.push('-netdev', ['user', 'id=net', 'restrict=on', ...userNetwork(spec.user.address), ...forwards].join(','), '-device', 'virtio-net-pci,netdev=net,romfile=');
+  }
+  const boot = 'firmware' in spec.boot
+    ? ['-bios', spec.boot.firmware]
+    : [
+        '-kernel', spec.boot.kernel.kernel, '-initrd', spec.boot.kernel.initrd,
+        // eth0 as on a Pi; a panic ends QEMU (-no-reboot) instead of hanging until the timeout.
+        '-append', [`root=/dev/vda${spec.boot.rootPartition}`, 'ro', 'rootwait', 'console=ttyAMA0', 'net.ifnames=0', 'panic=-1', ...spec.boot.bootArgs].join(' '),
+        '-drive', `file=${spec.boot.image},format=raw,if=none,id=disk,cache=unsafe`,
+        '-device', 'virtio-blk-pci,drive=disk',
+      ];
   const args = [
     ...machine,
     '-smp', '2', '-m', String(spec.memoryMiB),
     '-nodefaults', '-no-user-config', '-display', 'none', '-monitor', 'none', '-no-reboot',
-    '-serial', `file:${spec.console}`,
-    '-kernel', spec.kernel.kernel, '-initrd', spec.kernel.initrd,
-    // eth0 as on a Pi; a panic ends QEMU (-no-reboot) instead of hanging until the timeout.
-    '-append', `root=/dev/vda${spec.rootPartition} ro rootwait console=ttyAMA0 net.ifnames=0 panic=-1`,
-    '-drive', `file=${spec.image},format=raw,if=none,id=disk,cache=unsafe`,
-    '-device', 'virtio-blk-pci,drive=disk',
-    '-netdev', ['user', 'id=net', 'restrict=on', ...userNetwork(spec.address), ...forwards].join(','),
-    // No option ROM: the kernel is loaded directly, and the ROM's package (ipxe-qemu) may be absent.
-    '-device', 'virtio-net-pci,netdev=net,romfile=',
+    // Appended to: the consoles of several boots (a guest that reboots is started again) in one file.
+    '-chardev', `file,id=console,path=${spec.console},append=on`, '-serial', 'chardev:console',
+    ...boot,
+    ...nics,
     '-device', 'virtio-rng-pci',
   ];
   const subprocess = ctx.commands.spawn(qemu, args);
   subprocess.stdout.on('data', (chunk: Buffer) => ctx.log.write(chunk.toString()));
-  const guest: Guest = { hostPort, pid: subprocess.pid ?? 0, stopped: Promise.resolve() };
+  const guest: Guest = { hostPort, pid: subprocess.pid ?? 0, stopped: Promise.resolve(), consoleFrom: existsSync(spec.console) ? statSync(spec.console).size : 0 };
   guest.stopped = subprocess.then((result) => {
     guest.exit = result.exitCode !== undefined ? `exit code ${result.exitCode}` : `signal ${result.signal}`;
     if (result.exitCode) guest.exit += `: ${String(result.stderr).trim().split('\n').at(-1)}`;
@@ -139,19 +171,25 @@ function sshBanner(port: number): Promise<boolean> {
 }
 
 /**
- * Wait until the guest lets the key in, or fail with the console's last lines: when QEMU stops,
- * when the timeout passes, or when sshd answers but keeps refusing the key for a minute.
+ * Wait until the guest lets the key in: 'up'. 'rebooted' when the guest restarted itself before
+ * (QEMU runs with -no-reboot: the caller starts it again, as the Pi's firmware would boot again).
+ * Fails with the console's last lines when QEMU stops otherwise, when the timeout passes, or when
+ * sshd answers but keeps refusing the key for a minute.
  */
-export async function waitForSsh(ctx: BuildContext, guest: Guest, target: SshTarget, timeoutS: number, console: string): Promise<void> {
-  const deadline = Date.now() + timeoutS * 1000;
+export async function waitForSsh(ctx: BuildContext, guest: Guest, target: SshTarget, wait: { deadline: number; timeoutS: number }, console: string): Promise<'up' | 'rebooted'> {
+  const { deadline, timeoutS } = wait;
   let refusedSince: number | undefined;
   let lastError = '';
   while (Date.now() < deadline) {
     ctx.signal.throwIfAborted();
-    if (guest.exit) throw new UserError(`the guest stopped before SSH answered (QEMU ${guest.exit}); its console's last lines:\n${consoleTail(console)}`);
+    if (guest.exit) {
+      const output = existsSync(console) ? readFileSync(console).subarray(guest.consoleFrom).toString('utf8') : '';
+      if (/reboot: Restarting system/.test(output)) return 'rebooted';
+      throw new UserError(`the guest stopped before SSH answered (QEMU ${guest.exit}); its console's last lines:\n${consoleTail(console, guest.consoleFrom)}`);
+    }
     if (await sshBanner(target.port)) {
       const r = await ctx.run('ssh', sshArgs(target, 'true'), { reject: false, timeoutMs: 60_000 });
-      if (r.exitCode === 0) return;
+      if (r.exitCode === 0) return 'up';
       lastError = r.stderr.trim().split('\n').at(-1) ?? '';
       refusedSince ??= Date.now();
       if (Date.now() - refusedSince > 60_000) {
@@ -160,7 +198,7 @@ export async function waitForSsh(ctx: BuildContext, guest: Guest, target: SshTar
     }
     await sleep(2000, undefined, { signal: ctx.signal });
   }
-  throw new UserError(`SSH on the guest did not answer within ${timeoutS} s${lastError ? ` (${lastError})` : ''} (raise --timeout if it was still booting); its console's last lines:\n${consoleTail(console)}`);
+  throw new UserError(`SSH on the guest did not answer within ${timeoutS} s${lastError ? ` (${lastError})` : ''} (raise --timeout if it was still booting); its console's last lines:\n${consoleTail(console, guest.consoleFrom)}`);
 }
 
 /** Power the guest off from inside and wait for QEMU to end (the clean-up stack kills it otherwise). */

@@ -137,31 +137,58 @@ export async function guestBusybox(ctx: BuildContext, arch: GuestArch, mirror: s
   return kernel.busybox ?? join((await debianPackages(ctx, arch, mirror, ['busybox-static'])).dir, 'root/bin/busybox');
 }
 
-/** The initrd's /init: load the disk's modules, mount root= read-only, hand over to its init. */
+/**
+ * The initrd's /init: load the modules, mount the root, hand over to its init. The root is root=
+ * (a virtio disk, ext4, read-only), or with root=/dev/nfs what the Raspberry Pi kernel does itself
+ * for a network-booted node: ip=dhcp, then nfsroot=SERVER:PATH,OPTIONS with those options.
+ */
 const INIT = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /modules.order); do insmod "/modules/$m"; done
-for arg in $(cat /proc/cmdline); do case "$arg" in root=*) root=\${arg#root=} ;; esac; done
-i=0
-while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-if mount -t ext4 -o ro "$root" /newroot; then
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in root=*) root=\${arg#root=} ;; nfsroot=*) nfsroot=\${arg#nfsroot=} ;; rw) mode=rw ;; esac
+done
+handover() {
   if [ -e /newroot/sbin/init ] || [ -L /newroot/sbin/init ]; then
     umount /proc /sys
     mount --move /dev /newroot/dev
     exec switch_root /newroot /sbin/init
   fi
-  echo "verify initrd: $root has no /sbin/init"
+  echo "verify initrd: $1 has no /sbin/init"
+}
+if [ "$root" = /dev/nfs ]; then
+  ip link set eth0 up
+  if udhcpc -i eth0 -f -q -n -t 30 -s /udhcpc.sh; then
+    server=\${nfsroot%%:*}; rest=\${nfsroot#*:}; path=\${rest%%,*}; options=\${rest#"$path"}; options=\${options#,}
+    if mount -t nfs4 -o "\${mode:-ro},\${options:+$options,}addr=$server" "$server:$path" /newroot; then handover "$server:$path"; else echo "verify initrd: cannot mount $server:$path ($options)"; fi
+  else
+    echo "verify initrd: no DHCP answer on eth0"
+  fi
 else
-  echo "verify initrd: cannot mount $root"
+  i=0
+  while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  if mount -t ext4 -o ro "$root" /newroot; then handover "$root"; else echo "verify initrd: cannot mount $root"; fi
 fi
 poweroff -f
 `;
 
-/** Modules the initrd loads to see a virtio disk holding ext4 (with their dependencies). */
-const DISK_MODULES = ['virtio_pci', 'virtio_blk', 'ext4'];
+/** busybox udhcpc's script: the leased address and route on the interface (ip=dhcp). */
+const UDHCPC = `#!/bin/busybox sh
+case "$1" in
+  bound|renew)
+    ip addr add "$ip/\${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route add default via "\${router%% *}" dev "$interface"
+    echo "verify initrd: $interface has $ip/\${mask:-24} from $serverid"
+    ;;
+esac
+exit 0
+`;
+
+/** Modules the initrd loads (with their dependencies): a virtio disk holding ext4, or a virtio NIC and NFS 4. */
+const INITRD_MODULES = ['virtio_pci', 'virtio_blk', 'ext4', 'virtio_net', 'nfsv4'];
 
 async function makeInitrd(ctx: BuildContext, tree: string, version: string, output: string): Promise<void> {
   const staging = `${output}.d`;
@@ -170,7 +197,7 @@ async function makeInitrd(ctx: BuildContext, tree: string, version: string, outp
   ctx.defer(`remove ${staging}`, () => rmSync(staging, { recursive: true, force: true }));
   copyFileSync(join(tree, 'bin/busybox'), join(staging, 'bin/busybox'));
   const order: string[] = [];
-  for (const name of DISK_MODULES) {
+  for (const name of INITRD_MODULES) {
     // "insmod PATH" per module, dependencies first; "builtin NAME" when it is in the kernel.
     const { stdout } = await ctx.run('modprobe', ['--dirname', tree, '--set-version', version, '--show-depends', name]);
     for (const path of stdout.split('\n').flatMap((l) => /^insmod (\S+)/.exec(l)?.[1] ?? [])) {
@@ -182,6 +209,7 @@ async function makeInitrd(ctx: BuildContext, tree: string, version: string, outp
   }
   writeFileSync(join(staging, 'modules.order'), `${order.join('\n')}\n`);
   writeFileSync(join(staging, 'init'), INIT, { mode: 0o755 });
+  writeFileSync(join(staging, 'udhcpc.sh'), UDHCPC, { mode: 0o755 });
   await ctx.run('sh', ['-c', 'cd "$1" && find . | cpio --quiet -o -H newc -R 0:0 | gzip -9 > "$2.part" && mv "$2.part" "$2"', 'sh', staging, output]);
 }
 
@@ -193,7 +221,7 @@ export async function debianKernel(ctx: BuildContext, arch: GuestArch, mirror: s
   if (!version) throw new UserError(`${dir} holds no kernel modules: remove it and run verify again`);
   const modules = join(tree, 'lib/modules', version);
   // Named by what makes it, so a changed /init or module list makes a new one.
-  const initrd = join(dir, `initrd-${createHash('sha256').update(INIT + DISK_MODULES.join()).digest('hex').slice(0, 12)}.img`);
+  const initrd = join(dir, `initrd-${createHash('sha256').update(INIT + UDHCPC + INITRD_MODULES.join()).digest('hex').slice(0, 12)}.img`);
   if (!existsSync(initrd)) {
     if (!existsSync(join(modules, 'modules.dep'))) await ctx.run('depmod', ['--basedir', tree, version]);
     await makeInitrd(ctx, tree, version, initrd);

@@ -24,6 +24,8 @@ export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string 
         'echo "$st, $r; steps done: $(ls /var/lib/pimaster/firstboot | paste -sd" ")"; [ "$st" = active ] && [ "$r" = success ] && [ -e /var/lib/pimaster/firstboot/done ]',
     },
     { name: 'sshd: UsePAM no', command: 'v=$(sshd -T | grep -i "^usepam "); echo "$v"; [ "$v" = "usepam no" ]' },
+    // Raspberry Pi OS's first-boot rename (userconf-pi) must be cancelled: its banner says SSH may not work.
+    { name: 'sshd: no first-boot rename banner', command: 'v=$(sshd -T | grep -i "^banner "); echo "$v"; [ "$v" = "banner none" ]' },
     { name: 'no pi user', command: 'if getent passwd pi; then exit 1; fi; echo "no pi in the user database"' },
     { name: 'dnsmasq active', command: 'systemctl is-active dnsmasq' },
     {
@@ -33,6 +35,14 @@ export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string 
         'cmp bootcode.bin /tftpboot/bootcode.bin && cmp cmdline.txt /tftpboot/rpiboot_uboot/cmdline.txt && ' +
         `echo "bootcode.bin ($(stat -c %s bootcode.bin) B) and rpiboot_uboot/cmdline.txt ($(stat -c %s cmdline.txt) B) from ${ip}, as on disk"`,
     },
+    {
+      // The Raspberry Pi kernel mounts NFS 4.1 itself; an initramfs (klibc nfsmount) speaks v2/v3 only.
+      name: 'nodes boot without an initramfs, NFS 4.1 root',
+      command:
+        'cd /tftpboot/rpiboot_uboot && i=$(ls -d initramfs* 2>/dev/null | paste -sd" "); c=$(grep -E "^[[:space:]]*(auto_initramfs=1|initramfs[[:space:]])" config.txt | paste -sd" "); ' +
+        'n=$(grep -o "root=/dev/nfs\\|nfsroot=[^ ]*" cmdline.txt | paste -sd" "); echo "initramfs files: ${i:-none}; config.txt: ${c:-no initramfs}; cmdline.txt: ${n}"; ' +
+        '[ -z "$i$c" ] && echo "$n" | grep -q "root=/dev/nfs" && echo "$n" | grep -q "vers=4.1"',
+    },
     { name: 'NFS export active', command: 'e=$(exportfs -v | grep "^/nfs"); echo "$e" | tr -s " \\t" " "; [ -n "$e" ]' },
     {
       // Mounted as the nodes do (their cmdline.txt); the checks after it read the node's root through it.
@@ -40,6 +50,19 @@ export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string 
       command: `mkdir -p ${MNT} && mount -t nfs -o vers=4.1,proto=tcp ${ip}:/nfs/raspi ${MNT} && findmnt -no SOURCE,FSTYPE,OPTIONS ${MNT} | cut -c1-90`,
     },
     { name: 'NFS root hostname is nfspi', command: `h=$(cat ${MNT}/etc/hostname); echo "$h"; [ "$h" = nfspi ]` },
+    {
+      name: 'NFS root is the image as shipped',
+      command:
+        `cd ${MNT} && left=$(ls -d usr/sbin/policy-rc.d etc/dpkg/dpkg.cfg.d/zz-build-image etc/apt/apt.conf.d/zz-build-image $(find etc usr/sbin -name '*.build-image-saved') 2>/dev/null | paste -sd" "); ` +
+        'preload=same; { [ -e /etc/ld.so.preload ] || [ -e etc/ld.so.preload ]; } && ! cmp -s /etc/ld.so.preload etc/ld.so.preload && preload=differs; ' +
+        'echo "build files: ${left:-none}; ld.so.preload: ${preload}"; [ -z "$left" ] && [ $preload = same ]',
+    },
+    {
+      name: 'NFS root grows nothing, asks nothing, reads no cloud-init seed',
+      command:
+        `cd ${MNT} && on=$(ls etc/init.d/resize2fs_once etc/systemd/system/multi-user.target.wants/rpi-resize.service etc/systemd/system/multi-user.target.wants/userconfig.service 2>/dev/null | paste -sd" "); ` +
+        'ci=; [ -d etc/cloud ] && [ ! -e etc/cloud/cloud-init.disabled ] && ci="cloud-init "; echo "${ci}${on:-none of resize2fs_once, rpi-resize, userconfig, cloud-init}"; [ -z "$on$ci" ]',
+    },
     { name: 'NFS root fstab is empty', command: `if [ -s ${MNT}/etc/fstab ]; then echo "$(wc -l < ${MNT}/etc/fstab) lines"; exit 1; fi; echo "$(stat -c %s ${MNT}/etc/fstab) bytes"` },
     {
       name: "NFS root host keys differ from the pimaster's",

@@ -9,11 +9,11 @@
  *
  * The copy, QEMU and every mount are undone by the clean-up stack, whatever happens.
  */
-import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
+import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { scoped } from '../pipeline/cleanup.ts';
 import { UserError } from '../pipeline/errors.ts';
-import type { BuildContext, Pipeline, Stage } from '../pipeline/stage.ts';
+import type { BuildContext, BuildState, Pipeline, Stage } from '../pipeline/stage.ts';
 import { extractImage } from '../stages/extract.ts';
 import { growRoot } from '../stages/grow.ts';
 import { imageArch, resolveInRoot } from '../stages/chroot/emulation.ts';
@@ -21,7 +21,8 @@ import { attachLoop, mount } from '../stages/image/loop.ts';
 import { partition, readLayout } from '../stages/image/partitions.ts';
 import { lastLine, systemChecks, type Check, type CheckResult } from './checks.ts';
 import { readFacts, type GuestFacts } from './facts.ts';
-import { shutDown, startGuest, sshArgs, waitForSsh, type Guest, type SshTarget } from './guest.ts';
+import { freePort, guestArgs, shutDown, startGuest, sshArgs, waitForSsh, type Guest, type GuestSpec, type SshTarget } from './guest.ts';
+import { NODE, prepareNodeBoot, runNode } from './node.ts';
 import { debianKernel, guestBusybox, ownKernel, type GuestArch, type GuestKernel } from './kernel.ts';
 import { GUEST_BUSYBOX, PIMASTER_PORTS, pimasterChecks } from './pimaster-checks.ts';
 
@@ -38,6 +39,8 @@ export interface VerifyOptions {
   timeoutS: number;
   debianMirror: string;
   memoryMiB: number;
+  /** Boot a cluster node from the pimaster too (see node.ts). */
+  node: boolean;
 }
 
 declare module '../pipeline/stage.ts' {
@@ -48,7 +51,15 @@ declare module '../pipeline/stage.ts' {
       rootPartition: number;
       facts: GuestFacts;
       kernel: GuestKernel;
+      /** Byte offset of the boot partition (its cmdline.txt is read again after a reboot). */
+      bootOffset?: number;
+      bootArgs: string[];
+      /** The image grows its own root at the first boot (`resize`): the copy's root is left as it is. */
+      expands: boolean;
       bootSeconds?: number;
+      boots?: number;
+      /** --node: the port on 127.0.0.1 of the cluster link the pimaster listens on. */
+      clusterPort?: number;
       results?: CheckResult[];
     };
   }
@@ -71,7 +82,7 @@ const copyStage = (opts: VerifyOptions): Stage => ({
     const copy = join(ctx.paths.work, 'guest.img');
     ctx.defer(`remove ${copy}`, () => rmSync(copy, { force: true }));
     await extractImage(ctx, { path: opts.image, sha256: '', source: opts.image }, copy, 'image', 'IMAGE');
-    ctx.state.verify = { copy, arch: 'arm64', rootPartition: 0, facts: { hostname: '' }, kernel: { source: '', version: '', kernel: '', initrd: '' } };
+    ctx.state.verify = { copy, arch: 'arm64', rootPartition: 0, facts: { hostname: '' }, kernel: { source: '', version: '', kernel: '', initrd: '' }, bootArgs: [], expands: false };
   },
 });
 
@@ -81,7 +92,13 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
   options: [],
   async run(ctx) {
     const state = verifyState(ctx);
-    const layout = await growRoot(ctx, state.copy, await readLayout(ctx, state.copy), ROOM);
+    let layout = await readLayout(ctx, state.copy);
+    state.bootOffset = layout.boot ? partition(layout, layout.boot).offset : undefined;
+    state.bootArgs = await bootArgsOf(ctx, state.copy, state.bootOffset);
+    // An image that grows its root at the first boot gets a larger disk and grows into it itself.
+    state.expands = state.bootArgs.includes('resize');
+    if (state.expands) truncateSync(state.copy, statSync(state.copy).size + ROOM);
+    else layout = await growRoot(ctx, state.copy, layout, ROOM);
     state.rootPartition = layout.root;
     const dir = join(ctx.paths.work, 'root');
     mkdirSync(dir, { recursive: true });
@@ -110,10 +127,35 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
         mkdirSync(modules, { recursive: true });
         await ctx.run('cp', ['-a', state.kernel.modules!, modules]);
       }
+      if (opts.node) {
+        if (!state.facts.pimaster || arch !== 'arm64') throw new UserError(`--node boots a cluster node from an arm64 pimaster: ${opts.image} is ${state.facts.pimaster ? `an ${arch}` : 'not a'} pimaster`);
+        await prepareNodeBoot(ctx, dir, state.kernel.modules ? state.kernel : await debianKernel(ctx, arch, opts.debianMirror));
+      }
     });
-    ctx.log.line(`kernel: ${state.kernel.source}; facts: ${JSON.stringify(state.facts)}`);
+    ctx.log.line(`kernel: ${state.kernel.source}; the image's kernel arguments: ${state.bootArgs.join(' ') || 'none'}; facts: ${JSON.stringify(state.facts)}`);
   },
 });
+
+/**
+ * The guest's networks: QEMU's user network on the image's own subnet, so that its static address
+ * works; with --node the cluster interface is on the link to the node instead, and the user
+ * network (the pimaster's uplink, eth1) gets its address by DHCP.
+ */
+function guestNetworks(state: NonNullable<BuildState['verify']>, opts: VerifyOptions): Pick<GuestSpec, 'user' | 'cluster'> {
+  const ports = [22, ...(state.facts.pimaster ? PIMASTER_PORTS : [])];
+  if (!opts.node) return { user: { address: state.facts.address, ports } };
+  return { cluster: { port: state.clusterPort!, listen: true, mac: NODE.mac0 }, user: { ports } };
+}
+
+/** The kernel arguments of the image's cmdline.txt that the boot keeps (none without one). */
+async function bootArgsOf(ctx: BuildContext, copy: string, bootOffset: number | undefined): Promise<string[]> {
+  if (bootOffset === undefined) return [];
+  const r = await ctx.run('mtype', ['-i', `${copy}@@${bootOffset}`, '::/cmdline.txt'], { reject: false, env: { MTOOLS_SKIP_CHECK: '1' } });
+  return r.exitCode === 0 ? guestArgs(r.stdout) : [];
+}
+
+/** A guest that reboots before SSH answers is started again; more boots than this is a failure. */
+const MAX_BOOTS = 3;
 
 /** Add the public half of --ssh-key to the user's authorized_keys in the copy (never the image). */
 async function authorizeKey(ctx: BuildContext, root: string, opts: VerifyOptions): Promise<void> {
@@ -144,20 +186,28 @@ const bootStage = (opts: VerifyOptions): Stage => ({
     const console = join(ctx.paths.work, 'console.log');
     rmSync(console, { force: true });
     ctx.status(`kernel: ${state.kernel.source}`);
+    if (opts.node) state.clusterPort = await freePort();
     const started = performance.now();
-    const guest = await startGuest(ctx, {
-      arch: state.arch,
-      image: state.copy,
-      rootPartition: state.rootPartition,
-      kernel: state.kernel,
-      address: state.facts.address,
-      ports: [22, ...(state.facts.pimaster ? PIMASTER_PORTS : [])],
-      console,
-      memoryMiB: opts.memoryMiB,
-    });
-    ctx.resources.set('guest', guest);
-    ctx.status(`console: ${console}`);
-    await waitForSsh(ctx, guest, target(ctx, opts), opts.timeoutS, console);
+    const deadline = Date.now() + opts.timeoutS * 1000;
+    for (let boot = 1; ; boot++) {
+      const guest = await startGuest(ctx, {
+        arch: state.arch,
+        boot: { image: state.copy, rootPartition: state.rootPartition, kernel: state.kernel, bootArgs: state.bootArgs },
+        console,
+        memoryMiB: opts.memoryMiB,
+        ...guestNetworks(state, opts),
+      });
+      ctx.resources.set('guest', guest);
+      ctx.status(`console: ${console}${boot > 1 ? ` (boot ${boot})` : ''}`);
+      if ((await waitForSsh(ctx, guest, target(ctx, opts), { deadline, timeoutS: opts.timeoutS }, console)) === 'up') {
+        state.boots = boot;
+        break;
+      }
+      if (boot === MAX_BOOTS) throw new UserError(`the guest rebooted ${MAX_BOOTS} times before SSH answered: see ${console}`);
+      // As a Pi's firmware would, the next boot reads the boot partition's cmdline.txt as it is now.
+      state.bootArgs = await bootArgsOf(ctx, state.copy, state.bootOffset);
+      ctx.log.line(`the guest rebooted before SSH answered; boot ${boot + 1} with: ${state.bootArgs.join(' ') || 'no arguments of the image'}`);
+    }
     state.bootSeconds = Math.round((performance.now() - started) / 100) / 10;
     ctx.log.line(`SSH answered ${state.bootSeconds} s after QEMU started`);
   },
@@ -180,7 +230,7 @@ const checkStage = (opts: VerifyOptions): Stage => ({
   async run(ctx) {
     const state = verifyState(ctx);
     const facts = state.facts;
-    const checks = [...systemChecks(facts), ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }) : []), ...opts.checks];
+    const checks = [...systemChecks(facts, state.expands), ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }) : []), ...opts.checks];
     if (facts.pimaster) {
       const busybox = await guestBusybox(ctx, state.arch, opts.debianMirror, state.kernel);
       await ctx.run('ssh', sshArgs(target(ctx, opts), `mkdir -p ${dirname(GUEST_BUSYBOX)} && cat > ${GUEST_BUSYBOX} && chmod 755 ${GUEST_BUSYBOX}`), { stdin: { file: busybox } });
@@ -193,8 +243,45 @@ const checkStage = (opts: VerifyOptions): Stage => ({
       results.push(result);
     }
     state.results = results;
-    ctx.status('powering the guest off');
-    if (!(await shutDown(ctx, ctx.resources.get('guest') as Guest, target(ctx, opts)))) ctx.log.line('the guest did not power off in time: QEMU is stopped');
+    if (!opts.node) await powerOff(ctx, opts);
+  },
+});
+
+async function powerOff(ctx: BuildContext, opts: VerifyOptions): Promise<void> {
+  ctx.status('powering the guest off');
+  if (!(await shutDown(ctx, ctx.resources.get('guest') as Guest, target(ctx, opts)))) ctx.log.line('the guest did not power off in time: QEMU is stopped');
+}
+
+const nodeStage = (opts: VerifyOptions): Stage => ({
+  name: 'node',
+  describe: () => 'boot a cluster node from the pimaster (U-Boot, DHCP, TFTP, NFS root) on a link of their own, check it, boot it again',
+  options: [],
+  async run(ctx) {
+    const state = verifyState(ctx);
+    const guest = ctx.resources.get('guest') as Guest;
+    const pimaster = target(ctx, opts);
+    const console = join(ctx.paths.work, 'node-console.log');
+    rmSync(console, { force: true });
+    ctx.status(`node console: ${console}`);
+    const results = await runNode(
+      ctx,
+      {
+        pimaster,
+        agentPort: guest.hostPort.get(8090)!,
+        facts: state.facts,
+        clusterPort: state.clusterPort!,
+        console,
+        timeoutS: opts.timeoutS,
+        run: async (command, timeoutMs = 120_000) => {
+          const r = await ctx.run('ssh', sshArgs(pimaster, command), { reject: false, timeoutMs });
+          return { ok: r.exitCode === 0, out: r.exitCode === 0 ? r.stdout : lastLine(r.stdout.trim() ? r.stdout : r.stderr) };
+        },
+      },
+      (check) => runCheck(ctx, opts, check),
+    );
+    for (const result of results) ctx.log.line(`${result.ok ? 'PASS' : 'FAIL'} ${result.name}: ${result.saw}`);
+    state.results = [...(state.results ?? []), ...results];
+    await powerOff(ctx, opts);
   },
 });
 
@@ -202,6 +289,6 @@ export function verifyPipeline(opts: VerifyOptions): Pipeline {
   return {
     name: 'verify',
     summary: 'boot an image in QEMU and check it',
-    stages: [copyStage(opts), prepareStage(opts), bootStage(opts), checkStage(opts)],
+    stages: [copyStage(opts), prepareStage(opts), bootStage(opts), checkStage(opts), ...(opts.node ? [nodeStage(opts)] : [])],
   };
 }
