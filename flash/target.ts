@@ -6,6 +6,7 @@
 import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { UserError } from '../pipeline/errors.ts';
+import { currentMounts, type Mount } from '../pipeline/mounts.ts';
 
 export interface Disk {
   path: string;
@@ -39,30 +40,16 @@ export function disksUnder(majMin: string): string[] {
   return below.flatMap((name) => disksUnder(readFileSync(join(slaves, name, 'dev'), 'utf8').trim()));
 }
 
-export interface Mount {
-  majMin: string;
-  target: string;
-}
-
-/** /proc/self/mountinfo: field 3 is major:minor, field 5 the mount point (octal escapes). */
-export function parseMountinfo(text: string): Mount[] {
-  return text
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => line.split(' '))
-    .map((f) => ({ majMin: f[2]!, target: f[4]!.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) }));
-}
-
 const SYSTEM_MOUNTS = ['/', '/boot', '/boot/firmware', '/boot/efi', '/usr', '/var', '/home'];
 
 /** Disks holding the running system's own filesystems. */
-export function systemDisks(mounts = parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8'))): Set<string> {
+export function systemDisks(mounts: Mount[] = currentMounts()): Set<string> {
   return new Set(mounts.filter((m) => SYSTEM_MOUNTS.includes(m.target)).flatMap((m) => disksUnder(m.majMin)));
 }
 
 /** Where the disk (or one of its partitions) is mounted or swapped on. */
 export function usesOf(disk: string): string[] {
-  const uses = parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8'))
+  const uses = currentMounts()
     .filter((m) => disksUnder(m.majMin).includes(disk))
     .map((m) => m.target);
   for (const line of readFileSync('/proc/swaps', 'utf8').split('\n').slice(1)) {

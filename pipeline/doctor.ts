@@ -1,6 +1,7 @@
 import { accessSync, constants, existsSync, readFileSync, statfsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { formatBytes } from './config.ts';
+import { leftovers, undoCommands } from './work-dir.ts';
 
 export interface Check {
   name: string;
@@ -105,6 +106,11 @@ export function runChecks(workDir: string, minFreeBytes = 8 * 2 ** 30): Check[] 
   checks.push(free >= minFreeBytes
     ? { name: 'disk', ok: true, detail: `${formatBytes(free)} free in ${dir}` }
     : { name: 'disk', ok: false, warning: true, detail: `${formatBytes(free)} free in ${dir}, a pimaster build wants ${formatBytes(minFreeBytes)}`, fix: 'free some space or pass --work DIR on a larger disk' });
+  const left = leftovers(workDir);
+  const count = left.mounts.length + left.loops.length;
+  checks.push(count === 0
+    ? { name: 'work dir', ok: true, detail: `nothing mounted or attached under ${workDir} by a killed build` }
+    : { name: 'work dir', ok: false, warning: true, detail: `${left.mounts.length} mounts and ${left.loops.length} loop devices under ${workDir} left by a killed build (the next build there undoes them first)`, fix: undoCommands(left).join('; ') });
   return checks;
 }
 

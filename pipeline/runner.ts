@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CleanupStack, type Outcome } from './cleanup.ts';
 import { CommandRunner } from './commands.ts';
@@ -8,6 +8,7 @@ import { BuildLog } from './log.ts';
 import type { Reporter } from './report.ts';
 import { chainKeys, StageCache, toolkitVersion, type Checkpoint } from './stage-cache.ts';
 import type { BuildContext, BuildState, Pipeline, Stage } from './stage.ts';
+import { claimWorkDir } from './work-dir.ts';
 
 export interface Range {
   from?: string;
@@ -183,7 +184,15 @@ export interface BuildResult {
  */
 export async function runPipeline(pipeline: Pipeline, config: Config, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
   const stages = selectStages(pipeline, range);
-  mkdirSync(config.work, { recursive: true });
+  const release = await claimWorkDir(config.work, (line) => reporter.info(line));
+  try {
+    return await runStagesIn(pipeline, stages, config, range, reporter, initialState);
+  } finally {
+    release();
+  }
+}
+
+async function runStagesIn(pipeline: Pipeline, stages: Stage[], config: Config, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
   const resuming = range.from !== undefined && range.from !== pipeline.stages[0]!.name;
   const state = initialState ?? loadState(config.work, resuming, range.from ?? '');
   const log = new BuildLog(join(config.work, 'logs'), config.verbose ? (text) => process.stderr.write(text) : undefined);

@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { scratch } from './helpers/build.ts';
 import { startServer } from './helpers/http-server.ts';
-import { loopsOn, mountsUnder } from './helpers/leaks.ts';
+import { loopsOn, loopsUnder, mountsUnder } from './helpers/leaks.ts';
 
 const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -186,4 +186,92 @@ test('a work directory that runs out of space: one line, nothing left behind, th
   t.deepEqual(mountsUnder(join(small, 'work')), []);
   t.deepEqual(await loopsOn(join(small, 'work', 'image.img')), []);
   t.is((await execa('sha256sum', [join(dir, 'www', 'base.img.xz')])).stdout, before);
+});
+
+test("--work on a directory of the user's files is refused before anything runs, every file kept", async (t) => {
+  const dir = scratch();
+  const server = await served(dir);
+  t.teardown(async () => {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const mine = join(dir, 'mine');
+  mkdirSync(join(mine, 'boot'), { recursive: true });
+  writeFileSync(join(mine, 'boot', 'keep.txt'), 'mine\n');
+  const result = await run(['customize', '--base', server.url('base.img.xz'), '--work', mine, '--cache', join(dir, 'cache'), '--out', join(dir, 'out')]);
+  t.is(result.exitCode, 2, result.stderr);
+  t.deepEqual(result.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: --work ${mine}: holds files build-image did not make (no .build-image-work); pass a new or empty directory, the build deletes what it makes there`]);
+  t.deepEqual(readdirSync(mine), ['boot']);
+  t.is(readFileSync(join(mine, 'boot', 'keep.txt'), 'utf8'), 'mine\n');
+  t.is(server.gets('/base.img.xz').length, 0, 'nothing downloaded');
+});
+
+/** A customize run in the background, resolved once its stderr shows `text` (or it ends). */
+function startBuild(args: string[], text: string) {
+  const child = execa('node', [cli, ...args], { reject: false, env: { CI: 'true' }, all: true });
+  let seen = '';
+  const state = { ended: false };
+  const reached = new Promise<void>((resolve) => {
+    child.stderr!.on('data', (chunk: Buffer) => {
+      seen += chunk;
+      if (seen.includes(text)) resolve();
+    });
+    void child.then(() => {
+      state.ended = true;
+      resolve();
+    });
+  });
+  return { child, reached, state };
+}
+
+test('two builds in one work directory: the second names the first and exits 2, the first finishes', async (t) => {
+  const dir = scratch();
+  const server = await served(dir);
+  t.teardown(async () => {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const args = (out: string) => ['customize', '--base', server.url('base.img.xz'), '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, out)];
+  const first = startBuild(args('out1'), 'attach: started');
+  await first.reached;
+  const second = await run(args('out2'));
+  t.is(second.exitCode, 2, second.stderr);
+  t.deepEqual(second.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: --work ${join(dir, 'work')}: another build (pid ${first.child.pid}) is using it; wait for it to end or pass another --work`]);
+  const result = await first.child;
+  t.is(result.exitCode, 0, result.all);
+  t.false(existsSync(join(dir, 'out2')));
+  t.deepEqual(readdirSync(join(dir, 'work')).filter((f) => f.startsWith('.build-image-lock')), [], 'the lock is gone with its build');
+});
+
+test('a build killed with SIGKILL: doctor names its mounts and loop devices, the next build undoes them and succeeds', async (t) => {
+  const dir = scratch();
+  const server = await served(dir);
+  t.teardown(async () => {
+    await server.close();
+    for (const target of mountsUnder(dir).reverse()) await execa('umount', [target], { reject: false });
+    for (const device of await loopsUnder(dir)) await execa('losetup', ['-d', device], { reject: false });
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const work = join(dir, 'work');
+  const args = ['customize', '--base', server.url('base.img.xz'), '--work', work, '--cache', join(dir, 'cache'), '--out', join(dir, 'out')];
+  const killed = startBuild(args, 'attach: started');
+  await killed.reached;
+  while (mountsUnder(work).length === 0 && !killed.state.ended) await new Promise((resolve) => setTimeout(resolve, 20));
+  killed.child.kill('SIGKILL');
+  await killed.child;
+  const left = mountsUnder(work);
+  t.true(left.length > 0, 'the killed build left its mounts');
+  t.true((await loopsUnder(work)).length > 0, 'and its loop devices');
+
+  const doctor = await run(['doctor', '--work', work]);
+  const line = doctor.stdout.split('\n').find((l) => l.includes('work dir')) ?? '';
+  t.regex(line, /^warn\s+work dir\s+\d+ mounts and \d+ loop devices under .* left by a killed build/);
+  for (const target of left) t.true(line.includes(`umount ${target}`), `doctor gives the command for ${target}`);
+
+  const next = await run(args);
+  t.is(next.exitCode, 0, next.stderr);
+  t.regex(next.stderr, /undid \d+ mounts? and \d+ loop devices? left by a build that was killed \(pid \d+\)/);
+  t.deepEqual(mountsUnder(dir), []);
+  t.deepEqual(await loopsUnder(dir), []);
+  t.true(existsSync(join(dir, 'out')) && readdirSync(join(dir, 'out')).some((f) => f.endsWith('.img.xz')));
 });
