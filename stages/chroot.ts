@@ -5,6 +5,7 @@ import { CommandError, UserError } from '../pipeline/errors.ts';
 import { treeDigest } from '../pipeline/digest.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
+import { inRoot } from './image/in-root.ts';
 import { chrootArgs, chrootRun, enterChroot, RESTORE_IMAGE_FILES, STAGING, stagedFiles } from './chroot/environment.ts';
 
 /**
@@ -59,7 +60,7 @@ export interface ChrootStageOptions {
 async function runScript(ctx: BuildContext, script: string, index: number, env: Record<string, string>): Promise<void> {
   const name = basename(script);
   const inImage = `${STAGING}/scripts/${String(index).padStart(2, '0')}-${name}`;
-  copyFileSync(script, join(rootDir(ctx.paths.work), inImage));
+  copyFileSync(script, inRoot(rootDir(ctx.paths.work), inImage));
   ctx.log.useFile(`chroot-${String(index).padStart(2, '0')}-${name}.log`);
   ctx.status(`script ${name}`);
   try {

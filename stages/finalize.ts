@@ -1,8 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { UserError } from '../pipeline/errors.ts';
 import type { Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
+import { inRoot } from './image/in-root.ts';
 import { attachLoop } from './image/loop.ts';
 import { partition } from './image/partitions.ts';
 import { scoped } from '../pipeline/cleanup.ts';
@@ -29,7 +29,7 @@ export const finalizeStage: Stage = {
   async run(ctx) {
     const mark = ctx.resources.get('attach');
     if (typeof mark !== 'number') throw new UserError('finalize: the image is not attached; run from attach or earlier');
-    const status = join(rootDir(ctx.paths.work), 'var/lib/dpkg/status');
+    const status = inRoot(rootDir(ctx.paths.work), 'var/lib/dpkg/status');
     ctx.state.packages = existsSync(status) ? parseDpkgStatus(readFileSync(status, 'utf8')) : [];
     const errors = await ctx.cleanup.unwindTo(mark, 'success');
     if (errors.length) throw errors[0];

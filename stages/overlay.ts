@@ -6,6 +6,7 @@ import { treeDigest } from '../pipeline/digest.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { bootDir, rootDir } from './attach.ts';
 import { renderTemplate, templateVars, TemplateError } from '../pipeline/template.ts';
+import { inRoot } from './image/in-root.ts';
 
 /** The trees an overlay directory may hold, and where each goes. */
 const TREES = ['boot', 'rootfs'] as const;
@@ -43,22 +44,25 @@ function treeSize(dir: string): number {
 }
 
 /**
- * Copy one tree into the image. Files are owned by root:root with mode 0644, or 0755 when the
- * source has an exec bit, unless modes.txt says otherwise; existing directories keep their mode;
- * `*.tmpl` files are rendered and lose the suffix.
+ * Copy one tree into the image (`dest`, a directory of the tree rooted at `root`). Files are owned
+ * by root:root with mode 0644, or 0755 when the source has an exec bit, unless modes.txt says
+ * otherwise; existing directories keep their mode; `*.tmpl` files are rendered and lose the suffix.
+ * A link in the image to a directory is followed inside the image (`lib -> usr/lib`); a file, link
+ * or template replaces whatever is at its name, never writes through a link there.
  */
-function copyTree(src: string, dest: string, overlay: string, modes: Map<string, number>, vars: Record<string, string>, fat: boolean, log: (line: string) => void): void {
+function copyTree(src: string, root: string, dest: string, overlay: string, modes: Map<string, number>, vars: Record<string, string>, fat: boolean, log: (line: string) => void): void {
   for (const entry of readdirSync(src, { withFileTypes: true })) {
     const from = join(src, entry.name);
     const rel = relative(overlay, from);
     const template = entry.isFile() && entry.name.endsWith('.tmpl');
-    const to = join(dest, template ? entry.name.slice(0, -'.tmpl'.length) : entry.name);
+    let to = join(dest, template ? entry.name.slice(0, -'.tmpl'.length) : entry.name);
+    if (entry.isDirectory() && isLink(to)) to = inRoot(root, relative(root, to));
     const target = existsSync(to) || isLink(to) ? lstatSync(to) : undefined;
     if (entry.isDirectory()) {
       if (target && !target.isDirectory()) throw new UserError(`overlay ${rel}: is a directory, but the image has a file there`);
-      if (!target) mkdirSync(to, { mode: 0o755 });
+      if (!target) mkdirSync(to, { recursive: true, mode: 0o755 }); // recursive: a link's target inside the image may not exist yet
       if (!fat) own(to, modes.get(rel) ?? (target ? undefined : 0o755));
-      copyTree(from, to, overlay, modes, vars, fat, log);
+      copyTree(from, root, to, overlay, modes, vars, fat, log);
       continue;
     }
     if (target?.isDirectory()) throw new UserError(`overlay ${rel}: is a file, but the image has a directory there`);
@@ -69,11 +73,14 @@ function copyTree(src: string, dest: string, overlay: string, modes: Map<string,
       lchownSync(to, 0, 0);
     } else if (entry.isFile()) {
       if (template) {
+        let text: string;
         try {
-          writeFileSync(to, renderTemplate(readFileSync(from, 'utf8'), vars, rel));
+          text = renderTemplate(readFileSync(from, 'utf8'), vars, rel);
         } catch (error) {
           throw error instanceof TemplateError ? new UserError(`overlay ${error.message}`) : error;
         }
+        rmSync(to, { force: true });
+        writeFileSync(to, text);
       } else {
         rmSync(to, { force: true });
         copyFileSync(from, to);
@@ -110,7 +117,7 @@ export async function applyOverlays(ctx: BuildContext, dirs: readonly string[]):
       const src = join(dir, tree);
       if (!existsSync(src)) continue;
       const dest = tree === 'boot' ? bootDir(ctx.paths.work) : rootDir(ctx.paths.work);
-      copyTree(src, dest, dir, modes, vars, tree === 'boot', (line) => ctx.log.line(line));
+      copyTree(src, dest, dest, dir, modes, vars, tree === 'boot', (line) => ctx.log.line(line));
     }
   }
 }

@@ -6,7 +6,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseIpv4Cidr, type Ipv4Cidr } from '../pipeline/validate.ts';
-import { readInRoot } from '../stages/image/system.ts';
+import { inRoot, readInRoot } from '../stages/image/in-root.ts';
 
 export interface StaticAddress extends Ipv4Cidr {
   interface: string;
@@ -51,12 +51,12 @@ export function readFacts(root: string): GuestFacts {
   const hostname = readInRoot(root, 'etc/hostname').trim() || 'localhost';
   let address = dhcpcdStatic(readInRoot(root, 'etc/dhcpcd.conf'));
   const nm = 'etc/NetworkManager/system-connections';
-  if (!address && existsSync(join(root, nm))) {
-    for (const name of readdirSync(join(root, nm)).filter((n) => n.endsWith('.nmconnection')).sort()) {
+  if (!address && existsSync(inRoot(root, nm))) {
+    for (const name of readdirSync(inRoot(root, nm)).filter((n) => n.endsWith('.nmconnection')).sort()) {
       address ??= nmStatic(readInRoot(root, join(nm, name)));
     }
   }
   const nat = readInRoot(root, 'etc/systemd/system/pimaster-nat.service');
-  const pimaster = existsSync(join(root, 'usr/local/sbin/pimaster-firstboot')) ? { uplink: natUplink(nat) ?? 'wlan0' } : undefined;
+  const pimaster = existsSync(inRoot(root, 'usr/local/sbin/pimaster-firstboot')) ? { uplink: natUplink(nat) ?? 'wlan0' } : undefined;
   return { hostname, address, pimaster };
 }

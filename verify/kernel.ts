@@ -15,6 +15,7 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameS
 import { join } from 'node:path';
 import { UserError } from '../pipeline/errors.ts';
 import { withLock } from '../pipeline/lock.ts';
+import { inRoot } from '../stages/image/in-root.ts';
 import type { BuildContext } from '../pipeline/stage.ts';
 
 export type GuestArch = 'arm64' | 'armhf';
@@ -42,14 +43,14 @@ export function bootsUnderVirt(kernelConfig: string): boolean {
 
 /** The newest kernel in the image's /boot that boots under `virt` with its own initrd, if any. */
 export function ownKernel(root: string): { version: string; kernel: string; initrd: string } | undefined {
-  const boot = join(root, 'boot');
+  const boot = inRoot(root, 'boot');
   if (!existsSync(boot)) return undefined;
   const versions = readdirSync(boot)
     .map((name) => /^vmlinuz-(.+)$/.exec(name)?.[1])
     .filter((v): v is string => v !== undefined)
     .sort((a, b) => b.localeCompare(a, undefined, { numeric: true }));
   for (const version of versions) {
-    const [kernel, initrd, config] = ['vmlinuz', 'initrd.img', 'config'].map((n) => join(boot, `${n}-${version}`)) as [string, string, string];
+    const [kernel, initrd, config] = ['vmlinuz', 'initrd.img', 'config'].map((n) => inRoot(root, `boot/${n}-${version}`)) as [string, string, string];
     if (existsSync(initrd) && existsSync(config) && bootsUnderVirt(readFileSync(config, 'utf8'))) return { version, kernel, initrd };
   }
   return undefined;

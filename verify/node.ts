@@ -16,7 +16,7 @@
  * The initrd does with root=/dev/nfs, nfsroot= and ip=dhcp what the Raspberry Pi kernel does
  * itself: the address from DHCP, then the NFS root with the options of cmdline.txt.
  */
-import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { findOnPath } from '../pipeline/doctor.ts';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -28,6 +28,7 @@ import type { Check, CheckResult } from './checks.ts';
 import type { GuestFacts } from './facts.ts';
 import { startGuest, type Guest, type SshTarget } from './guest.ts';
 import type { GuestKernel } from './kernel.ts';
+import { entryInRoot, inRoot } from '../stages/image/in-root.ts';
 
 /**
  * The node QEMU boots: a made-up serial (a Pi's is in its OTP) and MAC. Debian's U-Boot for QEMU
@@ -67,13 +68,20 @@ export function nodeBootScript(cmdline: string): string {
 /** Into the pimaster's mounted copy: Debian's kernel and the initrd, and U-Boot's script (mkimage). */
 export async function prepareNodeBoot(ctx: BuildContext, root: string, kernel: GuestKernel): Promise<void> {
   if (!existsSync(U_BOOT) || !findOnPath('mkimage')) throw new UserError(`--node needs U-Boot for QEMU (${U_BOOT}) and mkimage: apt-get install u-boot-qemu u-boot-tools`);
-  const tftp = join(root, 'tftpboot');
-  const cmdline = readFileSync(join(tftp, 'rpiboot_uboot/cmdline.txt'), 'utf8');
-  cpSync(kernel.kernel, join(tftp, 'rpiboot_uboot', KERNEL_FILE), { dereference: true });
-  cpSync(kernel.initrd, join(tftp, 'rpiboot_uboot', INITRD_FILE), { dereference: true });
+  const cmdline = readFileSync(inRoot(root, 'tftpboot/rpiboot_uboot/cmdline.txt'), 'utf8');
+  // Written into the image's copy: a link already at one of these names is replaced, never followed.
+  const into = (name: string) => {
+    const file = entryInRoot(root, `tftpboot/rpiboot_uboot/${name}`);
+    rmSync(file, { force: true });
+    return file;
+  };
+  cpSync(kernel.kernel, into(KERNEL_FILE), { dereference: true });
+  cpSync(kernel.initrd, into(INITRD_FILE), { dereference: true });
   const script = join(ctx.paths.work, 'node-boot.txt');
   writeFileSync(script, nodeBootScript(cmdline));
-  await ctx.run('mkimage', ['-A', 'arm64', '-O', 'linux', '-T', 'script', '-C', 'none', '-n', 'build-image verify node', '-d', script, join(tftp, 'boot.scr.uimg')]);
+  const uimg = entryInRoot(root, 'tftpboot/boot.scr.uimg');
+  rmSync(uimg, { force: true });
+  await ctx.run('mkimage', ['-A', 'arm64', '-O', 'linux', '-T', 'script', '-C', 'none', '-n', 'build-image verify node', '-d', script, uimg]);
   ctx.log.line(`node: boots ${KERNEL_FILE} and ${INITRD_FILE} from /tftpboot/${NODE.serial}/ with: ${cmdline.trim()} console=ttyAMA0`);
 }
 

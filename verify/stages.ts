@@ -16,7 +16,8 @@ import { UserError } from '../pipeline/errors.ts';
 import type { BuildContext, BuildState, Pipeline, Stage } from '../pipeline/stage.ts';
 import { extractImage } from '../stages/extract.ts';
 import { growRoot } from '../stages/grow.ts';
-import { imageArch, resolveInRoot } from '../stages/chroot/emulation.ts';
+import { imageArch } from '../stages/chroot/emulation.ts';
+import { inRoot } from '../stages/image/in-root.ts';
 import { attachLoop, mount } from '../stages/image/loop.ts';
 import { partition, readLayout } from '../stages/image/partitions.ts';
 import { lastLine, systemChecks, type Check, type CheckResult } from './checks.ts';
@@ -123,7 +124,7 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
         state.kernel = { source: `the image's own ${own.version}`, version: own.version, kernel, initrd };
       } else {
         state.kernel = await debianKernel(ctx, arch, opts.debianMirror);
-        const modules = join(dir, resolveInRoot(dir, '/lib/modules'));
+        const modules = inRoot(dir, '/lib/modules');
         mkdirSync(modules, { recursive: true });
         await ctx.run('cp', ['-a', state.kernel.modules!, modules]);
       }
@@ -160,13 +161,14 @@ const MAX_BOOTS = 3;
 /** Add the public half of --ssh-key to the user's authorized_keys in the copy (never the image). */
 async function authorizeKey(ctx: BuildContext, root: string, opts: VerifyOptions): Promise<void> {
   const { stdout } = await ctx.run('ssh-keygen', ['-y', '-f', opts.sshKey]);
-  const entry = readFileSync(join(root, 'etc/passwd'), 'utf8').split('\n').map((l) => l.split(':')).find((f) => f[0] === opts.user);
+  const entry = readFileSync(inRoot(root, 'etc/passwd'), 'utf8').split('\n').map((l) => l.split(':')).find((f) => f[0] === opts.user);
   if (!entry) throw new UserError(`--user ${opts.user}: the image has no such user (see its /etc/passwd)`);
   const [uid, gid, home] = [Number(entry[2]), Number(entry[3]), entry[5]!];
-  const ssh = join(root, resolveInRoot(root, home), '.ssh');
+  // Resolved inside the image: a link to a host directory never gets the host's files chowned.
+  const ssh = inRoot(root, `${home}/.ssh`);
   mkdirSync(ssh, { recursive: true, mode: 0o700 });
   chownSync(ssh, uid, gid);
-  const keys = join(ssh, 'authorized_keys');
+  const keys = inRoot(root, `${home}/.ssh/authorized_keys`);
   appendFileSync(keys, `${stdout.trim()} build-image-verify\n`, { mode: 0o600 });
   chownSync(keys, uid, gid);
 }

@@ -4,10 +4,10 @@
  * and binfmt_misc is checked, mounted and registered with the F flag (interpreter opened once by
  * the kernel, nothing copied into the image).
  */
-import { closeSync, existsSync, openSync, readFileSync, readSync, readlinkSync, writeFileSync } from 'node:fs';
-import { isAbsolute, join, posix } from 'node:path';
+import { closeSync, existsSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { UserError } from '../../pipeline/errors.ts';
 import type { BuildContext } from '../../pipeline/stage.ts';
+import { inRoot } from '../image/in-root.ts';
 
 export type Arch = 'arm64' | 'armhf' | 'amd64' | 'i386' | 'unknown';
 
@@ -23,31 +23,8 @@ export function elfArch(head: Buffer): Arch {
   return 'unknown';
 }
 
-/** Follow symbolic links inside the image (never out of it): /bin/sh -> dash -> /usr/bin/dash. */
-export function resolveInRoot(root: string, path: string, depth = 0): string {
-  if (depth > 40) throw new UserError(`${path}: too many levels of symbolic links in the image`);
-  const parts = path.split('/').filter(Boolean);
-  let current = '/';
-  for (const [i, part] of parts.entries()) {
-    const next = posix.join(current, part);
-    let target: string | undefined;
-    try {
-      target = readlinkSync(join(root, next));
-    } catch {
-      target = undefined;
-    }
-    if (target === undefined) {
-      current = next;
-      continue;
-    }
-    const resolved = isAbsolute(target) ? target : posix.join(current, target);
-    return resolveInRoot(root, posix.join(resolved, ...parts.slice(i + 1)), depth + 1);
-  }
-  return current;
-}
-
 export function imageArch(root: string): Arch {
-  const sh = join(root, resolveInRoot(root, '/bin/sh'));
+  const sh = inRoot(root, '/bin/sh');
   if (!existsSync(sh)) return 'unknown';
   const fd = openSync(sh, 'r');
   try {

@@ -14,6 +14,7 @@ import type { BuildContext } from '../../pipeline/stage.ts';
 import { rootDir } from '../attach.ts';
 import { ensureBinfmt, type Arch } from './emulation.ts';
 import { mount } from '../image/loop.ts';
+import { entryInRoot, inRoot } from '../image/in-root.ts';
 
 const SAVED = '.build-image-saved';
 /** Inside the image, on a tmpfs: scripts and files staged for them, gone after the build. */
@@ -42,7 +43,7 @@ function present(path: string): boolean {
 
 /** Put `content` at `path` in the image for the build (or just move the file aside when null), restored after. */
 function swapFile(ctx: BuildContext, root: string, path: string, content: string | null, mode = 0o644): void {
-  const file = join(root, path);
+  const file = entryInRoot(root, path); // a link at `path` is moved aside, not written through
   const saved = `${file}${SAVED}`;
   const had = present(file);
   if (had) renameSync(file, saved);
@@ -81,7 +82,7 @@ function writeRestoreCommand(ctx: BuildContext, root: string): void {
     ...lines,
     '',
   ].join('\n');
-  const file = join(root, RESTORE_IMAGE_FILES.slice(1));
+  const file = inRoot(root, RESTORE_IMAGE_FILES);
   mkdirSync(dirname(file), { recursive: true });
   writeFileSync(file, script, { mode: 0o755 });
 }
@@ -190,16 +191,21 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   const arch = system.arch as Arch;
   await ensureBinfmt(ctx, arch);
 
-  for (const dir of ['dev', 'dev/pts', 'proc', 'sys', 'run']) mkdirSync(join(root, dir), { recursive: true });
-  await mount(ctx, '/dev', join(root, 'dev'), ['--bind']);
-  await mount(ctx, '/dev/pts', join(root, 'dev/pts'), ['--bind']);
-  await mount(ctx, 'proc', join(root, 'proc'), ['-t', 'proc']);
-  await mount(ctx, '/sys', join(root, 'sys'), ['--bind']);
-  await mount(ctx, 'tmpfs', join(root, 'run'), ['-t', 'tmpfs', '-o', 'mode=0755']);
+  // Mount points resolved inside the image: its `run -> /run` must not hide the host's /run.
+  const at = (dir: string) => {
+    const target = inRoot(root, dir);
+    mkdirSync(target, { recursive: true });
+    return target;
+  };
+  await mount(ctx, '/dev', at('dev'), ['--bind']);
+  await mount(ctx, '/dev/pts', at('dev/pts'), ['--bind']);
+  await mount(ctx, 'proc', at('proc'), ['-t', 'proc']);
+  await mount(ctx, '/sys', at('sys'), ['--bind']);
+  await mount(ctx, 'tmpfs', at('run'), ['-t', 'tmpfs', '-o', 'mode=0755']);
 
   // The apt sources as the build's apt will see them: the distribution archive at --apt-mirror.
-  const lists = ['etc/apt/sources.list', ...listDir(root, 'etc/apt/sources.list.d').filter((f) => /\.(list|sources)$/.test(f))].filter((f) => existsSync(join(root, f)));
-  const sources = new Map(lists.map((list) => [list, readFileSync(join(root, list), 'utf8')]));
+  const lists = ['etc/apt/sources.list', ...listDir(root, 'etc/apt/sources.list.d').filter((f) => /\.(list|sources)$/.test(f))].filter((f) => existsSync(inRoot(root, f)));
+  const sources = new Map(lists.map((list) => [list, readFileSync(inRoot(root, list), 'utf8')]));
   if (options.aptMirror) {
     let matched = false;
     for (const [list, text] of sources) {
@@ -216,8 +222,7 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   const archiveKey = createHash('sha256').update([...new Set([...sources.values()].flatMap(archivesOf))].sort().join('\n')).digest('hex').slice(0, 8);
   const archives = join(ctx.paths.work, 'apt-archives');
   shareAptCache(ctx, join(ctx.paths.cache, 'apt', `${system.codename}-${arch}-${archiveKey}`), archives);
-  mkdirSync(join(root, 'var/cache/apt/archives'), { recursive: true });
-  await mount(ctx, archives, join(root, 'var/cache/apt/archives'), ['--bind']);
+  await mount(ctx, archives, at('var/cache/apt/archives'), ['--bind']);
 
   swapFile(ctx, root, 'etc/resolv.conf', readFileSync('/etc/resolv.conf', 'utf8'));
   swapFile(ctx, root, 'etc/ld.so.preload', null);
@@ -236,11 +241,11 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   ];
   if (options.aptProxy) apt.push(`Acquire::http::Proxy "${options.aptProxy}";`);
   swapFile(ctx, root, 'etc/apt/apt.conf.d/zz-build-image', `${apt.join('\n')}\n`);
-  mkdirSync(join(root, STAGING.slice(1), 'scripts'), { recursive: true });
+  mkdirSync(inRoot(root, `${STAGING}/scripts`), { recursive: true });
   writeRestoreCommand(ctx, root);
   if (options.files && existsSync(options.files)) {
-    mkdirSync(join(root, STAGING.slice(1), 'files'));
-    await mount(ctx, options.files, join(root, STAGING.slice(1), 'files'), ['--bind', '-o', 'ro']);
+    mkdirSync(inRoot(root, `${STAGING}/files`));
+    await mount(ctx, options.files, inRoot(root, `${STAGING}/files`), ['--bind', '-o', 'ro']);
   }
   // Registered last so it runs first: a process still holding a file under one of these mounts
   // (apt stopped by Ctrl-C) would keep it from being unmounted.
@@ -248,7 +253,7 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
 }
 
 function listDir(root: string, dir: string): string[] {
-  const full = join(root, dir);
+  const full = inRoot(root, dir);
   return existsSync(full) ? readdirSync(full).map((f) => `${dir}/${f}`) : [];
 }
 

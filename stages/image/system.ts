@@ -1,9 +1,10 @@
 /** What the image's own files say about it: release, boot mount point, networking, first boot. */
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { posix } from 'node:path';
 import { UserError } from '../../pipeline/errors.ts';
 import { firstBootFor, firstBootOf, parseCmdline } from './cmdline.ts';
 import { imageArch } from '../chroot/emulation.ts';
+import { inRoot, readInRoot, resolveInRoot } from './in-root.ts';
 import type { Network, SystemInfo } from './state.ts';
 
 export function parseOsRelease(text: string): Record<string, string> {
@@ -25,13 +26,16 @@ export function bootMountOf(fstab: string): string | undefined {
   return undefined;
 }
 
-/** The first of `candidates` (paths in the image) that exists, read; '' when none does. */
-export function readInRoot(root: string, ...candidates: string[]): string {
-  for (const path of candidates) {
-    const full = join(root, path);
-    if (existsSync(full)) return readFileSync(full, 'utf8');
+/**
+ * The boot partition is bound at this path of the image on the host: a plain directory path inside
+ * the image (`/../../tmp/x` or a path through a symbolic link is the image's fstab lying).
+ */
+function checkedBootMount(root: string, mount: string): string {
+  const plain = posix.normalize(mount);
+  if (!mount.startsWith('/') || mount.split('/').includes('..') || plain === '/' || resolveInRoot(root, plain) !== plain.replace(/\/$/, '')) {
+    throw new UserError(`the image's /etc/fstab mounts the boot partition at ${JSON.stringify(mount)}, which is not a directory path inside the image without symbolic links (like /boot/firmware): fix the image's fstab`);
   }
-  return '';
+  return plain.replace(/\/$/, '');
 }
 
 export function detectSystem(root: string, cmdline: string): SystemInfo {
@@ -39,7 +43,7 @@ export function detectSystem(root: string, cmdline: string): SystemInfo {
   const codename = os.VERSION_CODENAME ?? /\((\w+)\)/.exec(os.VERSION ?? '')?.[1] ?? 'unknown';
   // It names cache directories and outputs: an image's word is checked before it names a path.
   if (!/^[a-z][a-z0-9-]{0,31}$/.test(codename)) throw new UserError(`the image's os-release gives the release ${JSON.stringify(codename)}, which is not a release name (lower-case letters, digits, "-"): is this a Raspberry Pi OS or Debian image?`);
-  const has = (...paths: string[]) => paths.some((p) => existsSync(join(root, p)));
+  const has = (...paths: string[]) => paths.some((p) => existsSync(inRoot(root, p)));
   const network: Network = has('usr/sbin/NetworkManager')
     ? 'NetworkManager'
     : has('usr/sbin/dhcpcd', 'sbin/dhcpcd')
@@ -52,7 +56,7 @@ export function detectSystem(root: string, cmdline: string): SystemInfo {
     codename,
     prettyName: os.PRETTY_NAME ?? codename,
     arch: imageArch(root),
-    bootMount: bootMountOf(readInRoot(root, 'etc/fstab')) ?? (modern ? '/boot/firmware' : '/boot'),
+    bootMount: checkedBootMount(root, bootMountOf(readInRoot(root, 'etc/fstab')) ?? (modern ? '/boot/firmware' : '/boot')),
     network,
     firstBoot: armed !== 'none' ? armed : firstBootFor(codename),
     initFormat: has('usr/bin/cloud-init') ? 'cloudinit-rpi' : 'systemd',
