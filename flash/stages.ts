@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { UserError } from '../pipeline/errors.ts';
@@ -17,7 +17,7 @@ import type { BuildContext, Pipeline, Stage } from '../pipeline/stage.ts';
 import { decodeImage, imageFormat } from '../stages/extract.ts';
 import { readBmap, type Bmap } from './bmap.ts';
 import { DeviceWriter, type Written } from './device-writer.ts';
-import { inspectTarget, refusals } from './target.ts';
+import { inspectTarget, openExclusive, refusals } from './target.ts';
 
 export interface FlashOptions {
   image: string;
@@ -55,6 +55,7 @@ const checkStage = (opts: FlashOptions, bmap: Bmap | undefined): Stage => ({
     const size = await knownSize(ctx, opts.image, bmap);
     const reasons = refusals(disk, size, opts.force);
     if (reasons.length) throw new UserError(reasons[0]!);
+    await (await openExclusive(opts.device)).close(); // what the checks above cannot see (ZFS, another program)
     ctx.log.line(`${disk.path}: /sys/block/${disk.name}, ${disk.size} bytes, ${disk.removable ? 'removable' : 'not removable (--force)'}; image ${size ?? 'size unknown until decoded'}`);
   },
 });
@@ -67,7 +68,7 @@ const writeStage = (opts: FlashOptions, bmap: Bmap | undefined): Stage => ({
     const name = `image ${basename(opts.image)}`;
     const format = await imageFormat(opts.image, name, 'IMAGE');
     const disk = inspectTarget(opts.device);
-    const device = await open(opts.device, 'r+');
+    const device = await openExclusive(opts.device);
     const mapped = bmap?.ranges.reduce((n, r) => n + r.end - r.start, 0);
     const progress = new Progress(ctx.status, 'write', bmap?.imageSize);
     const zipCrc = { crc: 0 };

@@ -3,7 +3,8 @@
  * the running system is on, a disk with a mounted partition (or swap), a partition rather than a
  * disk, a non-removable disk unless forced, a disk smaller than the image.
  */
-import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { constants, existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { UserError } from '../pipeline/errors.ts';
 import { currentMounts, type Mount } from '../pipeline/mounts.ts';
@@ -42,15 +43,38 @@ export function disksUnder(majMin: string): string[] {
 
 const SYSTEM_MOUNTS = ['/', '/boot', '/boot/firmware', '/boot/efi', '/usr', '/var', '/home'];
 
+/**
+ * The disks a mount is on: by its major:minor, or for btrfs (and other filesystems that give their
+ * mounts an anonymous 0:N) by the device it names as its source.
+ */
+export function mountDisks(mount: Mount): string[] {
+  const disks = disksUnder(mount.majMin);
+  if (mount.source.startsWith('/dev/')) {
+    try {
+      disks.push(...disksUnder(majorMinor(statSync(mount.source).rdev)));
+    } catch {
+      // gone, or not a device
+    }
+  }
+  return [...new Set(disks)];
+}
+
 /** Disks holding the running system's own filesystems. */
 export function systemDisks(mounts: Mount[] = currentMounts()): Set<string> {
-  return new Set(mounts.filter((m) => SYSTEM_MOUNTS.includes(m.target)).flatMap((m) => disksUnder(m.majMin)));
+  return new Set(mounts.filter((m) => SYSTEM_MOUNTS.includes(m.target)).flatMap(mountDisks));
+}
+
+/** What the kernel has stacked on the disk or its partitions: device mapper (LVM, LUKS), md RAID. */
+export function holdersOf(disk: string, sysBlock = '/sys/block'): string[] {
+  const sys = join(sysBlock, disk);
+  const parts = readdirSync(sys).filter((entry) => existsSync(join(sys, entry, 'partition')));
+  return [sys, ...parts.map((p) => join(sys, p))].flatMap((dir) => (existsSync(join(dir, 'holders')) ? readdirSync(join(dir, 'holders')) : []));
 }
 
 /** Where the disk (or one of its partitions) is mounted or swapped on. */
 export function usesOf(disk: string): string[] {
   const uses = currentMounts()
-    .filter((m) => disksUnder(m.majMin).includes(disk))
+    .filter((m) => mountDisks(m).includes(disk))
     .map((m) => m.target);
   for (const line of readFileSync('/proc/swaps', 'utf8').split('\n').slice(1)) {
     const device = line.split(/\s+/)[0];
@@ -62,6 +86,19 @@ export function usesOf(disk: string): string[] {
     }
   }
   return [...new Set(uses)];
+}
+
+/**
+ * Open the disk for writing with O_EXCL: the kernel says EBUSY while anything holds it (a mounted
+ * filesystem, btrfs or ZFS, LVM, md, another program's exclusive open), whatever the checks above saw.
+ */
+export async function openExclusive(path: string): Promise<FileHandle> {
+  try {
+    return await open(path, constants.O_RDWR | constants.O_EXCL);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EBUSY') throw new UserError(`${path} is busy: something holds it (a mounted filesystem, a ZFS pool, LVM, RAID, or another program): stop it first`);
+    throw error;
+  }
 }
 
 /** The target as a whole disk, or a one-line refusal. */
@@ -80,15 +117,23 @@ export function inspectTarget(path: string): Disk {
     throw new UserError(`${path} is a partition of /dev/${basename(dirname(sys))}: give the whole disk, /dev/${basename(dirname(sys))}`);
   }
   const size = Number(readFileSync(join(sys, 'size'), 'utf8').trim()) * 512;
-  // SD cards in a built-in reader report removable 0; USB disks are meant to be unplugged.
-  const removable = readFileSync(join(sys, 'removable'), 'utf8').trim() === '1' || name.startsWith('mmcblk') || sys.includes('/usb');
+  // SD cards in a built-in reader report removable 0 (their type says SD; soldered eMMC says MMC);
+  // USB disks are meant to be unplugged.
+  const card = readIfExists(join(sys, 'device/type')) === 'SD';
+  const removable = readIfExists(join(sys, 'removable')) === '1' || card || sys.includes('/usb');
   return { path, name, size, removable };
+}
+
+function readIfExists(path: string): string | undefined {
+  return existsSync(path) ? readFileSync(path, 'utf8').trim() : undefined;
 }
 
 /** Every reason not to write `disk`, first the ones --force does not lift. */
 export function refusals(disk: Disk, imageSize: number | undefined, force: boolean): string[] {
   const reasons: string[] = [];
   if (systemDisks().has(disk.name)) reasons.push(`${disk.path} holds the running system: refusing to write it, even with --force`);
+  const holders = holdersOf(disk.name);
+  if (holders.length) reasons.push(`${disk.path} is held by ${holders.join(', ')} (device mapper: LVM or LUKS, or md RAID): stop ${holders.length > 1 ? 'them' : 'it'} first (dmsetup ls, cat /proc/mdstat)`);
   const uses = usesOf(disk.name);
   if (uses.length) reasons.push(`${disk.path} is in use (mounted on ${uses.join(', ')}): unmount it first`);
   if (imageSize !== undefined && imageSize > disk.size) {

@@ -5,15 +5,22 @@ import { basename, join } from 'node:path';
 export interface Mount {
   majMin: string;
   target: string;
+  /** What was mounted (`/dev/sdb1`; a btrfs or ZFS mount's major:minor is 0:N, not its disk's). */
+  source: string;
 }
 
-/** /proc/self/mountinfo: field 3 is major:minor, field 5 the mount point (octal escapes). */
+const unescape = (field: string) => field.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+
+/**
+ * /proc/self/mountinfo: field 3 is major:minor, field 5 the mount point (octal escapes), and
+ * after the optional fields and a lone "-", the filesystem type and the source.
+ */
 export function parseMountinfo(text: string): Mount[] {
   return text
     .split('\n')
     .filter(Boolean)
     .map((line) => line.split(' '))
-    .map((f) => ({ majMin: f[2]!, target: f[4]!.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) }));
+    .map((f) => ({ majMin: f[2]!, target: unescape(f[4]!), source: unescape(f[f.indexOf('-', 6) + 2] ?? '') }));
 }
 
 export function currentMounts(): Mount[] {

@@ -4,12 +4,12 @@
  * untouched.
  */
 import test, { type ExecutionContext } from 'ava';
-import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, execaSync } from 'execa';
 import { parseBmap, readBmap } from '../flash/bmap.ts';
-import { disksUnder, majorMinor, systemDisks } from '../flash/target.ts';
+import { disksUnder, holdersOf, majorMinor, mountDisks, refusals, systemDisks } from '../flash/target.ts';
 import { parseMountinfo } from '../pipeline/mounts.ts';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { sha256File } from './helpers/base-images.ts';
@@ -116,6 +116,29 @@ test.serial('refusals: one line each, and the disk is left as it was', async (t)
   t.deepEqual(mountsUnder(mnt), []);
 });
 
+test.serial('a disk opened exclusively by another program (as a mounted btrfs or an imported ZFS pool holds it) is refused even with --force', async (t) => {
+  const { device, file } = await loopDisk(t, 160);
+  const before = await sha256File(file);
+  const holder = execa('python3', ['-c', `import os, time\nfd = os.open(${JSON.stringify(device)}, os.O_RDONLY | os.O_EXCL)\nprint("held", flush=True)\ntime.sleep(120)`], { reject: false });
+  await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
+  const busy = await flash([`${image}.xz`, device, '--force'], dir).finally(() => holder.kill('SIGTERM'));
+  await holder;
+  t.is(busy.exitCode, 1);
+  t.deepEqual(busy.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: ${device} is busy: something holds it (a mounted filesystem, a ZFS pool, LVM, RAID, or another program): stop it first`]);
+  t.is(await sha256File(file), before, 'nothing was written');
+});
+
+test('holders: device mapper or md on a disk or one of its partitions, read from sysfs (this kernel has neither, so a copy of the layout)', (t) => {
+  const sys = scratch();
+  t.teardown(() => rmSync(sys, { recursive: true, force: true }));
+  for (const d of ['sdb/holders', 'sdb/sdb1/holders', 'sdb/sdb2/holders/dm-0', 'sdc/holders/md0', 'sdd/holders', 'sdd/queue']) mkdirSync(join(sys, d), { recursive: true });
+  for (const p of ['sdb/sdb1', 'sdb/sdb2']) writeFileSync(join(sys, p, 'partition'), '1\n');
+  t.deepEqual(holdersOf('sdb', sys), ['dm-0']);
+  t.deepEqual(holdersOf('sdc', sys), ['md0']);
+  t.deepEqual(holdersOf('sdd', sys), []);
+  t.deepEqual(refusals({ path: '/dev/loop0', name: 'loop0', size: 1, removable: true }, 1, true).filter((r) => r.includes('held by')), [], 'a real loop device has no holders');
+});
+
 test.serial('an image that does not match its .bmap is refused as damaged', async (t) => {
   const { device } = await loopDisk(t, 160);
   const bmap = readFileSync(join(dir, 'tiny.img.bmap'), 'utf8').replace(/chksum="[0-9a-f]{8}/, 'chksum="00000000');
@@ -153,8 +176,12 @@ test('the disk the system runs from is found under its mounts', (t) => {
   if (stdout.trim().startsWith('0:')) t.deepEqual(rootDisks, []);
   else t.not(rootDisks.length, 0, `the disk under / (${stdout.trim()})`);
   for (const disk of rootDisks) t.true(systemDisks().has(disk), disk);
-  t.deepEqual(parseMountinfo('36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n'), [{ majMin: '98:0', target: '/mnt/a b' }]);
+  t.deepEqual(parseMountinfo('36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n'), [{ majMin: '98:0', target: '/mnt/a b', source: '/dev/root' }]);
+  t.deepEqual(parseMountinfo('40 1 0:45 / /data rw,relatime shared:1 - btrfs /dev/sdb1 rw,space_cache=v2\n'), [{ majMin: '0:45', target: '/data', source: '/dev/sdb1' }]);
   t.is(majorMinor(0x0801), '8:1');
+  // A btrfs mount's 0:N names no disk; its source does.
+  const dev = execaSync('findmnt', ['-no', 'SOURCE', '/']).stdout.trim();
+  if (dev.startsWith('/dev/')) t.deepEqual(mountDisks({ majMin: '0:999', target: '/', source: dev }), rootDisks);
   t.is(majorMinor((259 << 8) | 3), '259:3');
 });
 
