@@ -1,9 +1,12 @@
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { appendFileSync, chmodSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { redactCredentials } from './redact.ts';
 
 /**
  * The build log: one file per stage under `<work>/logs/`, plus an optional echo of every line
  * (--verbose) to stderr. Writes are synchronous so nothing is lost when the process is stopped.
+ * Only root reads it (commands and their output may name secrets), and credentials in URLs are
+ * written as `***`.
  */
 export class BuildLog {
   readonly dir: string;
@@ -12,7 +15,8 @@ export class BuildLog {
 
   constructor(dir: string, echo?: (text: string) => void) {
     this.dir = dir;
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chmodSync(dir, 0o700); // made by an earlier version with the default mode
     this.#file = join(dir, 'build.log');
     this.#echo = echo;
   }
@@ -32,8 +36,9 @@ export class BuildLog {
   }
 
   write(text: string): void {
-    appendFileSync(this.#file, text);
-    this.#echo?.(text);
+    const clean = redactCredentials(text);
+    appendFileSync(this.#file, clean, { mode: 0o600 });
+    this.#echo?.(clean);
   }
 
   line(text: string): void {

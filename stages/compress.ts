@@ -24,6 +24,7 @@ import { formatBytes, type Compression, type Config } from '../pipeline/config.t
 import { CommandError, UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { published, publishedSettings, withoutCredentials } from '../pipeline/redact.ts';
 import { writeImagerList } from './publish/os-list-json.ts';
 import { READ_CHUNK, SparseWriter } from './image/sparse-writer.ts';
 import type { Output } from './image/state.ts';
@@ -375,13 +376,13 @@ export const compressStage: Stage = {
       name,
       pipeline: ctx.pipeline,
       created: new Date().toISOString(),
-      base: download ? { source: download.source, url: download.url ?? null, sha256: download.sha256, releaseDate: download.releaseDate ?? null } : null,
+      base: download ? { source: published('base', download.source), url: download.url ? withoutCredentials(download.url) : null, sha256: download.sha256, releaseDate: download.releaseDate ?? null } : null,
       release: ctx.state.system?.codename ?? null,
       arch: ctx.config.arch,
       init_format: ctx.state.system?.initFormat ?? null,
       image: { file: `${name}.img`, size, sha256: imageSha256, bmap: basename(bmap) },
       outputs: outputs.map((o) => ({ format: o.format, file: basename(o.path), size: o.size, sha256: o.sha256 })),
-      config: ctx.config,
+      config: publishedSettings(ctx.config),
       timings: { ...ctx.state.timings, compress: Math.round((performance.now() - started) / 100) / 10 },
       sources: ctx.state.sources ?? {},
       packages: ctx.state.packages ?? [],

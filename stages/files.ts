@@ -9,6 +9,7 @@ import { basename, join } from 'node:path';
 import type { ConfigKey } from '../pipeline/config.ts';
 import { CommandError, UserError } from '../pipeline/errors.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { withoutCredentials } from '../pipeline/redact.ts';
 import { splitGitSource } from '../pipeline/validate.ts';
 import { STAGING, stagedFiles } from './chroot/environment.ts';
 import { encodeImage } from './compress.ts';
@@ -114,8 +115,9 @@ async function checkout(ctx: BuildContext, key: ConfigKey, name: string, dest: s
   rmSync(dest, { recursive: true, force: true });
   await ctx.run('git', ['clone', '--quiet', '--no-checkout', cached, dest], { env: GIT_ENV });
   await ctx.run('git', ['-C', dest, 'checkout', '--quiet', '--detach', commit], { env: GIT_ENV });
-  await ctx.run('git', ['-C', dest, 'remote', 'set-url', 'origin', repo], { env: GIT_ENV });
-  ctx.state.sources = { ...ctx.state.sources, [name]: { repo, ref, commit } };
+  // The image keeps where its sources came from, not the credentials used to fetch them.
+  await ctx.run('git', ['-C', dest, 'remote', 'set-url', 'origin', withoutCredentials(repo)], { env: GIT_ENV });
+  ctx.state.sources = { ...ctx.state.sources, [name]: { repo: withoutCredentials(repo), ref, commit } };
   ctx.log.line(`${name}: ${repo} at ${commit}`);
 }
 
