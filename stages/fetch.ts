@@ -194,6 +194,12 @@ export function baseRequest(config: Config): FetchRequest {
 
 const giveChecksum = (req: FetchRequest) => (req.shaFlag ? `give ${req.shaFlag} HEX` : 'put a .sha256 file next to it');
 
+async function sha256Of(ctx: BuildContext, path: string): Promise<string> {
+  const hash = createHash('sha256');
+  await hashInto(path, hash, ctx.signal, new Progress(ctx.status, 'sha256', (await stat(path)).size));
+  return hash.digest('hex');
+}
+
 /** A local file: hashed where it is, never copied or changed. */
 async function fetchLocal(ctx: BuildContext, path: string, req: FetchRequest): Promise<Download> {
   const config = ctx.config;
@@ -207,14 +213,18 @@ async function fetchLocal(ctx: BuildContext, path: string, req: FetchRequest): P
   else if (!config['insecure-no-verify']) {
     throw new UserError(`${req.what} ${path} has no checksum: no ${req.shaFlag ? `${req.shaFlag} and no ` : ''}${basename(sidecar)} next to it; ${giveChecksum(req)}, or --insecure-no-verify to use it unverified`);
   }
-  const hash = createHash('sha256');
-  await hashInto(path, hash, ctx.signal, new Progress(ctx.status, 'sha256', info.size));
-  const got = hash.digest('hex');
+  const got = await sha256Of(ctx, path);
   if (expected && got !== expected.sha256) {
     throw mismatch(`${req.what} ${path}`, expected, got, expected.from === req.shaFlag ? `check ${req.shaFlag} or the file` : `the file or ${basename(sidecar)} is wrong`);
   }
   ctx.log.line(expected ? `${path}: sha256 ${got} matches ${expected.from}` : `${path}: sha256 ${got}, NOT VERIFIED (--insecure-no-verify)`);
   return { path, sha256: got, source: req.source };
+}
+
+/** https, or this machine itself (nothing on the network stands between): what a checksum may come over. */
+function trustedTransport(url: string): boolean {
+  const { protocol, hostname } = new URL(url);
+  return protocol === 'https:' || hostname === '127.0.0.1' || hostname === 'localhost' || hostname === '[::1]';
 }
 
 /** A URL: from the cache when its checksum is known and there, else downloaded (resumably) into it. */
@@ -223,29 +233,35 @@ async function fetchRemote(ctx: BuildContext, url: string, req: FetchRequest, li
   const net = netOf(ctx);
   const cache = ctx.paths.cache;
   const fromList = listed ? { extractSha256: listed.extractSha256, extractSize: listed.extractSize, releaseDate: listed.releaseDate } : {};
+  // Whom the checksum comes from, most trusted first: the user, the OS list, the origin's own
+  // sidecar (never a mirror's the download was redirected to), and only over https (or from this
+  // machine): a checksum fetched over plain http proves nothing about a download over plain http.
   let expected: Expected | undefined = req.sha256 ? { sha256: req.sha256, from: req.shaFlag ?? 'the request' } : undefined;
+  if (!expected && listed?.downloadSha256) expected = { sha256: listed.downloadSha256, from: `the OS list ${config['os-list']}` };
   let finalUrl = url;
   if (!expected) {
     finalUrl = (await probe(url, net)).url;
     if (finalUrl !== url) ctx.log.line(`${url} redirects to ${finalUrl}`);
-    for (const candidate of new Set([finalUrl, url])) {
-      const sidecar = `${candidate}.sha256`;
+    const sidecar = `${url}.sha256`;
+    if (trustedTransport(sidecar)) {
       const text = await getText(sidecar, net, 'the checksum', true);
-      if (text !== undefined) {
-        expected = { sha256: parseSha256File(text, fileNameOf(candidate), sidecar), from: sidecar };
-        break;
-      }
+      if (text !== undefined) expected = { sha256: parseSha256File(text, fileNameOf(url), sidecar), from: sidecar };
     }
-    if (!expected && listed?.downloadSha256) expected = { sha256: listed.downloadSha256, from: `the OS list ${config['os-list']}` };
     if (!expected && !config['insecure-no-verify']) {
-      throw new UserError(`no checksum for ${req.what} ${finalUrl}: ${req.shaFlag ? `no ${req.shaFlag}, ` : ''}no ${fileNameOf(finalUrl)}.sha256 next to it${listed ? ' and none in the OS list' : ''}; ${giveChecksum(req)}, or --insecure-no-verify to use it unverified`);
+      const why = trustedTransport(sidecar) ? `no ${fileNameOf(url)}.sha256 next to it` : `a ${fileNameOf(url)}.sha256 over plain http would prove nothing`;
+      throw new UserError(`no checksum for ${req.what} ${url}: ${req.shaFlag ? `no ${req.shaFlag}, ` : ''}${why}${listed ? ' and none in the OS list' : ''}; ${giveChecksum(req)}, or --insecure-no-verify to use it unverified`);
     }
   }
   if (expected) {
     const cached = await findCached(cache, expected.sha256, fileNameOf(finalUrl));
-    if (cached) {
-      ctx.log.line(`${url}: already in the cache as ${cached} (sha256 ${expected.sha256} from ${expected.from})`);
+    // Hashed again on every use: the cache is a directory anyone with root (or a bad disk) can change.
+    if (cached && (await sha256Of(ctx, cached)) === expected.sha256) {
+      ctx.log.line(`${url}: already in the cache as ${cached} (sha256 ${expected.sha256} from ${expected.from}, hashed again)`);
       return { path: cached, sha256: expected.sha256, source: req.source, url: finalUrl, ...fromList };
+    }
+    if (cached) {
+      ctx.log.line(`${cached}: no longer matches sha256 ${expected.sha256}: removed, downloading it again`);
+      await rm(cached, { force: true });
     }
   }
 

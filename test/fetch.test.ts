@@ -1,4 +1,6 @@
-import { copyFileSync, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
+import { execa } from 'execa';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
@@ -103,16 +105,57 @@ test('a zip whose URL does not say so is extracted once it is all here (it is re
   await assertSameSparseImage(t, state.image!, base);
 });
 
-test('a redirect is followed and the sidecar is the final URL\'s', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
-  server.redirect('/raspios_lite_arm64_latest', XZ_PATH);
-  const config = testConfig(dir, { base: server.url('/raspios_lite_arm64_latest') });
+test("a redirect to a mirror is followed; the checksum is the origin's sidecar, never the mirror's", async (t) => {
+  const mirror = `/mirror${XZ_PATH}`;
+  const { dir, server } = await setup(t, { [mirror]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  server.redirect(XZ_PATH, mirror);
+  const config = testConfig(dir, { base: server.url(XZ_PATH) });
   const { state } = await build(config);
-  t.is(state.download?.url, server.url(XZ_PATH));
+  t.is(state.download?.url, server.url(mirror));
   t.is(state.download?.path, join(config.cache, 'downloads', xzSha, `${IMAGE_NAME}.xz`));
-  t.is(state.download?.source, server.url('/raspios_lite_arm64_latest'));
-  t.true(server.requests.some((r) => r.path === `${XZ_PATH}.sha256` && r.status === 200));
+  t.is(state.download?.source, server.url(XZ_PATH));
+  t.false(server.requests.some((r) => r.path === `${mirror}.sha256`), "the mirror's sidecar is not asked for");
   await assertSameSparseImage(t, state.image!, base);
+
+  // A mirror that offers its own sidecar (it could say anything) while the origin has none: no checksum.
+  const other = await setup(t, { [mirror]: { copy: base.xz }, [`${mirror}.sha256`]: sidecarFor(base.xz, xzSha) });
+  other.server.redirect(XZ_PATH, mirror);
+  await assertUserError(t, build(testConfig(other.dir, { base: other.server.url(XZ_PATH) })), new RegExp(`^no checksum for base image ${other.server.url(XZ_PATH).replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: no --base-sha256, no ${IMAGE_NAME}\\.xz\\.sha256 next to it; give --base-sha256 HEX, or --insecure-no-verify`));
+  t.is(other.server.gets(mirror).length, 0, 'nothing downloaded');
+});
+
+test('a damaged download in the cache is found by hashing it again: removed, downloaded again', async (t) => {
+  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const config = testConfig(dir, { base: server.url(XZ_PATH) });
+  const { state } = await build(config);
+  const cached = state.download!.path;
+  const bytes = readFileSync(cached);
+  bytes[1000] = bytes[1000]! ^ 0xff;
+  writeFileSync(cached, bytes);
+  const again = await build({ ...config, work: join(dir, 'work2') });
+  t.is(again.state.download?.path, cached);
+  t.is(await sha256File(cached), xzSha);
+  t.is(server.gets(XZ_PATH).length, 2, 'downloaded again');
+  await assertSameSparseImage(t, again.state.image!, base);
+});
+
+test('https that redirects to plain http is refused, nothing downloaded', async (t) => {
+  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  // A real TLS server on 127.0.0.1 with a certificate made for it, trusted by the build through NODE_EXTRA_CA_CERTS.
+  const [key, cert] = [join(dir, 'key.pem'), join(dir, 'cert.pem')];
+  await execa('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
+  const tls = createHttpsServer({ key: readFileSync(key), cert: readFileSync(cert) }, (req, res) => {
+    res.writeHead(302, { location: server.url(req.url ?? '/') });
+    res.end();
+  });
+  await new Promise<void>((resolve) => tls.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => tls.close(() => resolve())));
+  const url = `https://127.0.0.1:${(tls.address() as { port: number }).port}${XZ_PATH}`;
+  const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+  const r = await execa('node', [cli, 'customize', '--base', url, '--base-sha256', xzSha, '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out')], { reject: false, env: { CI: 'true', NODE_EXTRA_CA_CERTS: cert } });
+  t.is(r.exitCode, 1, r.stderr);
+  t.deepEqual(r.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: ${url} redirects to ${server.url(XZ_PATH)}: from https to plain http, where anyone on the way could change it; refused (use a URL that stays on https)`]);
+  t.is(server.requests.length, 0, 'nothing asked over plain http');
 });
 
 test('a download cut half way is resumed with Range', async (t) => {
@@ -295,6 +338,14 @@ test('a release name is resolved through the OS list and its subitems_url, verif
   t.regex(await url('latest', 'armhf'), /2024-11-19-raspios-bookworm-armhf-lite\.img\.xz$/);
   const error = await t.throwsAsync(url('buster'), { instanceOf: UserError });
   t.regex(error.message, /^no Raspberry Pi OS Lite buster for arm64 in the OS list .* \(it has: bookworm arm64 \(2024-07-04\), bookworm arm64 \(2024-11-19\), bookworm armhf \(2024-11-19\), bullseye arm64 \(2023-05-03\), trixie arm64 \(2025-10-01\)\): give the image's URL with --base$/);
+});
+
+test("the OS list's checksum comes before the origin's sidecar (a stale or forged sidecar does not count)", async (t) => {
+  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: `${'0'.repeat(64)}  ${IMAGE_NAME}.xz\n` });
+  populate(join(dir, 'www'), osList(server, xzSha, base.imgSha));
+  const { state } = await build(testConfig(dir, { base: 'bookworm', 'os-list': server.url('/os_list_imagingutility_v4.json') }));
+  t.is(state.download?.sha256, xzSha);
+  t.false(server.requests.some((r) => r.path === `${XZ_PATH}.sha256`), 'the sidecar is not even asked for');
 });
 
 test('a release whose OS-list checksum does not match fails with expected and got', async (t) => {

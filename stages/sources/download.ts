@@ -101,11 +101,25 @@ class Idle {
   }
 }
 
-async function request(url: string, net: Net, init: { method?: string; headers?: Record<string, string> } = {}): Promise<{ response: Response; idle: Idle }> {
+/**
+ * A request whose redirects are followed here, not by fetch: a redirect from https to plain http
+ * is refused before anything is asked over http. `url` is where it ended.
+ */
+async function request(url: string, net: Net, init: { method?: string; headers?: Record<string, string> } = {}): Promise<{ response: Response; idle: Idle; url: string }> {
   const idle = new Idle(net.signal);
   try {
-    const response = await fetch(url, { ...init, redirect: 'follow', signal: idle.signal });
-    return { response, idle };
+    for (let current = url, hops = 0; ; hops++) {
+      const response = await fetch(current, { ...init, redirect: 'manual', signal: idle.signal });
+      const location = response.headers.get('location');
+      if (response.status < 300 || response.status > 399 || !location) return { response, idle, url: current };
+      await response.body?.cancel();
+      const next = new URL(location, current).href;
+      if (new URL(current).protocol === 'https:' && new URL(next).protocol !== 'https:') {
+        throw new UserError(`${url} redirects to ${next}: from https to plain http, where anyone on the way could change it; refused (use a URL that stays on https)`);
+      }
+      if (hops >= 20) throw new UserError(`${url}: more than 20 redirects`);
+      current = next;
+    }
   } catch (error) {
     idle.stop();
     throw idle.signal.aborted && !net.signal.aborted ? idle.signal.reason : error;
@@ -135,17 +149,17 @@ export async function getText(url: string, net: Net, what: string, optional = fa
 /** Where a URL ends up after its redirects, and how big the file is, without downloading it. */
 export async function probe(url: string, net: Net): Promise<{ url: string; size?: number }> {
   return withRetries(`reach ${url}`, net, async () => {
-    let { response, idle } = await request(url, net, { method: 'HEAD' });
+    let { response, idle, url: final } = await request(url, net, { method: 'HEAD' });
     try {
       if (response.status === 405 || response.status === 501) {
         // No HEAD here: start a GET and drop it once the headers are in.
         idle.stop();
-        ({ response, idle } = await request(url, net));
+        ({ response, idle, url: final } = await request(url, net));
         await response.body?.cancel();
       }
       if (!response.ok) throw new HttpStatusError(response.status, response.statusText, url);
       const length = Number(response.headers.get('content-length') ?? NaN);
-      return { url: response.url || url, size: Number.isSafeInteger(length) ? length : undefined };
+      return { url: final, size: Number.isSafeInteger(length) ? length : undefined };
     } finally {
       idle.stop();
     }
@@ -189,9 +203,8 @@ export async function downloadToPartial(url: string, partial: string, net: Net, 
       net.log(`resuming ${url} after ${have} bytes already in ${partial}`);
       await hashInto(partial, hash, net.signal);
     }
-    const { response, idle } = await request(url, net, have > 0 ? { headers: { range: `bytes=${have}-` } } : {});
+    const { response, idle, url: finalUrl } = await request(url, net, have > 0 ? { headers: { range: `bytes=${have}-` } } : {});
     try {
-      const finalUrl = response.url || url;
       let offset = have;
       let total: number | undefined;
       if (have > 0 && response.status === 206) {
