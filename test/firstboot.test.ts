@@ -119,7 +119,7 @@ test('first boot makes every per-device secret, two pimasters share none, and a 
   t.is((await check(two.adminHash, 'piseduceadmin')).exitCode, 1);
 
   // Cross-authorization: each root may log in to the other; the build's key and the dropped one stay.
-  t.true(one.authorized.includes(one.nfsRootKey.trim()));
+  t.true(one.authorized.split('\n').includes(`from="48.48.0.0/24" ${one.nfsRootKey.trim()}`), "the nodes' key, from the cluster subnet only");
   t.is(one.nfsAuthorized.trim(), one.rootKey.trim());
   t.true(one.authorized.includes('build-image-test'));
   t.true(one.authorized.includes('dropped-on-boot'));

@@ -44,6 +44,8 @@ test.serial('a node boots from the arm64 pimaster: DHCP and TFTP from its dnsmas
     'node: host name nfspi', "node: SSH host keys its own, not the pimaster's", "node: none of the pimaster's services runs",
     'node: streams an environment from the pimaster with rsh, as a deploy does', "dnsmasq's log: the node's lease and its TFTP transfers",
     'node boot 2: U-Boot, DHCP, TFTP, NFS root, SSH from the pimaster', 'node: the same SSH host keys at its second boot',
+    // The host reaches the pimaster through its uplink here: NFS and rpcbind must not answer it.
+    'the uplink reaches neither NFS nor rpcbind', 'firewall: cluster services on eth0 only, nothing forwarded into the cluster',
   ]) {
     t.regex(r.stdout, new RegExp(`^PASS  ${name.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`, 'm'), name);
   }

@@ -87,8 +87,10 @@ for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const
     for (const name of [
       'systemd: every unit started, none failed', 'hostname is pimaster', 'eth0 has 48.48.0.254/24', 'first-boot unit finished', 'sshd: UsePAM no',
       'sshd: no first-boot rename banner', 'no pi user', 'dnsmasq active', 'TFTP serves /bootcode.bin and rpiboot_uboot/', 'nodes boot without an initramfs, NFS 4.1 root',
-      'NFS export active', 'NFS root mountable (vers=4.1, tcp)', 'NFS root is the image as shipped', 'NFS root grows nothing, asks nothing, reads no cloud-init seed', 'NFS root hostname is nfspi',
+      'NFS exported to 48.48.0.0/24 only', 'NFS root mountable (vers=4.1, tcp)', 'NFS root is the image as shipped', 'NFS root grows nothing, asks nothing, reads no cloud-init seed', 'NFS root hostname is nfspi',
       'NFS root fstab is empty', "NFS root host keys differ from the pimaster's", "NFS root authorizes the pimaster's root key", 'NFS root unmounts', 'IPv4 forwarding on',
+      'firewall: cluster services on eth0 only, nothing forwarded into the cluster', "the nodes' root key is accepted from 48.48.0.0/24 only",
+      'web UI and agent start only after a successful first boot', 'NFS and rpcbind answer on the cluster network',
       'NAT to wlan0', 'web UI answers on 9000', 'agent API answers on 8090', 'web UI admin password is not the published one', 'test -d /nfs/raspi/root/fs_dir',
       // trixie's build re-arms the release's first-boot growth (--expand-on-boot): the root grows into the larger disk.
       ...(build.release === 'trixie' ? ['the root grew to the end of its disk at the first boot'] : []),

@@ -103,3 +103,57 @@ export function formatResults(results: readonly CheckResult[]): string {
   const width = Math.min(60, Math.max(...results.map((r) => r.name.length)));
   return results.map((r) => `${r.ok ? 'PASS' : 'FAIL'}  ${r.name.padEnd(width)}  ${r.saw}`).join('\n');
 }
+
+export interface RpcService {
+  label: string;
+  port: number;
+  program: number;
+  version: number;
+}
+
+/** NFS and rpcbind, the services that hand out the NFS root (and the root key in it). */
+export const NFS_SERVICES: readonly RpcService[] = [
+  { label: 'NFS', port: 2049, program: 100003, version: 4 },
+  { label: 'rpcbind', port: 111, program: 100000, version: 4 },
+];
+
+/** Whether an ONC RPC server answers a NULL call (TCP, record-marked) on a host port within `ms`. */
+async function rpcAnswers(hostPort: number, service: RpcService, ms = 5000): Promise<boolean> {
+  const xid = 0x62756964;
+  const call = Buffer.alloc(44);
+  call.writeUInt32BE(0x80000000 + 40, 0); // the last (only) fragment, 40 bytes
+  for (const [i, word] of [xid, 0, 2, service.program, service.version, 0, 0, 0, 0, 0].entries()) call.writeUInt32BE(word, 4 + i * 4);
+  const { connect } = await import('node:net');
+  return new Promise((resolve) => {
+    const socket = connect(hostPort, '127.0.0.1');
+    let reply = Buffer.alloc(0);
+    const done = (answered: boolean) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(answered);
+    };
+    const timer = setTimeout(() => done(false), ms);
+    socket.on('connect', () => socket.write(call));
+    socket.on('data', (chunk: Buffer) => {
+      reply = Buffer.concat([reply, chunk]);
+      if (reply.length >= 12) done(reply.readUInt32BE(4) === xid && reply.readUInt32BE(8) === 1);
+    });
+    socket.on('error', () => done(false));
+    socket.on('close', () => done(false));
+  });
+}
+
+/**
+ * RPC services probed from the host through forwarded ports: `answers` where the host stands on
+ * the cluster network, silent where it stands on the pimaster's uplink.
+ */
+export function rpcCheck(name: string, services: readonly RpcService[], expect: 'answers' | 'silent'): Check {
+  return {
+    name,
+    async probe(hostPort) {
+      const answered = await Promise.all(services.map((s) => rpcAnswers(hostPort(s.port), s)));
+      const saw = services.map((s, i) => `${s.label} (${s.port}): ${answered[i] ? 'answered' : 'no answer in 5 s'}`).join(', ');
+      return { ok: answered.every((a) => a === (expect === 'answers')), saw };
+    },
+  };
+}

@@ -154,7 +154,7 @@ export function nodeChecks(ip: string, facts: GuestFacts, environment: string | 
     },
     {
       name: "node: none of the pimaster's services runs",
-      command: onNode(ip, 'on=$(for u in dnsmasq nfs-server webui agent_api agent_exec pimaster-firstboot pimaster-nat; do systemctl -q is-active $u && echo $u; done | paste -sd" "); echo "${on:-none running}"; [ -z "$on" ]'),
+      command: onNode(ip, 'on=$(for u in dnsmasq nfs-server webui agent_api agent_exec pimaster-firstboot pimaster-nat pimaster-firewall; do systemctl -q is-active $u && echo $u; done | paste -sd" "); echo "${on:-none running}"; [ -z "$on" ]'),
     },
     ...(environment
       ? [{

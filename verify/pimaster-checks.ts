@@ -3,7 +3,7 @@
  * done, the NFS root the nodes boot from served and made different from the pimaster itself.
  */
 import { quote } from '../pipeline/commands.ts';
-import { httpCheck, type Check } from './checks.ts';
+import { httpCheck, NFS_SERVICES, rpcCheck, type Check } from './checks.ts';
 import type { GuestFacts } from './facts.ts';
 
 /** The web UI's published default admin password: it must not work on an image. */
@@ -13,8 +13,14 @@ const MNT = '/run/verify-nfs';
 /** The static busybox the verifier copies to the guest before the checks (its TFTP client). */
 export const GUEST_BUSYBOX = '/run/build-image-verify/busybox'; // busybox picks the applet from argv[1] only under this name
 
-export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string } }): Check[] {
+/**
+ * `fromUplink`: the host reaches the guest through the pimaster's uplink (verify --node), not
+ * through its cluster interface, and so must not reach the cluster's services.
+ */
+export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string } }, fromUplink = false): Check[] {
   const ip = facts.address?.address ?? '127.0.0.1';
+  const cluster = facts.address ? `${facts.address.network}/${facts.address.prefix}` : '';
+  const iface = facts.address?.interface ?? 'eth0';
   const uplink = facts.pimaster.uplink;
   return [
     {
@@ -43,7 +49,10 @@ export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string 
         'n=$(grep -o "root=/dev/nfs\\|nfsroot=[^ ]*" cmdline.txt | paste -sd" "); echo "initramfs files: ${i:-none}; config.txt: ${c:-no initramfs}; cmdline.txt: ${n}"; ' +
         '[ -z "$i$c" ] && echo "$n" | grep -q "root=/dev/nfs" && echo "$n" | grep -q "vers=4.1"',
     },
-    { name: 'NFS export active', command: 'e=$(exportfs -v | grep "^/nfs"); echo "$e" | tr -s " \\t" " "; [ -n "$e" ]' },
+    {
+      name: `NFS exported to ${cluster} only`,
+      command: `e=$(exportfs -v | grep "^/nfs" | tr -s " \\t" " "); echo "\${e:-no /nfs export}" | cut -c1-100; echo "$e" | grep -qxE ${quote(`/nfs ${cluster.replace(/\./g, '\\.')}\\(.*`)} && [ "$(echo "$e" | wc -l)" = 1 ]`,
+    },
     {
       // Mounted as the nodes do (their cmdline.txt); the checks after it read the node's root through it.
       name: 'NFS root mountable (vers=4.1, tcp)',
@@ -76,6 +85,27 @@ export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string 
     },
     // Left mounted, it would hang the guest's power-off (the server stops before the client).
     { name: 'NFS root unmounts', command: `umount ${MNT} && echo "unmounted ${MNT}"` },
+    {
+      name: `firewall: cluster services on ${iface} only, nothing forwarded into the cluster`,
+      command:
+        'iptables -C INPUT -j pimaster-in && ip6tables -C INPUT -j pimaster-in && iptables -C FORWARD -j pimaster-forward && ' +
+        `iptables -S pimaster-in | grep -q -e ${quote(`-A pimaster-in -i ${iface} -j RETURN`)} && [ "$(iptables -S pimaster-in | tail -n1)" = "-A pimaster-in -j DROP" ] && [ "$(ip6tables -S pimaster-in | tail -n1)" = "-A pimaster-in -j DROP" ] && ` +
+        '[ "$(iptables -S pimaster-forward | tail -n1)" = "-A pimaster-forward -j DROP" ] && echo "INPUT: $(iptables -S pimaster-in | wc -l) rules ending in DROP (IPv4 and IPv6); FORWARD: $(iptables -S pimaster-forward | wc -l) rules ending in DROP"',
+    },
+    {
+      name: `the nodes' root key is accepted from ${cluster} only`,
+      command: `k=$(awk '{print $2}' /nfs/raspi/root/.ssh/id_rsa.pub) && l=$(grep -F "$k" /root/.ssh/authorized_keys) && echo "$l" | cut -d' ' -f1-2; echo "$l" | grep -q ${quote(`^from="${cluster}" `)} && [ "$(echo "$l" | wc -l)" = 1 ]`,
+    },
+    {
+      name: 'web UI and agent start only after a successful first boot',
+      command:
+        'for u in webui agent_api agent_exec; do ' +
+        'systemctl cat "$u" | grep -qx "ConditionPathExists=/var/lib/pimaster/firstboot/done" || { echo "$u: no first-boot condition"; exit 1; }; ' +
+        'systemctl show -p After --value "$u" | grep -qw pimaster-firstboot.service || { echo "$u: not ordered after pimaster-firstboot"; exit 1; }; done; echo "webui, agent_api, agent_exec: ConditionPathExists=/var/lib/pimaster/firstboot/done, After=pimaster-firstboot.service"',
+    },
+    fromUplink
+      ? rpcCheck('the uplink reaches neither NFS nor rpcbind', NFS_SERVICES, 'silent')
+      : rpcCheck('NFS and rpcbind answer on the cluster network', NFS_SERVICES, 'answers'),
     { name: 'IPv4 forwarding on', command: 'v=$(sysctl -n net.ipv4.ip_forward); echo "net.ipv4.ip_forward = $v"; [ "$v" = 1 ]' },
     {
       name: `NAT to ${uplink}`,
@@ -101,4 +131,4 @@ PY`,
 }
 
 /** Guest ports the pimaster checks reach from the host. */
-export const PIMASTER_PORTS = [9000, 8090];
+export const PIMASTER_PORTS = [9000, 8090, ...NFS_SERVICES.map((s) => s.port)];

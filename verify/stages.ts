@@ -217,7 +217,13 @@ const bootStage = (opts: VerifyOptions): Stage => ({
 
 async function runCheck(ctx: BuildContext, opts: VerifyOptions, check: Check): Promise<CheckResult> {
   const guest = ctx.resources.get('guest') as Guest;
-  if (check.probe) return { name: check.name, ...(await check.probe((port) => guest.hostPort.get(port)!)) };
+  if (check.probe) {
+    try {
+      return { name: check.name, ...(await check.probe((port) => guest.hostPort.get(port)!)) };
+    } catch (error) {
+      return { name: check.name, ok: false, saw: `the probe failed: ${(error as Error).message}` };
+    }
+  }
   const timeoutMs = (check.timeoutS ?? 120) * 1000;
   const r = await ctx.run('ssh', sshArgs(target(ctx, opts), check.command!), { reject: false, timeoutMs });
   // What it printed; its error output only when it printed nothing (warnings are not what it saw).
@@ -232,7 +238,7 @@ const checkStage = (opts: VerifyOptions): Stage => ({
   async run(ctx) {
     const state = verifyState(ctx);
     const facts = state.facts;
-    const checks = [...systemChecks(facts, state.expands), ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }) : []), ...opts.checks];
+    const checks = [...systemChecks(facts, state.expands), ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }, opts.node) : []), ...opts.checks];
     if (facts.pimaster) {
       const busybox = await guestBusybox(ctx, state.arch, opts.debianMirror, state.kernel);
       await ctx.run('ssh', sshArgs(target(ctx, opts), `mkdir -p ${dirname(GUEST_BUSYBOX)} && cat > ${GUEST_BUSYBOX} && chmod 755 ${GUEST_BUSYBOX}`), { stdin: { file: busybox } });

@@ -71,7 +71,7 @@ NM
     ;;
 esac
 
-systemctl enable ssh.service dnsmasq.service nfs-server.service rsyslog.service pimaster-nat.service pimaster-firstboot.service pimaster-first-user.service
+systemctl enable ssh.service dnsmasq.service nfs-server.service rsyslog.service pimaster-nat.service pimaster-firewall.service pimaster-firstboot.service pimaster-first-user.service
 
 # No wifi network ships in the image.
 wpa=/etc/wpa_supplicant/wpa_supplicant.conf

@@ -28,7 +28,7 @@ fi
 # none of the pimaster's services; its host keys are not regenerated at each node's boot; nothing
 # that grows a root filesystem (a node's is NFS), asks for a user, or reads a cloud-init seed.
 systemctl --root="$nfs" enable ssh.service
-for unit in dnsmasq.service nfs-server.service pimaster-firstboot.service pimaster-first-user.service pimaster-nat.service \
+for unit in dnsmasq.service nfs-server.service pimaster-firstboot.service pimaster-first-user.service pimaster-nat.service pimaster-firewall.service \
             webui.service agent_api.service agent_exec.service regenerate_ssh_host_keys.service \
             sshswitch.service rpi-resize.service userconfig.service; do
   systemctl --root="$nfs" disable "$unit" 2>/dev/null || true

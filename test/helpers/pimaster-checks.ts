@@ -171,7 +171,7 @@ export function pimasterChecks(base: PimasterBase): void {
   it("the NFS root has no static address, starts sshd itself, and runs none of the pimaster's services", async (t) => {
     t.deepEqual((await image.ls('/nfs/raspi/etc/NetworkManager/system-connections')).filter((f) => f.startsWith('pimaster-')), []);
     t.true(await enabled(image, '/nfs/raspi', 'ssh.service'));
-    for (const unit of ['dnsmasq.service', 'nfs-server.service', 'pimaster-firstboot.service', 'pimaster-nat.service', 'webui.service', 'agent_api.service', 'agent_exec.service']) {
+    for (const unit of ['dnsmasq.service', 'nfs-server.service', 'pimaster-firstboot.service', 'pimaster-nat.service', 'pimaster-firewall.service', 'webui.service', 'agent_api.service', 'agent_exec.service']) {
       t.false(await enabled(image, '/nfs/raspi', unit), unit);
     }
     t.false(await image.exists('/nfs/raspi/root/piseduce_webui'));
@@ -189,8 +189,14 @@ export function pimasterChecks(base: PimasterBase): void {
     if (release === 'trixie') t.true(await image.exists('/nfs/raspi/etc/cloud/cloud-init.disabled'));
   });
 
-  it('/etc/exports exports /nfs read-write to every node', async (t) => {
-    t.is(await image.cat('/etc/exports'), '/nfs *(rw,sync,no_subtree_check,no_root_squash)\n');
+  it('/etc/exports exports /nfs read-write to the cluster subnet only; the firewall and the services gated on the first boot are in place', async (t) => {
+    t.regex(await image.cat('/etc/exports'), /^\/nfs 48\.48\.0\.0\/24\(rw,sync,no_subtree_check,no_root_squash\)$/m);
+    t.notRegex(await image.cat('/etc/exports'), /^\/nfs \*/m);
+    t.regex(await image.cat('/etc/default/pimaster'), /^CLUSTER_INTERFACE=eth0\nCLUSTER_SUBNET=48\.48\.0\.0\/24$/m);
+    t.true(await enabled(image, '', 'pimaster-firewall.service'));
+    for (const unit of ['webui', 'agent_api', 'agent_exec']) {
+      t.regex(await image.cat(`/etc/systemd/system/${unit}.service.d/pimaster-firstboot.conf`), /^ConditionPathExists=\/var\/lib\/pimaster\/firstboot\/done$/m, unit);
+    }
   });
 
   it("TFTP: the base image's bootcode.bin, and a copy of the boot partition without the EEPROM files", async (t) => {
