@@ -187,6 +187,12 @@ test.serial('Ctrl-C while the guest boots: QEMU is ended, the copy removed, exit
   for (let i = 0; i < 600 && !(existsSync(console) && statSync(console).size > 0); i++) await sleep(500);
   t.true(existsSync(console), 'the guest started');
   t.not(processesNaming(dir).length, 0, 'QEMU runs');
+  // Sandboxed: seccomp filtering (mode 2) and the user nobody, not root.
+  for (const p of processesNaming(dir)) {
+    const status = readFileSync(`/proc/${p.split(':')[0]}/status`, 'utf8');
+    t.regex(status, /^Uid:\t65534\t65534\t65534\t65534$/m, p);
+    t.regex(status, /^Seccomp:\t2$/m, p);
+  }
   child.kill('SIGINT');
   const r = await child;
   t.is(r.exitCode, 130, r.stderr);

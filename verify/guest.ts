@@ -91,6 +91,17 @@ function consoleTail(file: string, from = 0, lines = 25): string {
   return tail.length ? tail.map((l) => `  | ${l}`).join('\n') : '(no console output)';
 }
 
+/**
+ * The guest is untrusted and QEMU runs as root: a seccomp filter (no obsolete system calls, no
+ * spawning processes, no changes to resource limits) and, once QEMU has opened its files and
+ * sockets, the unprivileged user nobody. QEMU 9 renamed -runas to -run-with user=.
+ */
+async function sandbox(ctx: BuildContext, qemu: string): Promise<string[]> {
+  const { stdout } = await ctx.run(qemu, ['--version']);
+  const major = Number(/version (\d+)\./.exec(stdout)?.[1] ?? 0);
+  return ['-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny', ...(major >= 9 ? ['-run-with', 'user=nobody'] : ['-runas', 'nobody'])];
+}
+
 export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Guest> {
   const hostPort = new Map<number, number>();
   for (const port of spec.user?.ports ?? []) hostPort.set(port, await freePort());
@@ -117,6 +128,7 @@ export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Gu
       ];
   const args = [
     ...machine,
+    ...(await sandbox(ctx, qemu)),
     '-smp', '2', '-m', String(spec.memoryMiB),
     '-nodefaults', '-no-user-config', '-display', 'none', '-monitor', 'none', '-no-reboot',
     // Appended to: the consoles of several boots (a guest that reboots is started again) in one file.
