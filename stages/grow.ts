@@ -1,3 +1,5 @@
+import { statfsSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { formatBytes } from '../pipeline/config.ts';
 import { scoped } from '../pipeline/cleanup.ts';
 import { UserError } from '../pipeline/errors.ts';
@@ -44,15 +46,30 @@ export const growStage: Stage = {
     const free = info.freeBlocks * info.blockSize;
     const used = (info.blockCount - info.freeBlocks) * info.blockSize;
     const wanted = ctx.config.grow === 'auto' ? (await estimatedGrowth(ctx, used)) + HEADROOM - free : ctx.config.grow;
-    if (wanted <= 0) {
+    const bytes = wanted > 0 ? Math.ceil(wanted / MiB) * MiB : 0;
+    checkHostSpace(image, bytes);
+    if (bytes === 0) {
       ctx.log.line(`${formatBytes(free)} free is room enough; not growing`);
       return;
     }
-    const bytes = Math.ceil(wanted / MiB) * MiB;
     ctx.log.line(`growing the root filesystem by ${formatBytes(bytes)} (${formatBytes(free)} free now)`);
     await growRoot(ctx, image, layout, bytes);
   },
 };
+
+/**
+ * The working image is sparse: the build may fill every byte of it. Refuse to start what the disk
+ * under it cannot hold, rather than corrupt the image when it fills up half way.
+ */
+function checkHostSpace(image: string, growBy: number): void {
+  const info = statSync(image);
+  const need = info.size + growBy - info.blocks * 512;
+  const fs = statfsSync(dirname(image));
+  const free = fs.bavail * fs.bsize;
+  if (need > free) {
+    throw new UserError(`not enough space in ${dirname(image)}: the working image may take ${formatBytes(need)} more as the build writes it, and the disk has ${formatBytes(free)} free; free some space or pass --work DIR on a larger disk`);
+  }
+}
 
 /** The file, the root partition (the last) and its ext4 filesystem made `bytes` larger (whole MiB). */
 export async function growRoot(ctx: BuildContext, image: string, layout: Layout, bytes: number): Promise<Layout> {

@@ -11,6 +11,7 @@ import { shrinkStage } from '../stages/shrink.ts';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { sha256File } from './helpers/base-images.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
+import type { Stage } from '../pipeline/stage.ts';
 import { loopsOn, mountsUnder } from './helpers/leaks.ts';
 
 const MiB = 2 ** 20;
@@ -177,4 +178,61 @@ test('an image whose architecture does not match --arch is refused, from its own
   t.is(error!.message, 'the image is armhf (from its /bin/sh) but --arch is arm64: pass --arch armhf, or an image for arm64');
   t.deepEqual(await loopsOn(image), []);
   t.deepEqual(mountsUnder(dir), []);
+});
+
+test('a root filesystem the build damaged (a write gone wrong under it) stops the build at finalize with one line', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image);
+  // Behind the mounted filesystem's back, as a failing disk would: /etc/hostname's inode zeroed on
+  // disk, after a read-only remount so that nothing of the kernel's writes it back.
+  const damage: Stage = {
+    name: 'damage',
+    describe: () => "zero an inode of the mounted root on disk",
+    options: [],
+    async run(ctx) {
+      const root = join(ctx.paths.work, 'root');
+      const inode = statSync(join(root, 'etc/hostname')).ino;
+      await execa('mount', ['-o', 'remount,ro', root]);
+      const [, rootPart] = await partitions(image);
+      const offset = rootPart!.start * 512;
+      const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(rootPart!.size * 512), image]);
+      let where: string;
+      let blockSize: number;
+      try {
+        where = (await execa('debugfs', ['-R', `imap <${inode}>`, dev.trim()])).stdout;
+        blockSize = Number(/Block size:\s+(\d+)/.exec((await execa('dumpe2fs', ['-h', dev.trim()])).stdout)![1]);
+      } finally {
+        await execa('losetup', ['-d', dev.trim()]);
+      }
+      const [, block, at] = /located at block (\d+), offset (0x[0-9a-f]+)/.exec(where)!;
+      await execa('dd', ['if=/dev/zero', `of=${image}`, 'bs=1', 'count=128', `seek=${offset + Number(block) * blockSize + Number(at)}`, 'conv=notrunc', 'status=none']);
+    },
+  };
+  const error = await t.throwsAsync(runStages([attachStage, damage, finalizeStage], testConfig(dir), { image }));
+  t.regex(error!.message, /^the root filesystem the build wrote had errors \(e2fsck repaired them: .*\): the disk under the work directory may be full or failing; nothing was written to --out \(see the finalize log\)$/);
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
+});
+
+test('a disk without room for what the build may write into its sparse working image is refused at grow, before anything is written', async (t) => {
+  const dir = scratch();
+  const small = join(dir, 'small');
+  mkdirSync(small);
+  await execa('truncate', ['-s', '160M', join(dir, 'small.fs')]);
+  await execa('mkfs.ext4', ['-q', join(dir, 'small.fs')]);
+  await execa('mount', ['-o', 'loop', join(dir, 'small.fs'), small]);
+  t.teardown(async () => {
+    await execa('umount', [small], { reject: false });
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const image = join(small, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 4 }); // ~104 MiB, sparse: a few MiB on disk
+  const before = await sha256File(image);
+  const error = await t.throwsAsync(runStages(stages, testConfig(dir, { work: join(small, 'work'), grow: 256 * MiB }), { image }));
+  t.regex(error!.message, new RegExp(`^not enough space in ${small}: the working image may take [\\d.]+ MiB more as the build writes it, and the disk has [\\d.]+ MiB free; free some space or pass --work DIR on a larger disk$`));
+  t.is(await sha256File(image), before, 'not grown');
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(join(small, 'work')), []);
 });
