@@ -4,6 +4,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { MARKER } from '../pipeline/work-dir.ts';
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import type { Config } from '../pipeline/config.ts';
@@ -252,6 +253,7 @@ test('a .tar.gz must hold exactly one .img', async (t) => {
 test('a stale image.img from an earlier build is replaced', async (t) => {
   const { config } = await setup(t);
   mkdirSync(config.work, { recursive: true });
+  writeFileSync(join(config.work, MARKER), ''); // the work dir of an earlier build, as it leaves it
   writeFileSync(join(config.work, 'image.img'), randomBytes(1000));
   const { state } = await extract(config, base.xz);
   await assertSameSparseImage(t, state.image!, base);
