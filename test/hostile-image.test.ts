@@ -28,7 +28,7 @@ async function inImage(image: string, request: string): Promise<string> {
   try {
     return (await execa('debugfs', ['-R', request, dev.trim()])).stdout;
   } finally {
-    await execa('losetup', ['-d', dev.trim()]);
+    await detach(dev.trim());
   }
 }
 
@@ -50,8 +50,14 @@ async function plantLinks(image: string, links: Record<string, string>): Promise
     await execa('debugfs', ['-w', '-f', join(tmpdir(), file), dev.trim()]);
     rmSync(join(tmpdir(), file));
   } finally {
-    await execa('losetup', ['-d', dev.trim()]);
+    await detach(dev.trim());
   }
+}
+
+/** `losetup -d`, then wait until the kernel has let go (udev may still hold the device a moment). */
+async function detach(device: string): Promise<void> {
+  await execa('losetup', ['-d', device]);
+  for (let i = 0; i < 100 && existsSync(`/sys/block/${device.replace('/dev/', '')}/loop/backing_file`); i++) await new Promise((r) => setTimeout(r, 100));
 }
 
 /** A host directory and file the image's links point at, with what they hold now. */
