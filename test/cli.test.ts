@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
-import { scratch } from './helpers/build.ts';
+import { scratch, smallDisk } from './helpers/build.ts';
 import { startServer } from './helpers/http-server.ts';
 import { loopsOn, loopsUnder, mountsUnder } from './helpers/leaks.ts';
 
@@ -167,16 +167,11 @@ for (const stage of ['attach', 'shrink'] as const) {
 test('a work directory that runs out of space: one line, nothing left behind, the input untouched', async (t) => {
   const dir = scratch();
   const server = await served(dir, 48);
-  const small = join(dir, 'small');
-  mkdirSync(small);
-  await execa('truncate', ['-s', '40M', join(dir, 'small.fs')]);
-  await execa('mkfs.ext4', ['-q', join(dir, 'small.fs')]);
-  await execa('mount', ['-o', 'loop', join(dir, 'small.fs'), small]);
   t.teardown(async () => {
     await server.close();
-    await execa('umount', [small], { reject: false });
     rmSync(dir, { recursive: true, force: true });
   });
+  const small = await smallDisk(t, dir, 40);
   const before = (await execa('sha256sum', [join(dir, 'www', 'base.img.xz')])).stdout;
   const result = await run(['customize', '--base', server.url('base.img.xz'), '--work', join(small, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out'), '--grow', '64M']);
   t.is(result.exitCode, 1);

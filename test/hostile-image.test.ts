@@ -16,19 +16,18 @@ import { overlayStage } from '../stages/overlay.ts';
 import { TEST_CACHE } from './fixtures/debian-image.ts';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
-import { loopsOn, mountsUnder } from './helpers/leaks.ts';
+import { ImageReader } from './helpers/image-reader.ts';
+import { detachLoop, loopsOn, mountsUnder } from './helpers/leaks.ts';
 
 const MiB = 2 ** 20;
 
-/** The image's root filesystem, read with debugfs (no mount: what the image holds, links unfollowed). */
-async function inImage(image: string, request: string): Promise<string> {
-  const { stdout } = await execa('sfdisk', ['--json', image]);
-  const root = (JSON.parse(stdout) as { partitiontable: { partitions: Array<{ start: number; size: number }> } }).partitiontable.partitions[1]!;
-  const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image]);
+/** Run `read` on the image's root filesystem (debugfs: what the image holds, links unfollowed). */
+async function inImage<T>(image: string, read: (r: ImageReader) => Promise<T>): Promise<T> {
+  const reader = await ImageReader.open(image);
   try {
-    return (await execa('debugfs', ['-R', request, dev.trim()])).stdout;
+    return await read(reader);
   } finally {
-    await detach(dev.trim());
+    await reader.close();
   }
 }
 
@@ -50,14 +49,8 @@ async function plantLinks(image: string, links: Record<string, string>): Promise
     await execa('debugfs', ['-w', '-f', join(tmpdir(), file), dev.trim()]);
     rmSync(join(tmpdir(), file));
   } finally {
-    await detach(dev.trim());
+    await detachLoop(dev.trim());
   }
-}
-
-/** `losetup -d`, then wait until the kernel has let go (udev may still hold the device a moment). */
-async function detach(device: string): Promise<void> {
-  await execa('losetup', ['-d', device]);
-  for (let i = 0; i < 100 && existsSync(`/sys/block/${device.replace('/dev/', '')}/loop/backing_file`); i++) await new Promise((r) => setTimeout(r, 100));
 }
 
 /** A host directory and file the image's links point at, with what they hold now. */
@@ -111,10 +104,10 @@ test("an overlay writes through none of the image's links to the host: templates
   writeFileSync(join(overlay, 'rootfs/lib/demo/b.txt'), 'merged usr\n');
   await runStages([growStage, attachStage, overlayStage(), finalizeStage], testConfig(dir, { overlay: [overlay], grow: 16 * MiB }), { image });
   untouched(t);
-  t.is(await inImage(image, 'cat /etc/x.conf'), 'release=bookworm', 'the template replaced the link in the image');
-  t.is(await inImage(image, 'cat /etc/y.conf'), 'plain');
-  t.is(await inImage(image, `cat ${hostDir}/a.txt`), 'served', 'the link to a directory was followed inside the image');
-  t.is(await inImage(image, 'cat /usr/lib/demo/b.txt'), 'merged usr', 'lib -> usr/lib is followed as the image does');
+  t.is((await inImage(image, (r) => r.cat('/etc/x.conf'))).trim(), 'release=bookworm', 'the template replaced the link in the image');
+  t.is((await inImage(image, (r) => r.cat('/etc/y.conf'))).trim(), 'plain');
+  t.is((await inImage(image, (r) => r.cat(`${hostDir}/a.txt`))).trim(), 'served', 'the link to a directory was followed inside the image');
+  t.is((await inImage(image, (r) => r.cat('/usr/lib/demo/b.txt'))).trim(), 'merged usr', 'lib -> usr/lib is followed as the image does');
   t.deepEqual(await loopsOn(image), []);
   t.deepEqual(mountsUnder(dir), []);
 });
@@ -142,9 +135,9 @@ test("the chroot's mounts and swapped files stay inside the image: a `run -> /ru
   await plantLinks(image, { 'etc/dpkg': hostDir });
   await t.throwsAsync(runStages([attachStage, chrootStage(), finalizeStage], testConfig(dir, { script: [script] }), { image }));
   untouched(t);
-  t.regex(await inImage(image, 'stat /etc/dpkg'), /Type: symlink/, "the image's link is still there");
-  t.regex(await inImage(image, `ls ${hostDir}`), /dpkg\.cfg\.d/, 'the settings went inside the image');
-  t.notRegex(await inImage(image, `ls ${hostDir}/dpkg.cfg.d`), /zz-build-image/, 'and were removed there at the end');
+  t.is((await inImage(image, (r) => r.stat('/etc/dpkg'))).type, 'symlink', "the image's link is still there");
+  t.true((await inImage(image, (r) => r.ls(hostDir))).includes('dpkg.cfg.d'), 'the settings went inside the image');
+  t.false((await inImage(image, (r) => r.ls(`${hostDir}/dpkg.cfg.d`))).includes('zz-build-image'), 'and were removed there at the end');
   t.deepEqual(mountsUnder(dir), []);
   t.deepEqual(await loopsOn(image), []);
 });

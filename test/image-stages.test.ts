@@ -10,7 +10,7 @@ import { overlayStage } from '../stages/overlay.ts';
 import { shrinkStage } from '../stages/shrink.ts';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { sha256File } from './helpers/base-images.ts';
-import { runStages, scratch, testConfig } from './helpers/build.ts';
+import { runStages, scratch, smallDisk, testConfig } from './helpers/build.ts';
 import type { Stage } from '../pipeline/stage.ts';
 import { loopsOn, mountsUnder } from './helpers/leaks.ts';
 
@@ -218,15 +218,8 @@ test('a root filesystem the build damaged (a write gone wrong under it) stops th
 
 test('a disk without room for what the build may write into its sparse working image is refused at grow, before anything is written', async (t) => {
   const dir = scratch();
-  const small = join(dir, 'small');
-  mkdirSync(small);
-  await execa('truncate', ['-s', '160M', join(dir, 'small.fs')]);
-  await execa('mkfs.ext4', ['-q', join(dir, 'small.fs')]);
-  await execa('mount', ['-o', 'loop', join(dir, 'small.fs'), small]);
-  t.teardown(async () => {
-    await execa('umount', [small], { reject: false });
-    rmSync(dir, { recursive: true, force: true });
-  });
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const small = await smallDisk(t, dir, 160);
   const image = join(small, 'image.img');
   await makeTinyImage(image, { payloadMiB: 4 }); // ~104 MiB, sparse: a few MiB on disk
   const before = await sha256File(image);

@@ -97,10 +97,16 @@ function consoleTail(file: string, from = 0, lines = 25): string {
  * sockets, the unprivileged user nobody. QEMU 9 renamed -runas to -run-with user=.
  */
 async function sandbox(ctx: BuildContext, qemu: string): Promise<string[]> {
-  const { stdout } = await ctx.run(qemu, ['--version']);
-  const major = Number(/version (\d+)\./.exec(stdout)?.[1] ?? 0);
+  let major = qemuMajor.get(qemu);
+  if (major === undefined) {
+    const { stdout } = await ctx.run(qemu, ['--version']);
+    major = Number(/version (\d+)\./.exec(stdout)?.[1] ?? 0);
+    qemuMajor.set(qemu, major);
+  }
   return ['-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny', ...(major >= 9 ? ['-run-with', 'user=nobody'] : ['-runas', 'nobody'])];
 }
+/** QEMU's major version, asked once per binary (a verify --node run starts three guests). */
+const qemuMajor = new Map<string, number>();
 
 export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Guest> {
   const hostPort = new Map<number, number>();

@@ -1,5 +1,7 @@
 /** Run real stages on a real work dir, as the CLI does, with typed settings. */
-import { mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import type { ExecutionContext } from 'ava';
+import { execa } from 'execa';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultConfig, type Config } from '../../pipeline/config.ts';
@@ -20,4 +22,19 @@ export function testConfig(dir: string, overrides: Partial<Config> = {}): Config
 
 export function runStages(stages: readonly Stage[], config: Config, state?: BuildState): Promise<BuildResult> {
   return runPipeline({ name: 'test', summary: 'test', stages }, config, {}, new QuietReporter(), state);
+}
+
+/**
+ * A small ext4 filesystem of `mib` MiB (a file in `dir`, mounted by loop at `<dir>/small`) until
+ * the test ends: a disk that fills up. Register the test's removal of `dir` before calling this
+ * (teardowns run last-registered first: this unmounts before it).
+ */
+export async function smallDisk(t: ExecutionContext, dir: string, mib: number): Promise<string> {
+  const small = join(dir, 'small');
+  mkdirSync(small);
+  await execa('truncate', ['-s', `${mib}M`, join(dir, 'small.fs')]);
+  await execa('mkfs.ext4', ['-q', join(dir, 'small.fs')]);
+  await execa('mount', ['-o', 'loop', join(dir, 'small.fs'), small]);
+  t.teardown(() => execa('umount', [small], { reject: false }));
+  return small;
 }

@@ -3,6 +3,7 @@
  * device, its FAT boot partition through mtools. Nothing is mounted and nothing is written.
  */
 import { execa } from 'execa';
+import { detachLoop } from './leaks.ts';
 
 interface Part {
   start: number;
@@ -30,7 +31,7 @@ export class ImageReader {
   }
 
   async close(): Promise<void> {
-    await execa('losetup', ['--detach', this.#device]);
+    await detachLoop(this.#device);
   }
 
   async #debugfs(request: string): Promise<{ stdout: string; stderr: string }> {

@@ -1,5 +1,6 @@
 /** What a build may leave behind: loop devices on a file, mounts under a directory. */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 
 export async function loopsOn(file: string): Promise<string[]> {
@@ -23,4 +24,10 @@ export async function loopsUnder(dir: string): Promise<string[]> {
     .map((line) => line.trim().split(/\s+/))
     .filter(([, file]) => file !== undefined && (file === dir || file.startsWith(`${dir}/`)))
     .map(([name]) => name!);
+}
+
+/** `losetup -d`, then wait until the kernel has let go (udev may still hold the device a moment). */
+export async function detachLoop(device: string): Promise<void> {
+  await execa('losetup', ['-d', device]);
+  for (let i = 0; i < 100 && existsSync(`/sys/block/${device.replace('/dev/', '')}/loop/backing_file`); i++) await sleep(100);
 }
