@@ -7,7 +7,8 @@ import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { fsck } from './finalize.ts';
 import { attachLoop } from './image/loop.ts';
 import { partition, readLayout } from './image/partitions.ts';
-import { ext4Info, resizeRootPartition } from './image/resize.ts';
+import { resizeRootPartition } from './image/resize.ts';
+import { ext4Geometry } from './image/ext4-fit.ts';
 import type { Layout } from './image/state.ts';
 
 const MiB = 2 ** 20;
@@ -42,7 +43,7 @@ export const growStage: Stage = {
     if (!image) throw new UserError('grow: no working image; run the pipeline from its start');
     const layout = await readLayout(ctx, image);
     const root = partition(layout, layout.root);
-    const info = await scoped(ctx.cleanup, ctx.signal, async () => ext4Info(ctx, await attachLoop(ctx, image, root)));
+    const info = await scoped(ctx.cleanup, ctx.signal, async () => ext4Geometry(ctx, await attachLoop(ctx, image, root)));
     const free = info.freeBlocks * info.blockSize;
     const used = (info.blockCount - info.freeBlocks) * info.blockSize;
     const wanted = ctx.config.grow === 'auto' ? (await estimatedGrowth(ctx, used)) + HEADROOM - free : ctx.config.grow;

@@ -1,3 +1,4 @@
+import { renameSync, rmSync } from 'node:fs';
 import { formatBytes } from '../pipeline/config.ts';
 import { scoped } from '../pipeline/cleanup.ts';
 import { UserError } from '../pipeline/errors.ts';
@@ -7,15 +8,24 @@ import { armFirstBoot, disarmFirstBoot, firstBootFor, formatCmdline, parseCmdlin
 import { fsck } from './finalize.ts';
 import { attachLoop } from './image/loop.ts';
 import { partition, readLayout } from './image/partitions.ts';
-import { ext4Info, resizeRootPartition } from './image/resize.ts';
+import type { Partition } from './image/state.ts';
+import { resizeRootPartition } from './image/resize.ts';
+import { ext4Geometry, fittingBlocks } from './image/ext4-fit.ts';
 
 /** Below this gain a shrink is not worth a rewrite: shrinking a shrunk image changes nothing. */
 const MIN_GAIN = 4 * 2 ** 20;
 
-/** Blocks the filesystem keeps: resize2fs's minimum plus the margin, never more than it has. */
-export function shrinkTarget(minBlocks: number, blockCount: number, blockSize: number, margin: number): number | undefined {
-  const target = minBlocks + Math.ceil(margin / blockSize);
-  return (blockCount - target) * blockSize >= MIN_GAIN ? target : undefined;
+/**
+ * The sizes to try, smallest first, margin included: what the data needs (`fit`: files, journal
+ * and the metadata of the groups kept), then the blocks in use today (resize2fs often cannot give
+ * back the metadata of the groups it removes while it moves files), then steps up to resize2fs's
+ * own estimate, which comes last (the one size it accepts without -f). Sizes that gain less than
+ * MIN_GAIN are left out; none left means the filesystem stays as it is.
+ */
+export function shrinkTries(fit: number | undefined, used: number, estimate: number, blockCount: number, blockSize: number, margin: number): number[] {
+  const extra = Math.ceil(margin / blockSize);
+  const below = [fit ?? used, used, used + (estimate - used) / 4, used + (estimate - used) / 2].map(Math.round).filter((blocks) => blocks < estimate);
+  return [...new Set([...below.sort((a, b) => a - b), estimate].map((blocks) => blocks + extra))].filter((target) => (blockCount - target) * blockSize >= MIN_GAIN);
 }
 
 async function minimumBlocks(ctx: BuildContext, device: string): Promise<number> {
@@ -23,6 +33,46 @@ async function minimumBlocks(ctx: BuildContext, device: string): Promise<number>
   const m = /minimum size of the filesystem:\s*(\d+)/i.exec(stdout);
   if (!m) throw new Error(`resize2fs -P gave no minimum size: ${stdout.trim()}`);
   return Number(m[1]);
+}
+
+/** e2fsck's read-only verdict: 0 is a clean filesystem, anything else is not. */
+async function clean(ctx: BuildContext, device: string): Promise<boolean> {
+  return (await ctx.run('e2fsck', ['-f', '-n', device], { reject: false })).exitCode === 0;
+}
+
+/** resize2fs on the root of `image`, then e2fsck's verdict; `force` goes below resize2fs's own minimum. */
+async function resizeAndCheck(ctx: BuildContext, image: string, root: Partition, blocks: number, force: boolean): Promise<boolean> {
+  return scoped(ctx.cleanup, ctx.signal, async () => {
+    const device = await attachLoop(ctx, image, root);
+    const resized = await ctx.run('resize2fs', [...(force ? ['-f'] : []), device, String(blocks)], { reject: false });
+    return resized.exitCode === 0 && (await clean(ctx, device));
+  });
+}
+
+/**
+ * Cut the filesystem to the first size of `tries` that holds it. Below resize2fs's `estimate` it
+ * takes -f, which may leave a damaged filesystem, so each such try works on a copy of the image
+ * (sparse, or a reflink) that replaces it only if e2fsck finds the result clean. (resize2fs's own
+ * undo file is no way back: resize2fs 1.47 writes the resize inode wrong when it keeps one.)
+ * Returns the blocks kept, or undefined when no size was worth it.
+ */
+export async function cutTo(ctx: BuildContext, image: string, root: Partition, tries: number[], estimate: number): Promise<number | undefined> {
+  const copy = `${image}.shrink-try`;
+  ctx.cleanup.defer(`remove ${copy}`, () => rmSync(copy, { force: true }));
+  for (const blocks of tries) {
+    if (blocks >= estimate) {
+      if (await resizeAndCheck(ctx, image, root, blocks, false)) return blocks;
+      throw new Error(`resize2fs did not leave a clean root filesystem at ${blocks} blocks (above its own minimum): see the shrink log`);
+    }
+    await ctx.run('cp', ['--sparse=always', '--reflink=auto', image, copy]);
+    if (await resizeAndCheck(ctx, copy, root, blocks, true)) {
+      renameSync(copy, image);
+      return blocks;
+    }
+    ctx.log.line(`${blocks} blocks are too few (resize2fs failed or e2fsck found errors): the copy is dropped`);
+    rmSync(copy, { force: true });
+  }
+  return undefined;
 }
 
 /**
@@ -35,25 +85,26 @@ export function shrink(options: { disarmFirstBoot?: boolean } = {}): Stage {
   return {
     name: 'shrink',
     describe: (config) =>
-      `cut the root filesystem to its minimum + ${formatBytes(config['shrink-margin'])}, zero free blocks${config['expand-on-boot'] ? ', re-arm first-boot expansion' : options.disarmFirstBoot ? ', disarm first-boot expansion' : ''}`,
+      `cut the root filesystem to what it holds + ${formatBytes(config['shrink-margin'])}, zero free blocks${config['expand-on-boot'] ? ', re-arm first-boot expansion' : options.disarmFirstBoot ? ', disarm first-boot expansion' : ''}`,
     options: ['shrink-margin', 'expand-on-boot'],
     async run(ctx) {
       const image = ctx.state.image;
       if (!image) throw new UserError('shrink: no working image; run the pipeline from its start');
       let layout = await readLayout(ctx, image);
       const root = partition(layout, layout.root);
-      const resized = await scoped(ctx.cleanup, ctx.signal, async () => {
+      const { geometry, tries, estimate } = await scoped(ctx.cleanup, ctx.signal, async () => {
         const device = await attachLoop(ctx, image, root);
         await fsck(ctx, device);
-        const before = await ext4Info(ctx, device);
-        const target = shrinkTarget(await minimumBlocks(ctx, device), before.blockCount, before.blockSize, ctx.config['shrink-margin']);
-        if (target !== undefined) {
-          ctx.log.line(`shrinking from ${before.blockCount} to ${target} blocks of ${before.blockSize} bytes`);
-          await ctx.run('resize2fs', [device, String(target)]);
-        }
-        await ctx.run('zerofree', [device]);
-        return target === undefined ? undefined : target * before.blockSize;
+        const geometry = await ext4Geometry(ctx, device);
+        const estimate = await minimumBlocks(ctx, device);
+        const fit = fittingBlocks(geometry, Math.ceil((geometry.blockCount - geometry.freeBlocks) / 200));
+        const tries = shrinkTries(fit, geometry.blockCount - geometry.freeBlocks, estimate, geometry.blockCount, geometry.blockSize, ctx.config['shrink-margin']);
+        ctx.log.line(`${geometry.blockCount} blocks of ${geometry.blockSize} bytes, ${geometry.blockCount - geometry.freeBlocks} in use; resize2fs estimates ${estimate}, the data needs ${fit ?? 'an unknown count'}; trying ${tries.join(', ') || 'none'} (margin included)`);
+        return { geometry, tries, estimate };
       });
+      const kept = await cutTo(ctx, image, root, tries, estimate);
+      await scoped(ctx.cleanup, ctx.signal, async () => ctx.run('zerofree', [await attachLoop(ctx, image, root)]));
+      const resized = kept === undefined ? undefined : kept * geometry.blockSize;
       // The partition follows the filesystem (a whole number of blocks is a whole number of sectors).
       if (resized !== undefined && resized < root.size) {
         layout = await resizeRootPartition(ctx, image, layout, root, resized / layout.sectorSize);

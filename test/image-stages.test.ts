@@ -1,18 +1,22 @@
 /** grow, attach, overlay, finalize and shrink on a real image: real loop devices, ext4 and FAT. */
 import test from 'ava';
-import { chmodSync, mkdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { attachStage } from '../stages/attach.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { overlayStage } from '../stages/overlay.ts';
-import { shrinkStage } from '../stages/shrink.ts';
+import { cutTo, shrinkStage } from '../stages/shrink.ts';
+import { ext4Geometry } from '../stages/image/ext4-fit.ts';
+import { scoped } from '../pipeline/cleanup.ts';
+import { attachLoop } from '../stages/image/loop.ts';
+import { partition, readLayout } from '../stages/image/partitions.ts';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { sha256File } from './helpers/base-images.ts';
 import { runStages, scratch, smallDisk, testConfig } from './helpers/build.ts';
 import type { Stage } from '../pipeline/stage.ts';
-import { loopsOn, mountsUnder } from './helpers/leaks.ts';
+import { detachLoop, loopsOn, mountsUnder } from './helpers/leaks.ts';
 
 const MiB = 2 ** 20;
 const stages = [growStage, attachStage, overlayStage(), finalizeStage, shrinkStage];
@@ -27,14 +31,18 @@ async function debugfs(image: string, offset: number, size: number, request: str
 }
 
 /** resize2fs -P's minimum, in bytes, of the root filesystem. */
-async function resize2fsMinimum(image: string, offset: number, size: number): Promise<number> {
+/** The shrunk root as e2fsprogs sees it (a read-only loop device): sizes in bytes, and e2fsck's verdict. */
+async function rootFacts(image: string, offset: number, size: number) {
   const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(size), image]);
   try {
-    const { stdout } = await execa('resize2fs', ['-P', dev.trim()]);
-    const blockSize = Number(/Block size:\s+(\d+)/.exec((await execa('dumpe2fs', ['-h', dev.trim()])).stdout)![1]);
-    return Number(/minimum size of the filesystem: (\d+)/.exec(stdout)![1]) * blockSize;
+    const header = (await execa('dumpe2fs', ['-h', dev.trim()])).stdout;
+    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(header)![1]);
+    const blockSize = field('Block size');
+    const estimate = Number(/minimum size of the filesystem: (\d+)/.exec((await execa('resize2fs', ['-P', dev.trim()])).stdout)![1]);
+    const fsck = await execa('e2fsck', ['-f', '-n', dev.trim()], { reject: false });
+    return { bytes: field('Block count') * blockSize, used: (field('Block count') - field('Free blocks')) * blockSize, estimate: estimate * blockSize, fsck: fsck.exitCode };
   } finally {
-    await execa('losetup', ['-d', dev.trim()]);
+    await detachLoop(dev.trim());
   }
 }
 
@@ -98,11 +106,46 @@ test('grow, overlay, shrink: files land with their modes, boot is written back, 
   // Shrunk: the filesystem holds its data plus the margin, and free blocks are holes.
   const stats = await fs('stats');
   const fsBytes = Number(/Block count:\s+(\d+)/.exec(stats)![1]) * Number(/Block size:\s+(\d+)/.exec(stats)![1]);
-  const minimum = await resize2fsMinimum(image, rootOffset, rootSize);
-  t.true(fsBytes <= minimum + config['shrink-margin'] + MiB, `shrunk to ${fsBytes} bytes; minimum ${minimum}`);
+  const rootFs = await rootFacts(image, rootOffset, rootSize);
+  t.is(rootFs.fsck, 0, 'e2fsck -fn finds it clean');
+  t.is(rootFs.bytes, fsBytes);
+  t.true(fsBytes <= (rootFs.used + config['shrink-margin']) * 1.05, `shrunk to ${fsBytes} bytes for ${rootFs.used} in use`);
+  t.true(fsBytes < rootFs.estimate + config['shrink-margin'], `below resize2fs's estimate ${rootFs.estimate} + the margin`);
   t.true(fsBytes < 96 * MiB + 200 * MiB - 64 * MiB, 'smaller than it was grown to');
   const { stdout: du } = await execa('du', ['--block-size=1', image]);
   t.true(Number(du.split('\t')[0]) < statSync(image).size, 'sparse');
+});
+
+test('a size the data does not fit in is tried on a copy and dropped: the image stays as it was, or the next size that holds it is kept', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 24, rootMiB: 96 });
+  const original = await sha256File(image);
+  const outcomes: (number | undefined)[] = [];
+  const probe = (sizes: (used: number) => number[]): Stage => ({
+    name: 'probe',
+    describe: () => 'cut the root to the sizes given',
+    options: [],
+    async run(ctx) {
+      const layout = await readLayout(ctx, image);
+      const root = partition(layout, layout.root);
+      const geometry = await scoped(ctx.cleanup, ctx.signal, async () => ext4Geometry(ctx, await attachLoop(ctx, image, root)));
+      // 2 MiB cannot hold a 24 MiB payload: resize2fs -f fails on the copy.
+      outcomes.push(await cutTo(ctx, image, root, sizes(geometry.blockCount - geometry.freeBlocks), geometry.blockCount));
+    },
+  });
+  await runStages([probe(() => [2048])], testConfig(dir));
+  t.is(outcomes[0], undefined);
+  t.is(await sha256File(image), original, 'the image is as it was');
+  await runStages([probe((used) => [2048, used + 1024])], testConfig(dir));
+  t.true(outcomes[1]! > 2048, `kept ${outcomes[1]}`);
+  t.deepEqual(readdirSync(dir).filter((f) => f.includes('shrink-try')), [], 'no copy left');
+  const [, root] = await partitions(image);
+  const facts = await rootFacts(image, root!.start * 512, root!.size * 512);
+  t.is(facts.fsck, 0, 'e2fsck -fn finds it clean');
+  t.is(facts.bytes, outcomes[1]! * 1024);
+  t.deepEqual(await loopsOn(image), []);
 });
 
 test('shrinking a shrunk image changes nothing', async (t) => {

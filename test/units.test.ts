@@ -9,7 +9,8 @@ import { elfArch, registrationLine } from '../stages/chroot/emulation.ts';
 import { imageBaseName } from '../stages/files.ts';
 import { parseLayout } from '../stages/image/partitions.ts';
 import { resizeInDump } from '../stages/image/resize.ts';
-import { shrinkTarget } from '../stages/shrink.ts';
+import { shrinkTries } from '../stages/shrink.ts';
+import { fittingBlocks, metadataBlocks, type Ext4Geometry } from '../stages/image/ext4-fit.ts';
 import { bootMountOf, parseOsRelease } from '../stages/image/system.ts';
 import { renderTemplate } from '../pipeline/template.ts';
 import { elfHeader } from './fixtures/tiny-image.ts';
@@ -108,9 +109,32 @@ test('resizing in an sfdisk dump keeps ids and types, and drops what sfdisk must
   t.is(resizeInDump(dump, 2, 4096), 'label: gpt\nlabel-id: X\nunit: sectors\nfirst-lba: 2048\nsector-size: 512\n\nimg1 : start=        8192, size=       81920, type=EBD0, uuid=A\nimg2 : start=       90112, size=4096, type=0FC6, uuid=B\n');
 });
 
-test('shrink target: minimum plus margin, and no rewrite for a few MiB', (t) => {
-  t.is(shrinkTarget(1000, 100_000, 4096, 64 * 2 ** 20), 1000 + 16384);
-  t.is(shrinkTarget(1000, 1000 + 16384 + 100, 4096, 64 * 2 ** 20), undefined, 'a shrunk image stays as it is');
+test('shrink tries: what the data needs, the blocks in use, then steps to resize2fs\'s estimate; margin added; none for a few MiB', (t) => {
+  const margin = 64 * 2 ** 20;
+  t.deepEqual(shrinkTries(1000, 1800, 9000, 100_000, 4096, margin), [1000, 1800, 3600, 5400, 9000].map((b) => b + 16384));
+  t.deepEqual(shrinkTries(undefined, 1800, 9000, 100_000, 4096, margin), [1800, 3600, 5400, 9000].map((b) => b + 16384), 'an unknown layout: from the blocks in use');
+  t.deepEqual(shrinkTries(1000, 9500, 9000, 100_000, 4096, margin), [1000, 9000].map((b) => b + 16384), 'nothing between the estimate and what is in use');
+  t.deepEqual(shrinkTries(1000, 1800, 1000 + 1024, 1000 + 1024 + 16384 + 100, 4096, margin), [1000 + 16384], 'only what gains 4 MiB');
+  t.deepEqual(shrinkTries(1000, 1800, 9000, 1000 + 16384 + 100, 4096, margin), [], 'a shrunk image stays as it is');
+});
+
+// dumpe2fs -h of a pimaster's root (1 KiB blocks, as mke2fs makes small filesystems).
+const pimasterRoot: Ext4Geometry = {
+  blockSize: 1024, blockCount: 1433601, freeBlocks: 182420, firstBlock: 1, blocksPerGroup: 8192, inodesPerGroup: 2048,
+  inodeBlocksPerGroup: 512, reservedGdtBlocks: 249, inodeCount: 358400, freeInodes: 312448,
+  features: 'has_journal ext_attr resize_inode dir_index filetype extent 64bit flex_bg sparse_super large_file huge_file dir_nlink extra_isize metadata_csum'.split(' '),
+};
+
+test('what an ext4 filesystem needs: its data plus the metadata of the groups it keeps', (t) => {
+  // 175 groups: 514 blocks each of bitmaps and inode table, and 11 backups (groups 0, 1 and the powers of 3, 5, 7) of 1 + 11 + 249 blocks.
+  t.is(metadataBlocks(pimasterRoot, 175), 175 * 514 + 11 * 261);
+  const used = pimasterRoot.blockCount - pimasterRoot.freeBlocks;
+  const fit = fittingBlocks(pimasterRoot, 0)!;
+  // 22 groups fewer: their metadata (22 x 514, one backup of 261) is no longer needed.
+  t.true(fit < used - 11_000 && fit > used - 12_000, `fit ${fit}, used ${used}`);
+  t.is(fittingBlocks(pimasterRoot, 5000), fit + 5000);
+  t.is(fittingBlocks({ ...pimasterRoot, features: [...pimasterRoot.features, 'sparse_super2'] }, 0), undefined);
+  t.true(fittingBlocks({ ...pimasterRoot, freeInodes: 0 }, 0)! > 1 + 174 * 8192, 'every inode in use: all 175 groups stay');
 });
 
 test('os-release, fstab, environment names, templates', (t) => {

@@ -38,19 +38,3 @@ export async function resizeRootPartition(ctx: BuildContext, image: string, layo
   await ctx.run('sfdisk', ['--no-reread', '--no-tell-kernel', '--quiet', '--wipe', 'never', '--wipe-partitions', 'never', image], { input: table });
   return readLayout(ctx, image);
 }
-
-export interface Ext4Info {
-  blockSize: number;
-  blockCount: number;
-  freeBlocks: number;
-}
-
-export async function ext4Info(ctx: BuildContext, device: string): Promise<Ext4Info> {
-  const { stdout } = await ctx.run('dumpe2fs', ['-h', device]);
-  const field = (name: string) => {
-    const m = new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(stdout);
-    if (!m) throw new Error(`dumpe2fs gave no "${name}"`);
-    return Number(m[1]);
-  };
-  return { blockSize: field('Block size'), blockCount: field('Block count'), freeBlocks: field('Free blocks') };
-}

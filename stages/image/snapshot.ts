@@ -13,7 +13,7 @@ import { writeBack, type Snapshot } from './bootfs.ts';
 import { estimatedGrowth, growRoot, HEADROOM } from '../grow.ts';
 import { attachLoop } from './loop.ts';
 import { partition } from './partitions.ts';
-import { ext4Info } from './resize.ts';
+import { ext4Geometry } from './ext4-fit.ts';
 
 const IMAGE = 'image.img';
 
@@ -53,7 +53,7 @@ async function restore(ctx: BuildContext, entry: SnapshotEntry, stage: string): 
   const layout = ctx.state.layout;
   const names = ctx.stages.map((s) => s.name);
   if (!layout || ctx.config.grow !== 'auto' || !(names.indexOf('grow') < names.indexOf(stage))) return;
-  const info = await scoped(ctx.cleanup, ctx.signal, async () => ext4Info(ctx, await attachLoop(ctx, image, partition(layout, layout.root))));
+  const info = await scoped(ctx.cleanup, ctx.signal, async () => ext4Geometry(ctx, await attachLoop(ctx, image, partition(layout, layout.root))));
   const free = info.freeBlocks * info.blockSize;
   const needed = (await estimatedGrowth(ctx, (info.blockCount - info.freeBlocks) * info.blockSize, stage)) + HEADROOM;
   if (free >= needed) return;
