@@ -1,4 +1,4 @@
-/** What the benchmarks measure alike: resize2fs's minimum of an image, and their tables. */
+/** What the benchmarks measure alike: resize2fs's minimum of an image, what its root holds, an .xz's size, and their tables. */
 import { execa } from 'execa';
 
 export async function lastPartitionOffset(image: string): Promise<number> {
@@ -21,6 +21,22 @@ export async function minimumImageSize(image: string, rootOffset?: number): Prom
   const blockSize = Number(/^Block size:\s*(\d+)/m.exec(header)?.[1]);
   if (!blocks || !blockSize) throw new Error(`cannot read the minimum size of ${fs}`);
   return offset + blocks * blockSize;
+}
+
+/** The root's start plus the blocks its filesystem has in use: what an image cannot go below. */
+export async function inUseImageSize(image: string, rootOffset?: number): Promise<number> {
+  const offset = rootOffset ?? (await lastPartitionOffset(image));
+  const { stdout: header } = await execa('dumpe2fs', ['-h', `${image}?offset=${offset}`]);
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(header)?.[1]);
+  const used = (field('Block count') - field('Free blocks')) * field('Block size');
+  if (!used) throw new Error(`cannot read the blocks in use of ${image}`);
+  return offset + used;
+}
+
+/** The uncompressed size of an .xz file, from its index. */
+export async function xzUncompressedSize(path: string): Promise<number> {
+  const { stdout } = await execa('xz', ['--robot', '--list', path]);
+  return Number(/^totals\t(?:[^\t]*\t){3}(\d+)/m.exec(stdout)?.[1]);
 }
 
 /** Rows of cells in columns; the columns numbered in `figures` aligned right, the others left. */
