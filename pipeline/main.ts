@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatValue, readConfigFile, resolveConfig, schema, type ConfigKey } from './config.ts';
 import { formatChecks, runChecks } from './doctor.ts';
@@ -12,8 +12,8 @@ import { verifyCommand, verifyUsage } from '../verify/command.ts';
 import { flashCommand, flashUsage } from '../flash/command.ts';
 import { writeImagerList } from '../stages/publish/os-list-json.ts';
 import { cacheCommand, cacheUsage } from './cache-command.ts';
+import { version } from './version.ts';
 
-const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const RUN_FLAGS = {
   config: { help: 'read settings from a JSON file (same keys as the flags; flags win)', placeholder: 'FILE' },

@@ -26,6 +26,8 @@ import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { published, publishedSettings, withoutCredentials } from '../pipeline/redact.ts';
 import { writeImagerList } from './publish/os-list-json.ts';
+import { cycloneDx, SBOM_FORMAT } from './publish/sbom.ts';
+import { version } from '../pipeline/version.ts';
 import { READ_CHUNK, SparseWriter } from './image/sparse-writer.ts';
 import type { Output } from './image/state.ts';
 
@@ -320,7 +322,7 @@ function describe(config: Config): string {
   const formats = [...new Set(config.compress)];
   const name = config.name ?? `<pipeline>-<release>-${config.arch}`;
   const what = formats.length ? formats.map((f) => `${name}.${FORMATS[f].ext}`).join(', ') : 'no copy of the image';
-  return `${what} in ${config.out}, each with a .sha256, and ${name}.img.bmap, ${name}.manifest.json, os-list.json`;
+  return `${what} in ${config.out}, each with a .sha256, and ${name}.img.bmap, ${name}.cdx.json (SBOM), ${name}.manifest.json, os-list.json`;
 }
 
 export const compressStage: Stage = {
@@ -370,22 +372,28 @@ export const compressStage: Stage = {
     const bmap = path('img.bmap');
     await ctx.run('bmaptool', ['create', '-o', partial(bmap), image]);
 
+    const created = new Date().toISOString();
+    const sbom = path('cdx.json');
+    const packages = ctx.state.packages ?? [];
+    writePartial(sbom, `${JSON.stringify(cycloneDx({ name, sha256: imageSha256, created, tool: { name: 'build-image', version }, system: ctx.state.system, packages }), null, 2)}\n`);
+
     const manifest = path('manifest.json');
     const download = ctx.state.download;
     const content = {
       name,
       pipeline: ctx.pipeline,
-      created: new Date().toISOString(),
+      created,
       base: download ? { source: published('base', download.source), url: download.url ? withoutCredentials(download.url) : null, sha256: download.sha256, releaseDate: download.releaseDate ?? null } : null,
       release: ctx.state.system?.codename ?? null,
       arch: ctx.config.arch,
       init_format: ctx.state.system?.initFormat ?? null,
       image: { file: `${name}.img`, size, sha256: imageSha256, bmap: basename(bmap) },
+      sbom: { file: basename(sbom), format: SBOM_FORMAT, components: packages.length },
       outputs: outputs.map((o) => ({ format: o.format, file: basename(o.path), size: o.size, sha256: o.sha256 })),
       config: publishedSettings(ctx.config),
       timings: { ...ctx.state.timings, compress: Math.round((performance.now() - started) / 100) / 10 },
       sources: ctx.state.sources ?? {},
-      packages: ctx.state.packages ?? [],
+      packages,
     };
     writePartial(manifest, `${JSON.stringify(content, null, 2)}\n`);
 

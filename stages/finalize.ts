@@ -1,25 +1,10 @@
-import { existsSync, readFileSync } from 'node:fs';
 import { UserError } from '../pipeline/errors.ts';
 import type { Stage } from '../pipeline/stage.ts';
 import { rootDir } from './attach.ts';
-import { inRoot } from './image/in-root.ts';
+import { installedPackages } from './image/packages.ts';
 import { attachLoop } from './image/loop.ts';
 import { partition } from './image/partitions.ts';
 import { scoped } from '../pipeline/cleanup.ts';
-import type { Package } from './image/state.ts';
-
-/** Installed packages from a dpkg status file (for the manifest). */
-export function parseDpkgStatus(text: string): Package[] {
-  const packages: Package[] = [];
-  for (const block of text.split(/\n\s*\n/)) {
-    const field = (name: string) => new RegExp(`^${name}: *(.*)$`, 'm').exec(block)?.[1]?.trim();
-    const name = field('Package');
-    if (name && /install ok installed/.test(field('Status') ?? '')) {
-      packages.push({ name, version: field('Version') ?? '', arch: field('Architecture') ?? '' });
-    }
-  }
-  return packages.sort((a, b) => a.name.localeCompare(b.name));
-}
 
 /** Write the boot partition back, unmount, detach (all that attach opened), then fsck the root. */
 export const finalizeStage: Stage = {
@@ -29,8 +14,7 @@ export const finalizeStage: Stage = {
   async run(ctx) {
     const mark = ctx.resources.get('attach');
     if (typeof mark !== 'number') throw new UserError('finalize: the image is not attached; run from attach or earlier');
-    const status = inRoot(rootDir(ctx.paths.work), 'var/lib/dpkg/status');
-    ctx.state.packages = existsSync(status) ? parseDpkgStatus(readFileSync(status, 'utf8')) : [];
+    ctx.state.packages = installedPackages(rootDir(ctx.paths.work));
     const errors = await ctx.cleanup.unwindTo(mark, 'success');
     if (errors.length) throw errors[0];
     ctx.resources.delete('attach');

@@ -123,7 +123,7 @@ test('customize end to end: base over HTTP, an overlay, shrunk, xz and zip with 
   t.regex(result.stderr, /\[\d\d:\d\d:\d\d\] compress: done in/);
   t.regex(result.stderr, /total\s+\d+\.\d s/);
   const out = readdirSync(join(dir, 'out')).sort();
-  t.deepEqual(out, ['os-list.json', 'site.img.bmap', 'site.img.xz', 'site.img.xz.sha256', 'site.manifest.json', 'site.zip', 'site.zip.sha256']);
+  t.deepEqual(out, ['os-list.json', 'site.cdx.json', 'site.img.bmap', 'site.img.xz', 'site.img.xz.sha256', 'site.manifest.json', 'site.zip', 'site.zip.sha256']);
   const check = await execa('sha256sum', ['-c', 'site.img.xz.sha256', 'site.zip.sha256'], { cwd: join(dir, 'out') });
   t.regex(check.stdout, /site\.img\.xz: OK\nsite\.zip: OK/);
   const manifest = JSON.parse(readFileSync(join(dir, 'out', 'site.manifest.json'), 'utf8')) as Record<string, unknown>;

@@ -10,6 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createGunzip } from 'node:zlib';
 import { Ajv } from 'ajv';
+import { sbomErrors } from './helpers/sbom.ts';
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { extract } from 'tar-stream';
@@ -43,8 +44,8 @@ const system: SystemInfo = {
   initFormat: 'systemd',
 };
 const packages: Package[] = [
-  { name: 'base-files', version: '12.4+rpi1', arch: 'arm64' },
-  { name: 'openssh-server', version: '1:9.2p1-2+deb12u3', arch: 'arm64' },
+  { name: 'base-files', version: '12.4+rpi1', arch: 'arm64', source: { name: 'base-files', version: '12.4+rpi1' }, licenses: ['GPL-2+'] },
+  { name: 'openssh-server', version: '1:9.2p1-2+deb12u3', arch: 'arm64', source: { name: 'openssh', version: '1:9.2p1-2+deb12u3' } },
 ];
 
 async function sha256sum(file: string): Promise<string> {
@@ -169,7 +170,7 @@ test('each output has a sha256sum sidecar, and nothing partial is left', async (
   t.deepEqual(readdirSync(out).filter((f) => f.endsWith('.partial')), []);
   t.deepEqual(
     readdirSync(out).sort(),
-    ['pi.img', 'pi.img.bmap', 'pi.img.gz', 'pi.img.xz', 'pi.img.zst', 'pi.manifest.json', 'os-list.json', 'pi.img.tar.gz', 'pi.zip'].flatMap((f) => (f.endsWith('.bmap') || f.endsWith('.json') ? [f] : [f, `${f}.sha256`])).sort(),
+    ['pi.img', 'pi.img.bmap', 'pi.img.gz', 'pi.img.xz', 'pi.img.zst', 'pi.cdx.json', 'pi.manifest.json', 'os-list.json', 'pi.img.tar.gz', 'pi.zip'].flatMap((f) => (f.endsWith('.bmap') || f.endsWith('.json') ? [f] : [f, `${f}.sha256`])).sort(),
   );
 });
 
@@ -196,6 +197,7 @@ test('the manifest says what was built, from what, how and with which packages',
   t.is(manifest.release, 'bookworm');
   t.is(manifest.arch, 'arm64');
   t.deepEqual(manifest.image, { file: 'pi.img', size: statSync(image).size, sha256: imageSha256, bmap: 'pi.img.bmap' });
+  t.deepEqual(manifest.sbom, { file: 'pi.cdx.json', format: 'CycloneDX 1.6', components: 2 });
   t.deepEqual(
     manifest.outputs,
     state.outputs!.map((o) => ({ format: o.format, file: o.path.slice(out.length + 1), size: o.size, sha256: o.sha256 })),
@@ -211,6 +213,22 @@ test('the manifest says what was built, from what, how and with which packages',
   // Written last of the image's files (only the directory's os-list.json comes after).
   const newest = Math.max(...readdirSync(out).filter((f) => f !== 'os-list.json').map((f) => statSync(join(out, f)).mtimeMs));
   t.is(statSync(file).mtimeMs, newest);
+});
+
+test('the SBOM beside the image is valid CycloneDX 1.6 and lists each package with its purl, source and licences', async (t) => {
+  const { out, imageSha256 } = await built();
+  const text = readFileSync(join(out, 'pi.cdx.json'), 'utf8');
+  t.is(await sbomErrors(text), null);
+  const sbom = JSON.parse(text);
+  t.is(sbom.metadata.component.name, 'pi');
+  t.deepEqual(sbom.metadata.component.hashes, [{ alg: 'SHA-256', content: imageSha256 }]);
+  t.regex(sbom.serialNumber, /^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  const ssh = sbom.components.find((c: { name: string }) => c.name === 'openssh-server');
+  t.is(ssh.purl, 'pkg:deb/debian/openssh-server@1%3A9.2p1-2%2Bdeb12u3?arch=arm64&distro=bookworm');
+  t.deepEqual(ssh.properties.find((p: { name: string }) => p.name === 'deb:source').value, 'openssh');
+  t.false('licenses' in ssh, 'no licence where the copyright file is free-form');
+  t.deepEqual(sbom.components.find((c: { name: string }) => c.name === 'base-files').licenses, [{ license: { name: 'GPL-2+' } }]);
+  t.not(await sbomErrors(JSON.stringify({ ...sbom, components: [{ name: 'no type' }] })), null, 'the schema does catch a component without a type');
 });
 
 test("os-list.json: Raspberry Pi Imager's entry for the image, from its manifest; build-image os-list for a directory", async (t) => {
@@ -269,7 +287,7 @@ test('the default name is <pipeline>-<release>-<arch>, lower case and safe', asy
   await makeTinyImage(image);
   const config = testConfig(dir, { compress: ['gz'], arch: 'armhf' });
   await runStages([compressStage], config, { image, system });
-  t.deepEqual(readdirSync(config.out).sort(), ['os-list.json', 'test-bookworm-armhf.img.bmap', 'test-bookworm-armhf.img.gz', 'test-bookworm-armhf.img.gz.sha256', 'test-bookworm-armhf.manifest.json']);
+  t.deepEqual(readdirSync(config.out).sort(), ['os-list.json', 'test-bookworm-armhf.cdx.json', 'test-bookworm-armhf.img.bmap', 'test-bookworm-armhf.img.gz', 'test-bookworm-armhf.img.gz.sha256', 'test-bookworm-armhf.manifest.json']);
   const { state } = await runStages([compressStage], testConfig(dir, { compress: ['none'] }), { image });
   t.is(state.outputs![0]!.path, join(config.out, 'test-image-arm64.img'));
 });

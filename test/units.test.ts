@@ -10,6 +10,7 @@ import { imageBaseName } from '../stages/files.ts';
 import { parseLayout } from '../stages/image/partitions.ts';
 import { resizeInDump } from '../stages/image/resize.ts';
 import { shrinkTries } from '../stages/shrink.ts';
+import { dep5Licenses, parseDpkgStatus } from '../stages/image/packages.ts';
 import { fittingBlocks, metadataBlocks, type Ext4Geometry } from '../stages/image/ext4-fit.ts';
 import { bootMountOf, parseOsRelease } from '../stages/image/system.ts';
 import { renderTemplate } from '../pipeline/template.ts';
@@ -135,6 +136,23 @@ test('what an ext4 filesystem needs: its data plus the metadata of the groups it
   t.is(fittingBlocks(pimasterRoot, 5000), fit + 5000);
   t.is(fittingBlocks({ ...pimasterRoot, features: [...pimasterRoot.features, 'sparse_super2'] }, 0), undefined);
   t.true(fittingBlocks({ ...pimasterRoot, freeInodes: 0 }, 0)! > 1 + 174 * 8192, 'every inode in use: all 175 groups stay');
+});
+
+test('dpkg status: installed packages with their source package; DEP-5 copyright files: their licence names', (t) => {
+  const status = [
+    'Package: libc6\nStatus: install ok installed\nArchitecture: arm64\nSource: glibc\nVersion: 2.36-9+deb12u4',
+    'Package: libssl3\nStatus: install ok installed\nArchitecture: armhf\nSource: openssl (3.0.15-1~deb12u1)\nVersion: 3.0.15-1~deb12u1+b1',
+    'Package: dash\nStatus: install ok installed\nArchitecture: arm64\nVersion: 0.5.12-2',
+    'Package: gone\nStatus: deinstall ok config-files\nArchitecture: arm64\nVersion: 1',
+  ].join('\n\n');
+  t.deepEqual(parseDpkgStatus(status), [
+    { name: 'dash', version: '0.5.12-2', arch: 'arm64', source: { name: 'dash', version: '0.5.12-2' } },
+    { name: 'libc6', version: '2.36-9+deb12u4', arch: 'arm64', source: { name: 'glibc', version: '2.36-9+deb12u4' } },
+    { name: 'libssl3', version: '3.0.15-1~deb12u1+b1', arch: 'armhf', source: { name: 'openssl', version: '3.0.15-1~deb12u1' } },
+  ]);
+  const dep5 = 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: x\n\nFiles: *\nCopyright: 2020 A\nLicense: GPL-2+\n\nFiles: debian/*\nLicense: BSD-3-clause or GPL-2+\n\nLicense: GPL-2+\n On Debian systems, see /usr/share/common-licenses/GPL-2.\n';
+  t.deepEqual(dep5Licenses(dep5), ['GPL-2+', 'BSD-3-clause or GPL-2+']);
+  t.deepEqual(dep5Licenses('This package was debianized by someone.\n\nLicense: GPL\n'), [], 'free-form: no names guessed');
 });
 
 test('os-release, fstab, environment names, templates', (t) => {

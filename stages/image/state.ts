@@ -67,6 +67,10 @@ export interface Package {
   name: string;
   version: string;
   arch: string;
+  /** The source package it was built from. */
+  source: { name: string; version: string };
+  /** Licence short names from its machine-readable copyright file, where it has one. */
+  licenses?: string[];
 }
 
 export interface Output {

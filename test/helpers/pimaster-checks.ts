@@ -4,10 +4,11 @@
  * repositories), and what the build must undo or keep of the release it starts from. Booting it
  * is the verify tests' job.
  */
+import { sbomErrors } from './sbom.ts';
 import test, { type ExecutionContext } from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { ADMIN_HASH } from '../fixtures/piseduce-standin.ts';
 import { ImageReader } from './image-reader.ts';
@@ -270,5 +271,19 @@ export function pimasterChecks(base: PimasterBase): void {
     t.is(m.arch, arch);
     t.is(m.sources.piseduce_webui!.commit, build.webuiRef);
     t.true(m.packages.some((p) => p.name === 'dnsmasq'));
+  });
+
+  it('the SBOM beside the image is valid CycloneDX 1.6 and lists the pimaster\'s packages, with licences from their copyright files', async (t) => {
+    const text = readFileSync(join(dirname(build.image), (build.manifest as { sbom: { file: string } }).sbom.file), 'utf8');
+    t.is(await sbomErrors(text), null);
+    const components = (JSON.parse(text) as { components: Array<{ name: string; purl: string; licenses?: unknown[] }> }).components;
+    const os = release === 'bookworm' && arch === 'armhf' ? 'raspbian' : 'debian';
+    for (const name of ['dnsmasq', 'nfs-kernel-server', 'python3-flask', 'sqlite3', 'openssh-server']) {
+      const c = components.find((x) => x.name === name);
+      t.truthy(c, name);
+      t.true(c?.purl.startsWith(`pkg:deb/${os}/${name}@`), c?.purl);
+    }
+    const licensed = components.filter((c) => c.licenses?.length).length;
+    t.true(licensed > components.length / 2, `${licensed} of ${components.length} packages with a licence`);
   });
 }
