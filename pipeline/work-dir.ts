@@ -115,7 +115,12 @@ export async function claimWorkDir(work: string, note: (line: string) => void): 
   // A work dir made before locks existed, or whose lock was removed by hand, may still hold a killed build's leftovers.
   await undoLeftovers(target, undefined, note);
   return () => {
-    if (readFileSync(lock, 'utf8') === mine) rmSync(lock, { force: true });
+    // Gone already (the work dir removed under the build) is as good as released.
+    let holder = '';
+    try {
+      holder = readFileSync(lock, 'utf8');
+    } catch {}
+    if (holder === mine) rmSync(lock, { force: true });
   };
 }
 

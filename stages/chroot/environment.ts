@@ -206,6 +206,7 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   // The apt sources as the build's apt will see them: the distribution archive at --apt-mirror.
   const lists = ['etc/apt/sources.list', ...listDir(root, 'etc/apt/sources.list.d').filter((f) => /\.(list|sources)$/.test(f))].filter((f) => existsSync(inRoot(root, f)));
   const sources = new Map(lists.map((list) => [list, readFileSync(inRoot(root, list), 'utf8')]));
+  const archivesNamed = () => [...new Set([...sources.values()].flatMap(archivesOf))];
   if (options.aptMirror) {
     let matched = false;
     for (const [list, text] of sources) {
@@ -215,11 +216,11 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
       sources.set(list, rewritten);
       swapFile(ctx, root, list, rewritten);
     }
-    const named = [...new Set([...sources.values()].flatMap(archivesOf))].join(', ') || 'none';
+    const named = archivesNamed().join(', ') || 'none';
     if (!matched) throw new UserError(`--apt-mirror ${options.aptMirror}: the image's apt sources name no Debian or Raspbian archive to replace (they name: ${named}); leave --apt-mirror out, or use --apt-proxy`);
   }
   // Packages of the same name differ between archives (Raspbian's armhf is not Debian's): one cache each.
-  const archiveKey = createHash('sha256').update([...new Set([...sources.values()].flatMap(archivesOf))].sort().join('\n')).digest('hex').slice(0, 8);
+  const archiveKey = createHash('sha256').update(archivesNamed().sort().join('\n')).digest('hex').slice(0, 8);
   const archives = join(ctx.paths.work, 'apt-archives');
   shareAptCache(ctx, join(ctx.paths.cache, 'apt', `${system.codename}-${arch}-${archiveKey}`), archives);
   await mount(ctx, archives, at('var/cache/apt/archives'), ['--bind']);
