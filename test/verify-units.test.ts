@@ -79,8 +79,8 @@ test('a --checks file: one command a line, comments and blank lines skipped; an 
 });
 
 test('checks: the address check is there only for a static address; results one line each', (t) => {
-  t.is(systemChecks({ hostname: 'h' }).length, 2);
-  t.regex(systemChecks({ hostname: 'h', address: { address: '1.2.3.4', prefix: 8, network: '1.0.0.0', netmask: '', interface: 'eth0' } })[2]!.name, /eth0 has 1\.2\.3\.4\/8/);
+  t.is(systemChecks({ hostname: 'h' }).length, 3);
+  t.regex(systemChecks({ hostname: 'h', address: { address: '1.2.3.4', prefix: 8, network: '1.0.0.0', netmask: '', interface: 'eth0' } })[3]!.name, /eth0 has 1\.2\.3\.4\/8/);
   t.is(lastLine('a\nb\n\n'), 'b');
   t.is(lastLine(''), '(no output)');
   t.is(formatResults([{ name: 'one', ok: true, saw: 'x' }, { name: 'three', ok: false, saw: 'y' }]), 'PASS  one    x\nFAIL  three  y');

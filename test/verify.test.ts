@@ -85,7 +85,7 @@ for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const
     const failed = lines.filter((l) => l.startsWith('FAIL'));
     t.deepEqual(failed.map((l) => l.replace(/\s+.*$/, '') + ' ' + l.split(/\s{2,}/)[1]), ['FAIL test -e /no/such/file'], 'only the user\'s failing check fails');
     for (const name of [
-      'systemd: every unit started, none failed', 'hostname is pimaster', 'eth0 has 48.48.0.254/24', 'first-boot unit finished', 'sshd: UsePAM no',
+      'systemd: every unit started, none failed', 'hostname is pimaster', 'the root filesystem has room left after the first boot', 'eth0 has 48.48.0.254/24', 'first-boot unit finished', 'sshd: UsePAM no',
       'sshd: no first-boot rename banner', 'no pi user', 'dnsmasq active', 'TFTP serves /bootcode.bin and rpiboot_uboot/', 'nodes boot without an initramfs, NFS 4.1 root',
       'NFS exported to 48.48.0.0/24 only', 'NFS root mountable (vers=4.1, tcp)', 'NFS root is the image as shipped', 'NFS root grows nothing, asks nothing, reads no cloud-init seed', 'NFS root hostname is nfspi',
       'NFS root fstab is empty', "NFS root host keys differ from the pimaster's", "NFS root authorizes the pimaster's root key", 'NFS root unmounts', 'IPv4 forwarding on',
@@ -174,7 +174,8 @@ test.serial('any image: --authorize lets the key in to a throw-away copy, and th
   t.is(r.exitCode, 0, r.stderr);
   t.regex(r.stdout, /^PASS  systemd: every unit started, none failed +running$/m);
   t.regex(r.stdout, /^PASS  hostname is raspberrypi +raspberrypi$/m);
-  t.regex(r.stdout, /^2 of 2 checks passed; /m);
+  t.regex(r.stdout, /^PASS  the root filesystem has room left after the first boot +\d+ MiB free, \d+ MiB of it outside the blocks reserved for root$/m);
+  t.regex(r.stdout, /^3 of 3 checks passed; /m);
   await assertNothingLeft(t, dir);
 });
 

@@ -37,6 +37,11 @@ export function systemChecks(facts: GuestFacts, expands = false): Check[] {
       timeoutS: 300,
     },
     { name: `hostname is ${facts.hostname}`, command: `h=$(hostname); echo "$h"; [ "$h" = ${quote(facts.hostname)} ]` },
+    {
+      // A shrunk root keeps --shrink-margin free; the first boot (host keys, logs, first-boot files) must leave room.
+      name: 'the root filesystem has room left after the first boot',
+      command: 'free=$(( $(stat -f -c "%f * %S" /) )); avail=$(( $(stat -f -c "%a * %S" /) )); echo "$((free / 1048576)) MiB free, $((avail / 1048576)) MiB of it outside the blocks reserved for root"; [ "$free" -ge 16777216 ]',
+    },
   ];
   const a = facts.address;
   if (a) {
