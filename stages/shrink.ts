@@ -59,12 +59,20 @@ async function resizeAndCheck(ctx: BuildContext, image: string, root: Partition,
 export async function cutTo(ctx: BuildContext, image: string, root: Partition, tries: number[], estimate: number): Promise<number | undefined> {
   const copy = `${image}.shrink-try`;
   ctx.cleanup.defer(`remove ${copy}`, () => rmSync(copy, { force: true }));
+  let room = true;
   for (const blocks of tries) {
     if (blocks >= estimate) {
       if (await resizeAndCheck(ctx, image, root, blocks, false)) return blocks;
       throw new Error(`resize2fs did not leave a clean root filesystem at ${blocks} blocks (above its own minimum): see the shrink log`);
     }
-    await ctx.run('cp', ['--sparse=always', '--reflink=auto', image, copy]);
+    if (!room) continue;
+    if ((await ctx.run('cp', ['--sparse=always', '--reflink=auto', image, copy], { reject: false })).exitCode !== 0) {
+      // A disk too full for the copy costs only the sizes below resize2fs's estimate.
+      ctx.log.line(`no room for a trial copy of the image beside it: only resize2fs's own estimate is tried`);
+      rmSync(copy, { force: true });
+      room = false;
+      continue;
+    }
     if (await resizeAndCheck(ctx, copy, root, blocks, true)) {
       renameSync(copy, image);
       return blocks;

@@ -1,6 +1,6 @@
 /** grow, attach, overlay, finalize and shrink on a real image: real loop devices, ext4 and FAT. */
 import test from 'ava';
-import { chmodSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { attachStage } from '../stages/attach.ts';
@@ -146,6 +146,25 @@ test('a size the data does not fit in is tried on a copy and dropped: the image 
   t.is(facts.fsck, 0, 'e2fsck -fn finds it clean');
   t.is(facts.bytes, outcomes[1]! * 1024);
   t.deepEqual(await loopsOn(image), []);
+});
+
+test('a disk without room for a trial copy: the shrink falls back to resize2fs\'s own estimate, in place', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const small = await smallDisk(t, dir, 40);
+  const image = join(small, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 16, rootMiB: 64 });
+  const config = testConfig(dir, { 'shrink-margin': 4 * MiB });
+  await runStages([shrinkStage], config, { image });
+  const log = readFileSync(join(config.work, 'logs', '01-shrink.log'), 'utf8');
+  t.regex(log, /no room for a trial copy of the image beside it/);
+  const estimate = Number(/resize2fs estimates (\d+)/.exec(log)![1]);
+  t.deepEqual(readdirSync(small).filter((f) => f.includes('shrink-try')), [], 'no partial copy left');
+  const [, root] = await partitions(image);
+  const facts = await rootFacts(image, root!.start * 512, root!.size * 512);
+  t.is(facts.fsck, 0);
+  t.is(facts.bytes, estimate * 1024 + config['shrink-margin'], 'cut to the estimate plus the margin (1 KiB blocks)');
+  t.true(facts.bytes < 64 * MiB, 'it did shrink');
 });
 
 test('shrinking a shrunk image changes nothing', async (t) => {
