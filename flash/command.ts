@@ -7,11 +7,13 @@ import { timingTable } from '../pipeline/runner.ts';
 import { parseTool, runTool, toolUsage, type ToolFlag } from '../pipeline/tool-command.ts';
 import { bmapBeside } from './bmap.ts';
 import { flashPipeline } from './stages.ts';
+import { parseCardSettings, SETTINGS_FLAGS } from './card-settings.ts';
 
 const FLAGS = {
   force: { type: 'boolean', help: 'write a disk that is not removable (never the system disk, a mounted one, or a too small one)' },
   bmap: { type: 'string', placeholder: 'FILE', help: 'the block map (default: NAME.img.bmap beside the image, when there is one)' },
   'no-bmap': { type: 'boolean', help: 'write every byte of the image, even with a .bmap beside it' },
+  ...SETTINGS_FLAGS,
 } as const satisfies Record<string, ToolFlag>;
 
 export function flashUsage(): string {
@@ -21,6 +23,9 @@ export function flashUsage(): string {
       'disk DEVICE, only the blocks of its .bmap when it has one, with progress; then read back what was written and',
       'compare. Refuses the disk the system runs from, a disk in use, a partition, a disk smaller than the image, and a',
       'disk that is not removable unless --force.',
+      'With settings (--hostname, --user, --ssh-key, --wifi-..., --timezone, --keymap or --settings FILE), this card gets',
+      'them at its first boot: written to its boot partition, in the format Raspberry Pi Imager writes for the image',
+      '(firstrun.sh, or a cloud-init seed on trixie), after the read-back. The image file is never changed.',
     ],
     FLAGS,
   );
@@ -35,13 +40,15 @@ export async function flashCommand(argv: string[]): Promise<number> {
   if (!existsSync(image)) throw new ConfigError(`${image}: no such file (the image to write)`);
   if (typeof values.bmap === 'string' && values['no-bmap']) throw new ConfigError('--bmap and --no-bmap: give one or the other');
   if (typeof values.bmap === 'string' && !existsSync(values.bmap)) throw new ConfigError(`--bmap ${values.bmap}: no such file`);
+  const settings = await parseCardSettings(values);
   const bmap = values['no-bmap'] ? undefined : typeof values.bmap === 'string' ? values.bmap : bmapBeside(resolve(image));
-  const pipeline = flashPipeline({ image: resolve(image), device, bmap: bmap && resolve(bmap), force: values.force === true });
+  const pipeline = flashPipeline({ image: resolve(image), device, bmap: bmap && resolve(bmap), force: values.force === true, settings });
   const { state, timings, config } = await runTool(pipeline, values);
   const f = state.flash!;
   process.stdout.write(
     `${device}: wrote ${formatBytes(f.deviceBytes!)} of the ${formatBytes(f.bytes!)} image${bmap ? ` (only what ${basename(bmap)} maps)` : ''}; read back ${formatBytes(f.verified!)} and it matches\n`,
   );
+  if (f.settings) process.stdout.write(`${device}: first-boot settings (init_format ${f.settings.format}) in ${f.settings.files.join(', ')} on its boot partition\n`);
   if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);
   return 0;
 }

@@ -5,16 +5,22 @@
  *   check      the target is a whole, removable, unused disk, not the system's, large enough
  *   write      the image decoded straight onto the device (no temporary copy), synced
  *   read-back  the kernel's cache of the device dropped, every written range read and hashed
+ *   settings   (with --hostname, --user, --wifi-...) the card's first-boot settings written to its
+ *              boot partition in the release's own format, then read back
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Pipeline, Stage } from '../pipeline/stage.ts';
 import { decodeImage, imageFormat } from '../stages/extract.ts';
+import { readBootFile, writeBootFile } from '../stages/image/bootfs.ts';
+import { partition, readLayout } from '../stages/image/partitions.ts';
+import { bootMountOf } from '../stages/image/system.ts';
+import { cloudInitSeed, cmdlineArguments, firstrunScript, newInstanceId, type CardSettings, type InitFormat } from './card-settings.ts';
 import { readBmap, type Bmap } from './bmap.ts';
 import { DeviceWriter, type Written } from './device-writer.ts';
 import { inspectTarget, openExclusive, refusals } from './target.ts';
@@ -25,11 +31,13 @@ export interface FlashOptions {
   /** The block map: found beside the image, given, or none (every byte written). */
   bmap?: string;
   force: boolean;
+  /** First-boot settings for this card (the image file is never changed). */
+  settings?: CardSettings;
 }
 
 declare module '../pipeline/stage.ts' {
   interface BuildState {
-    flash?: { written?: Written[]; bytes?: number; deviceBytes?: number; verified?: number };
+    flash?: { written?: Written[]; bytes?: number; deviceBytes?: number; verified?: number; settings?: { format: InitFormat; files: string[] } };
   }
 }
 
@@ -118,11 +126,49 @@ const readBackStage = (opts: FlashOptions): Stage => ({
   },
 });
 
+/** How the release takes first-boot settings: the build's manifest says; else a cloud-init seed on the boot partition does. */
+function initFormatOf(image: string, bootFiles: string): InitFormat {
+  const manifest = join(dirname(image), `${basename(image).replace(/\.img(\.[a-z0-9.]+)?$|\.zip$/, '')}.manifest.json`);
+  if (existsSync(manifest)) {
+    const format = (JSON.parse(readFileSync(manifest, 'utf8')) as { init_format?: string }).init_format;
+    if (format === 'systemd' || format === 'cloudinit-rpi') return format;
+  }
+  return /^(meta-data|user-data)\b/m.test(bootFiles) ? 'cloudinit-rpi' : 'systemd';
+}
+
+const settingsStage = (opts: FlashOptions, settings: CardSettings): Stage => ({
+  name: 'settings',
+  describe: () => `write the card's first-boot settings to the boot partition of ${opts.device}`,
+  options: [],
+  async run(ctx) {
+    const layout = await readLayout(ctx, opts.device);
+    const boot = partition(layout, layout.boot);
+    const root = partition(layout, layout.root);
+    const env = { MTOOLS_SKIP_CHECK: '1' };
+    const bootFiles = (await ctx.run('mdir', ['-b', '-i', `${opts.device}@@${boot.offset}`, '::/'], { env })).stdout.replaceAll('::/', '');
+    const format = initFormatOf(opts.image, bootFiles);
+    // Where the system mounts the boot partition, from the card's own fstab (debugfs reads it without mounting).
+    const fstab = await ctx.run('debugfs', ['-R', 'cat /etc/fstab', `${opts.device}?offset=${root.offset}`], { reject: false });
+    const bootMount = bootMountOf(fstab.stdout) ?? '/boot/firmware';
+    const instance = newInstanceId();
+    const files = format === 'systemd' ? { 'firstrun.sh': firstrunScript(settings, bootMount) } : cloudInitSeed(settings, instance);
+    const cmdline = (await readBootFile(ctx, opts.device, boot.offset, 'cmdline.txt')).trim();
+    const written = { ...files, 'cmdline.txt': `${cmdline}${cmdlineArguments(format, bootMount, instance)}\n` };
+    for (const [name, content] of Object.entries(written)) await writeBootFile(ctx, opts.device, boot.offset, name, content);
+    await ctx.run('blockdev', ['--flushbufs', opts.device]);
+    for (const [name, content] of Object.entries(written)) {
+      if ((await readBootFile(ctx, opts.device, boot.offset, name)).trim() !== content.trim()) throw new UserError(`${opts.device}: ${name} reads back different from what was written to the boot partition: the card may be failing; try another`);
+    }
+    ctx.state.flash = { ...ctx.state.flash, settings: { format, files: Object.keys(written) } };
+    ctx.log.line(`init_format ${format}, boot partition mounted on ${bootMount}: wrote ${Object.keys(written).join(', ')}`);
+  },
+});
+
 export function flashPipeline(opts: FlashOptions): Pipeline {
   const bmap = opts.bmap ? readBmap(opts.bmap) : undefined;
   return {
     name: 'flash',
     summary: 'write an image to a disk and verify it',
-    stages: [checkStage(opts, bmap), writeStage(opts, bmap), readBackStage(opts)],
+    stages: [checkStage(opts, bmap), writeStage(opts, bmap), readBackStage(opts), ...(opts.settings ? [settingsStage(opts, opts.settings)] : [])],
   };
 }

@@ -40,6 +40,7 @@ export const HOST_TOOLS: ReadonlyArray<{ command: string; apt: string; use: stri
   { command: 'modprobe', apt: 'kmod', use: "build-image verify: the initrd's modules", optional: true },
   { command: 'cpio', apt: 'cpio', use: 'build-image verify: the initrd', optional: true },
   { command: 'dpkg-deb', apt: 'dpkg', use: "build-image verify: unpacking Debian's kernel", optional: true },
+  { command: 'openssl', apt: 'openssl', use: 'build-image flash --password-file: hashing the password', optional: true },
 ];
 
 export function findOnPath(command: string): string | undefined {

@@ -8,6 +8,7 @@ import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:f
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, execaSync } from 'execa';
+import { pbkdf2Sync } from 'node:crypto';
 import { parseBmap, readBmap } from '../flash/bmap.ts';
 import { disksUnder, holdersOf, majorMinor, mountDisks, refusals, systemDisks } from '../flash/target.ts';
 import { parseMountinfo } from '../pipeline/mounts.ts';
@@ -146,6 +147,113 @@ test.serial('an image that does not match its .bmap is refused as damaged', asyn
   const r = await flash([`${image}.xz`, device, '--force', '--bmap', join(dir, 'bad.bmap')], dir);
   t.is(r.exitCode, 1);
   t.regex(r.stderr, /error: image tiny\.img\.xz: bytes 0-\d+ do not match the block map's sha256: the image or its \.bmap is damaged/);
+});
+
+/** The card's settings inputs: a key pair, a password file, a Wi-Fi passphrase file. */
+function settingsInputs(t: ExecutionContext): { dir: string; pub: string; password: string; psk: string } {
+  const inputs = scratch();
+  t.teardown(() => rmSync(inputs, { recursive: true, force: true }));
+  execaSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'alice@laptop', '-f', join(inputs, 'alice')]);
+  writeFileSync(join(inputs, 'password'), 'not-a-real-password\n');
+  writeFileSync(join(inputs, 'psk'), 'correct horse battery\n');
+  return { dir: inputs, pub: readFileSync(join(inputs, 'alice.pub'), 'utf8').trim(), password: join(inputs, 'password'), psk: join(inputs, 'psk') };
+}
+
+const BOOT_AT = 8192 * 512; // the tiny image's boot partition
+const mtype = async (device: string, file: string) => (await execa('mtype', ['-i', `${device}@@${BOOT_AT}`, `::/${file}`], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
+
+test.serial('flash with settings: firstrun.sh on the card, in Imager\'s format, run from the command line; the image file unchanged', async (t) => {
+  const { device } = await loopDisk(t, 160);
+  const inputs = settingsInputs(t);
+  const before = await sha256File(`${image}.xz`);
+  const r = await flash([`${image}.xz`, device, '--force', '--hostname', 'pi-07', '--user', 'alice', '--password-file', inputs.password, '--ssh-key', join(inputs.dir, 'alice.pub'),
+    '--wifi-ssid', 'lab-uplink', '--wifi-psk-file', inputs.psk, '--wifi-country', 'fr', '--timezone', 'Europe/Paris', '--keymap', 'fr'], dir);
+  t.is(r.exitCode, 0, r.stderr);
+  t.regex(r.stdout, new RegExp(`^${device}: first-boot settings \\(init_format systemd\\) in firstrun\\.sh, cmdline\\.txt on its boot partition$`, 'm'));
+  t.is(await sha256File(`${image}.xz`), before, 'the image file is unchanged');
+  const script = await mtype(device, 'firstrun.sh');
+  await execa('sh', ['-n'], { input: script }); // valid shell
+  const psk = pbkdf2Sync('correct horse battery', 'lab-uplink', 4096, 32, 'sha1').toString('hex');
+  const hash = /userconf 'alice' '(\$6\$[^']+)'/.exec(script)?.[1] ?? '';
+  t.truthy(hash, 'the password as a SHA-512 crypt hash');
+  const salt = hash.split('$')[2] ?? '';
+  t.is((await execa('openssl', ['passwd', '-6', '-salt', salt, 'not-a-real-password'])).stdout.trim(), hash, 'of the password in the file');
+  t.false(script.includes('not-a-real-password'), 'never the password itself');
+  // What Imager's firstrun.sh does, in its order (its fallbacks for images without imager_custom in between).
+  const steps = [
+    '/usr/lib/raspberrypi-sys-mods/imager_custom set_hostname pi-07',
+    `/usr/lib/raspberrypi-sys-mods/imager_custom enable_ssh -k '${inputs.pub}'`,
+    `/usr/lib/userconf-pi/userconf 'alice' '${hash}'`,
+    `/usr/lib/raspberrypi-sys-mods/imager_custom set_wlan 'lab-uplink' '${psk}' 'FR'`,
+    "/usr/lib/raspberrypi-sys-mods/imager_custom set_keymap 'fr'",
+    "/usr/lib/raspberrypi-sys-mods/imager_custom set_timezone 'Europe/Paris'",
+    'rm -f /boot/firmware/firstrun.sh',
+    "sed -i 's| systemd\\.run.*||g' /boot/firmware/cmdline.txt",
+  ];
+  const at = steps.map((step) => script.indexOf(`${step}\n`));
+  t.deepEqual(at.map((i) => i >= 0), steps.map(() => true), `every step is there:\n${script}`);
+  t.deepEqual([...at].sort((a, b) => a - b), at, 'in order');
+  t.regex(await mtype(device, 'cmdline.txt'), / init=\S+ systemd\.run=\/boot\/firmware\/firstrun\.sh systemd\.run_success_action=reboot systemd\.unit=kernel-command-line\.target$/);
+});
+
+test.serial('flash with settings onto a trixie-style card: a cloud-init seed with a fresh instance id named on the command line', async (t) => {
+  const { device } = await loopDisk(t, 160);
+  const inputs = settingsInputs(t);
+  const work = scratch();
+  t.teardown(() => rmSync(work, { recursive: true, force: true }));
+  const seeded = join(work, 'seeded.img');
+  await execa('cp', ['--sparse=always', image, seeded]);
+  writeFileSync(join(work, 'meta-data'), 'dsmode: local\ninstance_id: rpios-image\n');
+  await execa('mcopy', ['-i', `${seeded}@@${BOOT_AT}`, join(work, 'meta-data'), '::/meta-data'], { env: { MTOOLS_SKIP_CHECK: '1' } });
+  const r = await flash([seeded, device, '--force', '--no-bmap', '--hostname', 'pi-08', '--user', 'alice', '--ssh-key', join(inputs.dir, 'alice.pub'), '--wifi-ssid', 'lab-uplink', '--wifi-psk-file', inputs.psk, '--wifi-country', 'FR', '--wifi-hidden'], work);
+  t.is(r.exitCode, 0, r.stderr);
+  t.regex(r.stdout, /first-boot settings \(init_format cloudinit-rpi\) in user-data, meta-data, network-config, cmdline\.txt on its boot partition$/m);
+  const userData = await mtype(device, 'user-data');
+  t.regex(userData, /^#cloud-config\n/);
+  for (const line of ['hostname: pi-08', 'manage_etc_hosts: true', 'user:', '  name: alice', '  lock_passwd: true', `    - ${JSON.stringify(inputs.pub)}`, 'ssh_pwauth: false', '  - [ systemctl, enable, --now, ssh ]']) {
+    t.true(userData.split('\n').includes(line), `user-data has "${line}"`);
+  }
+  const network = await mtype(device, 'network-config');
+  t.regex(network, /ethernets:\n {4}eth0:\n {6}dhcp4: true/, 'eth0 keeps DHCP');
+  t.regex(network, new RegExp(`"lab-uplink":\\n {10}hidden: true\\n {10}password: "${pbkdf2Sync('correct horse battery', 'lab-uplink', 4096, 32, 'sha1').toString('hex')}"`));
+  t.regex(network, /regulatory-domain: "FR"/);
+  const id = /^instance_id: (\S+)$/m.exec(await mtype(device, 'meta-data'))?.[1];
+  t.truthy(id);
+  t.not(id, 'rpios-image', 'a fresh instance: cloud-init runs again for this card');
+  t.true((await mtype(device, 'cmdline.txt')).endsWith(` ds=nocloud;i=${id}`));
+});
+
+const BAD_SETTINGS: [string[], RegExp][] = [
+  [['--hostname', 'pi_07'], /^error: --hostname "pi_07": not a host name/],
+  [['--hostname=-pi'], /^error: --hostname "-pi": not a host name/],
+  [['--user', 'Alice'], /^error: --user "Alice": not a user name/],
+  [['--user', 'root'], /^error: --user "root": not a user name/],
+  [['--password-hash', '$6$salt$hash'], /^error: --password-hash\/--password-file: give --user NAME too/],
+  [['--user', 'alice', '--password-hash', 'plain-text'], /^error: --password-hash: not a crypt\(3\) hash \(make one with: openssl passwd -6\)$/],
+  [['--user', 'alice', '--password-file', '/no/such/file'], /^error: --password-file \/no\/such\/file: cannot read it \(ENOENT\)$/],
+  [['--ssh-key', '/etc/hostname'], /^error: --ssh-key \/etc\/hostname: ".*" is not an OpenSSH public key \(give the \.pub file\)$/],
+  [['--wifi-ssid', 'lab'], /^error: --wifi-ssid: give --wifi-psk-file FILE too/],
+  [['--wifi-ssid', 'x'.repeat(33), '--wifi-psk-file', '/etc/hostname', '--wifi-country', 'FR'], /^error: --wifi-ssid "x+": an SSID is 1 to 32 bytes/],
+  [['--wifi-ssid', 'lab', '--wifi-psk-file', '/etc/hostname', '--wifi-country', 'FR'], /^error: --wifi-psk-file \/etc\/hostname: a passphrase is 8 to 63 printable ASCII characters/],
+  [['--wifi-country', 'XX'], /^error: --wifi-country "XX": not an ISO 3166 country code/],
+  [['--timezone', 'Europe/Atlantis'], /^error: --timezone "Europe\/Atlantis": not a time zone \(Area\/City, e\.g\. Europe\/Paris\)$/],
+  [['--timezone', '../../etc/passwd'], /^error: --timezone "..\/..\/etc\/passwd": not a time zone/],
+  [['--keymap', 'fr; reboot'], /^error: --keymap "fr; reboot": not a keyboard layout/],
+  [['--settings', '/etc/hostname'], /^error: --settings \/etc\/hostname: not a readable JSON object/],
+];
+
+test.serial('bad settings: one line and exit 2 before anything is written to the card', async (t) => {
+  const { device, file } = await loopDisk(t, 160);
+  const before = await sha256File(file);
+  const json = join(dir, 'settings.json');
+  writeFileSync(json, JSON.stringify({ hostname: 'pi-07', wifi: 'lab' }));
+  for (const [args, message] of [...BAD_SETTINGS, [['--settings', json], /^error: --settings \S+: unknown key "wifi" \(keys: hostname, user, /] as [string[], RegExp]]) {
+    const r = await flash([`${image}.xz`, device, '--force', ...args], dir);
+    t.is(r.exitCode, 2, args.join(' '));
+    t.regex(r.stderr, message, args.join(' '));
+    t.is(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+  }
+  t.is(await sha256File(file), before, 'the card is untouched');
 });
 
 for (const base of ['bookworm-arm64', 'bookworm-armhf'] as const) {

@@ -1,15 +1,17 @@
 /**
- * Raspberry Pi Imager's customisation on a pimaster, booted by `build-image verify`: the files
- * Imager writes to the boot partition of the card (firstrun.sh for bookworm's init_format
- * `systemd`, a cloud-init seed for trixie's `cloudinit-rpi`) are written to a copy of the built
- * image, as Imager does, and the booted pimaster must keep its static address and services while
- * honouring Imager's user, SSH key and Wi-Fi.
+ * A card flashed with first-boot settings (`build-image flash IMAGE DEVICE --hostname ... --user
+ * ... --ssh-key ... --wifi-...`), then booted by `build-image verify`: flash writes the settings
+ * to the card's boot partition in the format Raspberry Pi Imager writes for the image (firstrun.sh
+ * for bookworm's init_format `systemd`, a cloud-init seed for trixie's `cloudinit-rpi`), and the
+ * booted pimaster must keep its static address and services while honouring the user, the SSH
+ * key, the Wi-Fi, the keymap and the time zone.
  */
 import test from 'ava';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { TEST_CACHE } from './fixtures/debian-image.ts';
+import { sha256File } from './helpers/base-images.ts';
 import { scratch } from './helpers/build.ts';
 import { pimasterBuild, type PimasterBuild } from './helpers/pimaster-build.ts';
 
@@ -17,37 +19,47 @@ const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
 const mtools = { env: { MTOOLS_SKIP_CHECK: '1' } };
 const BOOT = `@@${16384 * 512}`;
 
-interface ImagerSeed {
-  /** Boot partition files, and what to append to cmdline.txt (as Imager does). */
-  files: Record<string, string>;
-  cmdline: string;
-}
-
-/** A copy of the build's image with Imager's files on its boot partition. */
-async function customisedCopy(dir: string, build: PimasterBuild, seed: ImagerSeed): Promise<string> {
-  const image = join(dir, 'card.img');
-  await execa('cp', ['--sparse=always', build.image, image]);
-  for (const [name, content] of Object.entries(seed.files)) {
-    writeFileSync(join(dir, name), content);
-    await execa('mcopy', ['-o', '-i', `${image}${BOOT}`, join(dir, name), `::/${name}`], mtools);
+/**
+ * The built .img.zst flashed with these settings to a loop device over a file the image's size
+ * (the card), plus the test's own key file on its boot partition (see userChecks); returns the
+ * card's file, detached.
+ */
+async function flashedCard(t: import('ava').ExecutionContext, dir: string, build: PimasterBuild, settings: string[], alice: { key: string }): Promise<string> {
+  const card = join(dir, 'card.img');
+  await execa('truncate', ['-s', String(statSync(build.image).size), card]);
+  const device = (await execa('losetup', ['--find', '--show', card])).stdout.trim();
+  const image = `${build.image}.zst`;
+  const before = await sha256File(image);
+  try {
+    const r = await execa('node', [cli, 'flash', image, device, '--force', ...settings, '--work', join(dir, 'flash-work')], { reject: false, env: { CI: 'true' } });
+    t.log(r.stdout);
+    t.is(r.exitCode, 0, r.stderr);
+    await execa('mcopy', ['-o', '-i', `${device}${BOOT}`, alice.key, '::/alice-test-key'], mtools);
+  } finally {
+    await execa('losetup', ['-d', device]);
   }
-  const cmdline = (await execa('mtype', ['-i', `${image}${BOOT}`, '::/cmdline.txt'], mtools)).stdout.trim();
-  writeFileSync(join(dir, 'cmdline.txt'), `${cmdline}${seed.cmdline}\n`);
-  await execa('mcopy', ['-o', '-i', `${image}${BOOT}`, join(dir, 'cmdline.txt'), '::/cmdline.txt'], mtools);
-  return image;
+  t.is(await sha256File(image), before, 'flash never changes the image file');
+  return card;
 }
 
-/** The user Imager sets up: a key pair and a password hash, as Imager's dialog makes them. */
-async function imagerUser(dir: string): Promise<{ key: string; pub: string; hash: string }> {
+/** The user's inputs, as a user of Imager would have them: a key pair, a password hash, a Wi-Fi PSK. */
+async function imagerUser(dir: string): Promise<{ key: string; pub: string; hash: string; psk: string }> {
   await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'alice@laptop', '-f', join(dir, 'alice')]);
   const hash = (await execa('openssl', ['passwd', '-6', 'imager-password'])).stdout.trim();
-  return { key: join(dir, 'alice'), pub: readFileSync(join(dir, 'alice.pub'), 'utf8').trim(), hash };
+  writeFileSync(join(dir, 'psk'), 'b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2\n');
+  return { key: join(dir, 'alice'), pub: join(dir, 'alice.pub'), hash, psk: join(dir, 'psk') };
 }
 
+const settingsFor = (alice: { pub: string; hash: string; psk: string }) => [
+  '--hostname', 'pimaster', '--user', 'alice', '--password-hash', alice.hash, '--ssh-key', alice.pub,
+  '--wifi-ssid', 'lab-uplink', '--wifi-psk-file', alice.psk, '--wifi-country', 'FR', '--keymap', 'fr', '--timezone', 'Europe/Paris',
+];
+
 /**
- * Checks run on the guest besides verify's own: Imager's user logs in over SSH with Imager's key
- * (from the guest to itself: the test put the private half on the copy's boot partition, see
- * customisedCopy), Imager's Wi-Fi profile exists, the time zone is set.
+ * Checks run on the guest besides verify's own: the user logs in over SSH with the key (from the
+ * guest to itself: the test put the private half on the card's boot partition, see flashedCard),
+ * the Wi-Fi profile exists, the time zone is set. (The keymap is checked on trixie only: the
+ * bookworm look-alike has no keyboard-configuration, so no /etc/default/keyboard to set.)
  */
 function userChecks(): string {
   return [
@@ -71,82 +83,21 @@ async function verifyCard(t: import('ava').ExecutionContext, dir: string, image:
   return readFileSync(join(dir, 'work', 'verify', 'logs', '03-boot.log'), 'utf8');
 }
 
-test.serial("bookworm pimaster with Imager's firstrun.sh: user renamed from the one made for it, key, Wi-Fi; the static address and dnsmasq stay", async (t) => {
+test.serial("bookworm pimaster flashed with settings (firstrun.sh): user renamed from the one made for it, key, Wi-Fi, keymap, time zone; the static address and dnsmasq stay", async (t) => {
   const build = await pimasterBuild('bookworm-arm64');
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const alice = await imagerUser(dir);
-  // What Imager writes for init_format "systemd" (its fallbacks where imager_custom is missing
-  // left out), with the paths the Raspberry Pi initramfs' imager_fixup gives it on bookworm
-  // (/boot/firmware): QEMU boots no Raspberry Pi initramfs.
-  const firstrun = `#!/bin/sh
-
-set +e
-
-CURRENT_HOSTNAME=$(cat /etc/hostname | tr -d " \\t\\n\\r")
-/usr/lib/raspberrypi-sys-mods/imager_custom set_hostname pimaster
-FIRSTUSER=$(getent passwd 1000 | cut -d: -f1)
-FIRSTUSERHOME=$(getent passwd 1000 | cut -d: -f6)
-/usr/lib/raspberrypi-sys-mods/imager_custom enable_ssh -k '${alice.pub}'
-/usr/lib/userconf-pi/userconf 'alice' '${alice.hash}'
-/usr/lib/raspberrypi-sys-mods/imager_custom set_wlan 'lab-uplink' 'b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2' 'FR'
-/usr/lib/raspberrypi-sys-mods/imager_custom set_keymap 'fr'
-/usr/lib/raspberrypi-sys-mods/imager_custom set_timezone 'Europe/Paris'
-rm -f /boot/firmware/firstrun.sh
-sed -i 's| systemd\\.[^ ]*||g' /boot/firmware/cmdline.txt
-exit 0
-`;
-  const image = await customisedCopy(dir, build, {
-    files: { 'firstrun.sh': firstrun, 'alice-test-key': readFileSync(alice.key, 'utf8') },
-    cmdline: ' systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target',
-  });
-  const boot = await verifyCard(t, dir, image, build, `${userChecks()}! test -e /boot/firmware/firstrun.sh\n! grep -q systemd.run /boot/firmware/cmdline.txt\n`);
+  const card = await flashedCard(t, dir, build, settingsFor(alice), alice);
+  const boot = await verifyCard(t, dir, card, build, `${userChecks()}! test -e /boot/firmware/firstrun.sh\n! grep -q systemd.run /boot/firmware/cmdline.txt\n`);
   t.regex(boot, /the guest rebooted before SSH answered; boot 2 with: /, 'firstrun.sh ran in a boot of its own, then the Pi rebooted');
 });
 
-test.serial("trixie pimaster with Imager's cloud-init seed (eth0 DHCP, a user, a key, Wi-Fi): the static address wins, the user and key are honoured", async (t) => {
+test.serial("trixie pimaster flashed with settings (a cloud-init seed): the static address wins over eth0 DHCP; the user, key, Wi-Fi, keymap and time zone are honoured", async (t) => {
   const build = await pimasterBuild('trixie-arm64');
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const alice = await imagerUser(dir);
-  // What Imager writes for init_format "cloudinit-rpi"; without its `packages: [avahi-daemon]`
-  // (the test network reaches no archive at boot).
-  const userData = `#cloud-config
-hostname: pimaster
-manage_etc_hosts: true
-timezone: Europe/Paris
-keyboard:
-  model: pc105
-  layout: "fr"
-user:
-  name: alice
-  shell: /bin/bash
-  lock_passwd: false
-  passwd: "${alice.hash}"
-  ssh_authorized_keys:
-    - "${alice.pub}"
-  sudo: null
-
-ssh_pwauth: false
-`;
-  const networkConfig = `network:
-  version: 2
-  ethernets:
-    eth0:
-      dhcp4: true
-      dhcp6: true
-      optional: true
-  wifis:
-    wlan0:
-      dhcp4: true
-      regulatory-domain: "FR"
-      access-points:
-        "lab-uplink":
-          password: "b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2"
-`;
-  const image = await customisedCopy(dir, build, {
-    files: { 'user-data': userData, 'network-config': networkConfig, 'meta-data': 'instance_id: rpi-imager-1700000000\n', 'alice-test-key': readFileSync(alice.key, 'utf8') },
-    cmdline: ' ds=nocloud;i=rpi-imager-1700000000',
-  });
-  await verifyCard(t, dir, image, build, `${userChecks()}cloud-init status --wait | grep -q "status: done"\n`);
+  const card = await flashedCard(t, dir, build, settingsFor(alice), alice);
+  await verifyCard(t, dir, card, build, `${userChecks()}cloud-init status --wait | grep -q "status: done"\ngrep -q 'XKBLAYOUT=.*fr' /etc/default/keyboard\n`);
 });

@@ -69,11 +69,13 @@ function readHead(path: string, offset: number): Buffer {
   }
 }
 
-/** Read and check the partition table of the working image, and keep it in the build state. */
+/** Read and check the partition table of the working image (or of a card), and keep it in the build state. */
 export async function readLayout(ctx: BuildContext, image: string): Promise<Layout> {
   const { stdout, exitCode } = await ctx.run('sfdisk', ['--json', image], { reject: false });
   if (exitCode !== 0 || !stdout.trim()) throw new UserError(`${image}: no partition table found (is it a disk image?)`);
-  const layout = parseLayout(JSON.parse(stdout) as SfdiskJson, statSync(image).size, (p) => detectFs(readHead(image, p.offset)), image);
+  const info = statSync(image);
+  const size = info.isBlockDevice() ? Number((await ctx.run('blockdev', ['--getsize64', image])).stdout.trim()) : info.size;
+  const layout = parseLayout(JSON.parse(stdout) as SfdiskJson, size, (p) => detectFs(readHead(image, p.offset)), image);
   ctx.state.layout = layout;
   return layout;
 }
