@@ -18,6 +18,12 @@ export interface GuestFacts {
   address?: StaticAddress;
   /** Set on a PiSeduce pimaster image: the interface its NAT rule sends traffic out of. */
   pimaster?: { uplink: string };
+  /**
+   * The root's free bytes as the image ships them, and its used bytes (statfs) once verify has
+   * added what it adds (the copy's root is grown, modules copied in): what the first boot writes
+   * is measured against the first. Unset for an image that grows its root at the first boot.
+   */
+  room?: { shippedFree: number; preparedUsed: number };
 }
 
 /** The last `interface X` block of a dhcpcd.conf with a `static ip_address=`. */

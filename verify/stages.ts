@@ -9,13 +9,14 @@
  *
  * The copy, QEMU and every mount are undone by the clean-up stack, whatever happens.
  */
-import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync, statSync, truncateSync } from 'node:fs';
+import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync, statfsSync, statSync, truncateSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { scoped } from '../pipeline/cleanup.ts';
 import { UserError } from '../pipeline/errors.ts';
 import type { BuildContext, BuildState, Pipeline, Stage } from '../pipeline/stage.ts';
 import { extractImage } from '../stages/extract.ts';
 import { growRoot } from '../stages/grow.ts';
+import { ext4Geometry } from '../stages/image/ext4-fit.ts';
 import { imageArch } from '../stages/chroot/emulation.ts';
 import { inRoot } from '../stages/image/in-root.ts';
 import { attachLoop, mount } from '../stages/image/loop.ts';
@@ -55,7 +56,7 @@ declare module '../pipeline/stage.ts' {
       /** Byte offset of the boot partition (its cmdline.txt is read again after a reboot). */
       bootOffset?: number;
       bootArgs: string[];
-      /** The image grows its own root at the first boot (`resize`): the copy's root is left as it is. */
+      /** The image grows its own root at the first boot (`resize`) into the copy's larger disk. */
       expands: boolean;
       bootSeconds?: number;
       boots?: number;
@@ -96,10 +97,15 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
     let layout = await readLayout(ctx, state.copy);
     state.bootOffset = layout.boot ? partition(layout, layout.boot).offset : undefined;
     state.bootArgs = await bootArgsOf(ctx, state.copy, state.bootOffset);
-    // An image that grows its root at the first boot gets a larger disk and grows into it itself.
+    // An image that grows its root at the first boot gets a larger disk and grows into it itself
+    // (its root grown by half as much first: a shrunk root may not hold the modules copied in).
     state.expands = state.bootArgs.includes('resize');
+    const shippedFree = await scoped(ctx.cleanup, ctx.signal, async () => {
+      const fs = await ext4Geometry(ctx, await attachLoop(ctx, state.copy, partition(layout, layout.root)));
+      return fs.freeBlocks * fs.blockSize;
+    });
+    layout = await growRoot(ctx, state.copy, layout, state.expands ? ROOM / 2 : ROOM);
     if (state.expands) truncateSync(state.copy, statSync(state.copy).size + ROOM);
-    else layout = await growRoot(ctx, state.copy, layout, ROOM);
     state.rootPartition = layout.root;
     const dir = join(ctx.paths.work, 'root');
     mkdirSync(dir, { recursive: true });
@@ -131,6 +137,10 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
       if (opts.node) {
         if (!state.facts.pimaster || arch !== 'arm64') throw new UserError(`--node boots a cluster node from an arm64 pimaster: ${opts.image} is ${state.facts.pimaster ? `an ${arch}` : 'not a'} pimaster`);
         await prepareNodeBoot(ctx, dir, state.kernel.modules ? state.kernel : await debianKernel(ctx, arch, opts.debianMirror));
+      }
+      if (!state.expands) {
+        const fs = statfsSync(dir);
+        state.facts.room = { shippedFree, preparedUsed: (fs.blocks - fs.bfree) * fs.bsize };
       }
     });
     ctx.log.line(`kernel: ${state.kernel.source}; the image's kernel arguments: ${state.bootArgs.join(' ') || 'none'}; facts: ${JSON.stringify(state.facts)}`);
