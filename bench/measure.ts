@@ -1,5 +1,6 @@
 /** What the benchmarks measure alike: resize2fs's minimum of an image, what its root holds, an .xz's size, and their tables. */
 import { execa } from 'execa';
+import { parseExt4Header } from '../stages/image/ext4-fit.ts';
 
 export async function lastPartitionOffset(image: string): Promise<number> {
   const { stdout } = await execa('sfdisk', ['--json', image]);
@@ -26,11 +27,8 @@ export async function minimumImageSize(image: string, rootOffset?: number): Prom
 /** The root's start plus the blocks its filesystem has in use: what an image cannot go below. */
 export async function inUseImageSize(image: string, rootOffset?: number): Promise<number> {
   const offset = rootOffset ?? (await lastPartitionOffset(image));
-  const { stdout: header } = await execa('dumpe2fs', ['-h', `${image}?offset=${offset}`]);
-  const field = (name: string) => Number(new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(header)?.[1]);
-  const used = (field('Block count') - field('Free blocks')) * field('Block size');
-  if (!used) throw new Error(`cannot read the blocks in use of ${image}`);
-  return offset + used;
+  const fs = parseExt4Header((await execa('dumpe2fs', ['-h', `${image}?offset=${offset}`])).stdout);
+  return offset + (fs.blockCount - fs.freeBlocks) * fs.blockSize;
 }
 
 /** The uncompressed size of an .xz file, from its index. */

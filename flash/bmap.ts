@@ -41,8 +41,13 @@ export function parseBmap(xml: string, file = 'the bmap'): Bmap {
 }
 
 /** The .bmap our compress stage writes beside an image: NAME.img.bmap for NAME.img[.xz|.zst|...]. */
+/** An image's path without its format's suffix: NAME for NAME.img, NAME.img.xz, NAME.zip... (where NAME.manifest.json is). */
+export function imageStem(image: string): string {
+  return image.replace(/\.(img\.(xz|zst|gz|tar\.gz)|zip|img)$/i, '');
+}
+
 export function bmapBeside(image: string): string | undefined {
-  const base = image.replace(/\.(img\.(xz|zst|gz|tar\.gz)|zip|img)$/i, '');
+  const base = imageStem(image);
   return [`${base}.img.bmap`, `${base}.bmap`].find((f) => f !== image && existsSync(f));
 }
 

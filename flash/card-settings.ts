@@ -55,13 +55,16 @@ const USER = /^[a-z_][a-z0-9_-]{0,31}$/;
 const CRYPT = /^\$(?:1|5|6|y|gy|7|2[aby])\$[./A-Za-z0-9$=,]+$/;
 const SSH_KEY = /^(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+={0,3}(?: .*)?$/;
 
-function firstLine(flag: string, path: string): string {
+/** A file a flag names, or one line naming the flag, the file and why it cannot be read. */
+function readInput(flag: string, path: string): string {
   try {
-    return readFileSync(path, 'utf8').split(/\r?\n/)[0]!;
+    return readFileSync(path, 'utf8');
   } catch (error) {
     throw new ConfigError(`--${flag} ${path}: cannot read it (${(error as NodeJS.ErrnoException).code ?? error})`);
   }
 }
+
+const firstLine = (flag: string, path: string) => readInput(flag, path).split(/\r?\n/)[0]!;
 
 function knownTimezone(zone: string): boolean {
   return Intl.supportedValuesOf('timeZone').includes(zone) || zone === 'UTC' || existsSync(`/usr/share/zoneinfo/${zone}`);
@@ -116,13 +119,7 @@ export async function parseCardSettings(flags: Values): Promise<CardSettings | u
 
   const keyFile = str('ssh-key');
   if (keyFile !== undefined) {
-    const keys = (() => {
-      try {
-        return readFileSync(keyFile, 'utf8');
-      } catch (error) {
-        throw new ConfigError(`--ssh-key ${keyFile}: cannot read it (${(error as NodeJS.ErrnoException).code ?? error})`);
-      }
-    })()
+    const keys = readInput('ssh-key', keyFile)
       .split(/\r?\n/)
       .map((l) => l.trim())
       .filter((l) => l && !l.startsWith('#'));

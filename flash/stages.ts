@@ -11,17 +11,17 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { basename } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Pipeline, Stage } from '../pipeline/stage.ts';
 import { decodeImage, imageFormat } from '../stages/extract.ts';
-import { readBootFile, writeBootFile } from '../stages/image/bootfs.ts';
+import { bootFileNames, readBootFile, writeBootFile } from '../stages/image/bootfs.ts';
 import { partition, readLayout } from '../stages/image/partitions.ts';
 import { bootMountOf } from '../stages/image/system.ts';
 import { cloudInitSeed, cmdlineArguments, firstrunScript, newInstanceId, type CardSettings, type InitFormat } from './card-settings.ts';
-import { readBmap, type Bmap } from './bmap.ts';
+import { imageStem, readBmap, type Bmap } from './bmap.ts';
 import { DeviceWriter, type Written } from './device-writer.ts';
 import { inspectTarget, openExclusive, refusals } from './target.ts';
 
@@ -127,13 +127,13 @@ const readBackStage = (opts: FlashOptions): Stage => ({
 });
 
 /** How the release takes first-boot settings: the build's manifest says; else a cloud-init seed on the boot partition does. */
-function initFormatOf(image: string, bootFiles: string): InitFormat {
-  const manifest = join(dirname(image), `${basename(image).replace(/\.img(\.[a-z0-9.]+)?$|\.zip$/, '')}.manifest.json`);
+function initFormatOf(image: string, bootFiles: string[]): InitFormat {
+  const manifest = `${imageStem(image)}.manifest.json`;
   if (existsSync(manifest)) {
     const format = (JSON.parse(readFileSync(manifest, 'utf8')) as { init_format?: string }).init_format;
     if (format === 'systemd' || format === 'cloudinit-rpi') return format;
   }
-  return /^(meta-data|user-data)\b/m.test(bootFiles) ? 'cloudinit-rpi' : 'systemd';
+  return bootFiles.includes('meta-data') || bootFiles.includes('user-data') ? 'cloudinit-rpi' : 'systemd';
 }
 
 const settingsStage = (opts: FlashOptions, settings: CardSettings): Stage => ({
@@ -144,9 +144,7 @@ const settingsStage = (opts: FlashOptions, settings: CardSettings): Stage => ({
     const layout = await readLayout(ctx, opts.device);
     const boot = partition(layout, layout.boot);
     const root = partition(layout, layout.root);
-    const env = { MTOOLS_SKIP_CHECK: '1' };
-    const bootFiles = (await ctx.run('mdir', ['-b', '-i', `${opts.device}@@${boot.offset}`, '::/'], { env })).stdout.replaceAll('::/', '');
-    const format = initFormatOf(opts.image, bootFiles);
+    const format = initFormatOf(opts.image, await bootFileNames(ctx, opts.device, boot.offset));
     // Where the system mounts the boot partition, from the card's own fstab (debugfs reads it without mounting).
     const fstab = await ctx.run('debugfs', ['-R', 'cat /etc/fstab', `${opts.device}?offset=${root.offset}`], { reject: false });
     const bootMount = bootMountOf(fstab.stdout) ?? '/boot/firmware';

@@ -8,7 +8,7 @@ import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { overlayStage } from '../stages/overlay.ts';
 import { cutTo, shrinkStage } from '../stages/shrink.ts';
-import { ext4Geometry } from '../stages/image/ext4-fit.ts';
+import { ext4Geometry, parseExt4Header } from '../stages/image/ext4-fit.ts';
 import { scoped } from '../pipeline/cleanup.ts';
 import { attachLoop } from '../stages/image/loop.ts';
 import { partition, readLayout } from '../stages/image/partitions.ts';
@@ -35,12 +35,10 @@ async function debugfs(image: string, offset: number, size: number, request: str
 async function rootFacts(image: string, offset: number, size: number) {
   const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(size), image]);
   try {
-    const header = (await execa('dumpe2fs', ['-h', dev.trim()])).stdout;
-    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(header)![1]);
-    const blockSize = field('Block size');
+    const fs = parseExt4Header((await execa('dumpe2fs', ['-h', dev.trim()])).stdout);
     const estimate = Number(/minimum size of the filesystem: (\d+)/.exec((await execa('resize2fs', ['-P', dev.trim()])).stdout)![1]);
     const fsck = await execa('e2fsck', ['-f', '-n', dev.trim()], { reject: false });
-    return { bytes: field('Block count') * blockSize, used: (field('Block count') - field('Free blocks')) * blockSize, estimate: estimate * blockSize, fsck: fsck.exitCode };
+    return { bytes: fs.blockCount * fs.blockSize, used: (fs.blockCount - fs.freeBlocks) * fs.blockSize, estimate: estimate * fs.blockSize, fsck: fsck.exitCode };
   } finally {
     await detachLoop(dev.trim());
   }

@@ -63,9 +63,14 @@ function drive(image: string, offset: number): string[] {
   return ['-i', `${image}@@${offset}`];
 }
 
-export async function copyOut(ctx: BuildContext, image: string, offset: number, dir: string): Promise<void> {
+/** The names at the top of the boot partition ([] for an empty or unreadable one). */
+export async function bootFileNames(ctx: BuildContext, image: string, offset: number): Promise<string[]> {
   const { stdout } = await ctx.run('mdir', ['-b', ...drive(image, offset), '::'], { env, reject: false });
-  if (stdout.trim() === '') return; // empty filesystem: nothing to copy
+  return stdout.split('\n').map((l) => l.trim().replace(/^::\//, '')).filter(Boolean);
+}
+
+export async function copyOut(ctx: BuildContext, image: string, offset: number, dir: string): Promise<void> {
+  if ((await bootFileNames(ctx, image, offset)).length === 0) return; // empty filesystem: nothing to copy
   await ctx.run('mcopy', ['-s', '-p', '-m', '-n', ...drive(image, offset), '::*', `${dir}/`], { env });
 }
 

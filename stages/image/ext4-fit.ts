@@ -20,7 +20,11 @@ export interface Ext4Geometry {
 }
 
 export async function ext4Geometry(ctx: BuildContext, device: string): Promise<Ext4Geometry> {
-  const { stdout } = await ctx.run('dumpe2fs', ['-h', device]);
+  return parseExt4Header((await ctx.run('dumpe2fs', ['-h', device])).stdout);
+}
+
+/** The superblock's figures from `dumpe2fs -h` output. */
+export function parseExt4Header(stdout: string): Ext4Geometry {
   const field = (name: string, fallback?: number) => {
     const m = new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(stdout);
     if (m) return Number(m[1]);
