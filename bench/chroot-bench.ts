@@ -17,7 +17,7 @@ import { QuietReporter } from '../pipeline/report.ts';
 import { runPipeline } from '../pipeline/runner.ts';
 import type { Stage } from '../pipeline/stage.ts';
 import { attachStage } from '../stages/attach.ts';
-import { chrootRun, enterChroot } from '../stages/chroot/environment.ts';
+import { chrootRun, enterChroot, STAGING } from '../stages/chroot/environment.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
@@ -34,7 +34,7 @@ function install(unsafeIo: boolean, result: { seconds: number }): Stage {
       await scoped(ctx.cleanup, ctx.signal, async () => {
         await enterChroot(ctx, { unsafeIo });
         const started = performance.now();
-        await chrootRun(ctx, ['/bin/bash', '-e', '-c', readFileSync(script, 'utf8')]);
+        await chrootRun(ctx, ['/bin/bash', '-e', '-c', readFileSync(script, 'utf8')], { env: { BUILD_STAGING: STAGING } });
         result.seconds = (performance.now() - started) / 1000;
       });
     },

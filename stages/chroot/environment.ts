@@ -58,6 +58,22 @@ function swapFile(ctx: BuildContext, root: string, path: string, content: string
   swapped(ctx).push(path);
 }
 
+/**
+ * Files that identify one device, put back as the image shipped them on the way out: a package's
+ * maintainer script may write a machine id (trixie's empties "uninitialized", which would keep the
+ * first boot from being one), and every card of the image would then share it.
+ */
+function keepAsShipped(ctx: BuildContext, root: string, paths: readonly string[]): void {
+  for (const path of paths) {
+    const file = entryInRoot(root, path);
+    const shipped = present(file) && lstatSync(file).isFile() ? readFileSync(file) : undefined;
+    ctx.defer(`keep ${path} as the image shipped it`, () => {
+      if (shipped === undefined) rmSync(file, { force: true });
+      else if (!present(file) || !readFileSync(file).equals(shipped)) writeFileSync(file, shipped);
+    });
+  }
+}
+
 /** The paths swapFile changed in this chroot session. */
 const swapped = (ctx: BuildContext): string[] => {
   if (!ctx.resources.has('chroot-swaps')) ctx.resources.set('chroot-swaps', []);
@@ -70,6 +86,23 @@ const swapped = (ctx: BuildContext): string[] => {
  * image as it will ship, not the host's DNS, a no-service policy or the build's apt settings.
  */
 export const RESTORE_IMAGE_FILES = `${STAGING}/bin/restore-image-files`;
+
+/**
+ * `apt-get update` that waits for a mirror caught in the middle of a sync: its indexes disagree with
+ * its Release file ("File has unexpected size ... Mirror sync in progress?") for a few minutes.
+ */
+export const APT_UPDATE = `${STAGING}/bin/apt-update`;
+
+const APT_UPDATE_SCRIPT = `#!/bin/sh
+# Written by build-image: apt-get update, tried again while the mirror is being synced.
+for attempt in 1 2 3 4; do
+  if apt-get update -q >/run/apt-update.log 2>&1; then cat /run/apt-update.log; exit 0; fi
+  cat /run/apt-update.log
+  if [ "$attempt" = 4 ] || ! grep -qE 'Mirror sync in progress|unexpected size|Hash Sum mismatch' /run/apt-update.log; then exit 1; fi
+  echo "apt-get update: the mirror is being synced; trying again in $((attempt * 20)) s"
+  sleep $((attempt * 20))
+done
+`;
 
 function writeRestoreCommand(ctx: BuildContext, root: string): void {
   const lines = swapped(ctx).map((path) => `restore ${quote(`/${path}`)}`);
@@ -225,6 +258,7 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   shareAptCache(ctx, join(ctx.paths.cache, 'apt', `${system.codename}-${arch}-${archiveKey}`), archives);
   await mount(ctx, archives, at('var/cache/apt/archives'), ['--bind']);
 
+  keepAsShipped(ctx, root, ['etc/machine-id', 'var/lib/dbus/machine-id']);
   swapFile(ctx, root, 'etc/resolv.conf', readFileSync('/etc/resolv.conf', 'utf8'));
   swapFile(ctx, root, 'etc/ld.so.preload', null);
   swapFile(ctx, root, 'usr/sbin/policy-rc.d', '#!/bin/sh\n# build-image: no service starts while the image is built\nexit 101\n', 0o755);
@@ -244,6 +278,7 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   swapFile(ctx, root, 'etc/apt/apt.conf.d/zz-build-image', `${apt.join('\n')}\n`);
   mkdirSync(inRoot(root, `${STAGING}/scripts`), { recursive: true });
   writeRestoreCommand(ctx, root);
+  writeFileSync(inRoot(root, APT_UPDATE), APT_UPDATE_SCRIPT, { mode: 0o755 });
   if (options.files && existsSync(options.files)) {
     mkdirSync(inRoot(root, `${STAGING}/files`));
     await mount(ctx, options.files, inRoot(root, `${STAGING}/files`), ['--bind', '-o', 'ro']);
