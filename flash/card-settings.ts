@@ -11,9 +11,10 @@
  * Validated before anything is written: each bad value is one line naming the flag and the fix.
  */
 import { pbkdf2Sync, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { execa } from 'execa';
 import { ConfigError } from '../pipeline/errors.ts';
+import { CRYPT_HASH, isCountry, isTimezone, KEYMAP, USER_NAME } from '../pipeline/validate.ts';
 
 export type InitFormat = 'systemd' | 'cloudinit-rpi';
 
@@ -48,11 +49,10 @@ export const SETTINGS_FLAGS = {
   settings: { type: 'string', placeholder: 'FILE', help: 'the settings above as JSON ({"hostname": "pi-07", ...}); flags win' },
 } as const;
 
-type Values = Record<string, string | boolean | undefined>;
+/** Flag values; --ssh-key may name several files (customize's is repeatable). */
+type Values = Record<string, string | string[] | boolean | undefined>;
 
 const HOSTNAME = /^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$/;
-const USER = /^[a-z_][a-z0-9_-]{0,31}$/;
-const CRYPT = /^\$(?:1|5|6|y|gy|7|2[aby])\$[./A-Za-z0-9$=,]+$/;
 const SSH_KEY = /^(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+={0,3}(?: .*)?$/;
 
 /** A file a flag names, or one line naming the flag, the file and why it cannot be read. */
@@ -65,14 +65,6 @@ function readInput(flag: string, path: string): string {
 }
 
 const firstLine = (flag: string, path: string) => readInput(flag, path).split(/\r?\n/)[0]!;
-
-function knownTimezone(zone: string): boolean {
-  return Intl.supportedValuesOf('timeZone').includes(zone) || zone === 'UTC' || existsSync(`/usr/share/zoneinfo/${zone}`);
-}
-
-function knownCountry(code: string): boolean {
-  return /^[A-Z]{2}$/.test(code) && new Intl.DisplayNames(['en'], { type: 'region', fallback: 'none' }).of(code) !== undefined;
-}
 
 /** The flags (or --settings FILE's keys, which the flags override) checked and turned into settings. */
 export async function parseCardSettings(flags: Values): Promise<CardSettings | undefined> {
@@ -103,7 +95,7 @@ export async function parseCardSettings(flags: Values): Promise<CardSettings | u
   const name = str('user');
   let passwordHash = str('password-hash');
   if (passwordHash !== undefined && str('password-file') !== undefined) throw new ConfigError('--password-hash and --password-file: give one or the other');
-  if (passwordHash !== undefined && !CRYPT.test(passwordHash)) throw new ConfigError('--password-hash: not a crypt(3) hash (make one with: openssl passwd -6)');
+  if (passwordHash !== undefined && !CRYPT_HASH.test(passwordHash)) throw new ConfigError('--password-hash: not a crypt(3) hash (make one with: openssl passwd -6)');
   const passwordFile = str('password-file');
   if (passwordFile !== undefined) {
     const password = firstLine('password-file', passwordFile);
@@ -111,21 +103,20 @@ export async function parseCardSettings(flags: Values): Promise<CardSettings | u
     passwordHash = (await execa('openssl', ['passwd', '-6', '-stdin'], { input: password })).stdout.trim();
   }
   if (name !== undefined) {
-    if (!USER.test(name) || name === 'root') throw new ConfigError(`--user "${name}": not a user name for the image (lower case letters, digits, _ and -, at most 32, not root)`);
+    if (!USER_NAME.test(name) || name === 'root') throw new ConfigError(`--user "${name}": not a user name for the image (lower case letters, digits, _ and -, at most 32, not root)`);
     settings.user = { name, ...(passwordHash !== undefined ? { passwordHash } : {}) };
   } else if (passwordHash !== undefined) {
     throw new ConfigError('--password-hash/--password-file: give --user NAME too (the user whose password it is)');
   }
 
-  const keyFile = str('ssh-key');
-  if (keyFile !== undefined) {
+  for (const keyFile of [values['ssh-key'] ?? []].flat().filter((v) => typeof v === 'string')) {
     const keys = readInput('ssh-key', keyFile)
       .split(/\r?\n/)
       .map((l) => l.trim())
       .filter((l) => l && !l.startsWith('#'));
     const bad = keys.find((k) => !SSH_KEY.test(k) || /['"\\]/.test(k));
     if (keys.length === 0 || bad !== undefined) throw new ConfigError(`--ssh-key ${keyFile}: ${bad === undefined ? 'holds no key' : `"${bad.slice(0, 40)}..." is not an OpenSSH public key`} (give the .pub file)`);
-    settings.sshKeys = keys;
+    settings.sshKeys = [...(settings.sshKeys ?? []), ...keys];
   }
   if (values['ssh-password-auth'] === true) settings.sshPasswordAuth = true;
 
@@ -145,17 +136,17 @@ export async function parseCardSettings(flags: Values): Promise<CardSettings | u
   } else if (pskFile !== undefined || values['wifi-hidden'] === true) {
     throw new ConfigError('--wifi-psk-file/--wifi-hidden: give --wifi-ssid SSID too');
   }
-  if (country !== undefined && !knownCountry(country.toUpperCase())) throw new ConfigError(`--wifi-country "${country}": not an ISO 3166 country code (FR, GB, US...)`);
+  if (country !== undefined && !isCountry(country.toUpperCase())) throw new ConfigError(`--wifi-country "${country}": not an ISO 3166 country code (FR, GB, US...)`);
   if (country !== undefined && ssid === undefined) throw new ConfigError('--wifi-country: give --wifi-ssid SSID too');
 
   const timezone = str('timezone');
   if (timezone !== undefined) {
-    if (!/^[A-Za-z0-9_+-]+(?:\/[A-Za-z0-9_+-]+)*$/.test(timezone) || !knownTimezone(timezone)) throw new ConfigError(`--timezone "${timezone}": not a time zone (Area/City, e.g. Europe/Paris)`);
+    if (!isTimezone(timezone)) throw new ConfigError(`--timezone "${timezone}": not a time zone (Area/City, e.g. Europe/Paris)`);
     settings.timezone = timezone;
   }
   const keymap = str('keymap');
   if (keymap !== undefined) {
-    if (!/^[a-z]{2,3}(?:[_-][a-z0-9]+)?$/.test(keymap)) throw new ConfigError(`--keymap "${keymap}": not a keyboard layout (gb, fr, us, de...)`);
+    if (!KEYMAP.test(keymap)) throw new ConfigError(`--keymap "${keymap}": not a keyboard layout (gb, fr, us, de...)`);
     settings.keymap = keymap;
   }
   return Object.keys(settings).length ? settings : undefined;

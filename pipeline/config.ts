@@ -2,7 +2,10 @@ import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ConfigError } from './errors.ts';
-import { parseEnvironment, parseExistingFile, parseGitSource, parseHostname, parseInterface, parseIpv4Cidr, parsePublicKeyFile } from './validate.ts';
+import {
+  parseCountry, parseCryptHash, parseEnvironment, parseExistingFile, parseGitSource, parseHostname, parseInterface, parseIpv4Cidr, parseKeymap, parseLocale,
+  parsePackages, parsePublicKeyFile, parseSsid, parseTimezone, parseUnits, parseUserName,
+} from './validate.ts';
 
 /**
  * The one schema of every setting: defaults, validation, the `--help` text and the `--plan`
@@ -26,8 +29,24 @@ export interface Config {
   compress: Compression[];
   name: string | undefined;
   'release-url': string | undefined;
+  // The image's settings (customize; the host name and keys also the pimaster's).
+  hostname: string | undefined;
+  user: string | undefined;
+  'password-hash': string | undefined;
+  'password-file': string | undefined;
+  ssh: 'on' | 'off' | undefined;
+  'ssh-password-auth': boolean;
+  'wifi-ssid': string | undefined;
+  'wifi-psk-file': string | undefined;
+  'wifi-country': string | undefined;
+  'wifi-hidden': boolean;
+  timezone: string | undefined;
+  locale: string | undefined;
+  keymap: string | undefined;
+  packages: string[];
+  enable: string[];
+  disable: string[];
   // The pimaster's settings.
-  hostname: string;
   ip: string;
   interface: string;
   uplink: string;
@@ -219,9 +238,110 @@ export const schema: Schema = {
   hostname: {
     kind: 'value',
     placeholder: 'NAME',
-    help: "the pimaster's host name",
-    default: 'pimaster',
+    help: "the image's host name",
+    default: undefined,
     parse: parseHostname,
+  },
+  user: {
+    kind: 'value',
+    placeholder: 'NAME',
+    help: "the first user (uid 1000): the image's is renamed, or made; its rename at first boot is cancelled",
+    default: undefined,
+    parse: parseUserName,
+  },
+  'password-hash': {
+    kind: 'value',
+    placeholder: 'HASH',
+    help: "the user's password as a crypt(3) hash (openssl passwd -6)",
+    default: undefined,
+    parse: parseCryptHash,
+  },
+  'password-file': {
+    kind: 'value',
+    placeholder: 'FILE',
+    help: "the user's password, the first line of FILE (hashed at each build; never on the command line)",
+    default: undefined,
+    parse: parseExistingFile,
+  },
+  ssh: {
+    kind: 'value',
+    placeholder: 'on|off',
+    help: 'start the SSH server at boot, or not (unset: as the image has it, or on with --ssh-key or --ssh-password-auth)',
+    default: undefined,
+    parse: oneOf(['on', 'off']),
+  },
+  'ssh-password-auth': {
+    kind: 'switch',
+    help: 'SSH accepts passwords (else, with --ssh-key, keys only)',
+    default: false,
+  },
+  'wifi-ssid': {
+    kind: 'value',
+    placeholder: 'SSID',
+    help: 'a Wi-Fi network to join (with --wifi-psk-file and --wifi-country)',
+    default: undefined,
+    parse: parseSsid,
+  },
+  'wifi-psk-file': {
+    kind: 'value',
+    placeholder: 'FILE',
+    help: 'its passphrase (8 to 63 characters) or 64-hex PSK, the first line of FILE',
+    default: undefined,
+    parse: parseExistingFile,
+  },
+  'wifi-country': {
+    kind: 'value',
+    placeholder: 'CC',
+    help: 'the Wi-Fi country, ISO 3166 (FR, GB, US...)',
+    default: undefined,
+    parse: parseCountry,
+  },
+  'wifi-hidden': {
+    kind: 'switch',
+    help: 'the network does not broadcast its SSID',
+    default: false,
+  },
+  timezone: {
+    kind: 'value',
+    placeholder: 'ZONE',
+    help: "the time zone (Europe/Paris), checked against the image's zoneinfo",
+    default: undefined,
+    parse: parseTimezone,
+  },
+  locale: {
+    kind: 'value',
+    placeholder: 'LOCALE',
+    help: "the system locale (fr_FR.UTF-8), generated; checked against the image's supported locales",
+    default: undefined,
+    parse: parseLocale,
+  },
+  keymap: {
+    kind: 'value',
+    placeholder: 'LAYOUT',
+    help: 'the keyboard layout (gb, fr, us...)',
+    default: undefined,
+    parse: parseKeymap,
+  },
+  packages: {
+    kind: 'list',
+    placeholder: 'LIST',
+    help: "apt packages to install, comma-separated (through --apt-proxy/--apt-mirror and the apt cache)",
+    default: () => [],
+    parse: parsePackages,
+  },
+  enable: {
+    kind: 'list',
+    placeholder: 'UNIT',
+    help: 'a systemd unit to enable (ssh, foo.timer; repeatable or comma-separated)',
+    default: () => [],
+    parse: parseUnits,
+  },
+  disable: {
+    kind: 'list',
+    placeholder: 'UNIT',
+    help: 'a systemd unit to disable (repeatable or comma-separated)',
+    default: () => [],
+    parse: parseUnits,
   },
   ip: {
     kind: 'value',
@@ -250,7 +370,7 @@ export const schema: Schema = {
   'ssh-key': {
     kind: 'list',
     placeholder: 'FILE',
-    help: "a file of OpenSSH public keys allowed to log in as root (repeatable)",
+    help: 'a file of OpenSSH public keys allowed to log in: as root on the pimaster, as the first user in customize (repeatable)',
     default: () => [],
     parse: parsePublicKeyFile,
   },
@@ -392,9 +512,10 @@ export interface ConfigSources {
  * not know, or a value the schema refuses, is a ConfigError naming the key, the value and what is
  * allowed.
  */
-export function resolveConfig(allowed: readonly ConfigKey[], sources: ConfigSources, command: string): Config {
+export function resolveConfig(allowed: readonly ConfigKey[], sources: ConfigSources, command: string, defaults: Partial<Config> = {}): Config {
   const keys = new Set<string>([...COMMON_KEYS, ...allowed]);
   const config = Object.fromEntries(Object.keys(schema).map((k) => [k, defaultOf(k as ConfigKey)])) as Record<string, unknown>;
+  Object.assign(config, defaults);
   const apply = (values: Record<string, unknown>, sourceOf: (key: string) => string) => {
     for (const [key, raw] of Object.entries(values)) {
       if (raw === undefined) continue;
@@ -433,6 +554,7 @@ export function readConfigFile(path: string): { path: string; values: Record<str
 /** How a value reads in --plan and the manifest. */
 export function formatValue(key: ConfigKey, value: unknown): string {
   if (value === undefined) return '(unset)';
+  if (key === 'password-hash') return '(a password hash)';
   if (Array.isArray(value)) return value.length ? value.join(', ') : '(none)';
   if (typeof value === 'number' && schema[key].parse === parseSize) return formatBytes(value);
   if (key === 'grow' && typeof value === 'number') return formatBytes(value);
@@ -450,10 +572,13 @@ export function formatBytes(n: number): string {
   return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
 
-/** Every setting at its default: the base of tests and of `--plan` for a bare command. */
+/** The pimaster's defaults that differ from the schema's (a customized image keeps its host name). */
+export const PIMASTER_DEFAULTS: Partial<Config> = { hostname: 'pimaster' };
+
+/** Every setting at the pimaster's default: the base of tests and of `--plan` for a bare command. */
 export function defaultConfig(overrides: Partial<Config> = {}): Config {
   const all = Object.keys(schema) as ConfigKey[];
-  return { ...resolveConfig(all, { flags: {} }, 'build'), ...overrides };
+  return { ...resolveConfig(all, { flags: {} }, 'build', PIMASTER_DEFAULTS), ...overrides };
 }
 
 /** Values derived from settings, for templates and scripts (ip-address, ip-prefix, ...). */

@@ -5,7 +5,7 @@ import { formatChecks, runChecks } from './doctor.ts';
 import { ConfigError, UserError } from './errors.ts';
 import { PIPELINES, optionsOf, type PipelineCommand } from './pipelines.ts';
 import { pickReporter } from './report.ts';
-import { runPipeline, selectStages, timingTable } from './runner.ts';
+import { checkSettings, runPipeline, selectStages, timingTable } from './runner.ts';
 import type { Pipeline } from './stage.ts';
 import { flagRows } from './tool-command.ts';
 import { verifyCommand, verifyUsage } from '../verify/command.ts';
@@ -51,7 +51,7 @@ function usage(command: PipelineCommand | undefined): string {
   const rows = Object.fromEntries(
     keys.map((key) => {
       const spec = schema[key];
-      const d = typeof spec.default === 'function' ? (spec.default as () => unknown)() : spec.default;
+      const d = pipeline.defaults && key in pipeline.defaults ? pipeline.defaults[key] : typeof spec.default === 'function' ? (spec.default as () => unknown)() : spec.default;
       return [key, { help: spec.help, placeholder: `${spec.placeholder ?? ''}${spec.kind === 'list' ? ' ...' : ''}`.trim(), default: spec.kind === 'switch' ? undefined : formatValue(key, d) }];
     }),
   );
@@ -165,10 +165,11 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (positionals.length > 0) throw new ConfigError(`${JSON.stringify(positionals[0])}: unknown command (commands: ${Object.keys(PIPELINES).join(', ')}, doctor)`);
   const flags = Object.fromEntries(keys.filter((k) => values[k] !== undefined).map((k) => [k, values[k]]));
-  const config = resolveConfig(keys, { file: typeof values.config === 'string' ? readConfigFile(values.config) : undefined, flags }, command);
+  const config = resolveConfig(keys, { file: typeof values.config === 'string' ? readConfigFile(values.config) : undefined, flags }, command, pipeline.defaults);
   const range = { from: values.from as string | undefined, until: values.until as string | undefined };
   const stages = selectStages(pipeline, range);
   if (values.plan) {
+    await checkSettings(stages, config);
     process.stdout.write(`${printPlan(pipeline, config, stages)}\n`);
     return 0;
   }

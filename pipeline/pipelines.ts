@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { CACHE_KEYS, COMMON_KEYS, type ConfigKey } from './config.ts';
+import { CACHE_KEYS, COMMON_KEYS, PIMASTER_DEFAULTS, type ConfigKey } from './config.ts';
 import type { Pipeline } from './stage.ts';
 import { attachStage } from '../stages/attach.ts';
 import { compressStage } from '../stages/compress.ts';
@@ -10,6 +10,7 @@ import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { overlayStage } from '../stages/overlay.ts';
 import { chrootStage } from '../stages/chroot.ts';
+import { settingsStage } from '../stages/settings.ts';
 import { shrink, shrinkStage } from '../stages/shrink.ts';
 import { imageSnapshots } from '../stages/image/snapshot.ts';
 
@@ -19,8 +20,9 @@ const repo = (path: string) => fileURLToPath(new URL(`../${path}`, import.meta.u
 /** Any Raspberry Pi OS image, customized with the user's overlays and scripts. */
 export const customize: Pipeline = {
   name: 'customize',
-  summary: 'customize a Raspberry Pi OS image with your overlay directories and scripts',
-  stages: [fetchStage, extractStage, growStage, attachStage, overlayStage(), chrootStage(), finalizeStage, shrinkStage, compressStage],
+  summary: 'customize a Raspberry Pi OS image: host name, user, SSH, Wi-Fi, locale, packages, your overlays and scripts',
+  // The settings after the overlays (a unit an overlay adds can be enabled), before the scripts (which may use the packages).
+  stages: [fetchStage, extractStage, growStage, attachStage, overlayStage(), settingsStage, chrootStage(), finalizeStage, shrinkStage, compressStage],
   snapshots: imageSnapshots,
 };
 
@@ -34,6 +36,7 @@ const PACKAGES = 700 * 2 ** 20;
 export const pimaster: Pipeline = {
   name: 'pimaster',
   summary: 'build the PiSeduce pimaster image (the default)',
+  defaults: PIMASTER_DEFAULTS,
   stages: [
     fetchStage,
     // Before extract: what it gathers is part of the stage cache's keys.

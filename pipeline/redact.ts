@@ -19,12 +19,15 @@ export function withoutCredentials(url: string): string {
 }
 
 /** Settings whose values may be paths on the build machine (else URLs, kept without credentials). */
-const HOST_PATHS: readonly ConfigKey[] = ['base', 'os-list', 'overlay', 'script', 'ssh-key', 'bootcode', 'piseduce-webui', 'piseduce-agent', 'environment'];
+const HOST_PATHS: readonly ConfigKey[] = ['base', 'os-list', 'overlay', 'script', 'ssh-key', 'password-file', 'wifi-psk-file', 'bootcode', 'piseduce-webui', 'piseduce-agent', 'environment'];
+/** Settings no one but the builder should read, even hashed. */
+const SECRETS: readonly ConfigKey[] = ['password-hash'];
 /** Where the build ran: nothing the image depends on. */
 const HOST_ONLY: readonly ConfigKey[] = ['work', 'cache', 'out'];
 
 /** One setting's value as published. */
 export function published(key: ConfigKey, value: string): string {
+  if (SECRETS.includes(key)) return '***';
   if (!HOST_PATHS.includes(key) || /^[a-z][a-z0-9+.-]*:\/\//i.test(value.replace(/^[^=/]*=/, ''))) return withoutCredentials(value);
   // NAME=PATH (--environment), PATH#REF (a local git source): the path's last part only.
   const [, name = '', path = value, ref = ''] = /^(?:([^=/]*)=)?([^#]*)(#.*)?$/.exec(value) ?? [];

@@ -184,12 +184,18 @@ export interface BuildResult {
  */
 export async function runPipeline(pipeline: Pipeline, config: Config, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
   const stages = selectStages(pipeline, range);
+  await checkSettings(stages, config);
   const release = await claimWorkDir(config.work, (line) => reporter.info(line));
   try {
     return await runStagesIn(pipeline, stages, config, range, reporter, initialState);
   } finally {
     release();
   }
+}
+
+/** The stages' own checks of the settings (Stage.check): before any work, and for --plan. */
+export async function checkSettings(stages: readonly Stage[], config: Config): Promise<void> {
+  for (const stage of stages) await stage.check?.(config);
 }
 
 async function runStagesIn(pipeline: Pipeline, stages: Stage[], config: Config, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {

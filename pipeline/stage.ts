@@ -77,6 +77,11 @@ export interface Stage {
    * end of a pipeline's own layer, where rebuilds after a change to the user's layer start.
    */
   readonly snapshotAtEnd?: boolean;
+  /**
+   * Checks of the settings that need more than one key or a file's content: run before any stage
+   * (and by --plan), so that a bad value stops the build before it does any work.
+   */
+  check?(config: Config): Promise<void>;
   run(ctx: BuildContext): Promise<void>;
 }
 
@@ -91,6 +96,8 @@ export interface ImageSnapshots {
 export interface Pipeline {
   readonly name: string;
   readonly summary: string;
+  /** Defaults of this pipeline that differ from the schema's (the pimaster's host name). */
+  readonly defaults?: Partial<Config>;
   readonly stages: readonly Stage[];
   /** Given, the build uses the stage cache. */
   readonly snapshots?: ImageSnapshots;

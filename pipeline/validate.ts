@@ -113,3 +113,71 @@ export function parseEnvironment(raw: string): string {
   if (!m) throw 'NAME=SOURCE, such as raspbian_bookworm_64bit=https://.../image.img.xz (NAME: letters, digits, ".", "-", "_")';
   return raw;
 }
+
+/** A user name the image's tools accept (useradd's default rule), not root. */
+export const USER_NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
+export function parseUserName(raw: string): string {
+  if (!USER_NAME.test(raw) || raw === 'root') throw 'a user name: lower case letters, digits, _ and -, at most 32, starting with a letter or _, not root';
+  return raw;
+}
+
+/** A crypt(3) password hash: what /etc/shadow holds. */
+export const CRYPT_HASH = /^\$(?:1|5|6|y|gy|7|2[aby])\$[./A-Za-z0-9$=,]+$/;
+export function parseCryptHash(raw: string): string {
+  if (!CRYPT_HASH.test(raw)) throw 'a crypt(3) hash (make one with: openssl passwd -6)';
+  return raw;
+}
+
+/** An SSID, here without the characters that would need quoting in the files that hold it. */
+export function parseSsid(raw: string): string {
+  if (Buffer.byteLength(raw) < 1 || Buffer.byteLength(raw) > 32 || /['"\\\n\r\0]/.test(raw)) throw 'an SSID of 1 to 32 bytes without quotes or backslashes';
+  return raw;
+}
+
+/** An ISO 3166 alpha-2 country code that names a country. */
+export function isCountry(code: string): boolean {
+  return /^[A-Z]{2}$/.test(code) && new Intl.DisplayNames(['en'], { type: 'region', fallback: 'none' }).of(code) !== undefined;
+}
+export function parseCountry(raw: string): string {
+  const code = raw.toUpperCase();
+  if (!isCountry(code)) throw 'an ISO 3166 country code (FR, GB, US...)';
+  return code;
+}
+
+/** A time zone name the tz database knows (the host's, or the ICU data Node carries). */
+export function isTimezone(zone: string): boolean {
+  if (!/^[A-Za-z0-9_+-]+(?:\/[A-Za-z0-9_+-]+)*$/.test(zone)) return false;
+  return Intl.supportedValuesOf('timeZone').includes(zone) || zone === 'UTC' || existsSync(`/usr/share/zoneinfo/${zone}`);
+}
+export function parseTimezone(raw: string): string {
+  if (!isTimezone(raw)) throw 'a time zone: Area/City, e.g. Europe/Paris';
+  return raw;
+}
+
+/** `fr_FR.UTF-8`: a glibc locale name (its charset after the dot, a modifier after @). */
+export function parseLocale(raw: string): string {
+  if (!/^[a-z]{2,3}_[A-Z]{2}(?:\.[A-Za-z0-9-]+)?(?:@[a-z]+)?$/.test(raw)) throw 'a locale such as fr_FR.UTF-8 or en_GB.UTF-8';
+  return raw;
+}
+
+/** An XKB layout name. */
+export const KEYMAP = /^[a-z]{2,3}(?:[_-][a-z0-9]+)?$/;
+export function parseKeymap(raw: string): string {
+  if (!KEYMAP.test(raw)) throw 'a keyboard layout (gb, fr, us, de...)';
+  return raw;
+}
+
+/** `a,b,c`: Debian package names (optionally `:arch`). */
+export function parsePackages(raw: string): string[] {
+  const names = raw.split(',').map((n) => n.trim()).filter(Boolean);
+  if (names.length === 0 || !names.every((n) => /^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9]+)?$/.test(n))) throw 'Debian package names, comma-separated (tree,htop)';
+  return names;
+}
+
+const UNIT_TYPES = ['service', 'socket', 'timer', 'target', 'path', 'mount', 'automount', 'swap', 'slice'];
+/** `ssh,foo.timer`: systemd unit names, `.service` added where no type is given. */
+export function parseUnits(raw: string): string[] {
+  const units = raw.split(',').map((u) => u.trim()).filter(Boolean);
+  if (units.length === 0 || !units.every((u) => /^[A-Za-z0-9:_.\\@-]+$/.test(u) && !u.startsWith('.'))) throw 'systemd unit names, comma-separated (ssh, apt-daily.timer)';
+  return units.map((u) => (UNIT_TYPES.some((type) => u.endsWith(`.${type}`)) ? u : `${u}.service`));
+}

@@ -26,7 +26,9 @@ test('--help lists the commands; --help build and customize list their options w
   t.regex(cache.stdout, /^build-image cache ls \[--cache DIR\]/);
   const customize = await run(['customize', '--help']);
   t.regex(customize.stdout, /--overlay DIR \.\.\./);
-  t.notRegex(customize.stdout, /--hostname/);
+  t.regex(customize.stdout, /--hostname NAME +the image's host name \(default: \(unset\)\)/, 'a customized image keeps its host name unless told');
+  t.regex(build.stdout, /--hostname NAME +the image's host name \(default: pimaster\)/);
+  t.notRegex(build.stdout, /--wifi-ssid|--packages/, 'the pimaster has its own network and packages');
 });
 
 test('--version prints the version', async (t) => {
@@ -52,7 +54,7 @@ test('--plan prints every stage with its resolved options and touches nothing', 
 test('--plan --from shows the part of the pipeline that would run', async (t) => {
   const result = await run(['customize', '--plan', '--from', 'overlay', '--until', 'finalize']);
   t.is(result.exitCode, 0, result.stderr);
-  t.deepEqual([...result.stdout.matchAll(/^ *\d+\. (\S+)/gm)].map((m) => m[1]), ['attach', 'overlay', 'chroot', 'finalize']);
+  t.deepEqual([...result.stdout.matchAll(/^ *\d+\. (\S+)/gm)].map((m) => m[1]), ['attach', 'overlay', 'settings', 'chroot', 'finalize']);
 });
 
 for (const [args, message] of [
@@ -65,7 +67,8 @@ for (const [args, message] of [
   [['--piseduce-webui', 'https://example.invalid/x.git#bad..ref'], /^error: --piseduce-webui ".*" is invalid: expected a git URL or directory followed by a valid ref/],
   [['--environment', 'no-equals-sign'], /^error: --environment "no-equals-sign" is invalid: expected NAME=SOURCE/],
   [['--colour', 'blue'], /^error: --colour: unknown option \(see build-image --help build\)$/],
-  [['customize', '--hostname', 'x'], /^error: --hostname: not an option of `customize` \(see build-image --help customize\)$/],
+  [['customize', '--ip', '10.0.0.1/24'], /^error: --ip: not an option of `customize` \(see build-image --help customize\)$/],
+  [['--packages', 'tree'], /^error: --packages: not an option of `build` \(see build-image --help build\)$/],
   [['--from', 'shrnk'], /^error: --from "shrnk": no such stage in the pimaster pipeline \(stages: fetch, files, extract, grow, attach, overlay, chroot, user-overlay, user-chroot, finalize, shrink, compress\)$/],
   [['--arch'], /^error: --arch: needs a value/],
 ] as const) {

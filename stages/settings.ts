@@ -1,0 +1,290 @@
+/**
+ * The settings stage of `customize`: what Raspberry Pi Imager, pi-gen's config and sdm's plugins set
+ * (host name, first user, SSH, Wi-Fi, time zone, locale, keymap, packages, units), applied at build
+ * time the way the image's release does it, detected from what the image holds:
+ *
+ * - the first user (uid 1000) is renamed with userconf-pi's `userconf` where the image has it (it
+ *   also cancels the rename dialog at first boot, as pi-gen does), else with usermod; made with
+ *   useradd where the image has none;
+ * - Wi-Fi is a NetworkManager profile (bookworm and later) with the country as the kernel's
+ *   regulatory domain on cmdline.txt (as raspi-config sets it), else wpa_supplicant.conf;
+ * - SSH host keys a package made here are removed: they are made at first boot.
+ *
+ * The same flags as `flash` (flash/card-settings.ts checks them both), plus --ssh, --locale,
+ * --packages, --enable and --disable. The stage cache keys the settings and the content of the
+ * files they name; a password file is hashed again at each build (a fresh salt).
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { Config, ConfigKey } from '../pipeline/config.ts';
+import { quote as q } from '../pipeline/commands.ts';
+import { ConfigError } from '../pipeline/errors.ts';
+import type { Stage } from '../pipeline/stage.ts';
+import { parseCardSettings, type CardSettings } from '../flash/card-settings.ts';
+import { rootDir } from './attach.ts';
+import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot/environment.ts';
+import { inRoot } from './image/in-root.ts';
+
+export const SETTING_KEYS: readonly ConfigKey[] = [
+  'hostname', 'user', 'password-hash', 'password-file', 'ssh-key', 'ssh', 'ssh-password-auth', 'wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden',
+  'timezone', 'locale', 'keymap', 'packages', 'enable', 'disable',
+];
+
+/** What the stage applies: flash's settings and those only a build can apply. */
+export interface ImageSettings extends CardSettings {
+  ssh?: 'on' | 'off';
+  locale?: string;
+  packages: string[];
+  enable: string[];
+  disable: string[];
+}
+
+/** The settings given, as --plan and the task list name them. */
+function given(config: Config): ConfigKey[] {
+  return SETTING_KEYS.filter((key) => {
+    const value = config[key];
+    return Array.isArray(value) ? value.length > 0 : value !== undefined && value !== false;
+  });
+}
+
+/** The settings checked together and the files they name read (one line, exit 2 on a bad one). */
+export async function settingsOf(config: Config): Promise<ImageSettings> {
+  const { hostname, ...card } = (await parseCardSettings({
+    user: config.user,
+    'password-hash': config['password-hash'],
+    'password-file': config['password-file'],
+    'ssh-key': config['ssh-key'],
+    'ssh-password-auth': config['ssh-password-auth'] || undefined,
+    'wifi-ssid': config['wifi-ssid'],
+    'wifi-psk-file': config['wifi-psk-file'],
+    'wifi-country': config['wifi-country'],
+    'wifi-hidden': config['wifi-hidden'] || undefined,
+    timezone: config.timezone,
+    keymap: config.keymap,
+  })) ?? {};
+  if (config.ssh === 'off' && config['ssh-password-auth']) throw new ConfigError('--ssh off and --ssh-password-auth: give one or the other');
+  const both = config.enable.find((unit) => config.disable.includes(unit));
+  if (both) throw new ConfigError(`--enable and --disable ${both}: give one or the other`);
+  return {
+    ...card,
+    ...(config.hostname !== undefined ? { hostname: config.hostname } : {}),
+    ...(config.ssh ? { ssh: config.ssh } : card.sshKeys || card.sshPasswordAuth ? { ssh: 'on' as const } : {}),
+    ...(config.locale ? { locale: config.locale } : {}),
+    packages: config.packages,
+    enable: config.enable,
+    disable: config.disable,
+  };
+}
+
+const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+/** What the image depends on: the settings, and the files they name by content, not by path. */
+function keyInput(config: Config): string {
+  const files = (paths: readonly (string | undefined)[]) => paths.filter((p): p is string => p !== undefined).map(sha256);
+  const values = Object.fromEntries(given(config).map((key) => [key, config[key]]));
+  return JSON.stringify({ ...values, 'ssh-key': files(config['ssh-key']), 'password-file': files([config['password-file']]), 'wifi-psk-file': files([config['wifi-psk-file']]) });
+}
+
+/** One line naming the setting and what the image lacks, before anything is changed. */
+function checkAgainstImage(root: string, s: ImageSettings): { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string } {
+  const has = (path: string) => existsSync(inRoot(root, path));
+  if (s.timezone && !has(`usr/share/zoneinfo/${s.timezone}`)) throw new ConfigError(`--timezone ${s.timezone}: the image has no such zone in /usr/share/zoneinfo (is tzdata installed? add --packages tzdata)`);
+  let charset: string | undefined;
+  if (s.locale) {
+    if (!has('usr/share/i18n/SUPPORTED')) throw new ConfigError(`--locale ${s.locale}: the image has no locales package (add --packages locales)`);
+    const line = readFileSync(inRoot(root, 'usr/share/i18n/SUPPORTED'), 'utf8').split('\n').find((l) => l.split(' ')[0] === s.locale);
+    if (!line) throw new ConfigError(`--locale ${s.locale}: not one of the image's supported locales (/usr/share/i18n/SUPPORTED, e.g. en_GB.UTF-8)`);
+    charset = line.split(' ')[1];
+  }
+  if (s.keymap && has('usr/share/X11/xkb/symbols') && !has(`usr/share/X11/xkb/symbols/${s.keymap.split(/[_-]/)[0]}`)) {
+    throw new ConfigError(`--keymap ${s.keymap}: the image's keyboard data has no such layout (/usr/share/X11/xkb/symbols)`);
+  }
+  const unitDirs = ['etc/systemd/system', 'usr/lib/systemd/system', 'lib/systemd/system'];
+  for (const [flag, units] of [['enable', s.enable], ['disable', s.disable]] as const) {
+    for (const unit of units) {
+      if (!unitDirs.some((dir) => has(`${dir}/${unit}`))) throw new ConfigError(`--${flag} ${unit}: the image has no such unit (add its package with --packages)`);
+    }
+  }
+  let wifi: 'networkmanager' | 'wpa_supplicant' | undefined;
+  if (s.wifi) {
+    const sbin = (name: string) => has(`usr/sbin/${name}`) || has(`sbin/${name}`);
+    wifi = sbin('NetworkManager') ? 'networkmanager' : sbin('wpa_supplicant') ? 'wpa_supplicant' : undefined;
+    if (!wifi) throw new ConfigError('--wifi-ssid: the image has neither NetworkManager nor wpa_supplicant (add --packages network-manager)');
+  }
+  if (s.sshKeys && !s.user && !readFileSync(inRoot(root, 'etc/passwd'), 'utf8').split('\n').some((l) => l.split(':')[2] === '1000')) {
+    throw new ConfigError('--ssh-key: the image has no first user (uid 1000) to log in as; give --user NAME');
+  }
+  return { wifi, charset };
+}
+
+/** The shell script (bash -e, inside the image) that applies the settings. */
+export function settingsScript(s: ImageSettings, facts: { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string; bootMount: string }): string {
+  const out = ['# Written by build-image: the settings of this build, applied inside the image.', 'set -eu', ''];
+  if (s.user) {
+    const { name, passwordHash = '' } = s.user;
+    out.push(
+      '# The first user: renamed (its rename at first boot cancelled), or made.',
+      'first=$(getent passwd 1000 | cut -d: -f1 || true)',
+      'if [ -n "$first" ] && [ -x /usr/lib/userconf-pi/userconf ]; then',
+      `  /usr/lib/userconf-pi/userconf ${q(name)} ${q(passwordHash)}`,
+      'elif [ -n "$first" ]; then',
+      `  if [ "$first" != ${q(name)} ]; then`,
+      `    usermod -l ${q(name)} "$first"`,
+      `    usermod -m -d ${q(`/home/${name}`)} ${q(name)}`,
+      `    groupmod -n ${q(name)} "$(getent group 1000 | cut -d: -f1)"`,
+      `    if [ -f /etc/sudoers.d/010_pi-nopasswd ]; then sed -i "s/^$first /${name} /" /etc/sudoers.d/010_pi-nopasswd; fi`,
+      '  fi',
+      ...(passwordHash ? [`  echo ${q(`${name}:${passwordHash}`)} | chpasswd -e`] : []),
+      'else',
+      '  groups=$(for g in adm dialout cdrom audio video plugdev users netdev sudo input render gpio i2c spi; do getent group "$g" >/dev/null && printf "%s," "$g"; done)',
+      `  useradd -m -u 1000 -s /bin/bash -G "\${groups%,}" ${q(name)}`,
+      ...(passwordHash ? [`  echo ${q(`${name}:${passwordHash}`)} | chpasswd -e`] : []),
+      'fi',
+      '',
+    );
+  }
+  if (s.hostname) {
+    out.push(
+      `echo ${s.hostname} >/etc/hostname`,
+      `if grep -q '^127\\.0\\.1\\.1' /etc/hosts; then sed -i 's/^127\\.0\\.1\\.1.*/127.0.1.1\\t${s.hostname}/' /etc/hosts; else printf '127.0.1.1\\t%s\\n' ${s.hostname} >>/etc/hosts; fi`,
+      '',
+    );
+  }
+  if (s.sshKeys) {
+    out.push(
+      'user=$(getent passwd 1000 | cut -d: -f1)',
+      'home=$(getent passwd 1000 | cut -d: -f6)',
+      'install -d -m 700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"',
+      `printf '%s\\n' ${s.sshKeys.map(q).join(' ')} >"$home/.ssh/authorized_keys"`,
+      'chown "$user:$(id -gn "$user")" "$home/.ssh/authorized_keys"',
+      'chmod 600 "$home/.ssh/authorized_keys"',
+      '',
+    );
+  }
+  if (s.sshKeys || s.sshPasswordAuth) {
+    out.push(`printf '# build-image --ssh-key/--ssh-password-auth\\nPasswordAuthentication %s\\n' ${s.sshPasswordAuth ? 'yes' : 'no'} >/etc/ssh/sshd_config.d/50-build-image.conf`, '');
+  }
+  if (s.ssh) out.push(`systemctl ${s.ssh === 'on' ? 'enable' : 'disable'} ssh.service`, '');
+  if (s.wifi) {
+    const w = s.wifi;
+    if (facts.wifi === 'networkmanager') {
+      out.push(
+        '# Wi-Fi: a NetworkManager profile; the country is the kernel\'s regulatory domain (as raspi-config sets it).',
+        "cat >/etc/NetworkManager/system-connections/preconfigured.nmconnection <<'EOF'",
+        '[connection]', 'id=preconfigured', 'type=wifi', '', '[wifi]', 'mode=infrastructure', `ssid=${w.ssid}`, `hidden=${w.hidden}`, '',
+        '[wifi-security]', 'key-mgmt=wpa-psk', `psk=${w.psk}`, '', '[ipv4]', 'method=auto', '', '[ipv6]', 'addr-gen-mode=default', 'method=auto', 'EOF',
+        'chmod 600 /etc/NetworkManager/system-connections/preconfigured.nmconnection',
+        `cmdline=${facts.bootMount}/cmdline.txt`,
+        `sed -i -e 's/ *cfg80211\\.ieee80211_regdom=[A-Z]*//' -e '1s/$/ cfg80211.ieee80211_regdom=${w.country}/' "$cmdline"`,
+        '# pi-gen turns the radio off until a country is set.',
+        'if [ -f /var/lib/NetworkManager/NetworkManager.state ]; then sed -i "s/^WirelessEnabled=.*/WirelessEnabled=true/" /var/lib/NetworkManager/NetworkManager.state; fi',
+      );
+    } else {
+      out.push(
+        "cat >/etc/wpa_supplicant/wpa_supplicant.conf <<'EOF'",
+        `country=${w.country}`, 'ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev', 'update_config=1', '', 'network={', ...(w.hidden ? ['\tscan_ssid=1'] : []), `\tssid="${w.ssid}"`, `\tpsk=${w.psk}`, '}', 'EOF',
+        'chmod 600 /etc/wpa_supplicant/wpa_supplicant.conf',
+      );
+    }
+    out.push('for file in /var/lib/systemd/rfkill/*:wlan; do if [ -f "$file" ]; then echo 0 >"$file"; fi; done', '');
+  }
+  if (s.timezone) out.push(`ln -sf ${q(`/usr/share/zoneinfo/${s.timezone}`)} /etc/localtime`, `echo ${q(s.timezone)} >/etc/timezone`, '');
+  if (s.locale) {
+    const entry = `${s.locale} ${facts.charset}`;
+    out.push(
+      `if grep -qE ${q(`^# *${entry.replaceAll('.', '\\.')}$`)} /etc/locale.gen; then sed -i -E ${q(`s/^# *(${entry.replaceAll('.', '\\.')})$/\\1/`)} /etc/locale.gen; fi`,
+      `grep -qx ${q(entry)} /etc/locale.gen || echo ${q(entry)} >>/etc/locale.gen`,
+      'locale-gen',
+      `printf 'LANG=%s\\n' ${q(s.locale)} >/etc/default/locale`,
+      '',
+    );
+  }
+  if (s.keymap) {
+    out.push(
+      `if [ -f /etc/default/keyboard ] && grep -q '^XKBLAYOUT=' /etc/default/keyboard; then sed -i 's/^XKBLAYOUT=.*/XKBLAYOUT="${s.keymap}"/' /etc/default/keyboard`,
+      `else printf 'XKBMODEL="pc105"\\nXKBLAYOUT="%s"\\nXKBVARIANT=""\\nXKBOPTIONS=""\\nBACKSPACE="guess"\\n' ${q(s.keymap)} >/etc/default/keyboard; fi`,
+      '',
+    );
+  }
+  if (s.enable.length) out.push(`systemctl enable ${s.enable.map(q).join(' ')}`);
+  if (s.disable.length) out.push(`systemctl disable ${s.disable.map(q).join(' ')}`);
+  return `${out.join('\n')}\n`;
+}
+
+/** The package indexes `apt-get update` fetched into the image. */
+function aptIndexes(root: string): string[] {
+  const dir = inRoot(root, 'var/lib/apt/lists');
+  return existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((e) => e.isFile() && e.name !== 'lock').map((e) => e.name) : [];
+}
+
+/** The SSH host keys in the image's /etc/ssh. */
+function hostKeys(root: string): string[] {
+  const dir = inRoot(root, 'etc/ssh');
+  return existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith('ssh_host_')) : [];
+}
+
+/** Makes the host keys at first boot, on an image whose SSH server came from --packages. */
+const HOST_KEYS_UNIT = `[Unit]
+Description=SSH host keys of this device (build-image: made at first boot, never in the image)
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+`;
+
+export const settingsStage: Stage = {
+  name: 'settings',
+  describe: (config) => {
+    const keys = given(config);
+    return keys.length ? `apply ${keys.map((k) => `--${k}`).join(', ')}` : 'no settings (--hostname, --user, --ssh-key, --wifi-ssid, --timezone, --locale, --packages, ...)';
+  },
+  options: SETTING_KEYS,
+  async check(config) {
+    await settingsOf(config);
+  },
+  async grows(ctx) {
+    return (ctx.config.packages.length ? 512 * 2 ** 20 : 0) + (ctx.config.locale ? 32 * 2 ** 20 : 0);
+  },
+  async key(ctx) {
+    return [{ label: given(ctx.config).length ? 'settings applied' : 'no settings', input: keyInput(ctx.config) }];
+  },
+  async run(ctx) {
+    if (given(ctx.config).length === 0) return;
+    const settings = await settingsOf(ctx.config);
+    const root = rootDir(ctx.paths.work);
+    const mark = ctx.cleanup.mark();
+    await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'], files: stagedFiles(ctx.paths.work) });
+    if (settings.packages.length) {
+      ctx.log.useFile('settings-packages.log');
+      ctx.status(`installing ${settings.packages.join(', ')}`);
+      const keysBefore = hostKeys(root);
+      const hadIndexes = aptIndexes(root).length > 0;
+      await chrootRun(ctx, [APT_UPDATE]);
+      await chrootRun(ctx, ['apt-get', 'install', '-y', '-q', ...settings.packages]);
+      // Released images carry no package indexes (pi-gen deletes them): they would be stale anyway.
+      if (!hadIndexes) for (const file of aptIndexes(root)) rmSync(inRoot(root, `var/lib/apt/lists/${file}`));
+      const made = hostKeys(root).filter((key) => !keysBefore.includes(key));
+      if (made.length) {
+        // Host keys are per device: the package's postinst made them for every card of this image.
+        for (const key of made) rmSync(inRoot(root, `etc/ssh/${key}`));
+        if (!existsSync(inRoot(root, 'usr/lib/systemd/system/regenerate_ssh_host_keys.service'))) {
+          writeFileSync(inRoot(root, 'etc/systemd/system/build-image-ssh-host-keys.service'), HOST_KEYS_UNIT);
+          await chrootRun(ctx, ['systemctl', 'enable', 'build-image-ssh-host-keys.service']);
+        }
+      }
+    }
+    const facts = { ...checkAgainstImage(root, settings), bootMount: ctx.state.system?.bootMount ?? '/boot/firmware' };
+    const script = `${STAGING}/scripts/settings.sh`;
+    writeFileSync(inRoot(root, script), settingsScript(settings, facts), { mode: 0o700 });
+    ctx.log.useFile('settings.log');
+    ctx.status('applying the settings');
+    await chrootRun(ctx, ['/bin/bash', '-e', script]);
+    const errors = await ctx.cleanup.unwindTo(mark, 'success');
+    if (errors.length) throw errors[0];
+  },
+};
