@@ -251,7 +251,8 @@ export const settingsStage: Stage = {
     return (ctx.config.packages.length ? 512 * 2 ** 20 : 0) + (ctx.config.locale ? 32 * 2 ** 20 : 0);
   },
   async key(ctx) {
-    return [{ label: given(ctx.config).length ? 'settings applied' : 'no settings', input: keyInput(ctx.config) }];
+    // No settings, no step: nothing to snapshot (the scripts' keys hold the settings anyway).
+    return given(ctx.config).length ? [{ label: 'settings applied', input: keyInput(ctx.config) }] : [];
   },
   async run(ctx) {
     if (given(ctx.config).length === 0) return;

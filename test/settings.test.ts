@@ -127,7 +127,7 @@ function settingChecks(release: Release, hash: string): string {
   ].join('\n');
 }
 
-async function customizeAndBoot(t: ExecutionContext, name: string, release: Release): Promise<void> {
+async function customizeAndBoot(t: ExecutionContext, name: string, release: Release): Promise<string[]> {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const base = await release.base();
@@ -135,14 +135,15 @@ async function customizeAndBoot(t: ExecutionContext, name: string, release: Rele
   const input = await inputs(dir);
   // The Debian one gets the password from a file (hashed by the build), the others a hash.
   const password = release.wifi === 'wpa_supplicant' ? ['--password-file', input.password] : ['--password-hash', input.hash];
-  const r = await run([
+  const args = [
     'customize', '--base', base, '--base-sha256', baseSha, '--overlay', overlay(dir, input.key),
     '--hostname', 'pi-07', '--user', 'alice', ...password, '--ssh-key', input.pub,
     '--wifi-ssid', 'lab-uplink', '--wifi-psk-file', input.psk, '--wifi-country', 'fr', '--wifi-hidden',
     '--timezone', 'Europe/Paris', '--locale', 'fr_FR.UTF-8', '--keymap', 'fr', '--packages', release.packages,
     '--enable', 'hello', '--disable', 'apt-daily.timer', '--compress', 'none', '--name', 'custom',
     '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out'),
-  ]);
+  ];
+  const r = await run(args);
   t.is(r.exitCode, 0, `${name}: ${r.stderr}`);
   t.log(r.stderr.split('\n').filter((l) => /^\s+(settings|total) /.test(l)).join('\n'));
   const image = join(dir, 'out', 'custom.img');
@@ -159,7 +160,11 @@ async function customizeAndBoot(t: ExecutionContext, name: string, release: Rele
   t.regex(v.stdout, /^PASS  systemd: every unit started, none failed /m);
   t.deepEqual(mountsUnder(dir), []);
   t.deepEqual(await loopsUnder(dir), []);
+  return args;
 }
+
+/** The stages a build's log says came from the stage cache. */
+const fromCache = (log: string) => [...log.matchAll(/\] (\S+): done in [\d.]+ s \(from cache\)/g)].map((m) => m[1]);
 
 /** alice's password hash as the image holds it (read with debugfs from the root partition). */
 async function builtHash(image: string): Promise<string> {
@@ -176,6 +181,15 @@ async function builtHash(image: string): Promise<string> {
 
 for (const [name, release] of Object.entries(RELEASES)) {
   test.serial(`${name}: customized with every setting, boots in verify, and a check of each setting passes`, async (t) => {
-    await customizeAndBoot(t, name, release);
+    const args = await customizeAndBoot(t, name, release);
+    if (release.wifi !== 'wpa_supplicant') return;
+    // The stage cache keys the settings with the content of the files they name, not their paths.
+    const again = await run(args);
+    t.is(again.exitCode, 0, again.stderr);
+    t.true(fromCache(again.stderr).includes('settings'), 'the same settings: from the cache');
+    writeFileSync(args[args.indexOf('--wifi-psk-file') + 1]!, 'another passphrase\n');
+    const changed = await run(args);
+    t.is(changed.exitCode, 0, changed.stderr);
+    t.false(fromCache(changed.stderr).includes('settings'), 'another passphrase in the same file: applied again');
   });
 }

@@ -245,7 +245,7 @@ test('rebuilds start from the latest snapshot whose steps did not change, and ma
   writeFileSync(join(dir, '20-two.sh'), 'echo "two v2" > /root/two\n');
   const late = await run(args());
   t.is(late.exitCode, 0, late.all);
-  t.deepEqual(fromCache(late.all), { extract: 'from cache', grow: 'from cache', overlay: 'from cache', chroot: '1 step from cache' });
+  t.deepEqual(fromCache(late.all), { extract: 'from cache', grow: 'from cache', overlay: 'from cache', settings: 'from cache', chroot: '1 step from cache' });
   t.deepEqual(await inImage(image, contents), ['one\n', 'two v2\n', 'site v1\n', 'on the boot partition', false, resolv], 'the chroot left no trace in the snapshot: policy-rc.d gone, resolv.conf the image\'s own');
 
   // An overlay file changed: everything from the overlay on is redone on the image before it.
@@ -258,7 +258,7 @@ test('rebuilds start from the latest snapshot whose steps did not change, and ma
   // Only the output format changed: every customizing step comes from the cache.
   const formats = await run(args('--compress', 'zstd'));
   t.is(formats.exitCode, 0, formats.all);
-  t.deepEqual(fromCache(formats.all), { extract: 'from cache', grow: 'from cache', overlay: 'from cache', chroot: 'from cache' });
+  t.deepEqual(fromCache(formats.all), { extract: 'from cache', grow: 'from cache', overlay: 'from cache', settings: 'from cache', chroot: 'from cache' });
   t.true(existsSync(join(dir, 'out/site.img.zst')));
 
   // --no-cache neither reads nor writes the cache.
