@@ -22,7 +22,7 @@ export const customize: Pipeline = {
   name: 'customize',
   summary: 'customize a Raspberry Pi OS image: host name, user, SSH, Wi-Fi, locale, packages, your overlays and scripts',
   // The settings after the overlays (a unit an overlay adds can be enabled), before the scripts (which may use the packages).
-  stages: [fetchStage, extractStage, growStage, attachStage, overlayStage(), settingsStage, chrootStage(), finalizeStage, shrinkStage, compressStage],
+  stages: [fetchStage, extractStage, growStage, attachStage, overlayStage(), settingsStage(), chrootStage(), finalizeStage, shrinkStage, compressStage],
   snapshots: imageSnapshots,
 };
 
@@ -60,6 +60,8 @@ export const pimaster: Pipeline = {
       grows: (_config, rootUsed) => 2 * PACKAGES + rootUsed,
     }),
     overlayStage([], [], { name: 'user-overlay' }),
+    // What makes sense on a pimaster: it has no first user (root's keys are --ssh-key), its host name is its own.
+    settingsStage(['wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden', 'timezone', 'locale', 'keymap', 'packages', 'enable', 'disable']),
     chrootStage({ name: 'user-chroot' }),
     finalizeStage,
     // The install guide removes the Raspberry Pi first-boot resize; --expand-on-boot keeps it.

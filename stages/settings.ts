@@ -19,7 +19,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'no
 import type { Config, ConfigKey } from '../pipeline/config.ts';
 import { quote as q } from '../pipeline/commands.ts';
 import { ConfigError } from '../pipeline/errors.ts';
-import type { Stage } from '../pipeline/stage.ts';
+import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { parseCardSettings, type CardSettings } from '../flash/card-settings.ts';
 import { rootDir } from './attach.ts';
 import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot/environment.ts';
@@ -237,55 +237,68 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 `;
 
-export const settingsStage: Stage = {
-  name: 'settings',
-  describe: (config) => {
-    const keys = given(config);
-    return keys.length ? `apply ${keys.map((k) => `--${k}`).join(', ')}` : 'no settings (--hostname, --user, --ssh-key, --wifi-ssid, --timezone, --locale, --packages, ...)';
-  },
-  options: SETTING_KEYS,
-  async check(config) {
-    await settingsOf(config);
-  },
-  async grows(ctx) {
-    return (ctx.config.packages.length ? 512 * 2 ** 20 : 0) + (ctx.config.locale ? 32 * 2 ** 20 : 0);
-  },
-  async key(ctx) {
-    // No settings, no step: nothing to snapshot (the scripts' keys hold the settings anyway).
-    return given(ctx.config).length ? [{ label: 'settings applied', input: keyInput(ctx.config) }] : [];
-  },
-  async run(ctx) {
-    if (given(ctx.config).length === 0) return;
-    const settings = await settingsOf(ctx.config);
-    const root = rootDir(ctx.paths.work);
-    const mark = ctx.cleanup.mark();
-    await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'], files: stagedFiles(ctx.paths.work) });
-    if (settings.packages.length) {
-      ctx.log.useFile('settings-packages.log');
-      ctx.status(`installing ${settings.packages.join(', ')}`);
-      const keysBefore = hostKeys(root);
-      const hadIndexes = aptIndexes(root).length > 0;
-      await chrootRun(ctx, [APT_UPDATE]);
-      await chrootRun(ctx, ['apt-get', 'install', '-y', '-q', ...settings.packages]);
-      // Released images carry no package indexes (pi-gen deletes them): they would be stale anyway.
-      if (!hadIndexes) for (const file of aptIndexes(root)) rmSync(inRoot(root, `var/lib/apt/lists/${file}`));
-      const made = hostKeys(root).filter((key) => !keysBefore.includes(key));
-      if (made.length) {
-        // Host keys are per device: the package's postinst made them for every card of this image.
-        for (const key of made) rmSync(inRoot(root, `etc/ssh/${key}`));
-        if (!existsSync(inRoot(root, 'usr/lib/systemd/system/regenerate_ssh_host_keys.service'))) {
-          writeFileSync(inRoot(root, 'etc/systemd/system/build-image-ssh-host-keys.service'), HOST_KEYS_UNIT);
-          await chrootRun(ctx, ['systemctl', 'enable', 'build-image-ssh-host-keys.service']);
-        }
+/** `config` with the settings a stage does not take unset (the pimaster's --ssh-key is root's, not a user's). */
+function only(config: Config, keys: readonly ConfigKey[]): Config {
+  const unset = (value: unknown) => (Array.isArray(value) ? [] : typeof value === 'boolean' ? false : undefined);
+  return { ...config, ...Object.fromEntries(SETTING_KEYS.filter((key) => !keys.includes(key)).map((key) => [key, unset(config[key])])) };
+}
+
+/** The settings stage, taking `keys` of the settings (all of them in customize). */
+export function settingsStage(keys: readonly ConfigKey[] = SETTING_KEYS): Stage {
+  const own = (config: Config) => only(config, keys);
+  return {
+    name: 'settings',
+    describe: (config) => {
+      const set = given(own(config));
+      return set.length ? `apply ${set.map((k) => `--${k}`).join(', ')}` : `no settings (${keys.slice(0, 6).map((k) => `--${k}`).join(', ')}, ...)`;
+    },
+    options: keys,
+    async check(config) {
+      await settingsOf(own(config));
+    },
+    async grows(ctx) {
+      const config = own(ctx.config);
+      return (config.packages.length ? 512 * 2 ** 20 : 0) + (config.locale ? 32 * 2 ** 20 : 0);
+    },
+    async key(ctx) {
+      // No settings, no step: nothing to snapshot (the scripts' keys hold the settings anyway).
+      return given(own(ctx.config)).length ? [{ label: 'settings applied', input: keyInput(own(ctx.config)) }] : [];
+    },
+    run: (ctx) => applySettings(ctx, own(ctx.config)),
+  };
+}
+
+async function applySettings(ctx: BuildContext, config: Config): Promise<void> {
+  if (given(config).length === 0) return;
+  const settings = await settingsOf(config);
+  const root = rootDir(ctx.paths.work);
+  const mark = ctx.cleanup.mark();
+  await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'], files: stagedFiles(ctx.paths.work) });
+  if (settings.packages.length) {
+    ctx.log.useFile('settings-packages.log');
+    ctx.status(`installing ${settings.packages.join(', ')}`);
+    const keysBefore = hostKeys(root);
+    const hadIndexes = aptIndexes(root).length > 0;
+    await chrootRun(ctx, [APT_UPDATE]);
+    await chrootRun(ctx, ['apt-get', 'install', '-y', '-q', ...settings.packages]);
+    // Released images carry no package indexes (pi-gen deletes them): they would be stale anyway.
+    if (!hadIndexes) for (const file of aptIndexes(root)) rmSync(inRoot(root, `var/lib/apt/lists/${file}`));
+    const made = hostKeys(root).filter((key) => !keysBefore.includes(key));
+    if (made.length) {
+      // Host keys are per device: the package's postinst made them for every card of this image.
+      for (const key of made) rmSync(inRoot(root, `etc/ssh/${key}`));
+      if (!existsSync(inRoot(root, 'usr/lib/systemd/system/regenerate_ssh_host_keys.service'))) {
+        writeFileSync(inRoot(root, 'etc/systemd/system/build-image-ssh-host-keys.service'), HOST_KEYS_UNIT);
+        await chrootRun(ctx, ['systemctl', 'enable', 'build-image-ssh-host-keys.service']);
       }
     }
-    const facts = { ...checkAgainstImage(root, settings), bootMount: ctx.state.system?.bootMount ?? '/boot/firmware' };
-    const script = `${STAGING}/scripts/settings.sh`;
-    writeFileSync(inRoot(root, script), settingsScript(settings, facts), { mode: 0o700 });
-    ctx.log.useFile('settings.log');
-    ctx.status('applying the settings');
-    await chrootRun(ctx, ['/bin/bash', '-e', script]);
-    const errors = await ctx.cleanup.unwindTo(mark, 'success');
-    if (errors.length) throw errors[0];
-  },
-};
+  }
+  const facts = { ...checkAgainstImage(root, settings), bootMount: ctx.state.system?.bootMount ?? '/boot/firmware' };
+  const script = `${STAGING}/scripts/settings.sh`;
+  writeFileSync(inRoot(root, script), settingsScript(settings, facts), { mode: 0o700 });
+  ctx.log.useFile('settings.log');
+  ctx.status('applying the settings');
+  await chrootRun(ctx, ['/bin/bash', '-e', script]);
+  const errors = await ctx.cleanup.unwindTo(mark, 'success');
+  if (errors.length) throw errors[0];
+}

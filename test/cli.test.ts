@@ -20,7 +20,7 @@ test('--help lists the commands; --help build and customize list their options w
   const build = await run(['--help', 'build']);
   t.regex(build.stdout, /--arch ARCH\s+architecture of the image: arm64 or armhf \(default: arm64\)/);
   t.regex(build.stdout, /--ip ADDR\/PREFIX\s+.*\(default: 48\.48\.0\.254\/24\)/);
-  t.regex(build.stdout, /Stages: fetch -> files -> extract -> grow -> attach -> overlay -> chroot -> user-overlay -> user-chroot -> finalize -> shrink -> compress/);
+  t.regex(build.stdout, /Stages: fetch -> files -> extract -> grow -> attach -> overlay -> chroot -> user-overlay -> settings -> user-chroot -> finalize -> shrink -> compress/);
   t.regex(build.stdout, /--no-cache\s+neither start from nor save snapshots/);
   const cache = await run(['--help', 'cache']);
   t.regex(cache.stdout, /^build-image cache ls \[--cache DIR\]/);
@@ -28,7 +28,8 @@ test('--help lists the commands; --help build and customize list their options w
   t.regex(customize.stdout, /--overlay DIR \.\.\./);
   t.regex(customize.stdout, /--hostname NAME +the image's host name \(default: \(unset\)\)/, 'a customized image keeps its host name unless told');
   t.regex(build.stdout, /--hostname NAME +the image's host name \(default: pimaster\)/);
-  t.notRegex(build.stdout, /--wifi-ssid|--packages/, 'the pimaster has its own network and packages');
+  t.regex(build.stdout, /--wifi-ssid SSID +a Wi-Fi network to join/, 'the pimaster takes the settings that make sense on it');
+  t.notRegex(build.stdout, /--user |--password-|--ssh /, 'but not a first user: it has none');
 });
 
 test('--version prints the version', async (t) => {
@@ -42,7 +43,7 @@ test('--plan prints every stage with its resolved options and touches nothing', 
   writeFileSync(join(dir, 'site.json'), JSON.stringify({ arch: 'armhf', hostname: 'from-file', compress: ['xz', 'zstd'] }));
   const result = await run(['--plan', '--config', join(dir, 'site.json'), '--hostname', 'from-flag', '--work', join(dir, 'work')]);
   t.is(result.exitCode, 0, result.stderr);
-  t.regex(result.stdout, /^pimaster: 12 of 12 stages/);
+  t.regex(result.stdout, /^pimaster: 13 of 13 stages/);
   t.regex(result.stdout, / 1\. fetch +download the newest Raspberry Pi OS Lite bookworm \(armhf\)/);
   t.regex(result.stdout, /\n +arch = armhf\n/);
   t.regex(result.stdout, /\n +hostname = from-flag\n/, 'flags win over the file');
@@ -68,8 +69,8 @@ for (const [args, message] of [
   [['--environment', 'no-equals-sign'], /^error: --environment "no-equals-sign" is invalid: expected NAME=SOURCE/],
   [['--colour', 'blue'], /^error: --colour: unknown option \(see build-image --help build\)$/],
   [['customize', '--ip', '10.0.0.1/24'], /^error: --ip: not an option of `customize` \(see build-image --help customize\)$/],
-  [['--packages', 'tree'], /^error: --packages: not an option of `build` \(see build-image --help build\)$/],
-  [['--from', 'shrnk'], /^error: --from "shrnk": no such stage in the pimaster pipeline \(stages: fetch, files, extract, grow, attach, overlay, chroot, user-overlay, user-chroot, finalize, shrink, compress\)$/],
+  [['--user', 'alice'], /^error: --user: not an option of `build` \(see build-image --help build\)$/],
+  [['--from', 'shrnk'], /^error: --from "shrnk": no such stage in the pimaster pipeline \(stages: fetch, files, extract, grow, attach, overlay, chroot, user-overlay, settings, user-chroot, finalize, shrink, compress\)$/],
   [['--arch'], /^error: --arch: needs a value/],
 ] as const) {
   test(`bad input: ${args.join(' ')} -> one line, exit code 2`, async (t) => {

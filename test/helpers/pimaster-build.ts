@@ -59,6 +59,9 @@ function codeKey(base: string, fixture: string): string {
   return hash.digest('hex').slice(0, 16);
 }
 
+/** The settings the bookworm-arm64 pimaster is built with (the settings stage of its user layer). */
+export const PIMASTER_SETTINGS = ['--timezone', 'Europe/Paris', '--packages', 'tree', '--disable', 'apt-daily.timer'];
+
 export async function pimasterBuild(base: PimasterBase): Promise<PimasterBuild> {
   const [release, arch] = base.split('-') as [LiteRelease, 'arm64' | 'armhf'];
   const fixture = await raspiosLite(release, arch);
@@ -107,6 +110,8 @@ export async function pimasterBuild(base: PimasterBase): Promise<PimasterBuild> 
         '--apt-mirror', DEBIAN_MIRROR,
         // trixie's build keeps the release's first-boot growth: verify then sees it grow the root.
         ...(release === 'trixie' ? ['--expand-on-boot'] : []),
+        // Build-time settings on a pimaster (its user layer): checked by pimaster-checks.
+        ...(base === 'bookworm-arm64' ? PIMASTER_SETTINGS : []),
         // The suite's builds are made once per code change: snapshots would only fill the disk.
         '--work', join(tmp, 'work'), '--cache', TEST_CACHE, '--no-cache', '--out', join(tmp, 'out'),
       ], { env: { CI: 'true' }, all: true, reject: false });

@@ -265,6 +265,17 @@ export function pimasterChecks(base: PimasterBase): void {
     t.false(await image.exists('/root/piseduce-admin-password'));
   });
 
+  if (base === 'bookworm-arm64') {
+    it('build-time settings on the finished pimaster (--timezone, --packages, --disable), the NFS root as it was', async (t) => {
+      t.is((await image.stat('/etc/localtime')).link, '/usr/share/zoneinfo/Europe/Paris');
+      t.is((await image.cat('/etc/timezone')).trim(), 'Europe/Paris');
+      t.regex(await image.cat('/var/lib/dpkg/status'), /^Package: tree\nStatus: install ok installed$/m);
+      t.false(await enabled(image, '', 'apt-daily.timer', 'timers.target'));
+      t.true(await enabled(image, '/nfs/raspi', 'apt-daily.timer', 'timers.target'), 'the NFS root was made before the user layer');
+      t.deepEqual(await image.ls('/var/lib/apt/lists').then((l) => l.filter((f) => f !== 'lock' && f !== 'partial' && f !== 'auxfiles')), [], 'no package indexes shipped');
+    });
+  }
+
   it('the manifest names the base, the release, the arch and the PiSeduce commits', async (t) => {
     const m = build.manifest as { release: string; arch: string; sources: Record<string, { commit: string }>; packages: Array<{ name: string }> };
     t.is(m.release, release);
