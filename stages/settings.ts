@@ -211,6 +211,26 @@ export function settingsScript(s: ImageSettings, facts: { wifi?: 'networkmanager
   return `${out.join('\n')}\n`;
 }
 
+/**
+ * The files that identify one device, to put back as the image shipped them: a package's script
+ * may write a machine id (dbus-uuidgen --ensure), which every card of the image would then share,
+ * or replace trixie's "uninitialized", which makes the first boot one (ConditionFirstBoot).
+ */
+function shippedIdentity(root: string): { restore(): void } {
+  const files = ['etc/machine-id', 'var/lib/dbus/machine-id'].map((path) => {
+    const file = inRoot(root, path);
+    return { file, shipped: existsSync(file) ? readFileSync(file) : undefined };
+  });
+  return {
+    restore() {
+      for (const { file, shipped } of files) {
+        if (shipped === undefined) rmSync(file, { force: true });
+        else if (!existsSync(file) || !readFileSync(file).equals(shipped)) writeFileSync(file, shipped);
+      }
+    },
+  };
+}
+
 /** The package indexes `apt-get update` fetched into the image. */
 function aptIndexes(root: string): string[] {
   const dir = inRoot(root, 'var/lib/apt/lists');
@@ -272,6 +292,7 @@ async function applySettings(ctx: BuildContext, config: Config): Promise<void> {
   if (given(config).length === 0) return;
   const settings = await settingsOf(config);
   const root = rootDir(ctx.paths.work);
+  const identity = shippedIdentity(root);
   const mark = ctx.cleanup.mark();
   await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'], files: stagedFiles(ctx.paths.work) });
   if (settings.packages.length) {
@@ -299,6 +320,7 @@ async function applySettings(ctx: BuildContext, config: Config): Promise<void> {
   ctx.log.useFile('settings.log');
   ctx.status('applying the settings');
   await chrootRun(ctx, ['/bin/bash', '-e', script]);
+  identity.restore();
   const errors = await ctx.cleanup.unwindTo(mark, 'success');
   if (errors.length) throw errors[0];
 }

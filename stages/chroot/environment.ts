@@ -58,22 +58,6 @@ function swapFile(ctx: BuildContext, root: string, path: string, content: string
   swapped(ctx).push(path);
 }
 
-/**
- * Files that identify one device, put back as the image shipped them on the way out: a package's
- * maintainer script may write a machine id (trixie's empties "uninitialized", which would keep the
- * first boot from being one), and every card of the image would then share it.
- */
-function keepAsShipped(ctx: BuildContext, root: string, paths: readonly string[]): void {
-  for (const path of paths) {
-    const file = entryInRoot(root, path);
-    const shipped = present(file) && lstatSync(file).isFile() ? readFileSync(file) : undefined;
-    ctx.defer(`keep ${path} as the image shipped it`, () => {
-      if (shipped === undefined) rmSync(file, { force: true });
-      else if (!present(file) || !readFileSync(file).equals(shipped)) writeFileSync(file, shipped);
-    });
-  }
-}
-
 /** The paths swapFile changed in this chroot session. */
 const swapped = (ctx: BuildContext): string[] => {
   if (!ctx.resources.has('chroot-swaps')) ctx.resources.set('chroot-swaps', []);
@@ -258,7 +242,6 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   shareAptCache(ctx, join(ctx.paths.cache, 'apt', `${system.codename}-${arch}-${archiveKey}`), archives);
   await mount(ctx, archives, at('var/cache/apt/archives'), ['--bind']);
 
-  keepAsShipped(ctx, root, ['etc/machine-id', 'var/lib/dbus/machine-id']);
   swapFile(ctx, root, 'etc/resolv.conf', readFileSync('/etc/resolv.conf', 'utf8'));
   swapFile(ctx, root, 'etc/ld.so.preload', null);
   swapFile(ctx, root, 'usr/sbin/policy-rc.d', '#!/bin/sh\n# build-image: no service starts while the image is built\nexit 101\n', 0o755);
