@@ -15,7 +15,8 @@
  * files they name; a password file is hashed again at each build (a fresh salt).
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Config, ConfigKey } from '../pipeline/config.ts';
 import { quote as q } from '../pipeline/commands.ts';
 import { ConfigError } from '../pipeline/errors.ts';
@@ -212,20 +213,29 @@ export function settingsScript(s: ImageSettings, facts: { wifi?: 'networkmanager
 }
 
 /**
- * The files that identify one device, to put back as the image shipped them: a package's script
- * may write a machine id (dbus-uuidgen --ensure), which every card of the image would then share,
- * or replace trixie's "uninitialized", which makes the first boot one (ConditionFirstBoot).
+ * What the image shipped that the settings must not change, to put back after them: the files that
+ * identify one device (a package's script may write a machine id, dbus-uuidgen --ensure, which every
+ * card would then share, or replace trixie's "uninitialized", which makes the first boot one:
+ * ConditionFirstBoot), and the logs (apt's and dpkg's lines of this build; pi-gen empties them).
  */
-function shippedIdentity(root: string): { restore(): void } {
-  const files = ['etc/machine-id', 'var/lib/dbus/machine-id'].map((path) => {
+function asShipped(root: string): { restore(): void } {
+  const ids = ['etc/machine-id', 'var/lib/dbus/machine-id'].map((path) => {
     const file = inRoot(root, path);
     return { file, shipped: existsSync(file) ? readFileSync(file) : undefined };
   });
+  const logDir = inRoot(root, 'var/log');
+  const logs = () => (existsSync(logDir) ? readdirSync(logDir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name)) : []);
+  const logSizes = new Map(logs().map((file) => [file, statSync(file).size]));
   return {
     restore() {
-      for (const { file, shipped } of files) {
+      for (const { file, shipped } of ids) {
         if (shipped === undefined) rmSync(file, { force: true });
         else if (!existsSync(file) || !readFileSync(file).equals(shipped)) writeFileSync(file, shipped);
+      }
+      for (const file of logs()) {
+        const size = logSizes.get(file);
+        if (size === undefined) rmSync(file);
+        else if (statSync(file).size !== size) truncateSync(file, size);
       }
     },
   };
@@ -292,7 +302,7 @@ async function applySettings(ctx: BuildContext, config: Config): Promise<void> {
   if (given(config).length === 0) return;
   const settings = await settingsOf(config);
   const root = rootDir(ctx.paths.work);
-  const identity = shippedIdentity(root);
+  const shipped = asShipped(root);
   const mark = ctx.cleanup.mark();
   await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'], files: stagedFiles(ctx.paths.work) });
   if (settings.packages.length) {
@@ -320,7 +330,7 @@ async function applySettings(ctx: BuildContext, config: Config): Promise<void> {
   ctx.log.useFile('settings.log');
   ctx.status('applying the settings');
   await chrootRun(ctx, ['/bin/bash', '-e', script]);
-  identity.restore();
+  shipped.restore();
   const errors = await ctx.cleanup.unwindTo(mark, 'success');
   if (errors.length) throw errors[0];
 }
