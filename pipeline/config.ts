@@ -77,6 +77,8 @@ interface Spec<T> {
   default: T | (() => T);
   /** Turns a raw value into the setting; throws a string saying what is allowed. */
   parse?: (raw: string) => unknown;
+  /** Never shown as it is: not by --plan, not in the manifest. */
+  secret?: boolean;
 }
 
 type Schema = { [K in keyof Config]: Spec<Config[K]> };
@@ -255,6 +257,7 @@ export const schema: Schema = {
     help: "the user's password as a crypt(3) hash (openssl passwd -6)",
     default: undefined,
     parse: parseCryptHash,
+    secret: true,
   },
   'password-file': {
     kind: 'value',
@@ -554,7 +557,7 @@ export function readConfigFile(path: string): { path: string; values: Record<str
 /** How a value reads in --plan and the manifest. */
 export function formatValue(key: ConfigKey, value: unknown): string {
   if (value === undefined) return '(unset)';
-  if (key === 'password-hash') return '(a password hash)';
+  if (schema[key].secret) return '(a password hash)';
   if (Array.isArray(value)) return value.length ? value.join(', ') : '(none)';
   if (typeof value === 'number' && schema[key].parse === parseSize) return formatBytes(value);
   if (key === 'grow' && typeof value === 'number') return formatBytes(value);

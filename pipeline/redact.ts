@@ -3,7 +3,7 @@
  * credentials and no paths of the machine that built it.
  */
 import { basename } from 'node:path';
-import type { Config, ConfigKey } from './config.ts';
+import { schema, type Config, type ConfigKey } from './config.ts';
 
 /** The user name and password of a URL (`user:token@`), wherever one appears in a text. */
 const USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/@'"]+@/gi;
@@ -20,14 +20,12 @@ export function withoutCredentials(url: string): string {
 
 /** Settings whose values may be paths on the build machine (else URLs, kept without credentials). */
 const HOST_PATHS: readonly ConfigKey[] = ['base', 'os-list', 'overlay', 'script', 'ssh-key', 'password-file', 'wifi-psk-file', 'bootcode', 'piseduce-webui', 'piseduce-agent', 'environment'];
-/** Settings no one but the builder should read, even hashed. */
-const SECRETS: readonly ConfigKey[] = ['password-hash'];
 /** Where the build ran: nothing the image depends on. */
 const HOST_ONLY: readonly ConfigKey[] = ['work', 'cache', 'out'];
 
 /** One setting's value as published. */
 export function published(key: ConfigKey, value: string): string {
-  if (SECRETS.includes(key)) return '***';
+  if (schema[key].secret) return '***';
   if (!HOST_PATHS.includes(key) || /^[a-z][a-z0-9+.-]*:\/\//i.test(value.replace(/^[^=/]*=/, ''))) return withoutCredentials(value);
   // NAME=PATH (--environment), PATH#REF (a local git source): the path's last part only.
   const [, name = '', path = value, ref = ''] = /^(?:([^=/]*)=)?([^#]*)(#.*)?$/.exec(value) ?? [];

@@ -26,13 +26,13 @@ import { rootDir } from './attach.ts';
 import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot/environment.ts';
 import { inRoot } from './image/in-root.ts';
 
-export const SETTING_KEYS: readonly ConfigKey[] = [
+const SETTING_KEYS: readonly ConfigKey[] = [
   'hostname', 'user', 'password-hash', 'password-file', 'ssh-key', 'ssh', 'ssh-password-auth', 'wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden',
   'timezone', 'locale', 'keymap', 'packages', 'enable', 'disable',
 ];
 
 /** What the stage applies: flash's settings and those only a build can apply. */
-export interface ImageSettings extends CardSettings {
+interface ImageSettings extends CardSettings {
   ssh?: 'on' | 'off';
   locale?: string;
   packages: string[];
@@ -49,8 +49,9 @@ function given(config: Config): ConfigKey[] {
 }
 
 /** The settings checked together and the files they name read (one line, exit 2 on a bad one). */
-export async function settingsOf(config: Config): Promise<ImageSettings> {
-  const { hostname, ...card } = (await parseCardSettings({
+async function settingsOf(config: Config): Promise<ImageSettings> {
+  // The host name is checked by the schema (a pimaster's may have dots), not by flash's rule.
+  const card = (await parseCardSettings({
     user: config.user,
     'password-hash': config['password-hash'],
     'password-file': config['password-file'],
@@ -119,7 +120,7 @@ function checkAgainstImage(root: string, s: ImageSettings): { wifi?: 'networkman
 }
 
 /** The shell script (bash -e, inside the image) that applies the settings. */
-export function settingsScript(s: ImageSettings, facts: { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string; bootMount: string }): string {
+function settingsScript(s: ImageSettings, facts: { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string; bootMount: string }): string {
   const out = ['# Written by build-image: the settings of this build, applied inside the image.', 'set -eu', ''];
   if (s.user) {
     const { name, passwordHash = '' } = s.user;

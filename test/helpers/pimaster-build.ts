@@ -52,7 +52,7 @@ function filesUnder(dir: string): string[] {
  */
 function codeKey(base: string, fixture: string): string {
   const hash = createHash('sha256').update(`${base}\n${basename(fixture)}\n`);
-  for (const dir of ['pipeline', 'stages', 'overlays', 'scripts', 'test/fixtures/piseduce-standin.ts', 'test/fixtures/tiny-image.ts', 'test/helpers/pimaster-build.ts']) {
+  for (const dir of ['pipeline', 'stages', 'flash/card-settings.ts', 'overlays', 'scripts', 'test/fixtures/piseduce-standin.ts', 'test/fixtures/tiny-image.ts', 'test/helpers/pimaster-build.ts']) {
     const path = join(repo, dir);
     for (const file of statSync(path).isDirectory() ? filesUnder(path) : [path]) hash.update(file.slice(repo.length)).update(readFileSync(file));
   }
