@@ -1,7 +1,8 @@
 /**
  * The environment for running code inside the attached image under qemu-user: kernel file
  * systems bound in, DNS from the host, no service starting, no libarmmem preload flooding qemu,
- * dpkg's unsafe-io, the host's apt archive cache, an optional apt proxy or mirror. Every change
+ * dpkg's unsafe-io, Python byte-compilation held to the end, the host's apt archive cache, an
+ * optional apt proxy or mirror. Every change
  * to the image's own files is undone on the way out, so none of it stays in the finished image.
  */
 import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,6 +16,7 @@ import { rootDir } from '../attach.ts';
 import { ensureBinfmt, type Arch } from './emulation.ts';
 import { mount } from '../image/loop.ts';
 import { entryInRoot, inRoot } from '../image/in-root.ts';
+import { compileHeldPython, holdPythonCompile } from './python-compile.ts';
 
 const SAVED = '.build-image-saved';
 /** Inside the image, on a tmpfs: scripts and files staged for them, gone after the build. */
@@ -23,9 +25,12 @@ export const STAGING = '/run/build-image';
 /** Files gathered on the host for the scripts (sources, keys, environments): bound read-only at STAGING/files. */
 export const stagedFiles = (work: string) => join(work, 'files');
 
+/** Stand-ins for commands whose work waits for the end of the session (see python-compile.ts). */
+export const HELD_BIN = `${STAGING}/held`;
+
 /** The environment every command in the image gets (nothing of the host's leaks in). */
 export const CHROOT_ENV: Readonly<Record<string, string>> = {
-  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  PATH: `${HELD_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
   HOME: '/root',
   LANG: 'C.UTF-8',
   DEBIAN_FRONTEND: 'noninteractive',
@@ -190,11 +195,26 @@ function shareAptCache(ctx: BuildContext, shared: string, archives: string): voi
   });
 }
 
+/**
+ * What makes installing packages under emulation faster without changing what is installed:
+ * dpkg's force-unsafe-io (no fsync per file: the image is synced when it is detached), and Python
+ * byte-compilation done once at the end, on the host where it can be (python-compile.ts).
+ */
+export const SPEED_UPS = ['unsafe-io', 'python-compile'] as const;
+export type SpeedUp = (typeof SPEED_UPS)[number];
+
+/** The speed-ups on: all, less those BUILD_IMAGE_SPEEDUPS_OFF names ("all" for every one), to measure or rule one out. */
+export function speedUpsOn(env: NodeJS.ProcessEnv = process.env): Set<SpeedUp> {
+  const off = (env.BUILD_IMAGE_SPEEDUPS_OFF ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  for (const name of off) {
+    if (name !== 'all' && !(SPEED_UPS as readonly string[]).includes(name)) throw new UserError(`BUILD_IMAGE_SPEEDUPS_OFF=${env.BUILD_IMAGE_SPEEDUPS_OFF}: no speed-up "${name}"; name some of ${SPEED_UPS.join(', ')}, or all`);
+  }
+  return new Set(SPEED_UPS.filter((s) => !off.includes(s) && !off.includes('all')));
+}
+
 export interface ChrootOptions {
   aptProxy?: string;
   aptMirror?: string;
-  /** dpkg's force-unsafe-io (no fsync per file): on unless a benchmark measures without it. */
-  unsafeIo?: boolean;
   /** A host directory bound read-only at STAGING/files (what the files stage gathered). */
   files?: string;
 }
@@ -206,6 +226,7 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   const system = ctx.state.system;
   if (!system) throw new UserError('chroot: the image is not attached; run from attach or earlier');
   const arch = system.arch as Arch;
+  const speedUps = speedUpsOn();
   await ensureBinfmt(ctx, arch);
 
   // Mount points resolved inside the image: its `run -> /run` must not hide the host's /run.
@@ -246,7 +267,7 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   swapFile(ctx, root, 'etc/ld.so.preload', null);
   swapFile(ctx, root, 'usr/sbin/policy-rc.d', '#!/bin/sh\n# build-image: no service starts while the image is built\nexit 101\n', 0o755);
   // Unsafe I/O only while building; files an overlay put in place win over a package's defaults.
-  swapFile(ctx, root, 'etc/dpkg/dpkg.cfg.d/zz-build-image', `${options.unsafeIo === false ? '' : 'force-unsafe-io\n'}force-confdef\nforce-confold\n`);
+  swapFile(ctx, root, 'etc/dpkg/dpkg.cfg.d/zz-build-image', `${speedUps.has('unsafe-io') ? 'force-unsafe-io\n' : ''}force-confdef\nforce-confold\n`);
   const apt = [
     'APT::Keep-Downloaded-Packages "true";',
     'Binary::apt::APT::Keep-Downloaded-Packages "true";',
@@ -258,6 +279,8 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
     'Acquire::Retries "3";',
   ];
   if (options.aptProxy) apt.push(`Acquire::http::Proxy "${options.aptProxy}";`);
+  // apt gives dpkg a PATH of its own (/usr/sbin:/usr/bin:/sbin:/bin): the held commands go first.
+  if (speedUps.has('python-compile')) apt.push(`DPkg::Path "${HELD_BIN}:/usr/sbin:/usr/bin:/sbin:/bin";`);
   swapFile(ctx, root, 'etc/apt/apt.conf.d/zz-build-image', `${apt.join('\n')}\n`);
   mkdirSync(inRoot(root, `${STAGING}/scripts`), { recursive: true });
   writeRestoreCommand(ctx, root);
@@ -265,6 +288,14 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   if (options.files && existsSync(options.files)) {
     mkdirSync(inRoot(root, `${STAGING}/files`));
     await mount(ctx, options.files, inRoot(root, `${STAGING}/files`), ['--bind', '-o', 'ro']);
+  }
+  if (speedUps.has('python-compile')) {
+    mkdirSync(inRoot(root, HELD_BIN), { recursive: true });
+    holdPythonCompile(root, HELD_BIN);
+    // Only a session that succeeded is worth finishing: a failed one's image is thrown away.
+    ctx.defer('byte-compile the Python modules whose compilation was held', (outcome) =>
+      outcome === 'success' ? compileHeldPython(ctx, root, HELD_BIN, arch, (args, input) => chrootRun(ctx, args, { input })) : undefined,
+    );
   }
   // Registered last so it runs first: a process still holding a file under one of these mounts
   // (apt stopped by Ctrl-C) would keep it from being unmounted.

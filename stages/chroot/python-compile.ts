@@ -1,0 +1,200 @@
+/**
+ * Python byte-compilation held off while packages install, then done once at the end of the chroot
+ * session, by the host's Python when it is the image's own version.
+ *
+ * Under qemu-user most of a Python package's install is its postinst's `py3compile -p PKG`: two
+ * emulated interpreters started for a few files, package after package (74 s of the pimaster's
+ * 141 s of dpkg). The maintainer scripts find py3compile through PATH, so a stand-in first on the
+ * chroot's PATH (HELD_BIN in environment.ts) writes each call down instead. At the end the files
+ * those calls name (the packages' public modules, chosen as py3compile chooses them) are compiled
+ * in one go: by
+ * /usr/bin/python3.X on the host when it is the same release as the image's (same compiler, same
+ * .pyc bytes), else by the image's interpreter under emulation, still once rather than per
+ * package. Calls of any other form, and images with exclusion lists, get the image's own
+ * py3compile, run as they were called.
+ */
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { UserError } from '../../pipeline/errors.ts';
+import type { BuildContext } from '../../pipeline/stage.ts';
+import { inRoot } from '../image/in-root.ts';
+
+/** Where the stand-in writes the calls down: beside it, in `held` (a directory inside the image). */
+const callsFile = (held: string) => `${held}/py3compile.calls`;
+
+/** Put the py3compile stand-in in `held`, the directory the chroot's PATH looks in first. */
+export function holdPythonCompile(root: string, held: string): void {
+  const calls = callsFile(held);
+  const standIn = [
+    '#!/bin/sh',
+    '# Written by build-image: byte-compilation waits for the end of this build step (each argument',
+    '# on a line, a blank line after each call); build-image compiles what the calls name then.',
+    `for arg in "$@"; do printf '%s\\n' "$arg"; done >> ${calls}`,
+    `echo >> ${calls}`,
+    '',
+  ].join('\n');
+  writeFileSync(inRoot(root, `${held}/py3compile`), standIn, { mode: 0o755 });
+}
+
+/** The calls the stand-in wrote down, in order. */
+function heldCalls(root: string, held: string): string[][] {
+  const file = inRoot(root, callsFile(held));
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8')
+    .split('\n\n')
+    .map((call) => call.split('\n').filter((arg) => arg !== ''))
+    .filter((call) => call.length > 0);
+}
+
+/** `py3compile -p PKG` (a package's public modules, the only form dh-python's scripts use): PKG. */
+function packageOf(call: string[]): string | undefined {
+  if (call.length === 2 && (call[0] === '-p' || call[0] === '--package')) return call[1];
+  const long = call.length === 1 ? /^--package=(.+)$/.exec(call[0]!) : null;
+  return long?.[1];
+}
+
+/** The Python 3 versions py3compile compiles for: the supported ones the image has ("3.11"). */
+function supportedVersions(root: string): string[] {
+  const defaults = inRoot(root, '/usr/share/python3/debian_defaults');
+  if (!existsSync(defaults)) return [];
+  const line = /^supported-versions\s*=\s*(.*)$/m.exec(readFileSync(defaults, 'utf8'))?.[1] ?? '';
+  return [...line.matchAll(/python(3\.\d+)/g)].map((m) => m[1]!).filter((v) => existsSync(inRoot(root, `/usr/bin/python${v}`)));
+}
+
+/** The .py files dpkg lists for `pkg` ("NAME" or "NAME:ARCH"): NAME.list, or NAME:ARCH.list for a Multi-Arch: same one. */
+function packageFiles(root: string, pkg: string, arch: string): string[] {
+  const info = inRoot(root, '/var/lib/dpkg/info');
+  const [name, pkgArch = arch] = pkg.split(':');
+  const list = [`${name}.list`, `${name}:${pkgArch}.list`].map((f) => join(info, f)).find(existsSync);
+  if (!list) throw new UserError(`py3compile -p ${pkg}: dpkg has no file list for ${pkg} in the image`);
+  return readFileSync(list, 'utf8').split('\n').filter((f) => f.endsWith('.py'));
+}
+
+/** The public module directories' version: /usr/lib/python3/dist-packages → "3" (debpython's PUBLIC_DIR_RE). */
+const PUBLIC_DIR = /^.*?\/usr\/lib\/python(\d(?:.\d+)?)\/(?:site|dist)-packages/;
+
+/** What a /usr/share/python3/bcep line keeps from being compiled, for which of the versions. */
+interface Exclusion {
+  type: string;
+  versions: string[];
+  dir: string;
+  pattern: RegExp;
+}
+
+/** `major.minor` as a number that orders (3.9 < 3.11). */
+const order = (version: string) => version.split('.').reduce((n, part) => n * 1000 + Number(part), 0);
+
+/** Which of `versions` a debpython range ("3.1-", "-3.6", "3.1-3.3", "3.2", "") takes (the upper end is excluded). */
+function inRange(range: string, versions: string[]): string[] {
+  if (range === '' || range === '-') return versions;
+  const m = /^(\d+\.\d+)?(-)?(\d+\.\d+)?$/.exec(range);
+  if (!m) throw new Error(`version range ${range}`);
+  if (!m[2]) return versions.filter((v) => v === m[1]);
+  return versions.filter((v) => (!m[1] || order(v) >= order(m[1])) && (!m[3] || order(v) < order(m[3])));
+}
+
+/**
+ * The exclusion lists packages put in /usr/share/python3/bcep ("type|range|dir|regex"), read as
+ * debpython reads them; undefined when one cannot be read here (py3compile then does it all).
+ */
+function exclusions(root: string, versions: string[]): Exclusion[] | undefined {
+  const dir = inRoot(root, '/usr/share/python3/bcep');
+  if (!existsSync(dir)) return [];
+  const found: Exclusion[] = [];
+  try {
+    for (const name of readdirSync(dir).filter((n) => !n.startsWith('.'))) {
+      for (const line of readFileSync(join(dir, name), 'utf8').split('\n')) {
+        if (line === '' || line.startsWith('#')) continue;
+        const [type = '', range = '', path = '', ...rest] = line.split('|');
+        const applies = inRange(range, versions);
+        if (applies.length === 0) continue;
+        // Python's re.match anchors at the start only.
+        const pattern = new RegExp(`^(?:${rest.length ? rest.join('|') : '.*'})`);
+        found.push({ type, versions: applies, dir: type === 'file' ? path : `${path.replace(/\/+$/, '')}/`, pattern });
+      }
+    }
+  } catch {
+    return undefined;
+  }
+  return found;
+}
+
+/** The versions `file` is compiled for, once the exclusions have had their say (debpython's filter_files). */
+function versionsFor(file: string, versions: string[], excluded: Exclusion[]): string[] {
+  let left = versions;
+  for (const e of excluded) {
+    if (!file.startsWith(e.dir)) continue;
+    const hit = e.type === 'dir' || (e.type === 'file' && file === e.dir) || (e.type === 're' && (e.pattern.test(file) || e.pattern.test(file.slice(e.dir.length))));
+    if (hit) left = left.filter((v) => !e.versions.includes(v));
+  }
+  return left;
+}
+
+/** The files `py3compile -p PKG` compiles for each version (what debpython's filter_public keeps). */
+function publicModules(root: string, packages: string[], versions: string[], excluded: Exclusion[], arch: string): Map<string, string[]> {
+  const byVersion = new Map(versions.map((v) => [v, [] as string[]]));
+  for (const pkg of new Set(packages)) {
+    for (const file of packageFiles(root, pkg, arch)) {
+      const dir = PUBLIC_DIR.exec(file)?.[1];
+      if (dir === undefined || !statSync(inRoot(root, file), { throwIfNoEntry: false })?.isFile()) continue;
+      const forDir = dir === '3' ? versions : versions.filter((v) => v === dir);
+      for (const v of versionsFor(file, forDir, excluded)) byVersion.get(v)!.push(file);
+    }
+  }
+  return byVersion;
+}
+
+/** The image's release of python3.X ("3.11.2"), from dpkg's status of python3.X-minimal. */
+function imageRelease(root: string, version: string): string | undefined {
+  const status = readFileSync(inRoot(root, '/var/lib/dpkg/status'), 'utf8');
+  const stanza = status.split('\n\n').find((s) => new RegExp(`^Package: python${version.replace('.', '\\.')}-minimal$`, 'm').test(s));
+  return /^Version: (?:\d+:)?(\d+\.\d+\.\d+)/m.exec(stanza ?? '')?.[1];
+}
+
+/** The release of the host's /usr/bin/python3.X, if it has one. */
+async function hostRelease(ctx: BuildContext, version: string): Promise<string | undefined> {
+  const python = `/usr/bin/python${version}`;
+  if (!existsSync(python)) return undefined;
+  const result = await ctx.run(python, ['-E', '-S', '-c', 'import platform; print(platform.python_version())'], { reject: false });
+  return result.exitCode === 0 ? result.stdout.trim() : undefined;
+}
+
+/**
+ * Compiles the in-image paths read from stdin as py_compile does inside the image: the .pyc beside
+ * the source under the image's root, the in-image path recorded as the file name, timestamp
+ * invalidation, directories and files made as under dpkg's umask.
+ */
+const HOST_COMPILE = `
+import importlib.util, os, py_compile, sys
+os.umask(0o022)
+root = sys.argv[1]
+for line in sys.stdin:
+    path = line.rstrip('\\n')
+    py_compile.compile(root + path, cfile=root + importlib.util.cache_from_source(path), dfile=path, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+`;
+
+/**
+ * Compile what the held py3compile calls named, then forget them. `chroot` runs a command in the
+ * image (the chroot is still entered).
+ */
+export async function compileHeldPython(ctx: BuildContext, root: string, held: string, arch: string, chroot: (args: string[], input?: string) => Promise<unknown>): Promise<void> {
+  const calls = heldCalls(root, held);
+  if (calls.length === 0) return;
+  const versions = supportedVersions(root);
+  const excluded = exclusions(root, versions);
+  const packages = excluded ? calls.map(packageOf).filter((p) => p !== undefined) : [];
+  const others = excluded ? calls.filter((c) => packageOf(c) === undefined) : calls;
+  ctx.status(`byte-compiling the Python modules of ${calls.length} package${calls.length > 1 ? 's' : ''}`);
+  for (const [version, files] of publicModules(root, packages, versions, excluded ?? [], arch)) {
+    if (files.length === 0) continue;
+    const release = imageRelease(root, version);
+    const host = release !== undefined && (await hostRelease(ctx, version)) === release;
+    ctx.log.line(`python${version}: ${files.length} modules of ${new Set(packages).size} packages compiled ${host ? `by the host's Python ${release}` : `in the image (the host has no Python ${release ?? version})`}`);
+    const input = `${files.join('\n')}\n`;
+    if (host) await ctx.run(`/usr/bin/python${version}`, ['-E', '-S', '-c', HOST_COMPILE, root], { input });
+    else await chroot([`/usr/bin/python${version}`, '-m', 'py_compile', '-'], input);
+  }
+  for (const call of others) await chroot(['/usr/bin/py3compile', ...call]);
+  writeFileSync(inRoot(root, callsFile(held)), '');
+}
