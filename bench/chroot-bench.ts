@@ -1,8 +1,9 @@
 /**
  * Installing the pimaster's package set (scripts/pimaster/10-packages.sh) into the arm64 Debian
- * fixture under qemu-user, three ways: without the speed-ups (dpkg syncing every file, an empty
- * apt cache), with dpkg's unsafe-io, and with unsafe-io and the apt cache of the run before (a
- * second build). Prints one table. Needs root and the network to the Debian mirror; takes about
+ * fixture under qemu-user, three ways: without the speed-ups (dpkg syncing every file, Python
+ * compiled package by package in the image, an empty apt cache), with them (SPEED_UPS in
+ * stages/chroot/environment.ts), and with them and the apt cache of the run before (a second
+ * build). Prints one table. Needs root and the network to the Debian mirror; takes about
  * a quarter of an hour on two cores.
  *
  *   node bench/chroot-bench.ts
@@ -24,15 +25,15 @@ import { debianImage } from '../test/fixtures/debian-image.ts';
 
 const script = new URL('../scripts/pimaster/10-packages.sh', import.meta.url).pathname;
 
-/** A stage that runs the package script in the image, with or without unsafe-io, and times it. */
-function install(unsafeIo: boolean, result: { seconds: number }): Stage {
+/** A stage that runs the package script in the image and times it. */
+function install(result: { seconds: number }): Stage {
   return {
     name: 'install',
     describe: () => 'apt-get install the pimaster packages',
     options: [],
     async run(ctx) {
       await scoped(ctx.cleanup, ctx.signal, async () => {
-        await enterChroot(ctx, { unsafeIo });
+        await enterChroot(ctx);
         const started = performance.now();
         await chrootRun(ctx, ['/bin/bash', '-e', '-c', readFileSync(script, 'utf8')], { env: { BUILD_STAGING: STAGING } });
         result.seconds = (performance.now() - started) / 1000;
@@ -41,7 +42,9 @@ function install(unsafeIo: boolean, result: { seconds: number }): Stage {
   };
 }
 
-async function measure(fixture: string, cache: string, unsafeIo: boolean): Promise<{ seconds: number; cached: number }> {
+/** One install; `speedUpsOff` as BUILD_IMAGE_SPEEDUPS_OFF. */
+async function measure(fixture: string, cache: string, speedUpsOff: string): Promise<{ seconds: number; cached: number }> {
+  process.env.BUILD_IMAGE_SPEEDUPS_OFF = speedUpsOff;
   const dir = mkdtempSync(join(tmpdir(), 'chroot-bench-'));
   try {
     const image = join(dir, 'image.img');
@@ -49,7 +52,7 @@ async function measure(fixture: string, cache: string, unsafeIo: boolean): Promi
     const cached = Number((await execa('du', ['-s', '--block-size=1', cache], { reject: false })).stdout.split('\t')[0] || 0);
     const result = { seconds: 0 };
     const config = defaultConfig({ work: join(dir, 'work'), cache, out: join(dir, 'out'), grow: 1024 * 2 ** 20 });
-    await runPipeline({ name: 'bench', summary: '', stages: [growStage, attachStage, install(unsafeIo, result), finalizeStage] }, config, {}, new QuietReporter(), { image });
+    await runPipeline({ name: 'bench', summary: '', stages: [growStage, attachStage, install(result), finalizeStage] }, config, {}, new QuietReporter(), { image });
     return { seconds: result.seconds, cached };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -60,9 +63,9 @@ const fixture = await debianImage('arm64');
 const caches = mkdtempSync(join(tmpdir(), 'chroot-bench-cache-'));
 try {
   const rows: Array<[string, { seconds: number; cached: number }]> = [];
-  rows.push(['no speed-ups (fsync, empty apt cache)', await measure(fixture, join(caches, 'a'), false)]);
-  rows.push(['unsafe-io, empty apt cache', await measure(fixture, join(caches, 'b'), true)]);
-  rows.push(['unsafe-io, apt cache of the run before', await measure(fixture, join(caches, 'b'), true)]);
+  rows.push(['no speed-ups, empty apt cache', await measure(fixture, join(caches, 'a'), 'all')]);
+  rows.push(['speed-ups, empty apt cache', await measure(fixture, join(caches, 'b'), '')]);
+  rows.push(['speed-ups, apt cache of the run before', await measure(fixture, join(caches, 'b'), '')]);
   const base = rows[0]![1].seconds;
   process.stdout.write('\nInstalling the pimaster package set into the arm64 fixture (qemu-user)\n\n');
   process.stdout.write(`  ${'case'.padEnd(42)} ${'time'.padStart(8)}  ${'vs first'.padStart(8)}  apt cache before\n`);

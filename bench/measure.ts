@@ -43,3 +43,34 @@ export function formatTable(rows: readonly (readonly string[])[], figures: reado
   const align = (cell: string, i: number) => (figures.includes(i) ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!));
   return rows.map((r) => r.map(align).join('   ').trimEnd()).join('\n');
 }
+
+/** Mount each image's root read-only (a loop device that goes with the mount) while `use` runs. */
+async function withRoots<T>(images: string[], dir: string, use: (roots: string[]) => Promise<T>): Promise<T> {
+  const roots: string[] = [];
+  try {
+    for (const [i, image] of images.entries()) {
+      const root = `${dir}/root-${i}`;
+      await execa('mkdir', ['-p', root]);
+      await execa('mount', ['-o', `ro,noload,loop,offset=${await lastPartitionOffset(image)}`, image, root]);
+      roots.push(root);
+    }
+    return await use(roots);
+  } finally {
+    for (const root of roots.reverse()) await execa('umount', [root]);
+  }
+}
+
+/**
+ * How two images' roots differ as a user could tell: paths whose content (checksum), type, mode,
+ * owner or link target differ, or that only one has (rsync's dry run; times are not compared).
+ * Also how many .pyc files each holds.
+ */
+export async function rootDifferences(a: string, b: string, dir: string): Promise<{ pyc: [number, number]; differing: string[] }> {
+  return withRoots([a, b], dir, async ([rootA, rootB]) => {
+    const pycs = async (root: string) => Number((await execa('bash', ['-c', `find "$1" -xdev -name '*.pyc' | wc -l`, '_', root!])).stdout);
+    const { stdout } = await execa('rsync', ['-n', '-rlpgoDc', '--delete', '--itemize-changes', `${rootA}/`, `${rootB}/`]);
+    // "*deleting path" (only in a), ">f+++++++++ path" (only in b), ">fc........ path" (content), ...
+    const differing = stdout.split('\n').filter((l) => l.trim() !== '').map((l) => l.replace(/^\S+\s+/, ''));
+    return { pyc: [await pycs(rootA!), await pycs(rootB!)], differing };
+  });
+}

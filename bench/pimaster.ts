@@ -27,7 +27,7 @@ import type { Output } from '../stages/image/state.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
 import { makePiseduceStandins } from '../test/fixtures/piseduce-standin.ts';
 import { startServer } from '../test/helpers/http-server.ts';
-import { formatTable, inUseImageSize, minimumImageSize, xzUncompressedSize } from './measure.ts';
+import { formatTable, inUseImageSize, minimumImageSize, rootDifferences, xzUncompressedSize } from './measure.ts';
 
 const CHILD = '--pipeline-child';
 const repo = fileURLToPath(new URL('../', import.meta.url));
@@ -54,9 +54,10 @@ async function pipelineChild(spec: { flags: Record<string, unknown>; until?: str
   process.stdout.write(`${JSON.stringify(build)}\n`);
 }
 
-async function build(toolkit: string, flags: Record<string, unknown>, until?: string): Promise<Build> {
+/** One build in a child process; `speedUpsOff` as BUILD_IMAGE_SPEEDUPS_OFF (see stages/chroot/environment.ts). */
+async function build(toolkit: string, flags: Record<string, unknown>, until?: string, speedUpsOff = ''): Promise<Build> {
   const { stdout } = await execa(process.execPath, [join(toolkit, 'bench/pimaster.ts'), CHILD, JSON.stringify({ flags, until })], {
-    env: { CI: 'true' },
+    env: { CI: 'true', BUILD_IMAGE_SPEEDUPS_OFF: speedUpsOff },
     stderr: 'inherit',
     forceKillAfterDelay: false, // SIGTERM only: the child unwinds what it attached
   });
@@ -113,6 +114,29 @@ async function bench(keep: boolean): Promise<string> {
     say('rebuild after changing the pimaster\'s last script');
     appendFileSync(join(toolkit, 'scripts/pimaster/90-clean.sh'), '# bench: a late change\n');
     const late = await build(toolkit, flags);
+
+    // The chroot stage again, from its first script (changed, so the stage cache has no snapshot
+    // for it), with the apt archives the full build downloaded, each speed-up off in turn.
+    const chroot: Array<{ label: string; off: string; seconds: number; image?: string }> = [
+      { label: 'all speed-ups on', off: '', seconds: 0 },
+      { label: 'python-compile off (as before issue 17)', off: 'python-compile', seconds: 0 },
+      { label: 'unsafe-io off', off: 'unsafe-io', seconds: 0 },
+      { label: 'all off', off: 'all', seconds: 0 },
+    ];
+    for (const run of chroot) {
+      say(`the chroot stage again, ${run.label}`);
+      appendFileSync(join(toolkit, 'scripts/pimaster/10-packages.sh'), `# bench: ${run.label}\n`);
+      const built = await build(toolkit, flags, 'chroot', run.off);
+      run.seconds = built.timings.find((t) => t.stage === 'chroot')!.seconds;
+      if (run.off === '' || run.off === 'python-compile') {
+        run.image = join(dir, `chroot-${run.off || 'on'}.img`);
+        await execa('cp', ['--sparse=always', built.image, run.image]);
+      }
+    }
+    const [on, before] = [chroot[0]!, chroot[1]!];
+    const differences = await rootDifferences(on.image!, before.image!, dir);
+    for (const run of chroot) if (run.image) rmSync(run.image);
+
     say('rebuild for other output formats only (.img, .img.xz, .img.zst)');
     const formats = await build(toolkit, { ...flags, compress: 'none,xz,zstd' });
     const size = (format: string) => formats.outputs.find((o) => o.format === format)!.size;
@@ -133,6 +157,9 @@ async function bench(keep: boolean): Promise<string> {
     const share = (b: Build) => (100 * total(b)) / total(full);
     const overhead = (100 * (total(full) - commandTime(full))) / total(full);
     const rss = Math.max(...[full, overlay, late, formats, unshrunk].map((b) => b.maxRssKiB)) * 1024;
+    const ratio = on.seconds / before.seconds;
+    const pycDiffering = differences.differing.filter((p) => p.endsWith('.pyc')).length;
+    const others = differences.differing.filter((p) => !p.endsWith('.pyc'));
     const imgOver = (100 * (size('none') - (inUse + margin))) / (inUse + margin);
     const baselineImg = await xzUncompressedSize(baselineOut);
     const ok = (pass: boolean) => (pass ? 'yes' : 'NO');
@@ -145,11 +172,17 @@ async function bench(keep: boolean): Promise<string> {
       ['.img', formatBytes(size('none')), '<= in use + margin + 5%', ok(imgOver <= 5), `boot + root blocks in use ${formatBytes(inUse)} + --shrink-margin ${formatBytes(margin)}: ${imgOver >= 0 ? '+' : ''}${imgOver.toFixed(1)}%; resize2fs -P minimum ${formatBytes(minimum)}; PiShrink-style .img ${formatBytes(baselineImg)}`],
       ['.img.xz', formatBytes(size('xz')), '<= baseline', ok(size('xz') <= baselineXz), `PiShrink-style baseline (resize2fs -M, xz -T0 -6): ${formatBytes(baselineXz)} in ${s(baselineSeconds)}`],
       ['.img.zst', formatBytes(size('zstd')), '', '', ''],
+      ['chroot stage, all speed-ups on', s(on.seconds), '<= 0.6 x before', ok(ratio <= 0.6), `${ratio.toFixed(2)} x the chroot stage with python-compile off (${s(before.seconds)}), as it ran before issue 17`],
+      ...chroot.slice(2).map((run) => [`chroot stage, ${run.label}`, s(run.seconds), '', '', `${(run.seconds / on.seconds).toFixed(2)} x all on`]),
       ['pipeline overhead', `${overhead.toFixed(1)}%`, '< 5%', ok(overhead < 5), `full build: ${s(total(full) - commandTime(full))} of ${s(total(full))} not spent in commands`],
       ['peak RSS', formatBytes(rss), '< 200 MiB', ok(rss < 200 * 2 ** 20), 'maxRSS of the Node process running each build, the largest'],
     ];
     const stages = full.timings.map((t) => `${t.stage} ${t.seconds.toFixed(1)}`).join(', ');
-    return `pimaster bench: arm64 Debian fixture, ${(await execa('nproc')).stdout} CPUs\n${formatTable(rows, [1])}\nfull build by stage (s): ${stages}`;
+    const sameness = [
+      `the image after the chroot stage, all on against python-compile off: .pyc files ${differences.pyc[0]} and ${differences.pyc[1]}, ${pycDiffering} of them differing;`,
+      `${others.length} other paths differ${others.length ? `: ${others.slice(0, 12).join(', ')}${others.length > 12 ? ', ...' : ''}` : ''}`,
+    ].join(' ');
+    return `pimaster bench: arm64 Debian fixture, ${(await execa('nproc')).stdout} CPUs\n${formatTable(rows, [1])}\nfull build by stage (s): ${stages}\n${sameness}`;
   } finally {
     await server.close();
     if (keep) say(`kept ${dir}`);
