@@ -1,6 +1,6 @@
 /** Scripts inside real arm64 and armhf images under qemu-user, with real apt against the Debian mirror. */
 import test from 'ava';
-import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
@@ -93,6 +93,48 @@ test.serial('a second build downloads no package again: the apt archive cache is
   t.regex(log, /Hello, world!/);
   t.notRegex(log, /^Get:\d+ \S+ bookworm\/main arm64 hello /m, 'hello was not downloaded');
   t.regex(log, /Need to get 0 B/);
+});
+
+test.serial("Python modules are compiled once, at the end, by the host's Python: the same .pyc bytes as the image's own compile", async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = await fixtureCopy(dir, 'arm64');
+  const pyc = '/usr/lib/python3/dist-packages/__pycache__/six.cpython-311.pyc';
+  const install = script(dir, '10-six.sh', `apt-get update -q\napt-get install -y -q --no-install-recommends python3-six\ntest -e ${pyc} || echo "no six.pyc while the session lasts"`);
+  // The next stage is a new session: it sees what the end of the first one compiled.
+  mkdirSync(join(dir, 'check'));
+  script(join(dir, 'check'), '10-check.sh', [
+    'set -e',
+    `python3 -c "import py_compile; py_compile.compile('/usr/lib/python3/dist-packages/six.py', cfile='/tmp/six.pyc', doraise=True)"`,
+    `cmp /tmp/six.pyc ${pyc} && echo "six.pyc: the same bytes as the image's own py_compile"`,
+    `before=$(stat -c %Y ${pyc}); python3 -c 'import six'; [ "$(stat -c %Y ${pyc})" = "$before" ] && echo "six imports without compiling again"`,
+    'ls /usr/share/python3/debpython/__pycache__/version.cpython-311.pyc && echo "python3-minimal\'s private modules compiled"',
+  ].join('\n'));
+  const config = testConfig(dir, { cache: TEST_CACHE, script: [install] });
+  await runStages([growStage, attachStage, chrootStage(), chrootStage({ name: 'check', scriptsDir: join(dir, 'check'), user: false }), finalizeStage], config, { image });
+  const log = logsOf(config);
+  t.regex(log, /no six\.pyc while the session lasts/);
+  t.regex(log, /python3\.11: \d+ modules of \d+ py3compile calls compiled by the host's Python 3\.11\.\d+/);
+  t.regex(log, /six\.pyc: the same bytes as the image's own py_compile/);
+  t.regex(log, /six imports without compiling again/);
+  t.regex(log, /python3-minimal's private modules compiled/);
+  t.regex(await rootFile(image, 'stat /run/build-image'), /File not found/);
+});
+
+test.serial("apt's indexes of the last build are there for apt-get update, and taken out again when no update came", async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = await fixtureCopy(dir, 'arm64');
+  const count = 'echo "indexes before update: $(ls /var/lib/apt/lists | grep -c _Packages)"';
+  mkdirSync(join(dir, 'a'));
+  // The first build fetches them (or finds them from an earlier test); the second starts with them.
+  await runStages([growStage, attachStage, chrootStage(), finalizeStage], testConfig(join(dir, 'a'), { cache: TEST_CACHE, script: [script(dir, '10-update.sh', `${count}\napt-get update -q`)] }), { image: await fixtureCopy(join(dir, 'a'), 'arm64') });
+  const config = testConfig(dir, { cache: TEST_CACHE, script: [script(dir, '10-look.sh', `${count}\napt-cache show hello | grep -c ^Package:`)] });
+  await runStages([growStage, attachStage, chrootStage(), finalizeStage], config, { image });
+  const log = logsOf(config);
+  t.regex(log, /indexes before update: [1-9]/, 'the indexes of the last build were put in');
+  t.regex(log, /^1$/m, 'apt read them');
+  t.notRegex(await rootFile(image, 'ls /var/lib/apt/lists'), /_Packages/, 'without an update they were taken out again');
 });
 
 test.serial('a failing script: its name, exit code and last lines; nothing left behind', async (t) => {

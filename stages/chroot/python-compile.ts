@@ -6,18 +6,17 @@
  * emulated interpreters started for a few files, package after package (74 s of the pimaster's
  * 141 s of dpkg). The maintainer scripts find py3compile through PATH, so a stand-in first on the
  * chroot's PATH (HELD_BIN in environment.ts) writes each call down instead. At the end the files
- * those calls name (the packages' public modules, chosen as py3compile chooses them) are compiled
- * in one go: by
- * /usr/bin/python3.X on the host when it is the same release as the image's (same compiler, same
- * .pyc bytes), else by the image's interpreter under emulation, still once rather than per
- * package. Calls of any other form, and images with exclusion lists, get the image's own
- * py3compile, run as they were called.
+ * those calls name (`-p PKG`: the package's public modules; `-p PKG DIR`: its files there; chosen
+ * as py3compile chooses them, with the exclusions of /usr/share/python3/bcep) are compiled in one
+ * go: by /usr/bin/python3.X on the host when it is the image's release (same compiler, same .pyc
+ * bytes), else by the image's interpreter under emulation, once rather than per package. Calls of
+ * any other form get the image's own py3compile, run as they were called.
  */
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { posix } from 'node:path';
 import { UserError } from '../../pipeline/errors.ts';
 import type { BuildContext } from '../../pipeline/stage.ts';
-import { inRoot } from '../image/in-root.ts';
+import { entryInRoot, inRoot } from '../image/in-root.ts';
 
 /** Where the stand-in writes the calls down: beside it, in `held` (a directory inside the image). */
 const callsFile = (held: string) => `${held}/py3compile.calls`;
@@ -46,29 +45,27 @@ function heldCalls(root: string, held: string): string[][] {
     .filter((call) => call.length > 0);
 }
 
-/** `py3compile -p PKG` (a package's public modules, the only form dh-python's scripts use): PKG. */
-function packageOf(call: string[]): string | undefined {
-  if (call.length === 2 && (call[0] === '-p' || call[0] === '--package')) return call[1];
-  const long = call.length === 1 ? /^--package=(.+)$/.exec(call[0]!) : null;
-  return long?.[1];
-}
-
-/** The Python 3 versions py3compile compiles for: the supported ones the image has ("3.11"). */
+/** The image's Python 3 versions py3compile compiles for ("3.11"), the default first, as debian_defaults names them. */
 function supportedVersions(root: string): string[] {
   const defaults = inRoot(root, '/usr/share/python3/debian_defaults');
   if (!existsSync(defaults)) return [];
-  const line = /^supported-versions\s*=\s*(.*)$/m.exec(readFileSync(defaults, 'utf8'))?.[1] ?? '';
-  return [...line.matchAll(/python(3\.\d+)/g)].map((m) => m[1]!).filter((v) => existsSync(inRoot(root, `/usr/bin/python${v}`)));
+  const text = readFileSync(defaults, 'utf8');
+  const named = (key: string) => [...(new RegExp(`^${key}\\s*=\\s*(.*)$`, 'm').exec(text)?.[1] ?? '').matchAll(/python(3\.\d+)/g)].map((m) => m[1]!);
+  const supported = named('supported-versions').filter((v) => existsSync(inRoot(root, `/usr/bin/python${v}`)));
+  const first = named('default-version').filter((v) => supported.includes(v));
+  return [...first, ...supported.filter((v) => !first.includes(v))];
 }
 
 /** The .py files dpkg lists for `pkg` ("NAME" or "NAME:ARCH"): NAME.list, or NAME:ARCH.list for a Multi-Arch: same one. */
 function packageFiles(root: string, pkg: string, arch: string): string[] {
-  const info = inRoot(root, '/var/lib/dpkg/info');
   const [name, pkgArch = arch] = pkg.split(':');
-  const list = [`${name}.list`, `${name}:${pkgArch}.list`].map((f) => join(info, f)).find(existsSync);
+  const list = [`${name}.list`, `${name}:${pkgArch}.list`].map((f) => inRoot(root, `/var/lib/dpkg/info/${f}`)).find(existsSync);
   if (!list) throw new UserError(`py3compile -p ${pkg}: dpkg has no file list for ${pkg} in the image`);
-  return readFileSync(list, 'utf8').split('\n').filter((f) => f.endsWith('.py'));
+  return readFileSync(list, 'utf8').split('\n').filter((f) => f.startsWith('/') && f.endsWith('.py') && !f.includes('\t'));
 }
+
+/** A package name, with an architecture or not (python3-nacl:arm64). */
+const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9]+)?$/;
 
 /** The public module directories' version: /usr/lib/python3/dist-packages → "3" (debpython's PUBLIC_DIR_RE). */
 const PUBLIC_DIR = /^.*?\/usr\/lib\/python(\d(?:.\d+)?)\/(?:site|dist)-packages/;
@@ -103,7 +100,7 @@ function exclusions(root: string, versions: string[]): Exclusion[] | undefined {
   const found: Exclusion[] = [];
   try {
     for (const name of readdirSync(dir).filter((n) => !n.startsWith('.'))) {
-      for (const line of readFileSync(join(dir, name), 'utf8').split('\n')) {
+      for (const line of readFileSync(inRoot(root, `/usr/share/python3/bcep/${name}`), 'utf8').split('\n')) {
         if (line === '' || line.startsWith('#')) continue;
         const [type = '', range = '', path = '', ...rest] = line.split('|');
         const applies = inRange(range, versions);
@@ -130,16 +127,24 @@ function versionsFor(file: string, versions: string[], excluded: Exclusion[]): s
   return left;
 }
 
-/** The files `py3compile -p PKG` compiles for each version (what debpython's filter_public keeps). */
-function publicModules(root: string, packages: string[], versions: string[], excluded: Exclusion[], arch: string): Map<string, string[]> {
-  const byVersion = new Map(versions.map((v) => [v, [] as string[]]));
-  for (const pkg of new Set(packages)) {
-    for (const file of packageFiles(root, pkg, arch)) {
-      const dir = PUBLIC_DIR.exec(file)?.[1];
-      if (dir === undefined || !statSync(inRoot(root, file), { throwIfNoEntry: false })?.isFile()) continue;
-      const forDir = dir === '3' ? versions : versions.filter((v) => v === dir);
-      for (const v of versionsFor(file, forDir, excluded)) byVersion.get(v)!.push(file);
-    }
+/**
+ * The files a held call compiles, for each version, chosen as py3compile chooses them: `-p PKG`,
+ * the package's public modules for every version (debpython's filter_public); `-p PKG DIR...`, its
+ * files under those directories for the default version. Undefined for any other form, which only
+ * py3compile itself can answer.
+ */
+function modulesOf(root: string, call: string[], versions: string[], excluded: Exclusion[], arch: string): Map<string, string[]> | undefined {
+  const [flag, pkg, ...dirs] = call;
+  if ((flag !== '-p' && flag !== '--package') || !pkg || !PACKAGE_NAME.test(pkg) || dirs.some((a) => a.startsWith('-'))) return undefined;
+  const byVersion = new Map<string, string[]>();
+  const add = (version: string, file: string) => byVersion.set(version, [...(byVersion.get(version) ?? []), file]);
+  for (const file of packageFiles(root, pkg, arch)) {
+    if (!statSync(inRoot(root, file), { throwIfNoEntry: false })?.isFile()) continue;
+    const dir = PUBLIC_DIR.exec(file)?.[1];
+    let candidates: string[];
+    if (dirs.length) candidates = dirs.some((d) => file.startsWith(d)) ? versions.slice(0, 1) : [];
+    else candidates = dir === undefined ? [] : dir === '3' ? versions : versions.filter((v) => v === dir);
+    for (const v of versionsFor(file, candidates, excluded)) add(v, file);
   }
   return byVersion;
 }
@@ -160,19 +165,27 @@ async function hostRelease(ctx: BuildContext, version: string): Promise<string |
 }
 
 /**
- * Compiles the in-image paths read from stdin as py_compile does inside the image: the .pyc beside
- * the source under the image's root, the in-image path recorded as the file name, timestamp
- * invalidation, directories and files made as under dpkg's umask.
+ * Compiles as py_compile does inside the image, from stdin lines "SOURCE<tab>PYC<tab>NAME": host
+ * paths resolved inside the image's root (its links never followed out of it), NAME the in-image
+ * path recorded in the code; timestamp invalidation, directories and files made as under dpkg's umask.
  */
-const HOST_COMPILE = `
-import importlib.util, os, py_compile, sys
+const HOST_COMPILE = `# Written by build-image: byte-compiles image files on the host.
+import os, py_compile, sys
 os.umask(0o022)
-root = sys.argv[1]
 for line in sys.stdin:
-    path = line.rstrip('\\n')
-    py_compile.compile(root + path, cfile=root + importlib.util.cache_from_source(path), dfile=path, doraise=True,
-                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    source, pyc, name = line.rstrip('\\n').split('\\t')
+    py_compile.compile(source, cfile=pyc, dfile=name, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
 `;
+
+/** The host's compile input for `files` (in-image paths) and python`version`: see HOST_COMPILE. */
+function hostCompileInput(root: string, files: Iterable<string>, version: string): string {
+  const tag = `cpython-${version.replace('.', '')}`;
+  const lines = [...files].map((file) => {
+    const pyc = posix.join(posix.dirname(file), '__pycache__', `${posix.basename(file, '.py')}.${tag}.pyc`);
+    return [inRoot(root, file), entryInRoot(root, pyc), file].join('\t');
+  });
+  return `${lines.join('\n')}\n`;
+}
 
 /**
  * Compile what the held py3compile calls named, then forget them. `chroot` runs a command in the
@@ -181,19 +194,28 @@ for line in sys.stdin:
 export async function compileHeldPython(ctx: BuildContext, root: string, held: string, arch: string, chroot: (args: string[], input?: string) => Promise<unknown>): Promise<void> {
   const calls = heldCalls(root, held);
   if (calls.length === 0) return;
+  ctx.status(`byte-compiling the Python modules of ${calls.length} package${calls.length > 1 ? 's' : ''}`);
   const versions = supportedVersions(root);
   const excluded = exclusions(root, versions);
-  const packages = excluded ? calls.map(packageOf).filter((p) => p !== undefined) : [];
-  const others = excluded ? calls.filter((c) => packageOf(c) === undefined) : calls;
-  ctx.status(`byte-compiling the Python modules of ${calls.length} package${calls.length > 1 ? 's' : ''}`);
-  for (const [version, files] of publicModules(root, packages, versions, excluded ?? [], arch)) {
-    if (files.length === 0) continue;
+  const byVersion = new Map<string, Set<string>>();
+  const others: string[][] = [];
+  for (const call of calls) {
+    const modules = excluded && modulesOf(root, call, versions, excluded, arch);
+    if (!modules) others.push(call);
+    for (const [v, files] of modules || []) byVersion.set(v, new Set([...(byVersion.get(v) ?? []), ...files]));
+  }
+  for (const [version, files] of byVersion) {
+    if (files.size === 0) continue;
     const release = imageRelease(root, version);
     const host = release !== undefined && (await hostRelease(ctx, version)) === release;
-    ctx.log.line(`python${version}: ${files.length} modules of ${new Set(packages).size} packages compiled ${host ? `by the host's Python ${release}` : `in the image (the host has no Python ${release ?? version})`}`);
-    const input = `${files.join('\n')}\n`;
-    if (host) await ctx.run(`/usr/bin/python${version}`, ['-E', '-S', '-c', HOST_COMPILE, root], { input });
-    else await chroot([`/usr/bin/python${version}`, '-m', 'py_compile', '-'], input);
+    ctx.log.line(`python${version}: ${files.size} modules of ${calls.length - others.length} py3compile calls compiled ${host ? `by the host's Python ${release}` : `in the image (the host has no Python ${release ?? version})`}`);
+    if (host) {
+      const script = inRoot(root, `${held}/host-compile.py`);
+      writeFileSync(script, HOST_COMPILE);
+      await ctx.run(`/usr/bin/python${version}`, ['-E', '-S', script], { input: hostCompileInput(root, files, version) });
+    } else {
+      await chroot([`/usr/bin/python${version}`, '-m', 'py_compile', '-'], `${[...files].join('\n')}\n`);
+    }
   }
   for (const call of others) await chroot(['/usr/bin/py3compile', ...call]);
   writeFileSync(inRoot(root, callsFile(held)), '');
