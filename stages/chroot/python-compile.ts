@@ -136,15 +136,14 @@ function versionsFor(file: string, versions: string[], excluded: Exclusion[]): s
 function modulesOf(root: string, call: string[], versions: string[], excluded: Exclusion[], arch: string): Map<string, string[]> | undefined {
   const [flag, pkg, ...dirs] = call;
   if ((flag !== '-p' && flag !== '--package') || !pkg || !PACKAGE_NAME.test(pkg) || dirs.some((a) => a.startsWith('-'))) return undefined;
-  const byVersion = new Map<string, string[]>();
-  const add = (version: string, file: string) => byVersion.set(version, [...(byVersion.get(version) ?? []), file]);
+  const byVersion = new Map(versions.map((v) => [v, [] as string[]]));
   for (const file of packageFiles(root, pkg, arch)) {
     if (!statSync(inRoot(root, file), { throwIfNoEntry: false })?.isFile()) continue;
     const dir = PUBLIC_DIR.exec(file)?.[1];
     let candidates: string[];
     if (dirs.length) candidates = dirs.some((d) => file.startsWith(d)) ? versions.slice(0, 1) : [];
     else candidates = dir === undefined ? [] : dir === '3' ? versions : versions.filter((v) => v === dir);
-    for (const v of versionsFor(file, candidates, excluded)) add(v, file);
+    for (const v of versionsFor(file, candidates, excluded)) byVersion.get(v)!.push(file);
   }
   return byVersion;
 }
