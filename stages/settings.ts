@@ -305,13 +305,12 @@ async function applySettings(ctx: BuildContext, config: Config): Promise<void> {
   const root = rootDir(ctx.paths.work);
   const shipped = asShipped(root);
   const mark = ctx.cleanup.mark();
-  // Before the chroot, which may bring in the last build's indexes for apt-get update.
-  const hadIndexes = aptIndexes(root).length > 0;
   await enterChroot(ctx, { aptProxy: ctx.config['apt-proxy'], aptMirror: ctx.config['apt-mirror'], files: stagedFiles(ctx.paths.work) });
   if (settings.packages.length) {
     ctx.log.useFile('settings-packages.log');
     ctx.status(`installing ${settings.packages.join(', ')}`);
     const keysBefore = hostKeys(root);
+    const hadIndexes = aptIndexes(root).length > 0;
     await chrootRun(ctx, [APT_UPDATE]);
     await chrootRun(ctx, ['apt-get', 'install', '-y', '-q', ...settings.packages]);
     // Released images carry no package indexes (pi-gen deletes them): they would be stale anyway.

@@ -1,9 +1,9 @@
 /**
  * The environment for running code inside the attached image under qemu-user: kernel file
  * systems bound in, DNS from the host, no service starting, no libarmmem preload flooding qemu,
- * dpkg's unsafe-io, Python byte-compilation held to the end, the host's apt archive and index
- * caches, an optional apt proxy or mirror. Every change to the image's own files is undone on the
- * way out, so none of it stays in the finished image.
+ * dpkg's unsafe-io, Python byte-compilation held to the end, the host's apt archive cache, an
+ * optional apt proxy or mirror. Every change
+ * to the image's own files is undone on the way out, so none of it stays in the finished image.
  */
 import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
@@ -16,7 +16,6 @@ import { rootDir } from '../attach.ts';
 import { ensureBinfmt, type Arch } from './emulation.ts';
 import { mount } from '../image/loop.ts';
 import { entryInRoot, inRoot } from '../image/in-root.ts';
-import { shareAptLists } from './apt-lists.ts';
 import { compileHeldPython, holdPythonCompile } from './python-compile.ts';
 
 const SAVED = '.build-image-saved';
@@ -198,11 +197,10 @@ function shareAptCache(ctx: BuildContext, shared: string, archives: string): voi
 
 /**
  * What makes installing packages under emulation faster without changing what is installed:
- * dpkg's force-unsafe-io (no fsync per file: the image is synced when it is detached), Python
- * byte-compilation done once at the end, on the host where it can be (python-compile.ts), and
- * apt's indexes kept between builds (apt-lists.ts).
+ * dpkg's force-unsafe-io (no fsync per file: the image is synced when it is detached), and Python
+ * byte-compilation done once at the end, on the host where it can be (python-compile.ts).
  */
-export const SPEED_UPS = ['unsafe-io', 'python-compile', 'apt-lists'] as const;
+export const SPEED_UPS = ['unsafe-io', 'python-compile'] as const;
 export type SpeedUp = (typeof SPEED_UPS)[number];
 
 /** The speed-ups on: all, less those BUILD_IMAGE_SPEEDUPS_OFF names ("all" for every one), to measure or rule one out. */
@@ -264,9 +262,6 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   const archives = join(ctx.paths.work, 'apt-archives');
   shareAptCache(ctx, join(ctx.paths.cache, 'apt', `${system.codename}-${arch}-${archiveKey}`), archives);
   await mount(ctx, archives, at('var/cache/apt/archives'), ['--bind']);
-  mkdirSync(inRoot(root, `${STAGING}/bin`), { recursive: true });
-  const listsKey = createHash('sha256').update([...sources.values()].join('\n')).digest('hex').slice(0, 8);
-  const keepLists = speedUps.has('apt-lists') ? shareAptLists(ctx, root, join(ctx.paths.cache, 'apt-lists', `${system.codename}-${arch}-${listsKey}`), `${STAGING}/apt-lists`, `${STAGING}/bin`) : undefined;
 
   swapFile(ctx, root, 'etc/resolv.conf', readFileSync('/etc/resolv.conf', 'utf8'));
   swapFile(ctx, root, 'etc/ld.so.preload', null);
@@ -284,7 +279,6 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
     'Acquire::Retries "3";',
   ];
   if (options.aptProxy) apt.push(`Acquire::http::Proxy "${options.aptProxy}";`);
-  if (keepLists) apt.push(keepLists);
   // apt gives dpkg a PATH of its own (/usr/sbin:/usr/bin:/sbin:/bin): the held commands go first.
   if (speedUps.has('python-compile')) apt.push(`DPkg::Path "${HELD_BIN}:/usr/sbin:/usr/bin:/sbin:/bin";`);
   swapFile(ctx, root, 'etc/apt/apt.conf.d/zz-build-image', `${apt.join('\n')}\n`);
