@@ -121,22 +121,6 @@ test.serial("Python modules are compiled once, at the end, by the host's Python:
   t.regex(await rootFile(image, 'stat /run/build-image'), /File not found/);
 });
 
-test.serial("apt's indexes of the last build are there for apt-get update, and taken out again when no update came", async (t) => {
-  const dir = scratch();
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const image = await fixtureCopy(dir, 'arm64');
-  const count = 'echo "indexes before update: $(ls /var/lib/apt/lists | grep -c _Packages)"';
-  mkdirSync(join(dir, 'a'));
-  // The first build fetches them (or finds them from an earlier test); the second starts with them.
-  await runStages([growStage, attachStage, chrootStage(), finalizeStage], testConfig(join(dir, 'a'), { cache: TEST_CACHE, script: [script(dir, '10-update.sh', `${count}\napt-get update -q`)] }), { image: await fixtureCopy(join(dir, 'a'), 'arm64') });
-  const config = testConfig(dir, { cache: TEST_CACHE, script: [script(dir, '10-look.sh', `${count}\napt-cache show hello | grep -c ^Package:`)] });
-  await runStages([growStage, attachStage, chrootStage(), finalizeStage], config, { image });
-  const log = logsOf(config);
-  t.regex(log, /indexes before update: [1-9]/, 'the indexes of the last build were put in');
-  t.regex(log, /^1$/m, 'apt read them');
-  t.notRegex(await rootFile(image, 'ls /var/lib/apt/lists'), /_Packages/, 'without an update they were taken out again');
-});
-
 test.serial('a failing script: its name, exit code and last lines; nothing left behind', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
