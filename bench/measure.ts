@@ -1,4 +1,5 @@
 /** What the benchmarks measure alike: resize2fs's minimum of an image, what its root holds, an .xz's size, and their tables. */
+import { mkdirSync } from 'node:fs';
 import { execa } from 'execa';
 import { parseExt4Header } from '../stages/image/ext4-fit.ts';
 
@@ -50,7 +51,7 @@ async function withRoots<T>(images: string[], dir: string, use: (roots: string[]
   try {
     for (const [i, image] of images.entries()) {
       const root = `${dir}/root-${i}`;
-      await execa('mkdir', ['-p', root]);
+      mkdirSync(root, { recursive: true });
       await execa('mount', ['-o', `ro,noload,loop,offset=${await lastPartitionOffset(image)}`, image, root]);
       roots.push(root);
     }

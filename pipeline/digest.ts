@@ -5,6 +5,8 @@ import { open } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import type { Progress } from './progress.ts';
 
+const HASH_CHUNK = 1024 * 1024;
+
 /**
  * Feed a file to a hash; progress through `progress` if given. One buffer is read into again and
  * again: a fresh chunk per read would pile up outside V8's heap faster than it collects them (a
@@ -25,8 +27,6 @@ export async function hashInto(path: string, hash: Hash, signal?: AbortSignal, p
     await file.close();
   }
 }
-
-const HASH_CHUNK = 1024 * 1024;
 
 /**
  * A hash of a file or a directory tree: relative paths, types, exec bits, link targets and

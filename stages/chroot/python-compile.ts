@@ -16,7 +16,8 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import { posix } from 'node:path';
 import { UserError } from '../../pipeline/errors.ts';
 import type { BuildContext } from '../../pipeline/stage.ts';
-import { entryInRoot, inRoot } from '../image/in-root.ts';
+import { entryInRoot, inRoot, readInRoot } from '../image/in-root.ts';
+import { PACKAGE_NAME, parseDpkgStatus } from '../image/packages.ts';
 
 /** Where the stand-in writes the calls down: beside it, in `held` (a directory inside the image). */
 const callsFile = (held: string) => `${held}/py3compile.calls`;
@@ -63,9 +64,6 @@ function packageFiles(root: string, pkg: string, arch: string): string[] {
   if (!list) throw new UserError(`py3compile -p ${pkg}: dpkg has no file list for ${pkg} in the image`);
   return readFileSync(list, 'utf8').split('\n').filter((f) => f.startsWith('/') && f.endsWith('.py') && !f.includes('\t'));
 }
-
-/** A package name, with an architecture or not (python3-nacl:arm64). */
-const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9]+)?$/;
 
 /** The public module directories' version: /usr/lib/python3/dist-packages → "3" (debpython's PUBLIC_DIR_RE). */
 const PUBLIC_DIR = /^.*?\/usr\/lib\/python(\d(?:.\d+)?)\/(?:site|dist)-packages/;
@@ -135,7 +133,7 @@ function versionsFor(file: string, versions: string[], excluded: Exclusion[]): s
  */
 function modulesOf(root: string, call: string[], versions: string[], excluded: Exclusion[], arch: string): Map<string, string[]> | undefined {
   const [flag, pkg, ...dirs] = call;
-  if ((flag !== '-p' && flag !== '--package') || !pkg || !PACKAGE_NAME.test(pkg) || dirs.some((a) => a.startsWith('-'))) return undefined;
+  if ((flag !== '-p' && flag !== '--package') || !pkg || !PACKAGE_NAME.test(pkg.replace(/:[a-z0-9]+$/, '')) || dirs.some((a) => a.startsWith('-'))) return undefined;
   const byVersion = new Map(versions.map((v) => [v, [] as string[]]));
   for (const file of packageFiles(root, pkg, arch)) {
     if (!statSync(inRoot(root, file), { throwIfNoEntry: false })?.isFile()) continue;
@@ -150,9 +148,8 @@ function modulesOf(root: string, call: string[], versions: string[], excluded: E
 
 /** The image's release of python3.X ("3.11.2"), from dpkg's status of python3.X-minimal. */
 function imageRelease(root: string, version: string): string | undefined {
-  const status = readFileSync(inRoot(root, '/var/lib/dpkg/status'), 'utf8');
-  const stanza = status.split('\n\n').find((s) => new RegExp(`^Package: python${version.replace('.', '\\.')}-minimal$`, 'm').test(s));
-  return /^Version: (?:\d+:)?(\d+\.\d+\.\d+)/m.exec(stanza ?? '')?.[1];
+  const minimal = parseDpkgStatus(readInRoot(root, '/var/lib/dpkg/status')).find((p) => p.name === `python${version}-minimal`);
+  return /^(?:\d+:)?(\d+\.\d+\.\d+)/.exec(minimal?.version ?? '')?.[1];
 }
 
 /** The release of the host's /usr/bin/python3.X, if it has one. */

@@ -5,7 +5,7 @@ import { inRoot, readInRoot } from './in-root.ts';
 import type { Package } from './state.ts';
 
 /** Debian policy's package names: what may safely become a path under /usr/share/doc. */
-const PACKAGE_NAME = /^[a-z0-9][a-z0-9.+-]+$/;
+export const PACKAGE_NAME = /^[a-z0-9][a-z0-9.+-]+$/;
 
 /** Installed packages from a dpkg status file, with their source package (name and version). */
 export function parseDpkgStatus(text: string): Package[] {
