@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { once, type EventEmitter } from 'node:events';
-import { constants, createReadStream, mkdirSync, mkdtempSync, openSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
+import { constants, mkdirSync, mkdtempSync, openSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -28,7 +28,8 @@ import { published, publishedSettings, withoutCredentials } from '../pipeline/re
 import { writeImagerList } from './publish/os-list-json.ts';
 import { cycloneDx, SBOM_FORMAT } from './publish/sbom.ts';
 import { version } from '../pipeline/version.ts';
-import { READ_CHUNK, SparseWriter } from './image/sparse-writer.ts';
+import { copyChunks, fileReader, handOver } from './image/chunks.ts';
+import { SparseWriter } from './image/sparse-writer.ts';
 import type { Output } from './image/state.ts';
 
 
@@ -109,7 +110,7 @@ interface Written {
 interface Sink {
   readonly format: Compression;
   readonly file: string;
-  /** Take one chunk of the image; resolves when the sink can take the next one. */
+  /** Take one chunk of the image; resolves once the sink is done with its buffer. */
   write(chunk: Buffer, signal: AbortSignal): Promise<void>;
   /** No more data (the whole image, or what came before a failure). */
   end(): void;
@@ -157,8 +158,8 @@ async function commandSink(
   const socket = new Socket({ fd: openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK), readable: false, writable: true });
   socket.on('error', () => {}); // the compressor's exit tells what went wrong
   let input: Input = socket;
-  if (FORMATS[format].tar) {
-    const tar = pack();
+  const tar = FORMATS[format].tar ? pack() : undefined;
+  if (tar) {
     const entry = tar.entry({ name: `${name}.img`, size: image.size, mode: 0o644, mtime: image.mtime, type: 'file' }, (error) => {
       if (error) tar.destroy(error);
       else tar.finalize();
@@ -216,7 +217,8 @@ async function commandSink(
   return {
     format,
     file,
-    write: (chunk, signal) => push(input, chunk, signal),
+    // The tar stream keeps what it is given until it is read: a copy, then, of the reused buffer.
+    write: (chunk, signal) => (tar ? push(input, Buffer.from(chunk), signal) : handOver(socket, chunk, signal)),
     end: () => {
       ended = true;
       input.end();
@@ -242,7 +244,7 @@ async function rawSink(file: string, fail: (error: unknown) => void): Promise<Si
     return { size: writer.bytes };
   })();
   done.catch(fail);
-  return { format: 'none', file, write: (chunk, signal) => push(writer, chunk, signal), end: () => writer.end(), done };
+  return { format: 'none', file, write: (chunk, signal) => handOver(writer, chunk, signal), end: () => writer.end(), done };
 }
 
 /**
@@ -294,14 +296,21 @@ export async function encodeImage(
   const hash = createHash('sha256');
   const progress = new Progress(ctx.status, 'compress', size);
   let readError: unknown;
+  let file: FileHandle | undefined;
   try {
-    for await (const chunk of createReadStream(image, { highWaterMark: READ_CHUNK, signal }) as AsyncIterable<Buffer>) {
-      hash.update(chunk);
-      await Promise.all(sinks.map((s) => s.write(chunk, signal)));
-      progress.add(chunk.length);
-    }
+    file = await open(image, 'r');
+    await copyChunks(
+      fileReader(file, 0, size),
+      async (chunk) => {
+        hash.update(chunk);
+        await Promise.all(sinks.map((s) => s.write(chunk, signal)));
+        progress.add(chunk.length);
+      },
+    );
   } catch (error) {
     readError = error;
+  } finally {
+    await file?.close();
   }
   for (const s of sinks) s.end();
   await Promise.allSettled(sinks.map((s) => s.done));

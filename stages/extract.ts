@@ -7,18 +7,18 @@
  * interrupted run never leaves a partial `image.img`.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import { crc32 } from 'node:zlib';
 import { extract } from 'tar-stream';
 import yauzl from 'yauzl';
 import { UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { READ_CHUNK, SparseWriter } from './image/sparse-writer.ts';
+import { copyChunks, fileReader, handOver } from './image/chunks.ts';
+import { SparseWriter } from './image/sparse-writer.ts';
 import { DOWNLOADING, fileNameOf, type Downloading } from './fetch.ts';
 import type { Download } from './image/state.ts';
 
@@ -253,6 +253,21 @@ function formatOf(head: Buffer, name: string, flag: string): Format {
   return format;
 }
 
+/** A raw image file into `writer`, through reused buffers. */
+async function copyRaw(ctx: BuildContext, input: string, writer: Writable): Promise<void> {
+  const file = await open(input, 'r');
+  try {
+    await copyChunks(fileReader(file), (chunk) => handOver(writer, chunk, ctx.signal));
+    writer.end();
+    await finished(writer);
+  } catch (error) {
+    writer.destroy();
+    throw error;
+  } finally {
+    await file.close();
+  }
+}
+
 /**
  * Stream the raw disk image inside `input` into `writer`, which must keep `zipCrc.crc` up to date
  * (crc32 of every chunk) when the format is zip. Failures are one-line errors: `name` is the input
@@ -261,7 +276,7 @@ function formatOf(head: Buffer, name: string, flag: string): Format {
 export async function decodeImage(ctx: BuildContext, input: string, format: Format, writer: ImageWriter, zipCrc: { crc: number }, names: { name: string; again: string; target: string }, stream?: AsyncIterable<Buffer>): Promise<void> {
   const sink = { writer, name: names.name };
   try {
-    if (format === 'raw') await pipeline(stream ?? createReadStream(input, { highWaterMark: READ_CHUNK }), writer, { signal: ctx.signal });
+    if (format === 'raw') await (stream ? pipeline(stream, writer, { signal: ctx.signal }) : copyRaw(ctx, input, writer));
     else if (format === 'zip') await unzip(ctx, input, sink, zipCrc);
     else await decompress(ctx, format, input, sink, stream);
   } catch (error) {

@@ -403,5 +403,6 @@ test.serial('memory stays flat: a 1 GiB image is streamed, never held', async (t
   }
   const grew = peak - before;
   t.log(`${(size / MiB).toFixed(0)} MiB image, RSS grew by ${(grew / MiB).toFixed(0)} MiB`);
-  t.true(grew < 192 * MiB, `RSS grew by ${(grew / MiB).toFixed(0)} MiB`);
+  // Two reused 1 MiB buffers: 10 MiB measured (48 MiB with a fresh buffer per read).
+  t.true(grew < 32 * MiB, `RSS grew by ${(grew / MiB).toFixed(0)} MiB`);
 });

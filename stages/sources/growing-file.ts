@@ -9,8 +9,14 @@
 import { closeSync, openSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
-import { READ_CHUNK } from '../image/sparse-writer.ts';
 
+/**
+ * How much is read at a time, into a fresh buffer (the reader keeps each chunk). Small on purpose:
+ * a 64 KiB buffer dies young and the scavenger frees it at once, while 1 MiB buffers pile up
+ * outside the heap until a full collection. Reading 530 MB: peak RSS 83 MB at 64 KiB, 131 MB at
+ * 1 MiB, for the same time. (Copies that can reuse their buffers use image/chunks.ts.)
+ */
+const READ_CHUNK = 64 * 1024;
 
 export class GrowingFile {
   readonly path: string;
