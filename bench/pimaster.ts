@@ -57,7 +57,8 @@ async function pipelineChild(spec: { flags: Record<string, unknown>; until?: str
 /** One build in a child process; `speedUpsOff` as BUILD_IMAGE_SPEEDUPS_OFF (see stages/chroot/environment.ts). */
 async function build(toolkit: string, flags: Record<string, unknown>, until?: string, speedUpsOff = ''): Promise<Build> {
   const { stdout } = await execa(process.execPath, [join(toolkit, 'bench/pimaster.ts'), CHILD, JSON.stringify({ flags, until })], {
-    env: { CI: 'true', BUILD_IMAGE_SPEEDUPS_OFF: speedUpsOff },
+    // Node's compile cache where pipeline/cli.ts has it: the child loads the toolkit as the CLI does.
+    env: { CI: 'true', BUILD_IMAGE_SPEEDUPS_OFF: speedUpsOff, NODE_COMPILE_CACHE: join(tmpdir(), 'node-compile-cache') },
     stderr: 'inherit',
     forceKillAfterDelay: false, // SIGTERM only: the child unwinds what it attached
   });
