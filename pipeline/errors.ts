@@ -61,3 +61,11 @@ export function describeError(error: unknown, verbose = false): string {
 export function exitCodeOf(error: unknown): number {
   return error instanceof UserError ? error.exitCode : 1;
 }
+
+/** "no space left on device (ENOSPC)" from Node's "ENOSPC: no space left on device, write". */
+export function errnoReason(error: unknown): string {
+  const e = error as NodeJS.ErrnoException | undefined;
+  const m = /^([A-Z0-9_]+): ([^,]+)/.exec(e?.message ?? '');
+  if (m) return `${m[2]} (${m[1]})`;
+  return e?.message ?? String(error);
+}

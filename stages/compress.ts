@@ -21,7 +21,7 @@ import { finished, pipeline } from 'node:stream/promises';
 import { pack } from 'tar-stream';
 import { commandLine } from '../pipeline/commands.ts';
 import { formatBytes, type Compression, type Config } from '../pipeline/config.ts';
-import { CommandError, UserError } from '../pipeline/errors.ts';
+import { CommandError, errnoReason, UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { published, publishedSettings, withoutCredentials } from '../pipeline/redact.ts';
@@ -92,14 +92,6 @@ export function sha256Line(sha256: string, file: string): string {
   return `${sha256}  ${basename(file)}\n`;
 }
 
-/** "no space left on device (ENOSPC)" from Node's "ENOSPC: no space left on device, write". */
-function reason(error: unknown): string {
-  const e = error as NodeJS.ErrnoException | undefined;
-  const m = /^([A-Z0-9_]+): ([^,]+)/.exec(e?.message ?? '');
-  if (m) return `${m[2]} (${m[1]})`;
-  return e?.message ?? String(error);
-}
-
 interface Written {
   size: number;
   /** Undefined for the `.img` itself: it is the image's own hash, known at the end of the read. */
@@ -131,7 +123,7 @@ async function openPartial(path: string): Promise<FileHandle> {
   try {
     return await open(path, 'w');
   } catch (error) {
-    throw new UserError(`compress: cannot write ${path}: ${reason(error)}`);
+    throw new UserError(`compress: cannot write ${path}: ${errnoReason(error)}`);
   }
 }
 
@@ -175,7 +167,7 @@ async function commandSink(
   let writeFailure: UserError | undefined;
   const output = handle.createWriteStream(); // closes the file when done, or failed
   output.on('error', (error) => {
-    writeFailure ??= new UserError(`compress: cannot write ${partial}: ${reason(error)}`);
+    writeFailure ??= new UserError(`compress: cannot write ${partial}: ${errnoReason(error)}`);
     fail(writeFailure);
   });
   const count = new Transform({
@@ -231,7 +223,7 @@ async function commandSink(
 async function rawSink(file: string, fail: (error: unknown) => void): Promise<Sink> {
   const handle = await openPartial(`${file}.partial`);
   const writer = new SparseWriter(handle);
-  const failure = (error: unknown) => new UserError(`compress: cannot write ${file}.partial: ${reason(writer.failure ?? error)}`);
+  const failure = (error: unknown) => new UserError(`compress: cannot write ${file}.partial: ${errnoReason(writer.failure ?? error)}`);
   writer.on('error', (error) => fail(failure(error)));
   const done = (async (): Promise<Written> => {
     try {
@@ -264,7 +256,7 @@ export async function encodeImage(
   try {
     info = statSync(image);
   } catch (error) {
-    throw new UserError(`compress: cannot read the working image ${image}: ${reason(error)}: run the pipeline from its start`);
+    throw new UserError(`compress: cannot read the working image ${image}: ${errnoReason(error)}: run the pipeline from its start`);
   }
   const size = info.size;
   for (const format of formats) partial(path(FORMATS[format].ext));
@@ -316,7 +308,7 @@ export async function encodeImage(
   await Promise.allSettled(sinks.map((s) => s.done));
   if (ctx.signal.aborted) throw ctx.signal.reason;
   if (stop.signal.aborted) throw stop.signal.reason;
-  if (readError) throw new UserError(`compress: cannot read the working image ${image}: ${reason(readError)}`);
+  if (readError) throw new UserError(`compress: cannot read the working image ${image}: ${errnoReason(readError)}`);
 
   const imageSha256 = hash.digest('hex');
   const outputs: Output[] = [];
@@ -348,7 +340,7 @@ export const compressStage: Stage = {
     try {
       mkdirSync(out, { recursive: true });
     } catch (error) {
-      throw new UserError(`compress: cannot create the output directory ${out}: ${reason(error)}`);
+      throw new UserError(`compress: cannot create the output directory ${out}: ${errnoReason(error)}`);
     }
     const path = (ext: string) => join(out, `${name}.${ext}`);
 
@@ -366,7 +358,7 @@ export const compressStage: Stage = {
       try {
         writeFileSync(partial(file), text);
       } catch (error) {
-        throw new UserError(`compress: cannot write ${file}.partial: ${reason(error)}`);
+        throw new UserError(`compress: cannot write ${file}.partial: ${errnoReason(error)}`);
       }
     };
 

@@ -14,7 +14,7 @@ import { finished, pipeline } from 'node:stream/promises';
 import { crc32 } from 'node:zlib';
 import { extract } from 'tar-stream';
 import yauzl from 'yauzl';
-import { UserError } from '../pipeline/errors.ts';
+import { errnoReason, UserError } from '../pipeline/errors.ts';
 import { Progress } from '../pipeline/progress.ts';
 import type { BuildContext, Stage } from '../pipeline/stage.ts';
 import { copyChunks, fileReader, handOver } from './image/chunks.ts';
@@ -256,10 +256,12 @@ function formatOf(head: Buffer, name: string, flag: string): Format {
 /** A raw image file into `writer`, through reused buffers. */
 async function copyRaw(ctx: BuildContext, input: string, writer: Writable): Promise<void> {
   const file = await open(input, 'r');
+  const done = finished(writer); // listens for the writer's error from the start
+  done.catch(() => {}); // a failed write rejects handOver too, which is what is thrown
   try {
     await copyChunks(fileReader(file), (chunk) => handOver(writer, chunk, ctx.signal));
     writer.end();
-    await finished(writer);
+    await done;
   } catch (error) {
     writer.destroy();
     throw error;
@@ -282,7 +284,10 @@ export async function decodeImage(ctx: BuildContext, input: string, format: Form
   } catch (error) {
     if (ctx.signal.aborted) throw ctx.signal.reason;
     if (error instanceof Corrupt) throw new UserError(`${names.name} is truncated or corrupt (${error.message}): ${names.again}`);
-    if (error === writer.failure) throw new UserError(`cannot write ${names.target}: ${(error as Error).message}`);
+    if (error === writer.failure) {
+      const fix = (error as NodeJS.ErrnoException).code === 'ENOSPC' ? ': free some space, or pass --work on a larger disk' : '';
+      throw new UserError(`cannot write ${names.target}: ${errnoReason(error)}${fix}`);
+    }
     throw error;
   }
 }

@@ -11,7 +11,8 @@ import type { Config } from '../pipeline/config.ts';
 import { detectFormat, extractStage, toolReason } from '../stages/extract.ts';
 import { SparseWriter } from '../stages/image/sparse-writer.ts';
 import type { Download } from '../stages/image/state.ts';
-import { runStages, scratch, testConfig } from './helpers/build.ts';
+import { makeTinyImage } from './fixtures/tiny-image.ts';
+import { runStages, scratch, smallDisk as smallFilesystem, testConfig } from './helpers/build.ts';
 import { assertNoWorkImage, assertSameSparseImage, assertUserError, IMAGE_NAME, makeBaseImages, sha256File, type BaseImages } from './helpers/base-images.ts';
 
 let base: BaseImages;
@@ -248,6 +249,16 @@ test('a .tar.gz must hold exactly one .img', async (t) => {
   truncateSync(join(dir, 'holes.img'), 8 * 1024 * 1024);
   await execa('tar', ['-czSf', join(dir, 'sparse.img.tar.gz'), '-C', dir, 'holes.img']);
   await assertRefused(t, config, join(dir, 'sparse.img.tar.gz'), /^base image sparse\.img\.tar\.gz: holes\.img is stored sparse \(tar --sparse\), not a plain file: make the tar of the \.img itself, without --sparse$/);
+});
+
+(process.getuid?.() === 0 ? test.serial : test.serial.skip)('a raw image on a full disk: one line naming the file, no partial image, the input untouched', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const input = join(dir, 'large.img');
+  await makeTinyImage(input, { payloadMiB: 24 });
+  const small = await smallFilesystem(t, dir, 16);
+  const config = testConfig(dir, { work: join(small, 'work') });
+  await assertRefused(t, config, input, /^cannot write \S+\/work\/image\.img\.part: no space left on device \(ENOSPC\): free some space, or pass --work on a larger disk$/);
 });
 
 test('a stale image.img from an earlier build is replaced', async (t) => {
