@@ -5,7 +5,8 @@
  * of the Node process. Prints one table with the targets.
  *
  * The builds run a copy of this toolkit (so a pimaster script can be changed without touching the
- * repository) in Node processes of their own, with a user layer on top (one overlay file, one
+ * repository) in Node processes of their own (bench/pimaster-child.ts: they load what the CLI loads,
+ * so their peak RSS is a build's own), with a user layer on top (one overlay file, one
  * script), the fixture served over HTTP on 127.0.0.1 and stand-in PiSeduce repositories. Downloads
  * and apt archives are kept in ~/.cache/build-image-bench (the first run fills them); the stage
  * cache starts empty. Needs root; about a quarter of an hour on two cores.
@@ -18,45 +19,24 @@ import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { defaultConfig, formatBytes, resolveConfig } from '../pipeline/config.ts';
-import { describeError } from '../pipeline/errors.ts';
-import { optionsOf, pimaster } from '../pipeline/pipelines.ts';
-import { LineReporter } from '../pipeline/report.ts';
-import { runPipeline, type Timing } from '../pipeline/runner.ts';
-import type { Output } from '../stages/image/state.ts';
+import { defaultConfig, formatBytes } from '../pipeline/config.ts';
+import type { Build } from './pimaster-child.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
 import { makePiseduceStandins } from '../test/fixtures/piseduce-standin.ts';
 import { startServer } from '../test/helpers/http-server.ts';
 import { formatTable, inUseImageSize, minimumImageSize, rootDifferences, xzUncompressedSize } from './measure.ts';
 
-const CHILD = '--pipeline-child';
 const repo = fileURLToPath(new URL('../', import.meta.url));
 const CACHE = join(homedir(), '.cache', 'build-image-bench');
 const say = (text: string) => process.stderr.write(`[bench] ${text}\n`);
-
-/** What one build reports. */
-interface Build {
-  timings: Timing[];
-  outputs: Output[];
-  image: string;
-  maxRssKiB: number;
-}
 
 const total = (b: Build) => b.timings.reduce((s, t) => s + t.seconds, 0);
 const commandTime = (b: Build) => b.timings.reduce((s, t) => s + t.commandSeconds, 0);
 const cached = (b: Build) => b.timings.filter((t) => t.note).map((t) => `${t.stage}${t.note === 'from cache' ? '' : ` (${t.note!.replace(' from cache', '')})`}`).join(', ');
 
-/** The child's side: the pimaster pipeline as the CLI runs it, with these flags. */
-async function pipelineChild(spec: { flags: Record<string, unknown>; until?: string }): Promise<void> {
-  const config = resolveConfig(optionsOf(pimaster), { flags: spec.flags }, 'build');
-  const { timings, state } = await runPipeline(pimaster, config, { until: spec.until }, new LineReporter());
-  const build: Build = { timings, outputs: state.outputs ?? [], image: state.image!, maxRssKiB: process.resourceUsage().maxRSS };
-  process.stdout.write(`${JSON.stringify(build)}\n`);
-}
-
 /** One build in a child process; `speedUpsOff` as BUILD_IMAGE_SPEEDUPS_OFF (see stages/chroot/environment.ts). */
 async function build(toolkit: string, flags: Record<string, unknown>, until?: string, speedUpsOff = ''): Promise<Build> {
-  const { stdout } = await execa(process.execPath, [join(toolkit, 'bench/pimaster.ts'), CHILD, JSON.stringify({ flags, until })], {
+  const { stdout } = await execa(process.execPath, [join(toolkit, 'bench/pimaster-child.ts'), JSON.stringify({ flags, until })], {
     // Node's compile cache where pipeline/cli.ts has it: the child loads the toolkit as the CLI does.
     env: { CI: 'true', BUILD_IMAGE_SPEEDUPS_OFF: speedUpsOff, NODE_COMPILE_CACHE: join(tmpdir(), 'node-compile-cache') },
     stderr: 'inherit',
@@ -191,18 +171,10 @@ async function bench(keep: boolean): Promise<string> {
   }
 }
 
-const argv = process.argv.slice(2);
-if (argv[0] === CHILD) {
-  await pipelineChild(JSON.parse(argv[1]!) as { flags: Record<string, unknown>; until?: string }).catch((error: unknown) => {
-    process.stderr.write(`${describeError(error, true)}\n`);
-    process.exitCode = 1;
-  });
-} else {
-  try {
-    const { values } = parseArgs({ args: argv, options: { keep: { type: 'boolean', default: false } } });
-    console.log(await bench(values.keep));
-  } catch (error) {
-    process.stderr.write(`pimaster bench: ${(error as { shortMessage?: string }).shortMessage ?? (error as Error).message}\n`);
-    process.exitCode = 1;
-  }
+try {
+  const { values } = parseArgs({ args: process.argv.slice(2), options: { keep: { type: 'boolean', default: false } } });
+  console.log(await bench(values.keep));
+} catch (error) {
+  process.stderr.write(`pimaster bench: ${(error as { shortMessage?: string }).shortMessage ?? (error as Error).message}\n`);
+  process.exitCode = 1;
 }
