@@ -8,8 +8,9 @@
 import { resolveConfig } from '../pipeline/config.ts';
 import { describeError } from '../pipeline/errors.ts';
 import { optionsOf, pimaster } from '../pipeline/pipelines.ts';
-import { LineReporter } from '../pipeline/report.ts';
+import { LineReporter, type StageBody } from '../pipeline/report.ts';
 import { runPipeline, type Timing } from '../pipeline/runner.ts';
+import type { Stage } from '../pipeline/stage.ts';
 import type { Output } from '../stages/image/state.ts';
 
 /** What one build reports. */
@@ -18,13 +19,32 @@ export interface Build {
   outputs: Output[];
   image: string;
   maxRssKiB: number;
+  /** The stage during which the peak RSS was reached; empty: while loading, before the first. */
+  peakStage: string;
+}
+
+/** The CLI's line reporter, noting the last stage that raised the process's peak RSS. */
+class PeakReporter extends LineReporter {
+  peakStage = '';
+
+  override async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
+    await super.sequence(stages, async (stage, setStatus) => {
+      const before = process.resourceUsage().maxRSS;
+      try {
+        return await body(stage, setStatus);
+      } finally {
+        if (process.resourceUsage().maxRSS > before) this.peakStage = stage.name;
+      }
+    });
+  }
 }
 
 try {
   const spec = JSON.parse(process.argv[2]!) as { flags: Record<string, unknown>; until?: string };
   const config = resolveConfig(optionsOf(pimaster), { flags: spec.flags }, 'build');
-  const { timings, state } = await runPipeline(pimaster, config, { until: spec.until }, new LineReporter());
-  const build: Build = { timings, outputs: state.outputs ?? [], image: state.image!, maxRssKiB: process.resourceUsage().maxRSS };
+  const reporter = new PeakReporter();
+  const { timings, state } = await runPipeline(pimaster, config, { until: spec.until }, reporter);
+  const build: Build = { timings, outputs: state.outputs ?? [], image: state.image!, maxRssKiB: process.resourceUsage().maxRSS, peakStage: reporter.peakStage };
   process.stdout.write(`${JSON.stringify(build)}\n`);
 } catch (error) {
   process.stderr.write(`${describeError(error, true)}\n`);
