@@ -98,23 +98,22 @@ async function bench(keep: boolean): Promise<string> {
 
     // The chroot stage again, from its first script (changed, so the stage cache has no snapshot
     // for it), with the apt archives the full build downloaded, each speed-up off in turn.
-    const chroot: Array<{ label: string; off: string; seconds: number; image: string }> = [
-      { label: 'all speed-ups on', off: '', seconds: 0, image: '' },
-      { label: 'python-compile off (as before issue 17)', off: 'python-compile', seconds: 0, image: '' },
-      { label: 'unsafe-io off', off: 'unsafe-io', seconds: 0, image: '' },
-    ];
-    const workOf = (run: { off: string }) => join(dir, `work-chroot-${run.off || 'on'}`);
-    for (const run of chroot) {
-      say(`the chroot stage again, ${run.label}`);
-      appendFileSync(join(toolkit, 'scripts/pimaster/10-packages.sh'), `# bench: ${run.label}\n`);
+    const chroot: Array<{ label: string; off: string; seconds: number; image: string }> = [];
+    const workOf = (off: string) => join(dir, `work-chroot-${off || 'on'}`);
+    for (const [label, off] of [
+      ['all speed-ups on', ''],
+      ['python-compile off (as before issue 17)', 'python-compile'],
+      ['unsafe-io off', 'unsafe-io'],
+    ] as const) {
+      say(`the chroot stage again, ${label}`);
+      appendFileSync(join(toolkit, 'scripts/pimaster/10-packages.sh'), `# bench: ${label}\n`);
       // A work directory of its own: the image stays there to be compared, with no copy.
-      const built = await build(toolkit, { ...flags, work: workOf(run) }, 'chroot', run.off);
-      run.seconds = built.timings.find((t) => t.stage === 'chroot')!.seconds;
-      run.image = built.image;
+      const built = await build(toolkit, { ...flags, work: workOf(off) }, 'chroot', off);
+      chroot.push({ label, off, seconds: built.timings.find((t) => t.stage === 'chroot')!.seconds, image: built.image });
     }
     const [on, before] = [chroot[0]!, chroot[1]!];
     const differences = await rootDifferences(on.image, before.image, dir);
-    for (const run of chroot) rmSync(workOf(run), { recursive: true, force: true });
+    for (const run of chroot) rmSync(workOf(run.off), { recursive: true, force: true });
 
     say('rebuild for other output formats only (.img, .img.xz, .img.zst)');
     const formats = await build(toolkit, { ...flags, compress: 'none,xz,zstd' });

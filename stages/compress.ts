@@ -292,7 +292,7 @@ export async function encodeImage(
   try {
     file = await open(image, 'r');
     await copyChunks(
-      fileReader(file, 0, size),
+      fileReader(file, size),
       async (chunk) => {
         hash.update(chunk);
         await Promise.all(sinks.map((s) => s.write(chunk, signal)));

@@ -8,7 +8,7 @@ import type { FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 
 /** How much is read at a time, into each of the two buffers. */
-export const IMAGE_CHUNK = 1024 * 1024;
+const IMAGE_CHUNK = 1024 * 1024;
 
 /**
  * Read with `read` (the bytes it read; 0 at the end) into two buffers in turn, handing each chunk
@@ -29,13 +29,12 @@ export async function copyChunks(read: (buffer: Buffer) => Promise<number>, take
   await Promise.all(taking);
 }
 
-/** A reader for copyChunks: `file` from `start`, `size` bytes (an error if it ends sooner) or to its end. */
-export function fileReader(file: FileHandle, start = 0, size = Infinity): (buffer: Buffer) => Promise<number> {
-  let position = start;
-  const end = start + size;
+/** A reader for copyChunks: `file` from its start, `size` bytes (an error if it ends sooner) or to its end. */
+export function fileReader(file: FileHandle, size = Infinity): (buffer: Buffer) => Promise<number> {
+  let position = 0;
   return async (buffer) => {
-    const { bytesRead } = await file.read(buffer, 0, Math.min(buffer.length, end - position), position);
-    if (bytesRead === 0 && position < end && size !== Infinity) throw new Error(`it ended at byte ${position - start} of ${size}: it changed while being read`);
+    const { bytesRead } = await file.read(buffer, 0, Math.min(buffer.length, size - position), position);
+    if (bytesRead === 0 && position < size && size !== Infinity) throw new Error(`it ended at byte ${position} of ${size}: it changed while being read`);
     position += bytesRead;
     return bytesRead;
   };
