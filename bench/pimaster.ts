@@ -102,7 +102,9 @@ async function bench(keep: boolean): Promise<string> {
     const workOf = (off: string) => join(dir, `work-chroot-${off || 'on'}`);
     for (const [label, off] of [
       ['all speed-ups on', ''],
-      ['python-compile off (as before issue 17)', 'python-compile'],
+      ['python-compile and native-unpack off (as before issue 17)', 'python-compile,native-unpack'],
+      ['python-compile off', 'python-compile'],
+      ['native-unpack off', 'native-unpack'],
       ['unsafe-io off', 'unsafe-io'],
     ] as const) {
       say(`the chroot stage again, ${label}`);
@@ -152,7 +154,7 @@ async function bench(keep: boolean): Promise<string> {
       ['.img', formatBytes(size('none')), '<= in use + margin + 5%', ok(imgOver <= 5), `boot + root blocks in use ${formatBytes(inUse)} + --shrink-margin ${formatBytes(margin)}: ${imgOver >= 0 ? '+' : ''}${imgOver.toFixed(1)}%; resize2fs -P minimum ${formatBytes(minimum)}; PiShrink-style .img ${formatBytes(baselineImg)}`],
       ['.img.xz', formatBytes(size('xz')), '<= baseline', ok(size('xz') <= baselineXz), `PiShrink-style baseline (resize2fs -M, xz -T0 -6): ${formatBytes(baselineXz)} in ${s(baselineSeconds)}`],
       ['.img.zst', formatBytes(size('zstd')), '', '', ''],
-      ['chroot stage, all speed-ups on', s(on.seconds), '<= 0.6 x before', ok(ratio <= 0.6), `${ratio.toFixed(2)} x the chroot stage with python-compile off (${s(before.seconds)}), as it ran before issue 17`],
+      ['chroot stage, all speed-ups on', s(on.seconds), '<= 0.6 x before', ok(ratio <= 0.6), `${ratio.toFixed(2)} x the chroot stage with python-compile and native-unpack off (${s(before.seconds)}), as it ran before issue 17`],
       ...chroot.slice(2).map((run) => [`chroot stage, ${run.label}`, s(run.seconds), '', '', `${(run.seconds / on.seconds).toFixed(2)} x all on`]),
       ['pipeline overhead', `${overhead.toFixed(1)}%`, '< 5%', ok(overhead < 5), `full build: ${s(total(full) - commandTime(full))} of ${s(total(full))} not spent in commands`],
       ['peak RSS', formatBytes(rss), '< 200 MiB', ok(rss < 200 * 2 ** 20), `maxRSS of the Node process running each build, the largest (the ${rssBuild}, reached ${rssStage ? `in its ${rssStage} stage` : 'while loading'}); the others: ${Object.entries(builds).filter(([name]) => name !== rssBuild).map(([name, b]) => `${name} ${formatBytes(b.maxRssKiB * 1024)} (${b.peakStage || 'loading'})`).join(', ')}`],

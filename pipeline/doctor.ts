@@ -32,6 +32,7 @@ export const HOST_TOOLS: ReadonlyArray<{ command: string; apt: string; use: stri
   { command: 'qemu-aarch64-static', apt: 'qemu-user-static', use: 'running arm64 code in the image' },
   { command: 'qemu-arm-static', apt: 'qemu-user-static', use: 'running armhf code in the image' },
   { command: 'git', apt: 'git', use: 'cloning the PiSeduce sources' },
+  { command: 'busybox', apt: 'busybox-static', use: "unpacking packages natively in the image (else under emulation, slower)", optional: true },
   { command: 'mmdebstrap', apt: 'mmdebstrap', use: 'building test fixtures', optional: true },
   { command: 'qemu-system-aarch64', apt: 'qemu-system-arm', use: 'build-image verify: booting arm64 images', optional: true },
   { command: 'qemu-system-arm', apt: 'qemu-system-arm', use: 'build-image verify: booting armhf images', optional: true },

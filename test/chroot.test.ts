@@ -121,6 +121,44 @@ test.serial("Python modules are compiled once, at the end, by the host's Python:
   t.regex(await rootFile(image, 'stat /run/build-image'), /File not found/);
 });
 
+test.serial("dpkg's unpacking helpers run natively in the host's busybox: the same files, and other packages go to the image's dpkg-deb", async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = await fixtureCopy(dir, 'arm64');
+  const listing = (d: string) => `cd ${d} && find . -printf '%p %m %u %g %s\\n' | sort && cat $(find . -type f | sort) | md5sum`;
+  const install = script(dir, '10-native.sh', [
+    'apt-get update -q',
+    'apt-get install -y -q --no-install-recommends pv',
+    'echo "dpkg-deb is $(command -v dpkg-deb)"',
+    'dpkg --verify pv && echo "pv: every file matches its md5sum"',
+    'deb=$(ls /var/cache/apt/archives/pv_*.deb)',
+    '[ "$(dpkg-deb --fsys-tarfile $deb | md5sum)" = "$(/usr/bin/dpkg-deb --fsys-tarfile $deb | md5sum)" ] && echo "the same tar stream as the image\'s dpkg-deb"',
+    'dpkg-deb --control $deb /tmp/native && /usr/bin/dpkg-deb --control $deb /tmp/emulated',
+    `[ "$(${listing('/tmp/native')})" = "$(${listing('/tmp/emulated')})" ] && echo "the same control files, modes and owners"`,
+    'dpkg-split -Qao /tmp/part $deb || echo "dpkg-split: exit $?"',
+    // Not plain (gzip): the image's own dpkg-deb unpacks it.
+    'mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/share/gz-fixture && echo hello > /tmp/pkg/usr/share/gz-fixture/file',
+    "printf 'Package: gz-fixture\\nVersion: 1\\nArchitecture: all\\nMaintainer: t <t@example.org>\\nDescription: t\\n' > /tmp/pkg/DEBIAN/control",
+    'dpkg-deb -Zgzip --root-owner-group -b /tmp/pkg /tmp/gz.deb >/dev/null && dpkg -i /tmp/gz.deb >/dev/null && echo "gzip package: $(cat /usr/share/gz-fixture/file)"',
+    // Plain but cut short: refused, as the image's dpkg-deb refuses it.
+    'head -c $(($(stat -c %s $deb) - 64)) $deb > /tmp/cut.deb',
+    'dpkg-deb --fsys-tarfile /tmp/cut.deb > /dev/null || echo "a truncated package: dpkg-deb exit $?"',
+    'dpkg -i /tmp/cut.deb || echo "a truncated package: dpkg exit $?"',
+  ].join('\n'));
+  const config = testConfig(dir, { cache: TEST_CACHE, script: [install] });
+  await runStages([growStage, attachStage, chrootStage(), finalizeStage], config, { image });
+  const log = logsOf(config);
+  t.notRegex(log, /native-unpack off/);
+  t.regex(log, /dpkg-deb is \/run\/build-image\/stand-ins\/dpkg-deb/);
+  t.regex(log, /pv: every file matches its md5sum/);
+  t.regex(log, /the same tar stream as the image's dpkg-deb/);
+  t.regex(log, /the same control files, modes and owners/);
+  t.regex(log, /dpkg-split: exit 1/);
+  t.regex(log, /gzip package: hello/);
+  t.regex(log, /unxz: corrupted data\n(.*\n)?a truncated package: dpkg-deb exit [1-9]/); // refused by busybox, the native path
+  t.regex(log, /a truncated package: dpkg exit [1-9]/);
+});
+
 test.serial('a failing script: its name, exit code and last lines; nothing left behind', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));

@@ -1,7 +1,8 @@
 /**
  * The environment for running code inside the attached image under qemu-user: kernel file
  * systems bound in, DNS from the host, no service starting, no libarmmem preload flooding qemu,
- * dpkg's unsafe-io, Python byte-compilation held to the end, the host's apt archive cache, an
+ * dpkg's unsafe-io, Python byte-compilation held to the end, dpkg's unpacking helpers run natively,
+ * the host's apt archive cache, an
  * optional apt proxy or mirror. Every change to the image's own files is undone on the way out,
  * so none of it stays in the finished image.
  */
@@ -17,6 +18,7 @@ import { ensureBinfmt, type Arch } from './emulation.ts';
 import { mount } from '../image/loop.ts';
 import { entryInRoot, inRoot } from '../image/in-root.ts';
 import { compileHeldPython, holdPythonCompile } from './python-compile.ts';
+import { unpackNatively } from './native-unpack.ts';
 
 const SAVED = '.build-image-saved';
 /** Inside the image, on a tmpfs: scripts and files staged for them, gone after the build. */
@@ -25,12 +27,15 @@ export const STAGING = '/run/build-image';
 /** Files gathered on the host for the scripts (sources, keys, environments): bound read-only at STAGING/files. */
 export const stagedFiles = (work: string) => join(work, 'files');
 
-/** Stand-ins for commands whose work waits for the end of the session (see python-compile.ts). */
-export const HELD_BIN = `${STAGING}/held`;
+/**
+ * Stand-ins first on PATH (the chroot's and dpkg's): commands whose work waits for the end of the
+ * session (python-compile.ts), and dpkg's helpers run natively (native-unpack.ts).
+ */
+export const STAND_INS = `${STAGING}/stand-ins`;
 
 /** The environment every command in the image gets (nothing of the host's leaks in). */
 export const CHROOT_ENV: Readonly<Record<string, string>> = {
-  PATH: `${HELD_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
+  PATH: `${STAND_INS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
   HOME: '/root',
   LANG: 'C.UTF-8',
   DEBIAN_FRONTEND: 'noninteractive',
@@ -197,10 +202,11 @@ function shareAptCache(ctx: BuildContext, shared: string, archives: string): voi
 
 /**
  * What makes installing packages under emulation faster without changing what is installed:
- * dpkg's force-unsafe-io (no fsync per file: the image is synced when it is detached), and Python
- * byte-compilation done once at the end, on the host where it can be (python-compile.ts).
+ * dpkg's force-unsafe-io (no fsync per file: the image is synced when it is detached), Python
+ * byte-compilation done once at the end, on the host where it can be (python-compile.ts), and
+ * dpkg's unpacking helpers run by the host's static busybox (native-unpack.ts).
  */
-export const SPEED_UPS = ['unsafe-io', 'python-compile'] as const;
+export const SPEED_UPS = ['unsafe-io', 'python-compile', 'native-unpack'] as const;
 export type SpeedUp = (typeof SPEED_UPS)[number];
 
 /** The speed-ups on: all, less those BUILD_IMAGE_SPEEDUPS_OFF names ("all" for every one), to measure or rule one out. */
@@ -279,8 +285,8 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
     'Acquire::Retries "3";',
   ];
   if (options.aptProxy) apt.push(`Acquire::http::Proxy "${options.aptProxy}";`);
-  // apt gives dpkg a PATH of its own (/usr/sbin:/usr/bin:/sbin:/bin): the held commands go first.
-  if (speedUps.has('python-compile')) apt.push(`DPkg::Path "${HELD_BIN}:/usr/sbin:/usr/bin:/sbin:/bin";`);
+  // apt gives dpkg a PATH of its own (/usr/sbin:/usr/bin:/sbin:/bin): the stand-ins go first.
+  apt.push(`DPkg::Path "${STAND_INS}:/usr/sbin:/usr/bin:/sbin:/bin";`);
   swapFile(ctx, root, 'etc/apt/apt.conf.d/zz-build-image', `${apt.join('\n')}\n`);
   mkdirSync(inRoot(root, `${STAGING}/scripts`), { recursive: true });
   writeRestoreCommand(ctx, root);
@@ -289,12 +295,13 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
     mkdirSync(inRoot(root, `${STAGING}/files`));
     await mount(ctx, options.files, inRoot(root, `${STAGING}/files`), ['--bind', '-o', 'ro']);
   }
+  mkdirSync(inRoot(root, STAND_INS), { recursive: true });
+  if (speedUps.has('native-unpack')) await unpackNatively(ctx, STAND_INS);
   if (speedUps.has('python-compile')) {
-    mkdirSync(inRoot(root, HELD_BIN), { recursive: true });
-    holdPythonCompile(root, HELD_BIN);
+    holdPythonCompile(root, STAND_INS);
     // Only a session that succeeded is worth finishing: a failed one's image is thrown away.
     ctx.defer('byte-compile the Python modules whose compilation was held', (outcome) =>
-      outcome === 'success' ? compileHeldPython(ctx, root, HELD_BIN, arch, (args, input) => chrootRun(ctx, args, { input })) : undefined,
+      outcome === 'success' ? compileHeldPython(ctx, root, STAND_INS, arch, (args, input) => chrootRun(ctx, args, { input })) : undefined,
     );
   }
   // Registered last so it runs first: a process still holding a file under one of these mounts

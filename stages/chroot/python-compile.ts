@@ -5,7 +5,7 @@
  * Under qemu-user most of a Python package's install is its postinst's `py3compile -p PKG`: two
  * emulated interpreters started for a few files, package after package (74 s of the pimaster's
  * 141 s of dpkg). The maintainer scripts find py3compile through PATH, so a stand-in first on the
- * chroot's PATH (HELD_BIN in environment.ts) writes each call down instead. At the end the files
+ * chroot's PATH (STAND_INS in environment.ts) writes each call down instead. At the end the files
  * those calls name (`-p PKG`: the package's public modules; `-p PKG DIR`: its files there; chosen
  * as py3compile chooses them, with the exclusions of /usr/share/python3/bcep) are compiled in one
  * go: by /usr/bin/python3.X on the host when it is the image's release (same compiler, same .pyc
