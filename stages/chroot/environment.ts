@@ -2,9 +2,8 @@
  * The environment for running code inside the attached image under qemu-user: kernel file
  * systems bound in, DNS from the host, no service starting, no libarmmem preload flooding qemu,
  * dpkg's unsafe-io, Python byte-compilation held to the end, dpkg's unpacking helpers run natively,
- * the host's apt archive cache, an
- * optional apt proxy or mirror. Every change to the image's own files is undone on the way out,
- * so none of it stays in the finished image.
+ * the host's apt archive cache, an optional apt proxy or mirror. Every change to the image's own
+ * files is undone on the way out, so none of it stays in the finished image.
  */
 import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';

@@ -44,14 +44,11 @@ const dpkgSplit = (bb: string) =>
 
 /**
  * Put the stand-ins in `dir` (inside the image, first on PATH) when the host has a static busybox
- * that runs there; else say why the packages unpack under emulation. True when they are in place.
+ * that runs there; else say why the packages unpack under emulation.
  */
-export async function unpackNatively(ctx: BuildContext, dir: string): Promise<boolean> {
+export async function unpackNatively(ctx: BuildContext, dir: string): Promise<void> {
   const host = findOnPath('busybox');
-  const off = (why: string) => {
-    ctx.log.line(`native-unpack off: ${why}; packages unpack under emulation (apt-get install busybox-static to speed it up)`);
-    return false;
-  };
+  const off = (why: string) => ctx.log.line(`native-unpack off: ${why}; packages unpack under emulation (apt-get install busybox-static to speed it up)`);
   if (!host) return off('no busybox on this host');
   const root = rootDir(ctx.paths.work);
   const bb = `${dir}/busybox`; // named so: busybox takes the applet from argv[1] only under this name
@@ -61,5 +58,4 @@ export async function unpackNatively(ctx: BuildContext, dir: string): Promise<bo
   if (tried.exitCode !== 0) return off(`${host} does not run inside the image (not statically linked)`);
   writeFileSync(inRoot(root, `${dir}/dpkg-deb`), dpkgDeb(bb), { mode: 0o755 });
   writeFileSync(inRoot(root, `${dir}/dpkg-split`), dpkgSplit(bb), { mode: 0o755 });
-  return true;
 }
