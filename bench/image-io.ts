@@ -246,6 +246,7 @@ async function runOurs(image: string, dir: string, signal: AbortSignal): Promise
 /** The child's side: the customize pipeline as the CLI runs it, all under `dir`. */
 async function pipelineChild(spec: { image: string; dir: string }): Promise<void> {
   const config = defaultConfig({
+    hostname: undefined, // customize keeps the image's host name: the pimaster's default is not the CLI's here
     base: spec.image,
     'insecure-no-verify': true,
     compress: ['xz'],
