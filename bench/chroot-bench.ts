@@ -2,7 +2,7 @@
  * Installing the pimaster's package set (scripts/pimaster/10-packages.sh) into the arm64 Debian
  * fixture under qemu-user, three ways: without the speed-ups (dpkg syncing every file, Python
  * compiled package by package in the image, an empty apt cache), with them (SPEED_UPS in
- * stages/chroot/environment.ts), and with them and the apt cache of the run before (a second
+ * lib/chroot/environment.ts), and with them and the apt cache of the run before (a second
  * build). Prints one table. Needs root and the network to the Debian mirror; takes about
  * a quarter of an hour on two cores.
  *
@@ -12,13 +12,13 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { scoped } from '../pipeline/cleanup.ts';
-import { defaultConfig, formatBytes } from '../pipeline/config.ts';
-import { QuietReporter } from '../pipeline/report.ts';
-import { runPipeline } from '../pipeline/runner.ts';
-import type { Stage } from '../pipeline/stage.ts';
+import { scoped } from '../engine/cleanup.ts';
+import { defaultConfig, formatBytes } from '../engine/options.ts';
+import { QuietReporter } from '../engine/report.ts';
+import { runPipeline } from '../engine/runner.ts';
+import type { Stage } from '../engine/stage.ts';
 import { attachStage } from '../stages/attach.ts';
-import { chrootRun, enterChroot, STAGING } from '../stages/chroot/environment.ts';
+import { chrootRun, enterChroot, STAGING } from '../lib/chroot/environment.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';

@@ -21,12 +21,12 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { defaultConfig, formatBytes } from '../pipeline/config.ts';
-import { describeError } from '../pipeline/errors.ts';
-import { customize } from '../pipeline/pipelines.ts';
-import { QuietReporter } from '../pipeline/report.ts';
-import { runPipeline, type Timing } from '../pipeline/runner.ts';
-import '../stages/image/state.ts';
+import { defaultConfig, formatBytes } from '../engine/options.ts';
+import { describeError } from '../engine/errors.ts';
+import { customize } from '../pipelines/customize.ts';
+import { QuietReporter } from '../engine/report.ts';
+import { runPipeline, type Timing } from '../engine/runner.ts';
+import '../lib/image/state.ts';
 import { formatTable, inUseImageSize, lastPartitionOffset, minimumImageSize } from './measure.ts';
 import { DISK_ID, assembleDisk, elfHeader, partuuid, writeBootFiles } from '../test/fixtures/tiny-image.ts';
 

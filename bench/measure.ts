@@ -1,7 +1,7 @@
 /** What the benchmarks measure alike: resize2fs's minimum of an image, what its root holds, an .xz's size, and their tables. */
 import { mkdirSync } from 'node:fs';
 import { execa } from 'execa';
-import { parseExt4Header } from '../stages/image/ext4-fit.ts';
+import { parseExt4Header } from '../lib/image/ext4-fit.ts';
 
 export async function lastPartitionOffset(image: string): Promise<number> {
   const { stdout } = await execa('sfdisk', ['--json', image]);

@@ -5,13 +5,13 @@
  *
  *   node bench/pimaster-child.ts '{"flags": {...}, "until": "chroot"}'
  */
-import { resolveConfig } from '../pipeline/config.ts';
-import { describeError } from '../pipeline/errors.ts';
-import { optionsOf, pimaster } from '../pipeline/pipelines.ts';
-import { LineReporter, type StageBody } from '../pipeline/report.ts';
-import { runPipeline, type Timing } from '../pipeline/runner.ts';
-import type { Stage } from '../pipeline/stage.ts';
-import type { Output } from '../stages/image/state.ts';
+import { resolveConfig } from '../engine/options.ts';
+import { describeError } from '../engine/errors.ts';
+import { optionsOf, pimaster } from '../pipelines/customize.ts';
+import { LineReporter, type StageBody } from '../engine/report.ts';
+import { runPipeline, type Timing } from '../engine/runner.ts';
+import type { Stage } from '../engine/stage.ts';
+import type { Output } from '../lib/image/state.ts';
 
 /** What one build reports. */
 export interface Build {

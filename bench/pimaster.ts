@@ -19,7 +19,7 @@ import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { defaultConfig, formatBytes } from '../pipeline/config.ts';
+import { defaultConfig, formatBytes } from '../engine/options.ts';
 import type { Build } from './pimaster-child.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
 import { makePiseduceStandins } from '../test/fixtures/piseduce-standin.ts';
@@ -34,10 +34,10 @@ const total = (b: Build) => b.timings.reduce((s, t) => s + t.seconds, 0);
 const commandTime = (b: Build) => b.timings.reduce((s, t) => s + t.commandSeconds, 0);
 const cached = (b: Build) => b.timings.filter((t) => t.note).map((t) => `${t.stage}${t.note === 'from cache' ? '' : ` (${t.note!.replace(' from cache', '')})`}`).join(', ');
 
-/** One build in a child process; `speedUpsOff` as BUILD_IMAGE_SPEEDUPS_OFF (see stages/chroot/environment.ts). */
+/** One build in a child process; `speedUpsOff` as BUILD_IMAGE_SPEEDUPS_OFF (see lib/chroot/environment.ts). */
 async function build(toolkit: string, flags: Record<string, unknown>, until?: string, speedUpsOff = ''): Promise<Build> {
   const { stdout } = await execa(process.execPath, [join(toolkit, 'bench/pimaster-child.ts'), JSON.stringify({ flags, until })], {
-    // Node's compile cache where pipeline/cli.ts has it: the child loads the toolkit as the CLI does.
+    // Node's compile cache where commands/cli.ts has it: the child loads the toolkit as the CLI does.
     env: { CI: 'true', BUILD_IMAGE_SPEEDUPS_OFF: speedUpsOff, NODE_COMPILE_CACHE: join(tmpdir(), 'node-compile-cache') },
     stderr: 'inherit',
     forceKillAfterDelay: false, // SIGTERM only: the child unwinds what it attached

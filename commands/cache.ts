@@ -1,9 +1,9 @@
 /** `build-image cache ls` and `build-image cache prune`: the stage cache's snapshots. */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { formatBytes, resolveConfig } from './config.ts';
-import { ConfigError } from './errors.ts';
-import { StageCache, type SnapshotEntry } from './stage-cache.ts';
+import { formatBytes, resolveConfig } from '../engine/options.ts';
+import { ConfigError } from '../engine/errors.ts';
+import { StageCache, type SnapshotEntry } from '../engine/stage-cache.ts';
 
 export function cacheUsage(): string {
   return [

@@ -6,7 +6,7 @@ import { enableCompileCache } from 'node:module';
 // 30 MiB for the life of the process. With its compile cache (in os.tmpdir(), shared with npm) the
 // runs after the first load the stripped, compiled code instead. Enabled before the imports below.
 enableCompileCache();
-const { describeError, exitCodeOf } = await import('./errors.ts');
+const { describeError, exitCodeOf } = await import('../engine/errors.ts');
 const { main } = await import('./main.ts');
 
 main(process.argv.slice(2)).then(

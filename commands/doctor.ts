@@ -1,7 +1,7 @@
 import { accessSync, constants, existsSync, readFileSync, statfsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { formatBytes } from './config.ts';
-import { leftovers, undoCommands } from './work-dir.ts';
+import { formatBytes } from '../engine/options.ts';
+import { leftovers, undoCommands } from '../engine/work-dir.ts';
 
 export interface Check {
   name: string;

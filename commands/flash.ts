@@ -1,13 +1,13 @@
 /** `build-image flash IMAGE DEVICE [options]`: its flags, their checks, and its report. */
 import { existsSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
-import { formatBytes } from '../pipeline/config.ts';
-import { ConfigError } from '../pipeline/errors.ts';
-import { timingTable } from '../pipeline/runner.ts';
-import { parseTool, runTool, toolUsage, type ToolFlag } from '../pipeline/tool-command.ts';
-import { bmapBeside } from './bmap.ts';
-import { flashPipeline } from './stages.ts';
-import { parseCardSettings, SETTINGS_FLAGS } from './card-settings.ts';
+import { formatBytes } from '../engine/options.ts';
+import { ConfigError } from '../engine/errors.ts';
+import { timingTable } from '../engine/runner.ts';
+import { parseTool, runTool, toolUsage, type ToolFlag } from './tool-command.ts';
+import { bmapBeside } from '../lib/image/bmap.ts';
+import { flashPipeline } from '../pipelines/flash.ts';
+import { parseCardSettings, SETTINGS_FLAGS } from '../settings/first-boot.ts';
 
 const FLAGS = {
   force: { type: 'boolean', help: 'write a disk that is not removable (never the system disk, a mounted one, or a too small one)' },

@@ -1,18 +1,18 @@
 import { existsSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { formatValue, readConfigFile, resolveConfig, schema, type ConfigKey } from './config.ts';
+import { formatValue, readConfigFile, resolveConfig, schema, type ConfigKey } from '../engine/options.ts';
 import { formatChecks, runChecks } from './doctor.ts';
-import { ConfigError, UserError } from './errors.ts';
-import { PIPELINES, optionsOf, type PipelineCommand } from './pipelines.ts';
-import { pickReporter } from './report.ts';
-import { checkSettings, runPipeline, selectStages, timingTable } from './runner.ts';
-import type { Pipeline } from './stage.ts';
+import { ConfigError, UserError } from '../engine/errors.ts';
+import { PIPELINES, optionsOf, type PipelineCommand } from '../pipelines/customize.ts';
+import { pickReporter } from '../engine/report.ts';
+import { checkSettings, runPipeline, selectStages, timingTable } from '../engine/runner.ts';
+import type { Pipeline } from '../engine/stage.ts';
 import { flagRows } from './tool-command.ts';
-import { verifyCommand, verifyUsage } from '../verify/command.ts';
-import { flashCommand, flashUsage } from '../flash/command.ts';
-import { writeImagerList } from '../stages/publish/os-list-json.ts';
-import { cacheCommand, cacheUsage } from './cache-command.ts';
-import { version } from './version.ts';
+import { verifyCommand, verifyUsage } from './verify.ts';
+import { flashCommand, flashUsage } from './flash.ts';
+import { writeImagerList } from '../lib/publish/os-list-json.ts';
+import { cacheCommand, cacheUsage } from './cache.ts';
+import { version } from '../engine/version.ts';
 
 
 const RUN_FLAGS = {

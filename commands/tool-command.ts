@@ -5,11 +5,11 @@
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { resolveConfig, type Config } from './config.ts';
-import { ConfigError } from './errors.ts';
-import { pickReporter } from './report.ts';
-import { runPipeline, type Timing } from './runner.ts';
-import type { BuildState, Pipeline } from './stage.ts';
+import { resolveConfig, type Config } from '../engine/options.ts';
+import { ConfigError } from '../engine/errors.ts';
+import { pickReporter } from '../engine/report.ts';
+import { runPipeline, type Timing } from '../engine/runner.ts';
+import type { BuildState, Pipeline } from '../engine/stage.ts';
 
 export interface ToolFlag {
   type: 'string' | 'boolean';

@@ -1,12 +1,12 @@
 /** `build-image verify IMAGE --ssh-key FILE [options]`: its flags, their checks, and its report. */
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { schema } from '../pipeline/config.ts';
-import { ConfigError } from '../pipeline/errors.ts';
-import { timingTable } from '../pipeline/runner.ts';
-import { parseTool, runTool, toolUsage, type ToolFlag } from '../pipeline/tool-command.ts';
-import { formatResults, readChecksFile } from './checks.ts';
-import { verifyPipeline } from './stages.ts';
+import { schema } from '../engine/options.ts';
+import { ConfigError } from '../engine/errors.ts';
+import { timingTable } from '../engine/runner.ts';
+import { parseTool, runTool, toolUsage, type ToolFlag } from './tool-command.ts';
+import { formatResults, readChecksFile } from '../lib/qemu/checks.ts';
+import { verifyPipeline } from '../pipelines/verify.ts';
 
 const FLAGS = {
   'ssh-key': { type: 'string', placeholder: 'FILE', help: 'the private key that logs in to the image (required)' },

@@ -5,7 +5,7 @@ import { ConfigError } from './errors.ts';
 import {
   parseCountry, parseCryptHash, parseEnvironment, parseExistingFile, parseGitSource, parseHostname, parseInterface, parseIpv4Cidr, parseKeymap, parseLocale,
   parsePackages, parsePublicKeyFile, parseSsid, parseTimezone, parseUnits, parseUserName,
-} from './validate.ts';
+} from '../settings/rules.ts';
 
 /**
  * The one schema of every setting: defaults, validation, the `--help` text and the `--plan`

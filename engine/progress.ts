@@ -1,4 +1,4 @@
-import { formatBytes } from './config.ts';
+import { formatBytes } from './options.ts';
 
 /** A byte counter that renders as "120 MiB / 400 MiB  31 MiB/s  ETA 9 s" through a status line. */
 export class Progress {

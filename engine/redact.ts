@@ -3,7 +3,7 @@
  * credentials and no paths of the machine that built it.
  */
 import { basename } from 'node:path';
-import { schema, type Config, type ConfigKey } from './config.ts';
+import { schema, type Config, type ConfigKey } from './options.ts';
 
 /** The user name and password of a URL (`user:token@`), wherever one appears in a text. */
 const USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/@'"]+@/gi;

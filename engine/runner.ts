@@ -1,8 +1,8 @@
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CleanupStack, type Outcome } from './cleanup.ts';
-import { CommandRunner } from './commands.ts';
-import type { Config } from './config.ts';
+import { CommandRunner } from './exec.ts';
+import type { Config } from './options.ts';
 import { ConfigError, InterruptedError, UserError } from './errors.ts';
 import { BuildLog } from './log.ts';
 import type { Reporter } from './report.ts';

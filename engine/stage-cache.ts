@@ -61,13 +61,16 @@ export function chainKeys(root: string, steps: ReadonlyArray<Omit<Checkpoint, 'k
 }
 
 /**
- * The toolkit's version for the cache: package.json's, and a digest of the engine's and the
- * stages' code, so that a changed stage never reuses what the old one made.
+ * The toolkit's version for the cache: package.json's, and a digest of the code that makes an
+ * image (every folder but the CLI's), so that a changed stage never reuses what the old one made.
  */
+const CODE_FOLDERS = ['engine', 'lib', 'settings', 'stages', 'pipelines'];
+
 export async function toolkitVersion(): Promise<string> {
   const root = new URL('../', import.meta.url).pathname;
   const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
-  return `${version} ${await treeDigest(join(root, 'pipeline'))} ${await treeDigest(join(root, 'stages'))}`;
+  const digests = await Promise.all(CODE_FOLDERS.map((folder) => treeDigest(join(root, folder))));
+  return `${version} ${digests.join(' ')}`;
 }
 
 const KEY = /^[0-9a-f]{64}$/;

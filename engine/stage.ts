@@ -1,13 +1,13 @@
 import type { CleanupStack, Outcome } from './cleanup.ts';
-import type { CommandRunner, RunOptions, RunResult } from './commands.ts';
-import type { Config, ConfigKey } from './config.ts';
+import type { CommandRunner, RunOptions, RunResult } from './exec.ts';
+import type { Config, ConfigKey } from './options.ts';
 import type { BuildLog } from './log.ts';
 import type { SnapshotEntry } from './stage-cache.ts';
 
 /**
  * What stages leave for the stages after them. It is saved to `<work>/state.json` after every
  * stage so that `--from STAGE` can pick a build up again. Stage modules add their own fields by
- * declaration merging (`declare module '../pipeline/stage.ts' { interface BuildState { ... } }`).
+ * declaration merging (`declare module '../engine/stage.ts' { interface BuildState { ... } }`).
  */
 export interface BuildState {
   /** Stage name -> seconds, for the manifest. */

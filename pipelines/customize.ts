@@ -1,6 +1,6 @@
 import { fileURLToPath } from 'node:url';
-import { CACHE_KEYS, COMMON_KEYS, PIMASTER_DEFAULTS, type ConfigKey } from './config.ts';
-import type { Pipeline } from './stage.ts';
+import { CACHE_KEYS, COMMON_KEYS, PIMASTER_DEFAULTS, type ConfigKey } from '../engine/options.ts';
+import type { Pipeline } from '../engine/stage.ts';
 import { attachStage } from '../stages/attach.ts';
 import { compressStage } from '../stages/compress.ts';
 import { extractStage } from '../stages/extract.ts';
@@ -12,7 +12,7 @@ import { overlayStage } from '../stages/overlay.ts';
 import { chrootStage } from '../stages/chroot.ts';
 import { settingsStage } from '../stages/settings.ts';
 import { shrink, shrinkStage } from '../stages/shrink.ts';
-import { imageSnapshots } from '../stages/image/snapshot.ts';
+import { imageSnapshots } from '../lib/image/snapshot.ts';
 
 /** A directory of this repository (overlays/..., scripts/...). */
 const repo = (path: string) => fileURLToPath(new URL(`../${path}`, import.meta.url));

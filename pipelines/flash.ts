@@ -13,17 +13,17 @@ import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { UserError } from '../pipeline/errors.ts';
-import { Progress } from '../pipeline/progress.ts';
-import type { BuildContext, Pipeline, Stage } from '../pipeline/stage.ts';
+import { UserError } from '../engine/errors.ts';
+import { Progress } from '../engine/progress.ts';
+import type { BuildContext, Pipeline, Stage } from '../engine/stage.ts';
 import { decodeImage, imageFormat } from '../stages/extract.ts';
-import { bootFileNames, readBootFile, writeBootFile } from '../stages/image/bootfs.ts';
-import { partition, readLayout } from '../stages/image/partitions.ts';
-import { bootMountOf } from '../stages/image/system.ts';
-import { cloudInitSeed, cmdlineArguments, firstrunScript, newInstanceId, type CardSettings, type InitFormat } from './card-settings.ts';
-import { imageStem, readBmap, type Bmap } from './bmap.ts';
-import { DeviceWriter, type Written } from './device-writer.ts';
-import { inspectTarget, openExclusive, refusals } from './target.ts';
+import { bootFileNames, readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
+import { partition, readLayout } from '../lib/image/partitions.ts';
+import { bootMountOf } from '../lib/image/system.ts';
+import { cloudInitSeed, cmdlineArguments, firstrunScript, newInstanceId, type CardSettings, type InitFormat } from '../settings/first-boot.ts';
+import { imageStem, readBmap, type Bmap } from '../lib/image/bmap.ts';
+import { DeviceWriter, type Written } from '../lib/card/device-writer.ts';
+import { inspectTarget, openExclusive, refusals } from '../lib/card/target.ts';
 
 export interface FlashOptions {
   image: string;
@@ -35,7 +35,7 @@ export interface FlashOptions {
   settings?: CardSettings;
 }
 
-declare module '../pipeline/stage.ts' {
+declare module '../engine/stage.ts' {
   interface BuildState {
     flash?: { written?: Written[]; bytes?: number; deviceBytes?: number; verified?: number; settings?: { format: InitFormat; files: string[] } };
   }

@@ -11,22 +11,22 @@
  */
 import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync, statfsSync, statSync, truncateSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { scoped } from '../pipeline/cleanup.ts';
-import { UserError } from '../pipeline/errors.ts';
-import type { BuildContext, BuildState, Pipeline, Stage } from '../pipeline/stage.ts';
+import { scoped } from '../engine/cleanup.ts';
+import { UserError } from '../engine/errors.ts';
+import type { BuildContext, BuildState, Pipeline, Stage } from '../engine/stage.ts';
 import { extractImage } from '../stages/extract.ts';
 import { growRoot } from '../stages/grow.ts';
-import { ext4Geometry } from '../stages/image/ext4-fit.ts';
-import { imageArch } from '../stages/chroot/emulation.ts';
-import { inRoot } from '../stages/image/in-root.ts';
-import { attachLoop, mount } from '../stages/image/loop.ts';
-import { partition, readLayout } from '../stages/image/partitions.ts';
-import { lastLine, systemChecks, type Check, type CheckResult } from './checks.ts';
-import { readFacts, type GuestFacts } from './facts.ts';
-import { freePort, guestArgs, shutDown, startGuest, sshArgs, waitForSsh, type Guest, type GuestSpec, type SshTarget } from './guest.ts';
-import { NODE, prepareNodeBoot, runNode } from './node.ts';
-import { debianKernel, guestBusybox, ownKernel, type GuestArch, type GuestKernel } from './kernel.ts';
-import { GUEST_BUSYBOX, PIMASTER_PORTS, pimasterChecks } from './pimaster-checks.ts';
+import { ext4Geometry } from '../lib/image/ext4-fit.ts';
+import { imageArch } from '../lib/chroot/emulation.ts';
+import { inRoot } from '../lib/image/in-root.ts';
+import { attachLoop, mount } from '../lib/image/loop.ts';
+import { partition, readLayout } from '../lib/image/partitions.ts';
+import { lastLine, systemChecks, type Check, type CheckResult } from '../lib/qemu/checks.ts';
+import { readFacts, type GuestFacts } from '../lib/qemu/facts.ts';
+import { freePort, guestArgs, shutDown, startGuest, sshArgs, waitForSsh, type Guest, type GuestSpec, type SshTarget } from '../lib/qemu/guest.ts';
+import { NODE, prepareNodeBoot, runNode } from '../lib/qemu/node.ts';
+import { debianKernel, guestBusybox, ownKernel, type GuestArch, type GuestKernel } from '../lib/qemu/kernel.ts';
+import { GUEST_BUSYBOX, PIMASTER_PORTS, pimasterChecks } from './pimaster/checks.ts';
 
 export interface VerifyOptions {
   image: string;
@@ -45,7 +45,7 @@ export interface VerifyOptions {
   node: boolean;
 }
 
-declare module '../pipeline/stage.ts' {
+declare module '../engine/stage.ts' {
   interface BuildState {
     verify?: {
       copy: string;

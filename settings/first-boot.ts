@@ -13,8 +13,8 @@
 import { pbkdf2Sync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { execa } from 'execa';
-import { ConfigError } from '../pipeline/errors.ts';
-import { CRYPT_HASH, isCountry, isTimezone, KEYMAP, USER_NAME } from '../pipeline/validate.ts';
+import { ConfigError } from '../engine/errors.ts';
+import { CRYPT_HASH, isCountry, isTimezone, KEYMAP, USER_NAME } from './rules.ts';
 
 export type InitFormat = 'systemd' | 'cloudinit-rpi';
 

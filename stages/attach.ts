@@ -1,11 +1,11 @@
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { UserError } from '../pipeline/errors.ts';
-import type { Stage } from '../pipeline/stage.ts';
-import { copyOut, snapshot, writeBack } from './image/bootfs.ts';
-import { attachLoop, mount } from './image/loop.ts';
-import { partition, readLayout } from './image/partitions.ts';
-import { detectSystem } from './image/system.ts';
+import { UserError } from '../engine/errors.ts';
+import type { Stage } from '../engine/stage.ts';
+import { copyOut, snapshot, writeBack } from '../lib/image/bootfs.ts';
+import { attachLoop, mount } from '../lib/image/loop.ts';
+import { partition, readLayout } from '../lib/image/partitions.ts';
+import { detectSystem } from '../lib/image/system.ts';
 
 /** Where the root filesystem is mounted and the boot partition copied out, inside the work dir. */
 export const rootDir = (work: string) => join(work, 'root');
@@ -42,7 +42,7 @@ export const attachStage: Stage = {
     const bootOffset = partition(layout, layout.boot).offset;
     await copyOut(ctx, image, bootOffset, boot);
     const before = snapshot(boot);
-    ctx.resources.set('boot-before', before); // for the stage cache's snapshots (stages/image/snapshot.ts)
+    ctx.resources.set('boot-before', before); // for the stage cache's snapshots (lib/image/snapshot.ts)
     ctx.defer('write back the boot partition', async (outcome) => {
       if (outcome === 'success') await writeBack(ctx, image, bootOffset, boot, before);
     });

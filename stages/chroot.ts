@@ -1,12 +1,12 @@
 import { copyFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { derivedValues, imageSettings, type Config, type ConfigKey } from '../pipeline/config.ts';
-import { CommandError, UserError } from '../pipeline/errors.ts';
-import { treeDigest } from '../pipeline/digest.ts';
-import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { derivedValues, imageSettings, type Config, type ConfigKey } from '../engine/options.ts';
+import { CommandError, UserError } from '../engine/errors.ts';
+import { treeDigest } from '../engine/digest.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
 import { rootDir } from './attach.ts';
-import { inRoot } from './image/in-root.ts';
-import { chrootArgs, chrootRun, enterChroot, RESTORE_IMAGE_FILES, STAGING, stagedFiles } from './chroot/environment.ts';
+import { inRoot } from '../lib/image/in-root.ts';
+import { chrootArgs, chrootRun, enterChroot, RESTORE_IMAGE_FILES, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
 
 /**
  * The settings as environment variables of every script (those that can change what the image

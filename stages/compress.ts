@@ -19,18 +19,18 @@ import { basename, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import { pack } from 'tar-stream';
-import { commandLine } from '../pipeline/commands.ts';
-import { formatBytes, type Compression, type Config } from '../pipeline/config.ts';
-import { CommandError, errnoReason, UserError } from '../pipeline/errors.ts';
-import { Progress } from '../pipeline/progress.ts';
-import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { published, publishedSettings, withoutCredentials } from '../pipeline/redact.ts';
-import { writeImagerList } from './publish/os-list-json.ts';
-import { cycloneDx, SBOM_FORMAT } from './publish/sbom.ts';
-import { version } from '../pipeline/version.ts';
-import { copyChunks, fileReader, handOver } from './image/chunks.ts';
-import { SparseWriter } from './image/sparse-writer.ts';
-import type { Output } from './image/state.ts';
+import { commandLine } from '../engine/exec.ts';
+import { formatBytes, type Compression, type Config } from '../engine/options.ts';
+import { CommandError, errnoReason, UserError } from '../engine/errors.ts';
+import { Progress } from '../engine/progress.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
+import { published, publishedSettings, withoutCredentials } from '../engine/redact.ts';
+import { writeImagerList } from '../lib/publish/os-list-json.ts';
+import { cycloneDx, SBOM_FORMAT } from '../lib/publish/sbom.ts';
+import { version } from '../engine/version.ts';
+import { copyChunks, fileReader, handOver } from '../lib/image/chunks.ts';
+import { SparseWriter } from '../lib/image/sparse-writer.ts';
+import type { Output } from '../lib/image/state.ts';
 
 
 /**

@@ -14,13 +14,13 @@ import { finished, pipeline } from 'node:stream/promises';
 import { crc32 } from 'node:zlib';
 import { extract } from 'tar-stream';
 import yauzl from 'yauzl';
-import { errnoReason, UserError } from '../pipeline/errors.ts';
-import { Progress } from '../pipeline/progress.ts';
-import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { copyChunks, fileReader, handOver } from './image/chunks.ts';
-import { SparseWriter } from './image/sparse-writer.ts';
+import { errnoReason, UserError } from '../engine/errors.ts';
+import { Progress } from '../engine/progress.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
+import { copyChunks, fileReader, handOver } from '../lib/image/chunks.ts';
+import { SparseWriter } from '../lib/image/sparse-writer.ts';
 import { DOWNLOADING, fileNameOf, type Downloading } from './fetch.ts';
-import type { Download } from './image/state.ts';
+import type { Download } from '../lib/image/state.ts';
 
 export type Format = 'xz' | 'gzip' | 'zstd' | 'zip' | 'raw';
 

@@ -11,17 +11,17 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Config } from '../pipeline/config.ts';
-import { UserError } from '../pipeline/errors.ts';
-import { Progress } from '../pipeline/progress.ts';
-import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { hashInto } from '../pipeline/digest.ts';
-import { downloadToPartial, getText, probe, type Downloaded, type Net } from './sources/download.ts';
-import { GrowingFile } from './sources/growing-file.ts';
-import { availableLite, isRelease, osListItems, pickRelease, walkOsList, type OsImage, type ReleaseName } from './sources/imager-os-list.ts';
-import type { Download } from './image/state.ts';
+import type { Config } from '../engine/options.ts';
+import { UserError } from '../engine/errors.ts';
+import { Progress } from '../engine/progress.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
+import { hashInto } from '../engine/digest.ts';
+import { downloadToPartial, getText, probe, type Downloaded, type Net } from '../lib/sources/download.ts';
+import { GrowingFile } from '../lib/sources/growing-file.ts';
+import { availableLite, isRelease, osListItems, pickRelease, walkOsList, type OsImage, type ReleaseName } from '../lib/sources/imager-os-list.ts';
+import type { Download } from '../lib/image/state.ts';
 
-export { downloadPolicy } from './sources/download.ts';
+export { downloadPolicy } from '../lib/sources/download.ts';
 
 /** How many lists (the OS list and its `subitems_url` lists) a release lookup may load. */
 const MAX_LISTS = 32;

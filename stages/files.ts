@@ -6,12 +6,12 @@
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import type { ConfigKey } from '../pipeline/config.ts';
-import { CommandError, UserError } from '../pipeline/errors.ts';
-import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { withoutCredentials } from '../pipeline/redact.ts';
-import { splitGitSource } from '../pipeline/validate.ts';
-import { STAGING, stagedFiles } from './chroot/environment.ts';
+import type { ConfigKey } from '../engine/options.ts';
+import { CommandError, UserError } from '../engine/errors.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
+import { withoutCredentials } from '../engine/redact.ts';
+import { splitGitSource } from '../settings/rules.ts';
+import { STAGING, stagedFiles } from '../lib/chroot/environment.ts';
 import { encodeImage } from './compress.ts';
 import { extractImage } from './extract.ts';
 import { fetchImage } from './fetch.ts';
@@ -74,7 +74,7 @@ async function packEnvironment(ctx: BuildContext, spec: string, dir: string): Pr
   return env;
 }
 
-declare module '../pipeline/stage.ts' {
+declare module '../engine/stage.ts' {
   interface BuildState {
     /** name -> the repository, the ref asked for and the commit checked out (for the manifest). */
     sources?: Record<string, { repo: string; ref?: string; commit: string }>;

@@ -1,10 +1,10 @@
-import { UserError } from '../pipeline/errors.ts';
-import type { Stage } from '../pipeline/stage.ts';
+import { UserError } from '../engine/errors.ts';
+import type { Stage } from '../engine/stage.ts';
 import { rootDir } from './attach.ts';
-import { installedPackages } from './image/packages.ts';
-import { attachLoop } from './image/loop.ts';
-import { partition } from './image/partitions.ts';
-import { scoped } from '../pipeline/cleanup.ts';
+import { installedPackages } from '../lib/image/packages.ts';
+import { attachLoop } from '../lib/image/loop.ts';
+import { partition } from '../lib/image/partitions.ts';
+import { scoped } from '../engine/cleanup.ts';
 
 /** Write the boot partition back, unmount, detach (all that attach opened), then fsck the root. */
 export const finalizeStage: Stage = {

@@ -1,15 +1,15 @@
 import { statfsSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { formatBytes } from '../pipeline/config.ts';
-import { scoped } from '../pipeline/cleanup.ts';
-import { UserError } from '../pipeline/errors.ts';
-import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { formatBytes } from '../engine/options.ts';
+import { scoped } from '../engine/cleanup.ts';
+import { UserError } from '../engine/errors.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
 import { fsck } from './finalize.ts';
-import { attachLoop } from './image/loop.ts';
-import { partition, readLayout } from './image/partitions.ts';
-import { resizeRootPartition } from './image/resize.ts';
-import { ext4Geometry } from './image/ext4-fit.ts';
-import type { Layout } from './image/state.ts';
+import { attachLoop } from '../lib/image/loop.ts';
+import { partition, readLayout } from '../lib/image/partitions.ts';
+import { resizeRootPartition } from '../lib/image/resize.ts';
+import { ext4Geometry } from '../lib/image/ext4-fit.ts';
+import type { Layout } from '../lib/image/state.ts';
 
 const MiB = 2 ** 20;
 /** Always kept free while customizing: logs, apt lists, dpkg's temporary files. */

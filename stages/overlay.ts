@@ -1,12 +1,12 @@
 import { chmodSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { derivedValues, imageSettings, type ConfigKey } from '../pipeline/config.ts';
-import { UserError } from '../pipeline/errors.ts';
-import { treeDigest } from '../pipeline/digest.ts';
-import type { BuildContext, Stage } from '../pipeline/stage.ts';
+import { derivedValues, imageSettings, type ConfigKey } from '../engine/options.ts';
+import { UserError } from '../engine/errors.ts';
+import { treeDigest } from '../engine/digest.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
 import { bootDir, rootDir } from './attach.ts';
-import { renderTemplate, templateVars, TemplateError } from '../pipeline/template.ts';
-import { inRoot } from './image/in-root.ts';
+import { renderTemplate, templateVars, TemplateError } from '../lib/template.ts';
+import { inRoot } from '../lib/image/in-root.ts';
 
 /** The trees an overlay directory may hold, and where each goes. */
 const TREES = ['boot', 'rootfs'] as const;

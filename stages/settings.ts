@@ -10,21 +10,21 @@
  *   regulatory domain on cmdline.txt (as raspi-config sets it), else wpa_supplicant.conf;
  * - SSH host keys a package made here are removed: they are made at first boot.
  *
- * The same flags as `flash` (flash/card-settings.ts checks them both), plus --ssh, --locale,
+ * The same flags as `flash` (settings/first-boot.ts checks them both), plus --ssh, --locale,
  * --packages, --enable and --disable. The stage cache keys the settings and the content of the
  * files they name; a password file is hashed again at each build (a fresh salt).
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Config, ConfigKey } from '../pipeline/config.ts';
-import { quote as q } from '../pipeline/commands.ts';
-import { ConfigError } from '../pipeline/errors.ts';
-import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { parseCardSettings, type CardSettings } from '../flash/card-settings.ts';
+import type { Config, ConfigKey } from '../engine/options.ts';
+import { quote as q } from '../engine/exec.ts';
+import { ConfigError } from '../engine/errors.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
+import { parseCardSettings, type CardSettings } from '../settings/first-boot.ts';
 import { rootDir } from './attach.ts';
-import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from './chroot/environment.ts';
-import { inRoot } from './image/in-root.ts';
+import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
+import { inRoot } from '../lib/image/in-root.ts';
 
 const SETTING_KEYS: readonly ConfigKey[] = [
   'hostname', 'user', 'password-hash', 'password-file', 'ssh-key', 'ssh', 'ssh-password-auth', 'wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden',

@@ -1,16 +1,16 @@
 import { renameSync, rmSync } from 'node:fs';
-import { formatBytes } from '../pipeline/config.ts';
-import { scoped } from '../pipeline/cleanup.ts';
-import { UserError } from '../pipeline/errors.ts';
-import type { BuildContext, Stage } from '../pipeline/stage.ts';
-import { readBootFile, writeBootFile } from './image/bootfs.ts';
-import { armFirstBoot, disarmFirstBoot, firstBootFor, formatCmdline, parseCmdline } from './image/cmdline.ts';
+import { formatBytes } from '../engine/options.ts';
+import { scoped } from '../engine/cleanup.ts';
+import { UserError } from '../engine/errors.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
+import { readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
+import { armFirstBoot, disarmFirstBoot, firstBootFor, formatCmdline, parseCmdline } from '../lib/image/cmdline.ts';
 import { fsck } from './finalize.ts';
-import { attachLoop } from './image/loop.ts';
-import { partition, readLayout } from './image/partitions.ts';
-import type { Partition } from './image/state.ts';
-import { resizeRootPartition } from './image/resize.ts';
-import { ext4Geometry, fittingBlocks } from './image/ext4-fit.ts';
+import { attachLoop } from '../lib/image/loop.ts';
+import { partition, readLayout } from '../lib/image/partitions.ts';
+import type { Partition } from '../lib/image/state.ts';
+import { resizeRootPartition } from '../lib/image/resize.ts';
+import { ext4Geometry, fittingBlocks } from '../lib/image/ext4-fit.ts';
 
 /** Below this gain a shrink is not worth a rewrite: shrinking a shrunk image changes nothing. */
 const MIN_GAIN = 4 * 2 ** 20;

@@ -4,9 +4,9 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import type { Config } from '../pipeline/config.ts';
+import type { Config } from '../engine/options.ts';
 import { attachStage } from '../stages/attach.ts';
-import { processesIn } from '../stages/chroot/environment.ts';
+import { processesIn } from '../lib/chroot/environment.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { chrootStage } from '../stages/chroot.ts';

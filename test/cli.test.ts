@@ -8,7 +8,7 @@ import { scratch, smallDisk } from './helpers/build.ts';
 import { startServer } from './helpers/http-server.ts';
 import { loopsOn, loopsUnder, mountsUnder } from './helpers/leaks.ts';
 
-const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
 const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 const run = (args: string[], options: { cwd?: string } = {}) => execa('node', [cli, ...args], { reject: false, env: { CI: 'true' }, ...options });
 

@@ -15,11 +15,11 @@ import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { extract } from 'tar-stream';
 import yauzl from 'yauzl';
-import type { Compression } from '../pipeline/config.ts';
-import { CommandError, InterruptedError, UserError } from '../pipeline/errors.ts';
-import type { BuildState } from '../pipeline/stage.ts';
+import type { Compression } from '../engine/options.ts';
+import { CommandError, InterruptedError, UserError } from '../engine/errors.ts';
+import type { BuildState } from '../engine/stage.ts';
 import { compressStage, defaultName } from '../stages/compress.ts';
-import type { Download, Package, SystemInfo } from '../stages/image/state.ts';
+import type { Download, Package, SystemInfo } from '../lib/image/state.ts';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
 
@@ -256,7 +256,7 @@ test("os-list.json: Raspberry Pi Imager's entry for the image, from its manifest
 
   const dir = setup(t);
   for (const f of ['pi.manifest.json', 'pi.img.xz']) copyFileSync(join(out, f), join(dir, f));
-  const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+  const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
   const r = await execa('node', [cli, 'os-list', dir, '--release-url', 'https://example.org/releases/v1/']);
   t.is(r.stdout, join(dir, 'os-list.json'));
   t.is(JSON.parse(readFileSync(join(dir, 'os-list.json'), 'utf8')).os_list[0].url, 'https://example.org/releases/v1/pi.img.xz');

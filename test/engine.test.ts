@@ -4,11 +4,11 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { CleanupStack, scoped } from '../pipeline/cleanup.ts';
-import { parseSize, resolveConfig, type ConfigKey } from '../pipeline/config.ts';
-import { ConfigError } from '../pipeline/errors.ts';
-import { selectStages, timingTable } from '../pipeline/runner.ts';
-import type { Pipeline, Stage } from '../pipeline/stage.ts';
+import { CleanupStack, scoped } from '../engine/cleanup.ts';
+import { parseSize, resolveConfig, type ConfigKey } from '../engine/options.ts';
+import { ConfigError } from '../engine/errors.ts';
+import { selectStages, timingTable } from '../engine/runner.ts';
+import type { Pipeline, Stage } from '../engine/stage.ts';
 import { scratch } from './helpers/build.ts';
 
 const child = new URL('./fixtures/signal-child.ts', import.meta.url).pathname;

@@ -151,7 +151,7 @@ test.serial("verify reads the image's facts and authorizes its key inside the im
   await makeTinyImage(image, { rootFiles: { 'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\npi:x:1000:1000::/home/pi:/bin/sh\n' } });
   await plantLinks(image, { 'home/pi/.ssh': hostDir, 'etc/hostname': hostFile });
   await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'key')]);
-  const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+  const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
   const r = await execa('node', [cli, 'verify', image, '--ssh-key', join(dir, 'key'), '--authorize', '--user', 'pi', '--work', join(dir, 'work'), '--cache', TEST_CACHE, '--timeout', '120'], { reject: false, env: { CI: 'true' } });
   t.is(r.exitCode, 1, 'the tiny image does not boot');
   t.regex(r.stderr, /has no \/sbin\/init/, 'it got as far as booting the copy');

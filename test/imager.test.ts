@@ -15,7 +15,7 @@ import { sha256File } from './helpers/base-images.ts';
 import { scratch } from './helpers/build.ts';
 import { pimasterBuild, type PimasterBuild } from './helpers/pimaster-build.ts';
 
-const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
 const mtools = { env: { MTOOLS_SKIP_CHECK: '1' } };
 const BOOT = `@@${16384 * 512}`;
 

@@ -13,7 +13,7 @@ import { scratch } from './helpers/build.ts';
 import { loopsUnder, mountsUnder } from './helpers/leaks.ts';
 import { pimasterBuild } from './helpers/pimaster-build.ts';
 
-const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
 
 /** Processes whose command line names `dir` (both QEMUs run from there), other than the CLI. */
 function processesNaming(dir: string): string[] {

@@ -14,7 +14,7 @@ import { raspiosLite } from './fixtures/raspios-image.ts';
 import { scratch } from './helpers/build.ts';
 import { loopsUnder, mountsUnder } from './helpers/leaks.ts';
 
-const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
 const run = (args: string[]) => execa('node', [cli, ...args], { reject: false, env: { CI: 'true' } });
 
 /** What a user has at hand: a key pair, a password (hashed and in a file), a Wi-Fi passphrase. */

@@ -1,19 +1,19 @@
 /** The pure pieces: no root, no image, fast. */
 import test from 'ava';
-import { parseIpv4Cidr, parseHostname, isPublicKey, parseGitSource } from '../pipeline/validate.ts';
-import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../stages/image/cmdline.ts';
-import { diffSnapshots } from '../stages/image/bootfs.ts';
-import { archivesOf, rewriteSources } from '../stages/chroot/environment.ts';
-import { guestArgs } from '../verify/guest.ts';
-import { elfArch, registrationLine } from '../stages/chroot/emulation.ts';
+import { parseIpv4Cidr, parseHostname, isPublicKey, parseGitSource } from '../settings/rules.ts';
+import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../lib/image/cmdline.ts';
+import { diffSnapshots } from '../lib/image/bootfs.ts';
+import { archivesOf, rewriteSources } from '../lib/chroot/environment.ts';
+import { guestArgs } from '../lib/qemu/guest.ts';
+import { elfArch, registrationLine } from '../lib/chroot/emulation.ts';
 import { imageBaseName } from '../stages/files.ts';
-import { parseLayout } from '../stages/image/partitions.ts';
-import { resizeInDump } from '../stages/image/resize.ts';
+import { parseLayout } from '../lib/image/partitions.ts';
+import { resizeInDump } from '../lib/image/resize.ts';
 import { shrinkTries } from '../stages/shrink.ts';
-import { dep5Licenses, parseDpkgStatus } from '../stages/image/packages.ts';
-import { fittingBlocks, metadataBlocks, type Ext4Geometry } from '../stages/image/ext4-fit.ts';
-import { bootMountOf, parseOsRelease } from '../stages/image/system.ts';
-import { renderTemplate } from '../pipeline/template.ts';
+import { dep5Licenses, parseDpkgStatus } from '../lib/image/packages.ts';
+import { fittingBlocks, metadataBlocks, type Ext4Geometry } from '../lib/image/ext4-fit.ts';
+import { bootMountOf, parseOsRelease } from '../lib/image/system.ts';
+import { renderTemplate } from '../lib/template.ts';
 import { elfHeader } from './fixtures/tiny-image.ts';
 
 test('IPv4 address and prefix', (t) => {

@@ -14,7 +14,7 @@ import { scratch } from './helpers/build.ts';
 import { loopsUnder, mountsUnder } from './helpers/leaks.ts';
 import { pimasterBuild } from './helpers/pimaster-build.ts';
 
-const cli = new URL('../pipeline/cli.ts', import.meta.url).pathname;
+const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
 const verify = (args: string[]) => execa('node', [cli, 'verify', ...args], { reject: false, env: { CI: 'true' } });
 
 /** Processes whose command line mentions `dir` (QEMU runs the copy from there). */

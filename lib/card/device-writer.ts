@@ -6,8 +6,8 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { Writable } from 'node:stream';
-import { writeAt } from '../stages/image/sparse-writer.ts';
-import type { Range } from './bmap.ts';
+import { writeAt } from '../image/sparse-writer.ts';
+import type { Range } from '../image/bmap.ts';
 
 export interface Written {
   start: number;

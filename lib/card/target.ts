@@ -6,8 +6,8 @@
 import { constants, existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { UserError } from '../pipeline/errors.ts';
-import { currentMounts, type Mount } from '../pipeline/mounts.ts';
+import { UserError } from '../../engine/errors.ts';
+import { currentMounts, type Mount } from '../../engine/mounts.ts';
 
 export interface Disk {
   path: string;

@@ -5,8 +5,8 @@
  * the kernel, nothing copied into the image).
  */
 import { closeSync, existsSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
-import { UserError } from '../../pipeline/errors.ts';
-import type { BuildContext } from '../../pipeline/stage.ts';
+import { UserError } from '../../engine/errors.ts';
+import type { BuildContext } from '../../engine/stage.ts';
 import { inRoot } from '../image/in-root.ts';
 
 export type Arch = 'arm64' | 'armhf' | 'amd64' | 'i386' | 'unknown';

@@ -9,10 +9,10 @@ import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, 
 import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { UserError } from '../../pipeline/errors.ts';
-import { quote, type RunOptions, type RunResult } from '../../pipeline/commands.ts';
-import type { BuildContext } from '../../pipeline/stage.ts';
-import { rootDir } from '../attach.ts';
+import { UserError } from '../../engine/errors.ts';
+import { quote, type RunOptions, type RunResult } from '../../engine/exec.ts';
+import type { BuildContext } from '../../engine/stage.ts';
+import { rootDir } from '../../stages/attach.ts';
 import { ensureBinfmt, type Arch } from './emulation.ts';
 import { mount } from '../image/loop.ts';
 import { entryInRoot, inRoot } from '../image/in-root.ts';

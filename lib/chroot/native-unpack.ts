@@ -12,9 +12,9 @@
  * modes and owners. Every other package and every other call goes to the image's own command.
  */
 import { copyFileSync, writeFileSync } from 'node:fs';
-import type { BuildContext } from '../../pipeline/stage.ts';
-import { findOnPath } from '../../pipeline/doctor.ts';
-import { rootDir } from '../attach.ts';
+import type { BuildContext } from '../../engine/stage.ts';
+import { findOnPath } from '../../commands/doctor.ts';
+import { rootDir } from '../../stages/attach.ts';
 import { inRoot } from '../image/in-root.ts';
 
 /** True when `DEB` (argument 1) is a plain package; busybox's `ar` reads the member list. */

@@ -14,8 +14,8 @@
  */
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { posix } from 'node:path';
-import { UserError } from '../../pipeline/errors.ts';
-import type { BuildContext } from '../../pipeline/stage.ts';
+import { UserError } from '../../engine/errors.ts';
+import type { BuildContext } from '../../engine/stage.ts';
 import { entryInRoot, inRoot, readInRoot } from '../image/in-root.ts';
 import { PACKAGE_NAME, parseDpkgStatus } from '../image/packages.ts';
 

@@ -3,7 +3,7 @@
  * range. Flashing writes only those ranges, and checks each against its sha256 as it passes.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { UserError } from '../pipeline/errors.ts';
+import { UserError } from '../../engine/errors.ts';
 
 export interface Range {
   /** Byte offsets in the image: [start, end). */

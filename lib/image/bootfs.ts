@@ -6,8 +6,8 @@
  */
 import { lstatSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, posix } from 'node:path';
-import { UserError } from '../../pipeline/errors.ts';
-import type { BuildContext } from '../../pipeline/stage.ts';
+import { UserError } from '../../engine/errors.ts';
+import type { BuildContext } from '../../engine/stage.ts';
 
 const env = { MTOOLS_SKIP_CHECK: '1', MTOOLS_NO_VFAT: undefined };
 

@@ -3,7 +3,7 @@
  * counts every group's metadata and a generous allowance for moved files), so the shrink stage
  * starts from what the blocks in use need and lets resize2fs and e2fsck say whether it fits.
  */
-import type { BuildContext } from '../../pipeline/stage.ts';
+import type { BuildContext } from '../../engine/stage.ts';
 
 export interface Ext4Geometry {
   blockSize: number;

@@ -6,7 +6,7 @@
  */
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { isAbsolute, join, posix } from 'node:path';
-import { UserError } from '../../pipeline/errors.ts';
+import { UserError } from '../../engine/errors.ts';
 
 /** The image's path `path` with its symbolic links followed inside the image: /bin/sh -> /usr/bin/dash. */
 export function resolveInRoot(root: string, path: string, depth = 0): string {

@@ -5,8 +5,8 @@
 import { existsSync } from 'node:fs';
 import { basename } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CommandError } from '../../pipeline/errors.ts';
-import type { BuildContext } from '../../pipeline/stage.ts';
+import { CommandError } from '../../engine/errors.ts';
+import type { BuildContext } from '../../engine/stage.ts';
 
 /** Retry a command that fails while the kernel is still letting go of a device (EBUSY). */
 async function retry<T>(attempts: number, fn: () => Promise<T>): Promise<T> {

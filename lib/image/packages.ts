@@ -1,5 +1,5 @@
 /** The image's installed packages, for the manifest and the SBOM: dpkg's status and the packages' copyright files. */
-import { UserError } from '../../pipeline/errors.ts';
+import { UserError } from '../../engine/errors.ts';
 import { readFileSync, statSync } from 'node:fs';
 import { inRoot, readInRoot } from './in-root.ts';
 import type { Package } from './state.ts';

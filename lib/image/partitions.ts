@@ -1,7 +1,7 @@
 /** The image's partition table, read once with sfdisk, checked, with the boot and root found. */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { UserError } from '../../pipeline/errors.ts';
-import type { BuildContext } from '../../pipeline/stage.ts';
+import { UserError } from '../../engine/errors.ts';
+import type { BuildContext } from '../../engine/stage.ts';
 import type { Layout, Partition } from './state.ts';
 
 interface SfdiskJson {

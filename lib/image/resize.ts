@@ -1,6 +1,6 @@
 /** Moving the end of the root partition (the last one) and of the image file. */
 import { truncateSync } from 'node:fs';
-import type { BuildContext } from '../../pipeline/stage.ts';
+import type { BuildContext } from '../../engine/stage.ts';
 import { readLayout } from './partitions.ts';
 import type { Layout, Partition } from './state.ts';
 

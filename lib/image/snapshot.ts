@@ -4,13 +4,13 @@
  * into the copy), so that restoring is copying it back and attaching it as usual.
  */
 import { basename, join } from 'node:path';
-import { scoped } from '../../pipeline/cleanup.ts';
-import { formatBytes } from '../../pipeline/config.ts';
-import type { SnapshotEntry } from '../../pipeline/stage-cache.ts';
-import type { BuildContext, ImageSnapshots } from '../../pipeline/stage.ts';
-import { bootDir, rootDir } from '../attach.ts';
+import { scoped } from '../../engine/cleanup.ts';
+import { formatBytes } from '../../engine/options.ts';
+import type { SnapshotEntry } from '../../engine/stage-cache.ts';
+import type { BuildContext, ImageSnapshots } from '../../engine/stage.ts';
+import { bootDir, rootDir } from '../../stages/attach.ts';
 import { writeBack, type Snapshot } from './bootfs.ts';
-import { estimatedGrowth, growRoot, HEADROOM } from '../grow.ts';
+import { estimatedGrowth, growRoot, HEADROOM } from '../../stages/grow.ts';
 import { attachLoop } from './loop.ts';
 import { partition } from './partitions.ts';
 import { ext4Geometry } from './ext4-fit.ts';

@@ -2,7 +2,7 @@
  * What each stage leaves in the build state for the ones after it, in pipeline order. Kept in one
  * place so the data's path through a build reads top to bottom.
  */
-import type { Compression } from '../../pipeline/config.ts';
+import type { Compression } from '../../engine/options.ts';
 
 export interface Download {
   /** The verified file: in the download cache, or the user's own file (never modified). */
@@ -80,7 +80,7 @@ export interface Output {
   sha256: string;
 }
 
-declare module '../../pipeline/stage.ts' {
+declare module '../../engine/stage.ts' {
   interface BuildState {
     download?: Download; // fetch
     image?: string; // extract: the raw, sparse working image in the work dir

@@ -1,7 +1,7 @@
 /** What the image's own files say about it: release, boot mount point, networking, first boot. */
 import { existsSync } from 'node:fs';
 import { posix } from 'node:path';
-import { UserError } from '../../pipeline/errors.ts';
+import { UserError } from '../../engine/errors.ts';
 import { firstBootFor, firstBootOf, parseCmdline } from './cmdline.ts';
 import { imageArch } from '../chroot/emulation.ts';
 import { inRoot, readInRoot, resolveInRoot } from './in-root.ts';

@@ -5,7 +5,7 @@
  */
 import { readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { UserError } from '../../pipeline/errors.ts';
+import { UserError } from '../../engine/errors.ts';
 
 /** What the compress stage's manifest.json holds that the list needs. */
 export interface Manifest {

@@ -4,8 +4,8 @@
  * (an HTTP request through a forwarded port), which proves the service is reachable from outside.
  */
 import { readFileSync } from 'node:fs';
-import { quote } from '../pipeline/commands.ts';
-import { ConfigError } from '../pipeline/errors.ts';
+import { quote } from '../../engine/exec.ts';
+import { ConfigError } from '../../engine/errors.ts';
 import type { GuestFacts } from './facts.ts';
 
 export interface Check {

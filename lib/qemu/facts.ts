@@ -5,8 +5,8 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseIpv4Cidr, type Ipv4Cidr } from '../pipeline/validate.ts';
-import { inRoot, readInRoot } from '../stages/image/in-root.ts';
+import { parseIpv4Cidr, type Ipv4Cidr } from '../../settings/rules.ts';
+import { inRoot, readInRoot } from '../image/in-root.ts';
 
 export interface StaticAddress extends Ipv4Cidr {
   interface: string;

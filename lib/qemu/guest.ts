@@ -7,9 +7,9 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { UserError } from '../pipeline/errors.ts';
-import { intToIpv4, ipv4ToInt } from '../pipeline/validate.ts';
-import type { BuildContext } from '../pipeline/stage.ts';
+import { UserError } from '../../engine/errors.ts';
+import { intToIpv4, ipv4ToInt } from '../../settings/rules.ts';
+import type { BuildContext } from '../../engine/stage.ts';
 import type { StaticAddress } from './facts.ts';
 import type { GuestArch, GuestKernel } from './kernel.ts';
 

@@ -13,10 +13,10 @@
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { UserError } from '../pipeline/errors.ts';
-import { withLock } from '../pipeline/lock.ts';
-import { inRoot } from '../stages/image/in-root.ts';
-import type { BuildContext } from '../pipeline/stage.ts';
+import { UserError } from '../../engine/errors.ts';
+import { withLock } from '../../engine/lock.ts';
+import { inRoot } from '../image/in-root.ts';
+import type { BuildContext } from '../../engine/stage.ts';
 
 export type GuestArch = 'arm64' | 'armhf';
 

@@ -7,9 +7,9 @@ import { createHash } from 'node:crypto';
 import { mkdir, open, stat, truncate } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { hashInto } from '../../pipeline/digest.ts';
-import { UserError } from '../../pipeline/errors.ts';
-import { Progress } from '../../pipeline/progress.ts';
+import { hashInto } from '../../engine/digest.ts';
+import { UserError } from '../../engine/errors.ts';
+import { Progress } from '../../engine/progress.ts';
 
 /** How hard to try. Tests shorten the delays; nothing else should change these. */
 export const downloadPolicy = { attempts: 4, baseDelayMs: 1000, idleTimeoutMs: 60_000 };

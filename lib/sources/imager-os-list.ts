@@ -4,9 +4,9 @@
  * release name (`bookworm`, `latest`...) stands for. No I/O here: the fetch stage loads the lists
  * (including the ones named by `subitems_url`) and hands them over.
  */
-import type { Config } from '../../pipeline/config.ts';
-import { RELEASES } from '../../pipeline/config.ts';
-import { UserError } from '../../pipeline/errors.ts';
+import type { Config } from '../../engine/options.ts';
+import { RELEASES } from '../../engine/options.ts';
+import { UserError } from '../../engine/errors.ts';
 
 export type ReleaseName = (typeof RELEASES)[number];
 export type Arch = Config['arch'];

@@ -2,9 +2,9 @@
  * What a booted PiSeduce pimaster must be (../shared/piseduce.md): its services up, its first boot
  * done, the NFS root the nodes boot from served and made different from the pimaster itself.
  */
-import { quote } from '../pipeline/commands.ts';
-import { httpCheck, NFS_SERVICES, rpcCheck, type Check } from './checks.ts';
-import type { GuestFacts } from './facts.ts';
+import { quote } from '../../engine/exec.ts';
+import { httpCheck, NFS_SERVICES, rpcCheck, type Check } from '../../lib/qemu/checks.ts';
+import type { GuestFacts } from '../../lib/qemu/facts.ts';
 
 /** The web UI's published default admin password: it must not work on an image. */
 const PUBLISHED_ADMIN_PASSWORD = 'piseduceadmin';

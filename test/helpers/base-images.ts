@@ -4,7 +4,7 @@ import { copyFileSync, createReadStream, mkdirSync, readdirSync, statSync, write
 import { basename, dirname, join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
-import { UserError } from '../../pipeline/errors.ts';
+import { UserError } from '../../engine/errors.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 
 export const IMAGE_NAME = '2024-11-19-raspios-bookworm-arm64-lite.img';

@@ -4,11 +4,11 @@ import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { defaultConfig, type Config } from '../../pipeline/config.ts';
-import { QuietReporter } from '../../pipeline/report.ts';
-import { runPipeline, type BuildResult } from '../../pipeline/runner.ts';
-import type { BuildState, Stage } from '../../pipeline/stage.ts';
-import '../../stages/image/state.ts';
+import { defaultConfig, type Config } from '../../engine/options.ts';
+import { QuietReporter } from '../../engine/report.ts';
+import { runPipeline, type BuildResult } from '../../engine/runner.ts';
+import type { BuildState, Stage } from '../../engine/stage.ts';
+import '../../lib/image/state.ts';
 
 /** A fresh directory under /tmp for one test (work, cache and out live inside it). */
 export function scratch(prefix = 'build-image-test-'): string {

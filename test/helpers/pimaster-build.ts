@@ -13,10 +13,10 @@ import { raspiosLite, type LiteRelease } from '../fixtures/raspios-image.ts';
 import { makePiseduceStandins } from '../fixtures/piseduce-standin.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { startServer } from './http-server.ts';
-import { withLock } from '../../pipeline/lock.ts';
+import { withLock } from '../../engine/lock.ts';
 
 const repo = new URL('../../', import.meta.url).pathname;
-const cli = join(repo, 'pipeline/cli.ts');
+const cli = join(repo, 'commands/cli.ts');
 
 /** The base a build starts from: the Lite look-alike of this release and arch. */
 export type PimasterBase = 'bookworm-arm64' | 'bookworm-armhf' | 'trixie-arm64';
@@ -52,7 +52,7 @@ function filesUnder(dir: string): string[] {
  */
 function codeKey(base: string, fixture: string): string {
   const hash = createHash('sha256').update(`${base}\n${basename(fixture)}\n`);
-  for (const dir of ['pipeline', 'stages', 'flash/card-settings.ts', 'overlays', 'scripts', 'test/fixtures/piseduce-standin.ts', 'test/fixtures/tiny-image.ts', 'test/helpers/pimaster-build.ts']) {
+  for (const dir of ['engine', 'lib', 'settings', 'stages', 'pipelines', 'overlays', 'scripts', 'test/fixtures/piseduce-standin.ts', 'test/fixtures/tiny-image.ts', 'test/helpers/pimaster-build.ts']) {
     const path = join(repo, dir);
     for (const file of statSync(path).isDirectory() ? filesUnder(path) : [path]) hash.update(file.slice(repo.length)).update(readFileSync(file));
   }
