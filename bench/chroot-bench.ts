@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { scoped } from '../engine/cleanup.ts';
-import { defaultConfig, formatBytes } from '../engine/options.ts';
+import {  formatBytes } from '../engine/options.ts';
 import { QuietReporter } from '../engine/report.ts';
 import { runPipeline } from '../engine/runner.ts';
 import type { Stage } from '../engine/stage.ts';
@@ -22,6 +22,8 @@ import { chrootRun, enterChroot, STAGING } from '../lib/chroot/environment.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
+import { defaultConfig } from '../pipelines/pimaster/options.ts';
+import { pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
 
 const script = new URL('../scripts/pimaster/10-packages.sh', import.meta.url).pathname;
 
@@ -52,7 +54,7 @@ async function measure(fixture: string, cache: string, speedUpsOff: string): Pro
     const cached = Number((await execa('du', ['-s', '--block-size=1', cache], { reject: false })).stdout.split('\t')[0] || 0);
     const result = { seconds: 0 };
     const config = defaultConfig({ work: join(dir, 'work'), cache, out: join(dir, 'out'), grow: 1024 * 2 ** 20 });
-    await runPipeline({ name: 'bench', summary: '', stages: [growStage, attachStage, install(result), finalizeStage] }, config, {}, new QuietReporter(), { image });
+    await runPipeline({ name: 'bench', summary: '', schema: pimasterConfigSchema, stages: [growStage, attachStage, install(result), finalizeStage] }, config, {}, new QuietReporter(), { image });
     return { seconds: result.seconds, cached };
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -21,7 +21,7 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { defaultConfig, formatBytes } from '../engine/options.ts';
+import {  formatBytes } from '../engine/options.ts';
 import { describeError } from '../engine/errors.ts';
 import { customize } from '../pipelines/customize.ts';
 import { QuietReporter } from '../engine/report.ts';
@@ -29,6 +29,7 @@ import { runPipeline, type Timing } from '../engine/runner.ts';
 import '../lib/image/state.ts';
 import { formatTable, inUseImageSize, lastPartitionOffset, minimumImageSize } from './measure.ts';
 import { DISK_ID, assembleDisk, elfHeader, partuuid, writeBootFiles } from '../test/fixtures/tiny-image.ts';
+import { defaultConfig } from '../pipelines/pimaster/options.ts';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;

@@ -5,13 +5,16 @@
  *
  *   node bench/pimaster-child.ts '{"flags": {...}, "until": "chroot"}'
  */
-import { resolveConfig } from '../engine/options.ts';
 import { describeError } from '../engine/errors.ts';
-import { optionsOf, pimaster } from '../pipelines/customize.ts';
+import { optionsOf } from '../pipelines/customize.ts';
 import { LineReporter, type StageBody } from '../engine/report.ts';
 import { runPipeline, type Timing } from '../engine/runner.ts';
-import type { Stage } from '../engine/stage.ts';
 import type { Output } from '../lib/image/state.ts';
+import { pimaster } from '../pipelines/pimaster/pipeline.ts';
+import type { Named } from '../engine/report.ts';
+import { resolveOptions } from '../engine/options.ts';
+import { pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
+import type { PimasterConfig } from '../pipelines/pimaster/options.ts';
 
 /** What one build reports. */
 export interface Build {
@@ -27,7 +30,7 @@ export interface Build {
 class PeakReporter extends LineReporter {
   peakStage = '';
 
-  override async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
+  override async sequence<S extends Named>(stages: readonly S[], body: StageBody<S>): Promise<void> {
     await super.sequence(stages, async (stage, setStatus) => {
       const before = process.resourceUsage().maxRSS;
       try {
@@ -41,7 +44,7 @@ class PeakReporter extends LineReporter {
 
 try {
   const spec = JSON.parse(process.argv[2]!) as { flags: Record<string, unknown>; until?: string };
-  const config = resolveConfig(optionsOf(pimaster), { flags: spec.flags }, 'build');
+  const config = resolveOptions(pimasterConfigSchema, optionsOf<PimasterConfig>(pimaster), { flags: spec.flags }, 'build');
   const reporter = new PeakReporter();
   const { timings, state } = await runPipeline(pimaster, config, { until: spec.until }, reporter);
   const build: Build = { timings, outputs: state.outputs ?? [], image: state.image!, maxRssKiB: process.resourceUsage().maxRSS, peakStage: reporter.peakStage };

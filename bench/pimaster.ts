@@ -19,12 +19,13 @@ import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { defaultConfig, formatBytes } from '../engine/options.ts';
+import {  formatBytes } from '../engine/options.ts';
 import type { Build } from './pimaster-child.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
 import { makePiseduceStandins } from '../test/fixtures/piseduce-standin.ts';
 import { startServer } from '../test/helpers/http-server.ts';
 import { formatTable, inUseImageSize, minimumImageSize, rootDifferences, xzUncompressedSize } from './measure.ts';
+import { defaultConfig } from '../pipelines/pimaster/options.ts';
 
 const repo = fileURLToPath(new URL('../', import.meta.url));
 const CACHE = join(homedir(), '.cache', 'build-image-bench');

@@ -1,9 +1,11 @@
 /** `build-image cache ls` and `build-image cache prune`: the stage cache's snapshots. */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { formatBytes, resolveConfig } from '../engine/options.ts';
+import { formatBytes } from '../engine/options.ts';
 import { ConfigError } from '../engine/errors.ts';
 import { StageCache, type SnapshotEntry } from '../engine/stage-cache.ts';
+import { resolveOptions } from '../engine/options.ts';
+import { engineSchema } from '../engine/options.ts';
 
 export function cacheUsage(): string {
   return [
@@ -31,7 +33,7 @@ export async function cacheCommand(argv: string[]): Promise<number> {
   }
   if (action === 'ls' && (values['cache-size'] !== undefined || values.all)) throw new ConfigError('cache ls takes only --cache DIR');
   if (values.all && values['cache-size'] !== undefined) throw new ConfigError('cache prune: give --cache-size SIZE or --all, not both');
-  const config = resolveConfig(['cache-size'], { flags: { cache: values.cache, 'cache-size': values['cache-size'] } }, 'cache');
+  const config = resolveOptions(engineSchema, ['cache-size'], { flags: { cache: values.cache, 'cache-size': values['cache-size'] } }, 'cache');
   const store = new StageCache(join(config.cache, 'snapshots'));
   if (action === 'ls') {
     const entries = store.list();

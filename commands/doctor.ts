@@ -1,7 +1,8 @@
-import { accessSync, constants, existsSync, readFileSync, statfsSync } from 'node:fs';
+import {   existsSync, readFileSync, statfsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { formatBytes } from '../engine/options.ts';
 import { leftovers, undoCommands } from '../engine/work-dir.ts';
+import { findOnPath } from '../engine/exec.ts';
 
 export interface Check {
   name: string;
@@ -43,18 +44,6 @@ export const HOST_TOOLS: ReadonlyArray<{ command: string; apt: string; use: stri
   { command: 'dpkg-deb', apt: 'dpkg', use: "build-image verify: unpacking Debian's kernel", optional: true },
   { command: 'openssl', apt: 'openssl', use: 'build-image flash --password-file: hashing the password', optional: true },
 ];
-
-export function findOnPath(command: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin'])) {
-    if (!dir) continue;
-    const path = resolve(dir, command);
-    try {
-      accessSync(path, constants.X_OK);
-      return path;
-    } catch {}
-  }
-  return undefined;
-}
 
 function binfmtCheck(name: string, handler: string): Check {
   const file = `/proc/sys/fs/binfmt_misc/${handler}`;

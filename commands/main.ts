@@ -1,9 +1,11 @@
 import { existsSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { formatValue, readConfigFile, resolveConfig, schema, type ConfigKey } from '../engine/options.ts';
+import { formatValue, readConfigFile, resolveOptions } from '../engine/options.ts';
 import { formatChecks, runChecks } from './doctor.ts';
 import { ConfigError, UserError } from '../engine/errors.ts';
-import { PIPELINES, optionsOf, type PipelineCommand } from '../pipelines/customize.ts';
+import { customize, optionsOf, type CustomizeConfig } from '../pipelines/customize.ts';
+import { pimasterConfigSchema as schema, type PimasterConfig } from '../pipelines/pimaster/options.ts';
+import { pimaster } from '../pipelines/pimaster/pipeline.ts';
 import { pickReporter } from '../engine/report.ts';
 import { checkSettings, runPipeline, selectStages, timingTable } from '../engine/runner.ts';
 import type { Pipeline } from '../engine/stage.ts';
@@ -14,6 +16,11 @@ import { writeImagerList } from '../lib/publish/os-list-json.ts';
 import { cacheCommand, cacheUsage } from './cache.ts';
 import { version } from '../engine/version.ts';
 
+/** The commands that build an image: `build` (the pimaster, the default) and `customize`. */
+const PIPELINES = { build: pimaster, customize } as const;
+type PipelineCommand = keyof typeof PIPELINES;
+/** Every option any build command reads (the pimaster's are a superset of customize's). */
+type ConfigKey = keyof PimasterConfig & string;
 
 const RUN_FLAGS = {
   config: { help: 'read settings from a JSON file (same keys as the flags; flags win)', placeholder: 'FILE' },
@@ -46,13 +53,14 @@ function usage(command: PipelineCommand | undefined): string {
       "Every option is also a key of a JSON --config file. Run 'build-image --help build' for the options.",
     ].join('\n');
   }
-  const pipeline = PIPELINES[command];
-  const keys = optionsOf(pipeline);
+  const pipeline: Pipeline<CustomizeConfig> = PIPELINES[command];
+  const keys = optionsOf<PimasterConfig>(pipeline);
+  const defaults: Partial<PimasterConfig> = { ...pipeline.defaults };
   const rows = Object.fromEntries(
     keys.map((key) => {
       const spec = schema[key];
-      const d = pipeline.defaults && key in pipeline.defaults ? pipeline.defaults[key] : typeof spec.default === 'function' ? (spec.default as () => unknown)() : spec.default;
-      return [key, { help: spec.help, placeholder: `${spec.placeholder ?? ''}${spec.kind === 'list' ? ' ...' : ''}`.trim(), default: spec.kind === 'switch' ? undefined : formatValue(key, d) }];
+      const d = key in defaults ? defaults[key] : typeof spec.default === 'function' ? (spec.default as () => unknown)() : spec.default;
+      return [key, { help: spec.help, placeholder: `${spec.placeholder ?? ''}${spec.kind === 'list' ? ' ...' : ''}`.trim(), default: spec.kind === 'switch' ? undefined : formatValue(spec, d) }];
     }),
   );
   return [
@@ -102,11 +110,11 @@ function parse(argv: string[], keys: readonly ConfigKey[], command: string): { v
   }
 }
 
-function printPlan(pipeline: Pipeline, config: ReturnType<typeof resolveConfig>, stages: readonly Pipeline['stages'][number][]): string {
+function printPlan(pipeline: Pipeline<CustomizeConfig>, config: PimasterConfig, stages: readonly Pipeline<CustomizeConfig>['stages'][number][]): string {
   const lines = [`${pipeline.name}: ${stages.length} of ${pipeline.stages.length} stages, work ${config.work}, out ${config.out}`];
   for (const [i, stage] of stages.entries()) {
     lines.push(`${String(i + 1).padStart(2)}. ${stage.name.padEnd(10)} ${stage.describe(config)}`);
-    for (const key of stage.options) lines.push(`      ${key} = ${formatValue(key, config[key])}`);
+    for (const key of stage.options as ConfigKey[]) lines.push(`      ${key} = ${formatValue(schema[key], config[key])}`);
   }
   return lines.join('\n');
 }
@@ -121,7 +129,7 @@ function osList(argv: string[]): number {
   }
   const { values, positionals } = parsed;
   if (positionals.length !== 1 || !existsSync(positionals[0]!)) throw new ConfigError('os-list takes the output directory of builds: build-image os-list DIR [--release-url URL]');
-  const config = resolveConfig(['release-url'], { flags: { 'release-url': values['release-url'] } }, 'os-list');
+  const config = resolveOptions(schema, ['release-url'], { flags: { 'release-url': values['release-url'] } }, 'os-list');
   const file = writeImagerList(positionals[0]!, config['release-url']);
   if (!file) throw new UserError(`${positionals[0]} holds no image Raspberry Pi Imager can download (build with --compress xz)`);
   process.stdout.write(`${file}\n`);
@@ -151,8 +159,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   const command: PipelineCommand = first !== undefined && first in PIPELINES ? (first as PipelineCommand) : 'build';
   const rest = command === first ? argv.slice(1) : argv;
-  const pipeline = PIPELINES[command];
-  const keys = optionsOf(pipeline);
+  const pipeline: Pipeline<CustomizeConfig> = PIPELINES[command];
+  const keys = optionsOf<PimasterConfig>(pipeline);
   const { values, positionals } = parse(rest, keys, command);
   if (values.help) {
     const topic = positionals[0] ?? (command === first ? command : undefined);
@@ -165,7 +173,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (positionals.length > 0) throw new ConfigError(`${JSON.stringify(positionals[0])}: unknown command (commands: ${Object.keys(PIPELINES).join(', ')}, doctor)`);
   const flags = Object.fromEntries(keys.filter((k) => values[k] !== undefined).map((k) => [k, values[k]]));
-  const config = resolveConfig(keys, { file: typeof values.config === 'string' ? readConfigFile(values.config) : undefined, flags }, command, pipeline.defaults);
+  const config = resolveOptions(schema, keys, { file: typeof values.config === 'string' ? readConfigFile(values.config) : undefined, flags }, command, { ...pipeline.defaults });
   const range = { from: values.from as string | undefined, until: values.until as string | undefined };
   const stages = selectStages(pipeline, range);
   if (values.plan) {

@@ -5,8 +5,8 @@
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { resolveConfig, type Config } from '../engine/options.ts';
 import { ConfigError } from '../engine/errors.ts';
+import { engineSchema, resolveOptions, type EngineOptions } from '../engine/options.ts';
 import { pickReporter } from '../engine/report.ts';
 import { runPipeline, type Timing } from '../engine/runner.ts';
 import type { BuildState, Pipeline } from '../engine/stage.ts';
@@ -59,8 +59,8 @@ export function parseTool(argv: string[], command: string, flags: Record<string,
 }
 
 /** Run the command's pipeline in `<work>/<command>`. */
-export async function runTool(pipeline: Pipeline, values: ToolValues): Promise<{ state: BuildState; timings: Timing[]; config: Config }> {
-  const config = resolveConfig([], { flags: { work: values.work, cache: values.cache, verbose: values.verbose, quiet: values.quiet } }, pipeline.name);
+export async function runTool(pipeline: Pipeline, values: ToolValues): Promise<{ state: BuildState; timings: Timing[]; config: EngineOptions }> {
+  const config = resolveOptions(engineSchema, [], { flags: { work: values.work, cache: values.cache, verbose: values.verbose, quiet: values.quiet } }, pipeline.name);
   const { state, timings } = await runPipeline(pipeline, { ...config, work: join(config.work, pipeline.name) }, {}, pickReporter(config));
   return { state, timings, config };
 }

@@ -1,12 +1,12 @@
 /** `build-image verify IMAGE --ssh-key FILE [options]`: its flags, their checks, and its report. */
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { schema } from '../engine/options.ts';
 import { ConfigError } from '../engine/errors.ts';
 import { timingTable } from '../engine/runner.ts';
 import { parseTool, runTool, toolUsage, type ToolFlag } from './tool-command.ts';
 import { formatResults, readChecksFile } from '../lib/qemu/checks.ts';
 import { verifyPipeline } from '../pipelines/verify.ts';
+import { engineSchema } from '../engine/options.ts';
 
 const FLAGS = {
   'ssh-key': { type: 'string', placeholder: 'FILE', help: 'the private key that logs in to the image (required)' },
@@ -17,7 +17,7 @@ const FLAGS = {
   timeout: { type: 'string', placeholder: 'SECONDS', help: 'how long to wait for SSH after QEMU starts', default: '600' },
   memory: { type: 'string', placeholder: 'MIB', help: "the guest's memory", default: '2048' },
   'debian-mirror': { type: 'string', placeholder: 'URL', help: "the Debian mirror of the kernel booted when the image's own cannot boot under QEMU", default: 'http://deb.debian.org/debian' },
-  cache: { type: 'string', placeholder: 'DIR', help: 'cache directory (Debian kernels)', default: schema.cache.default as () => string },
+  cache: { type: 'string', placeholder: 'DIR', help: 'cache directory (Debian kernels)', default: engineSchema.cache.default as () => string },
 } as const satisfies Record<string, ToolFlag>;
 
 export function verifyUsage(): string {

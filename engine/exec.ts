@@ -1,3 +1,5 @@
+import { accessSync, constants } from 'node:fs';
+import { resolve } from 'node:path';
 import { execa, type Options } from 'execa';
 import { CommandError } from './errors.ts';
 import type { BuildLog } from './log.ts';
@@ -158,4 +160,17 @@ export class CommandRunner {
     this.#log.line(`exit ${result.exitCode ?? result.signal}`);
     return result.exitCode ?? 1;
   }
+}
+
+/** Where a program is, looked up as a root shell would (PATH, then /usr/sbin and /sbin). */
+export function findOnPath(command: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin'])) {
+    if (!dir) continue;
+    const path = resolve(dir, command);
+    try {
+      accessSync(path, constants.X_OK);
+      return path;
+    } catch {}
+  }
+  return undefined;
 }

@@ -1,12 +1,15 @@
 import { Listr } from 'listr2';
-import type { Stage } from './stage.ts';
 
 /** Runs one stage, given a way to show a live status line under it; may return a note ("from cache"). */
-export type StageBody = (stage: Stage, status: (text: string) => void) => Promise<string | undefined>;
+/** What a reporter shows of a stage: its name. */
+export interface Named {
+  readonly name: string;
+}
+export type StageBody<S extends Named> = (stage: S, status: (text: string) => void) => Promise<string | undefined>;
 
 /** How the build shows itself: listr2's live task list on a terminal, plain timestamped lines elsewhere. */
 export interface Reporter {
-  sequence(stages: readonly Stage[], body: StageBody): Promise<void>;
+  sequence<S extends Named>(stages: readonly S[], body: StageBody<S>): Promise<void>;
   info(text: string): void;
 }
 
@@ -33,7 +36,7 @@ export class LineReporter implements Reporter {
   info(text: string): void {
     this.#write(`[${clock()}] ${text}\n`);
   }
-  async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
+  async sequence<S extends Named>(stages: readonly S[], body: StageBody<S>): Promise<void> {
     for (const stage of stages) {
       const started = performance.now();
       this.info(`${stage.name}: started`);
@@ -52,7 +55,7 @@ export class LineReporter implements Reporter {
 /** Only errors and the result (--quiet). */
 export class QuietReporter implements Reporter {
   info(): void {}
-  async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
+  async sequence<S extends Named>(stages: readonly S[], body: StageBody<S>): Promise<void> {
     for (const stage of stages) await body(stage, () => {});
   }
 }
@@ -62,7 +65,7 @@ export class ListrReporter implements Reporter {
   info(text: string): void {
     process.stderr.write(`${text}\n`);
   }
-  async sequence(stages: readonly Stage[], body: StageBody): Promise<void> {
+  async sequence<S extends Named>(stages: readonly S[], body: StageBody<S>): Promise<void> {
     const list = new Listr(
       stages.map((stage) => ({
         title: stage.name,

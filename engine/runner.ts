@@ -2,12 +2,12 @@ import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CleanupStack, type Outcome } from './cleanup.ts';
 import { CommandRunner } from './exec.ts';
-import type { Config } from './options.ts';
+import type { EngineOptions } from './options.ts';
 import { ConfigError, InterruptedError, UserError } from './errors.ts';
 import { BuildLog } from './log.ts';
 import type { Reporter } from './report.ts';
 import { chainKeys, StageCache, toolkitVersion, type Checkpoint } from './stage-cache.ts';
-import type { BuildContext, BuildState, Pipeline, Stage } from './stage.ts';
+import { Resources, type BuildContext, type BuildState, type Pipeline, type Stage } from './stage.ts';
 import { claimWorkDir } from './work-dir.ts';
 
 export interface Range {
@@ -19,7 +19,7 @@ export interface Range {
  * The stages a run executes: `from`..`until`, plus any earlier stage that opens something a
  * selected stage still needs (attach before overlay when starting --from overlay).
  */
-export function selectStages(pipeline: Pipeline, range: Range): Stage[] {
+export function selectStages<C extends EngineOptions>(pipeline: Pipeline<C>, range: Range): Stage<C>[] {
   const names = pipeline.stages.map((s) => s.name);
   const indexOf = (flag: string, name: string | undefined, fallback: number) => {
     if (name === undefined) return fallback;
@@ -65,7 +65,7 @@ export function timingTable(timings: readonly Timing[]): string {
  * the last one took --snapshot-after seconds or more, and always at the end of a stage marked
  * snapshotAtEnd.
  */
-class CacheSession {
+class CacheSession<C extends EngineOptions> {
   planned = false;
   readonly #store: StageCache;
   #checkpoints: Checkpoint[] = [];
@@ -74,11 +74,11 @@ class CacheSession {
   #next = 0;
   #since = performance.now();
 
-  readonly pipeline: Pipeline & { snapshots: NonNullable<Pipeline['snapshots']> };
-  readonly config: Config;
+  readonly pipeline: Pipeline<C> & { snapshots: NonNullable<Pipeline<C>['snapshots']> };
+  readonly config: C;
   readonly reporter: Reporter;
 
-  constructor(pipeline: CacheSession['pipeline'], config: Config, reporter: Reporter) {
+  constructor(pipeline: CacheSession<C>['pipeline'], config: C, reporter: Reporter) {
     this.pipeline = pipeline;
     this.config = config;
     this.reporter = reporter;
@@ -86,7 +86,7 @@ class CacheSession {
   }
 
   /** Chain the keys from `first` on and restore the latest snapshot the cache holds. */
-  async plan(ctx: BuildContext, first: Stage): Promise<void> {
+  async plan(ctx: BuildContext<C>, first: Stage<C>): Promise<void> {
     this.planned = true;
     const steps = [];
     for (const stage of this.pipeline.stages.slice(this.pipeline.stages.indexOf(first))) {
@@ -114,7 +114,7 @@ class CacheSession {
   }
 
   /** How many steps of `stage` the restored image holds (Infinity: all of them). */
-  stepsDone(stage: Stage): number {
+  stepsDone(stage: Stage<C>): number {
     if (this.#restored < 0) return 0;
     const restored = this.#checkpoints[this.#restored]!;
     const [here, there] = [this.#position(stage.name), this.#position(restored.stage)];
@@ -124,7 +124,7 @@ class CacheSession {
   }
 
   /** A step of `stage` is done: save a snapshot if the work since the last one was worth it. */
-  async passed(ctx: BuildContext, stage: Stage, beforeSnapshot?: () => Promise<void>): Promise<void> {
+  async passed(ctx: BuildContext<C>, stage: Stage<C>, beforeSnapshot?: () => Promise<void>): Promise<void> {
     const checkpoint = this.#checkpoints[this.#next];
     if (checkpoint?.stage !== stage.name) return;
     this.#next++;
@@ -150,7 +150,7 @@ class CacheSession {
   }
 
   /** The rest of `stage`'s steps are done (stages of one step do not call ctx.stepDone). */
-  async stageDone(ctx: BuildContext, stage: Stage): Promise<void> {
+  async stageDone(ctx: BuildContext<C>, stage: Stage<C>): Promise<void> {
     while (this.#checkpoints[this.#next]?.stage === stage.name) await this.passed(ctx, stage);
   }
 }
@@ -182,7 +182,7 @@ export interface BuildResult {
  * clean-up stack is unwound completely before this returns or throws; a second signal during the
  * unwinding is acknowledged and ignored so the stack is never left half undone.
  */
-export async function runPipeline(pipeline: Pipeline, config: Config, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
+export async function runPipeline<C extends EngineOptions>(pipeline: Pipeline<C>, config: C, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
   const stages = selectStages(pipeline, range);
   await checkSettings(stages, config);
   const release = await claimWorkDir(config.work, (line) => reporter.info(line));
@@ -194,11 +194,11 @@ export async function runPipeline(pipeline: Pipeline, config: Config, range: Ran
 }
 
 /** The stages' own checks of the settings (Stage.check): before any work, and for --plan. */
-export async function checkSettings(stages: readonly Stage[], config: Config): Promise<void> {
+export async function checkSettings<C extends EngineOptions>(stages: readonly Stage<C>[], config: C): Promise<void> {
   for (const stage of stages) await stage.check?.(config);
 }
 
-async function runStagesIn(pipeline: Pipeline, stages: Stage[], config: Config, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
+async function runStagesIn<C extends EngineOptions>(pipeline: Pipeline<C>, stages: Stage<C>[], config: C, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
   const resuming = range.from !== undefined && range.from !== pipeline.stages[0]!.name;
   const state = initialState ?? loadState(config.work, resuming, range.from ?? '');
   const log = new BuildLog(join(config.work, 'logs'), config.verbose ? (text) => process.stderr.write(text) : undefined);
@@ -224,19 +224,20 @@ async function runStagesIn(pipeline: Pipeline, stages: Stage[], config: Config, 
   let status: (text: string) => void = () => {};
   const { snapshots } = pipeline;
   const cache = snapshots && !config['no-cache'] && !resuming ? new CacheSession({ ...pipeline, snapshots }, config, reporter) : undefined;
-  let current: Stage | undefined;
+  let current: Stage<C> | undefined;
   let currentStepsDone = 0;
-  const ctx: BuildContext = {
+  const ctx: BuildContext<C> = {
     pipeline: pipeline.name,
     stages: pipeline.stages,
     config,
+    schema: pipeline.schema,
     paths: { work: config.work, cache: config.cache, out: config.out },
     log,
     commands,
     cleanup,
     signal: controller.signal,
     state,
-    resources: new Map(),
+    resources: new Resources(),
     run: (file, args, options) => commands.run(file, args, options),
     defer: (label, undo) => cleanup.defer(label, undo),
     status: (text) => status(text),

@@ -1,6 +1,6 @@
 import type { CleanupStack, Outcome } from './cleanup.ts';
 import type { CommandRunner, RunOptions, RunResult } from './exec.ts';
-import type { Config, ConfigKey } from './options.ts';
+import type { EngineOptions, Schema } from './options.ts';
 import type { BuildLog } from './log.ts';
 import type { SnapshotEntry } from './stage-cache.ts';
 
@@ -14,11 +14,42 @@ export interface BuildState {
   timings?: Record<string, number>;
 }
 
-export interface BuildContext {
+/**
+ * A typed key of `BuildContext.resources`: what one stage opens and a later one (or its clean-up)
+ * needs, such as the attach stage's clean-up mark that finalize unwinds to.
+ */
+export class Resource<T> {
+  readonly name: string;
+  constructor(name: string) {
+    this.name = name;
+  }
+}
+
+/** In-memory handles of this process, each under its typed key. */
+export class Resources {
+  readonly #values = new Map<Resource<unknown>, unknown>();
+  get<T>(key: Resource<T>): T | undefined {
+    return this.#values.get(key) as T | undefined;
+  }
+  set<T>(key: Resource<T>, value: T): void {
+    this.#values.set(key, value);
+  }
+  has(key: Resource<unknown>): boolean {
+    return this.#values.has(key);
+  }
+  delete(key: Resource<unknown>): void {
+    this.#values.delete(key);
+  }
+}
+
+/** What a stage sees of its run; `C` is the options of the pipeline it runs in. */
+export interface BuildContext<C extends EngineOptions = EngineOptions> {
   readonly pipeline: string;
   /** Every stage of the pipeline, whether this run executes it or not. */
-  readonly stages: readonly Stage[];
-  readonly config: Config;
+  readonly stages: readonly Stage<C>[];
+  readonly config: C;
+  /** The specs of the pipeline's options (how each is published, which change the image). */
+  readonly schema: Schema<C>;
   readonly paths: { work: string; cache: string; out: string };
   readonly log: BuildLog;
   readonly commands: CommandRunner;
@@ -27,7 +58,7 @@ export interface BuildContext {
   readonly signal: AbortSignal;
   state: BuildState;
   /** In-memory handles of this process (loop devices, clean-up marks): never saved. */
-  readonly resources: Map<string, unknown>;
+  readonly resources: Resources;
   run(file: string, args: readonly string[], options?: RunOptions): Promise<RunResult>;
   /** Register how to undo what was just made; undone in reverse order whatever happens. */
   defer(label: string, undo: (outcome: Outcome) => unknown): void;
@@ -50,13 +81,14 @@ export interface CacheStep {
   input: string;
 }
 
-export interface Stage {
+/** One step of a pipeline; `C` is the options it reads (the engine's and its own). */
+export interface Stage<C extends EngineOptions = EngineOptions> {
   /** Shown in the task list, the logs, --from/--until and the timing table. */
   readonly name: string;
   /** One line for --plan. */
-  describe(config: Config): string;
-  /** The config keys this stage reads: they are what --plan shows and what a command accepts. */
-  readonly options: readonly ConfigKey[];
+  describe(config: C): string;
+  /** The option keys this stage reads: they are what --plan shows and what a command accepts. */
+  readonly options: readonly string[];
   /**
    * The stage that closes what this one opens (attach -> finalize). A run that starts with
    * --from between the two runs this stage again first, since what it opened is gone.
@@ -66,12 +98,12 @@ export interface Stage {
    * Bytes this stage will add to the root filesystem, given what the root holds before any
    * stage adds to it: the grow stage makes that much room.
    */
-  grows?(ctx: BuildContext, rootUsed: number): Promise<number>;
+  grows?(ctx: BuildContext<C>, rootUsed: number): Promise<number>;
   /**
    * The stage's steps and what each depends on, known before it runs (from the settings and what
    * fetch and files gathered). Stages without it end the part of a build the stage cache covers.
    */
-  key?(ctx: BuildContext): Promise<CacheStep[]>;
+  key?(ctx: BuildContext<C>): Promise<CacheStep[]>;
   /**
    * The stage cache always keeps the image as this stage leaves it, however quick its steps: the
    * end of a pipeline's own layer, where rebuilds after a change to the user's layer start.
@@ -81,24 +113,26 @@ export interface Stage {
    * Checks of the settings that need more than one key or a file's content: run before any stage
    * (and by --plan), so that a bad value stops the build before it does any work.
    */
-  check?(config: Config): Promise<void>;
-  run(ctx: BuildContext): Promise<void>;
+  check?(config: C): Promise<void>;
+  run(ctx: BuildContext<C>): Promise<void>;
 }
 
 /** How a pipeline's working image is saved to the stage cache and restored from it. */
-export interface ImageSnapshots {
+export interface ImageSnapshots<C extends EngineOptions = EngineOptions> {
   /** Save the image as it is now into `dir`; returns the names of the files written. */
-  save(ctx: BuildContext, dir: string): Promise<string[]>;
+  save(ctx: BuildContext<C>, dir: string): Promise<string[]>;
   /** Make the snapshot the working image; `stage` is the stage it was taken in. */
-  restore(ctx: BuildContext, entry: SnapshotEntry, stage: string): Promise<void>;
+  restore(ctx: BuildContext<C>, entry: SnapshotEntry, stage: string): Promise<void>;
 }
 
-export interface Pipeline {
+export interface Pipeline<C extends EngineOptions = EngineOptions> {
   readonly name: string;
   readonly summary: string;
   /** Defaults of this pipeline that differ from the schema's (the pimaster's host name). */
-  readonly defaults?: Partial<Config>;
-  readonly stages: readonly Stage[];
+  /** Every option the pipeline's commands resolve, with its spec. */
+  readonly schema: Schema<C>;
+  readonly defaults?: Partial<C>;
+  readonly stages: readonly Stage<C>[];
   /** Given, the build uses the stage cache. */
-  readonly snapshots?: ImageSnapshots;
+  readonly snapshots?: ImageSnapshots<C>;
 }

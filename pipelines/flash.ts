@@ -16,7 +16,6 @@ import { crc32 } from 'node:zlib';
 import { UserError } from '../engine/errors.ts';
 import { Progress } from '../engine/progress.ts';
 import type { BuildContext, Pipeline, Stage } from '../engine/stage.ts';
-import { decodeImage, imageFormat } from '../stages/extract.ts';
 import { bootFileNames, readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { bootMountOf } from '../lib/image/system.ts';
@@ -24,6 +23,9 @@ import { cloudInitSeed, cmdlineArguments, firstrunScript, newInstanceId, type Ca
 import { imageStem, readBmap, type Bmap } from '../lib/image/bmap.ts';
 import { DeviceWriter, type Written } from '../lib/card/device-writer.ts';
 import { inspectTarget, openExclusive, refusals } from '../lib/card/target.ts';
+import { decodeImage } from '../lib/codec/decode.ts';
+import { imageFormat } from '../lib/codec/decode.ts';
+import { engineSchema } from '../engine/options.ts';
 
 export interface FlashOptions {
   image: string;
@@ -166,6 +168,7 @@ export function flashPipeline(opts: FlashOptions): Pipeline {
   const bmap = opts.bmap ? readBmap(opts.bmap) : undefined;
   return {
     name: 'flash',
+    schema: engineSchema,
     summary: 'write an image to a disk and verify it',
     stages: [checkStage(opts, bmap), writeStage(opts, bmap), readBackStage(opts), ...(opts.settings ? [settingsStage(opts, opts.settings)] : [])],
   };

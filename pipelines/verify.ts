@@ -13,11 +13,9 @@ import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, 
 import { dirname, join } from 'node:path';
 import { scoped } from '../engine/cleanup.ts';
 import { UserError } from '../engine/errors.ts';
-import type { BuildContext, BuildState, Pipeline, Stage } from '../engine/stage.ts';
-import { extractImage } from '../stages/extract.ts';
-import { growRoot } from '../stages/grow.ts';
+import { Resource, type BuildContext, type BuildState, type Pipeline, type Stage } from '../engine/stage.ts';
 import { ext4Geometry } from '../lib/image/ext4-fit.ts';
-import { imageArch } from '../lib/chroot/emulation.ts';
+import { imageArch } from '../lib/image/arch.ts';
 import { inRoot } from '../lib/image/in-root.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
@@ -27,6 +25,9 @@ import { freePort, guestArgs, shutDown, startGuest, sshArgs, waitForSsh, type Gu
 import { NODE, prepareNodeBoot, runNode } from '../lib/qemu/node.ts';
 import { debianKernel, guestBusybox, ownKernel, type GuestArch, type GuestKernel } from '../lib/qemu/kernel.ts';
 import { GUEST_BUSYBOX, PIMASTER_PORTS, pimasterChecks } from './pimaster/checks.ts';
+import { extractImage } from '../lib/codec/decode.ts';
+import { growRoot } from '../lib/image/grow-root.ts';
+import { engineSchema } from '../engine/options.ts';
 
 export interface VerifyOptions {
   image: string;
@@ -43,6 +44,16 @@ export interface VerifyOptions {
   memoryMiB: number;
   /** Boot a cluster node from the pimaster too (see node.ts). */
   node: boolean;
+}
+
+/** The booted image, from boot to shut-down. */
+const GUEST = new Resource<Guest>('guest');
+
+/** The guest the boot stage started: the stages after it need it. */
+function running(ctx: BuildContext): Guest {
+  const guest = ctx.resources.get(GUEST);
+  if (!guest) throw new UserError('verify: no guest is running; run from the boot stage');
+  return guest;
 }
 
 declare module '../engine/stage.ts' {
@@ -184,7 +195,7 @@ async function authorizeKey(ctx: BuildContext, root: string, opts: VerifyOptions
 }
 
 const target = (ctx: BuildContext, opts: VerifyOptions): SshTarget => {
-  const guest = ctx.resources.get('guest') as Guest | undefined;
+  const guest = ctx.resources.get(GUEST);
   if (!guest) throw new UserError('verify: the guest is not running: run it from the start');
   return { key: opts.sshKey, user: opts.user, port: guest.hostPort.get(22)! };
 };
@@ -209,7 +220,7 @@ const bootStage = (opts: VerifyOptions): Stage => ({
         memoryMiB: opts.memoryMiB,
         ...guestNetworks(state, opts),
       });
-      ctx.resources.set('guest', guest);
+      ctx.resources.set(GUEST, guest);
       ctx.status(`console: ${console}${boot > 1 ? ` (boot ${boot})` : ''}`);
       if ((await waitForSsh(ctx, guest, target(ctx, opts), { deadline, timeoutS: opts.timeoutS }, console)) === 'up') {
         state.boots = boot;
@@ -226,7 +237,7 @@ const bootStage = (opts: VerifyOptions): Stage => ({
 });
 
 async function runCheck(ctx: BuildContext, opts: VerifyOptions, check: Check): Promise<CheckResult> {
-  const guest = ctx.resources.get('guest') as Guest;
+  const guest = running(ctx);
   if (check.probe) {
     try {
       return { name: check.name, ...(await check.probe((port) => guest.hostPort.get(port)!)) };
@@ -267,7 +278,7 @@ const checkStage = (opts: VerifyOptions): Stage => ({
 
 async function powerOff(ctx: BuildContext, opts: VerifyOptions): Promise<void> {
   ctx.status('powering the guest off');
-  if (!(await shutDown(ctx, ctx.resources.get('guest') as Guest, target(ctx, opts)))) ctx.log.line('the guest did not power off in time: QEMU is stopped');
+  if (!(await shutDown(ctx, running(ctx), target(ctx, opts)))) ctx.log.line('the guest did not power off in time: QEMU is stopped');
 }
 
 const nodeStage = (opts: VerifyOptions): Stage => ({
@@ -276,7 +287,7 @@ const nodeStage = (opts: VerifyOptions): Stage => ({
   options: [],
   async run(ctx) {
     const state = verifyState(ctx);
-    const guest = ctx.resources.get('guest') as Guest;
+    const guest = running(ctx);
     const pimaster = target(ctx, opts);
     const console = join(ctx.paths.work, 'node-console.log');
     rmSync(console, { force: true });
@@ -306,6 +317,7 @@ const nodeStage = (opts: VerifyOptions): Stage => ({
 export function verifyPipeline(opts: VerifyOptions): Pipeline {
   return {
     name: 'verify',
+    schema: engineSchema,
     summary: 'boot an image in QEMU and check it',
     stages: [copyStage(opts), prepareStage(opts), bootStage(opts), checkStage(opts), ...(opts.node ? [nodeStage(opts)] : [])],
   };

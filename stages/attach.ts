@@ -6,10 +6,11 @@ import { copyOut, snapshot, writeBack } from '../lib/image/bootfs.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { detectSystem } from '../lib/image/system.ts';
-
-/** Where the root filesystem is mounted and the boot partition copied out, inside the work dir. */
-export const rootDir = (work: string) => join(work, 'root');
-export const bootDir = (work: string) => join(work, 'boot');
+import { rootDir } from '../lib/image/attached.ts';
+import { bootDir } from '../lib/image/attached.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
+import { ATTACHED } from '../lib/image/attached.ts';
+import { BOOT_BEFORE } from '../lib/image/attached.ts';
 
 /**
  * Root partition on a loop device by offset and size, mounted; the FAT boot partition copied out
@@ -17,7 +18,7 @@ export const bootDir = (work: string) => join(work, 'boot');
  * finalize (or the clean-up stack), and the boot partition is written back only if the build got
  * that far without failing.
  */
-export const attachStage: Stage = {
+export const attachStage: Stage<BuildConfig> = {
   name: 'attach',
   describe: () => 'mount the root partition (loop device by offset) and copy out the boot partition (mtools)',
   options: [],
@@ -29,7 +30,7 @@ export const attachStage: Stage = {
     const image = ctx.state.image;
     if (!image) throw new UserError('attach: no working image; run the pipeline from its start');
     const layout = await readLayout(ctx, image);
-    ctx.resources.set('attach', ctx.cleanup.mark());
+    ctx.resources.set(ATTACHED, ctx.cleanup.mark());
     const root = rootDir(ctx.paths.work);
     const boot = bootDir(ctx.paths.work);
     mkdirSync(root, { recursive: true });
@@ -42,7 +43,7 @@ export const attachStage: Stage = {
     const bootOffset = partition(layout, layout.boot).offset;
     await copyOut(ctx, image, bootOffset, boot);
     const before = snapshot(boot);
-    ctx.resources.set('boot-before', before); // for the stage cache's snapshots (lib/image/snapshot.ts)
+    ctx.resources.set(BOOT_BEFORE, before); // for the stage cache's snapshots (lib/image/snapshot.ts)
     ctx.defer('write back the boot partition', async (outcome) => {
       if (outcome === 'success') await writeBack(ctx, image, bootOffset, boot, before);
     });

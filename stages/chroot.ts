@@ -1,12 +1,14 @@
 import { copyFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { derivedValues, imageSettings, type Config, type ConfigKey } from '../engine/options.ts';
 import { CommandError, UserError } from '../engine/errors.ts';
 import { treeDigest } from '../engine/digest.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
-import { rootDir } from './attach.ts';
 import { inRoot } from '../lib/image/in-root.ts';
 import { chrootArgs, chrootRun, enterChroot, RESTORE_IMAGE_FILES, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
+import { rootDir } from '../lib/image/attached.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
+import { imageInputs } from '../engine/options.ts';
+import { buildConfigSchema } from '../lib/build-options.ts';
 
 /**
  * The settings as environment variables of every script (those that can change what the image
@@ -17,13 +19,13 @@ import { chrootArgs, chrootRun, enterChroot, RESTORE_IMAGE_FILES, STAGING, stage
  * BUILD_PIPELINE, BUILD_STAGING (the directory of staged files inside the image) and
  * BUILD_RESTORE_IMAGE_FILES (run it on a copy of the root: see RESTORE_IMAGE_FILES).
  */
-export function scriptEnv(config: Config, ctx: Pick<BuildContext, 'state' | 'pipeline'>): Record<string, string> {
+export function scriptEnv(config: BuildConfig, ctx: Pick<BuildContext, 'state' | 'pipeline'>, derived: Record<string, string> = {}): Record<string, string> {
   const env: Record<string, string> = {};
   const name = (key: string) => `BUILD_${key.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
-  for (const [key, value] of Object.entries(imageSettings(config))) {
+  for (const [key, value] of Object.entries(imageInputs(buildConfigSchema, config))) {
     if (value !== undefined) env[name(key)] = Array.isArray(value) ? value.join(' ') : String(value);
   }
-  for (const [key, value] of Object.entries(derivedValues(config))) env[name(key)] = value;
+  for (const [key, value] of Object.entries(derived)) env[name(key)] = value;
   const system = ctx.state.system;
   if (system) Object.assign(env, { BUILD_CODENAME: system.codename, BUILD_BOOT_MOUNT: system.bootMount, BUILD_NETWORK: system.network });
   env.BUILD_PIPELINE = ctx.pipeline;
@@ -42,7 +44,7 @@ export function scriptList(dir: string | undefined, user: readonly string[]): st
   return [...own, ...theirs];
 }
 
-export interface ChrootStageOptions {
+export interface ChrootStageOptions<C extends BuildConfig> {
   /** The stage's name (a pipeline with two chroot stages names one of them). */
   name?: string;
   /** The pipeline's own scripts (scripts/<pipeline>/). */
@@ -52,12 +54,14 @@ export interface ChrootStageOptions {
   /** Always keep a snapshot of the image as the stage leaves it (see Stage.snapshotAtEnd). */
   snapshotAtEnd?: boolean;
   /** What the scripts add to the root filesystem, given what it holds: for the grow stage. */
-  grows?: (config: Config, rootUsed: number) => number;
+  grows?: (config: C, rootUsed: number) => number;
   /** The settings the pipeline's scripts use (shown by --plan, accepted by the command). */
-  keys?: readonly ConfigKey[];
+  keys?: readonly (keyof C & string)[];
+  /** Values derived from the settings, for the scripts too (the pimaster's BUILD_IP_ADDRESS...). */
+  derived?: (config: C) => Record<string, string>;
 }
 
-async function runScript(ctx: BuildContext, script: string, index: number, env: Record<string, string>): Promise<void> {
+async function runScript(ctx: BuildContext<BuildConfig>, script: string, index: number, env: Record<string, string>): Promise<void> {
   const name = basename(script);
   const inImage = `${STAGING}/scripts/${String(index).padStart(2, '0')}-${name}`;
   copyFileSync(script, inRoot(rootDir(ctx.paths.work), inImage));
@@ -87,9 +91,9 @@ async function stagedDigest(ctx: BuildContext): Promise<string> {
 }
 
 /** Run the pipeline's scripts and the user's inside the image, each with bash -e, in name order. */
-export function chrootStage(options: ChrootStageOptions = {}): Stage {
+export function chrootStage<C extends BuildConfig>(options: ChrootStageOptions<C> = {}): Stage<C> {
   const user = options.user ?? true;
-  const scripts = (config: Config) => scriptList(options.scriptsDir, user ? config.script : []);
+  const scripts = (config: BuildConfig) => scriptList(options.scriptsDir, user ? config.script : []);
   return {
     name: options.name ?? 'chroot',
     snapshotAtEnd: options.snapshotAtEnd,
@@ -103,7 +107,7 @@ export function chrootStage(options: ChrootStageOptions = {}): Stage {
     },
     async key(ctx) {
       // The settings part of the scripts' environment; what attach finds follows from the base image.
-      const env = JSON.stringify(scriptEnv(ctx.config, { state: {}, pipeline: ctx.pipeline }));
+      const env = JSON.stringify(scriptEnv(ctx.config, { state: {}, pipeline: ctx.pipeline }, options.derived?.(ctx.config)));
       const staged = await stagedDigest(ctx);
       return Promise.all(
         scripts(ctx.config).map(async (script, i) => ({ label: `after ${basename(script)}`, input: JSON.stringify({ i, name: basename(script), script: await treeDigest(script), env, staged }) })),
@@ -111,7 +115,7 @@ export function chrootStage(options: ChrootStageOptions = {}): Stage {
     },
     async run(ctx) {
       const list = scripts(ctx.config);
-      const env = scriptEnv(ctx.config, ctx);
+      const env = scriptEnv(ctx.config, ctx, options.derived?.(ctx.config));
       // The chroot is left before a snapshot (its resolv.conf, policy-rc.d, ... must not be in
       // it) and entered again for the next script.
       let entered: number | undefined;

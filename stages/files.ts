@@ -6,28 +6,28 @@
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import type { ConfigKey } from '../engine/options.ts';
 import { CommandError, UserError } from '../engine/errors.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
 import { withoutCredentials } from '../engine/redact.ts';
-import { splitGitSource } from '../settings/rules.ts';
 import { STAGING, stagedFiles } from '../lib/chroot/environment.ts';
-import { encodeImage } from './compress.ts';
-import { extractImage } from './extract.ts';
-import { fetchImage } from './fetch.ts';
+import { splitGitSource } from '../lib/sources/git-source.ts';
+import { encodeImage } from '../lib/codec/encode.ts';
+import { extractImage } from '../lib/codec/decode.ts';
+import { fetchImage } from '../lib/sources/fetch.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
 
 export interface FilesSpec {
   /** Git sources (a config key holding URL_OR_DIR[#REF]) checked out as files/<name>. */
-  git?: Record<string, ConfigKey>;
+  git?: Record<string, string>;
   /** A list of public key files (a config key) concatenated into files/<name>. */
-  keys?: Record<string, ConfigKey>;
+  keys?: Record<string, string>;
   /** Single files (a config key holding a path, may be unset) copied to files/<name>. */
-  file?: Record<string, ConfigKey>;
+  file?: Record<string, string>;
   /**
    * Images given as NAME=SOURCE (a config key; SOURCE as for --base, verified the same way),
    * packed as files/environments/<image>.img.tar.gz with a <NAME>.json describing it.
    */
-  environments?: ConfigKey;
+  environments?: string;
 }
 
 /** What the scripts learn of a deployable environment (files/environments/<name>.json). */
@@ -48,7 +48,7 @@ export function imageBaseName(file: string): string {
   return basename(file).replace(/\.(xz|gz|zst|zip|bz2)$/i, '').replace(/\.img$/i, '');
 }
 
-async function packEnvironment(ctx: BuildContext, spec: string, dir: string): Promise<Environment> {
+async function packEnvironment(ctx: BuildContext<BuildConfig>, spec: string, dir: string): Promise<Environment> {
   const eq = spec.indexOf('=');
   const [name, source] = [spec.slice(0, eq), spec.slice(eq + 1)];
   const what = `environment ${name}`;
@@ -106,8 +106,8 @@ async function mirror(ctx: BuildContext, repo: string, ref: string | undefined, 
   return dir;
 }
 
-async function checkout(ctx: BuildContext, key: ConfigKey, name: string, dest: string): Promise<void> {
-  const { repo, ref } = splitGitSource(String(ctx.config[key]));
+async function checkout(ctx: BuildContext<BuildConfig>, key: string, name: string, dest: string): Promise<void> {
+  const { repo, ref } = splitGitSource(String(option(ctx.config, key)));
   const cached = await mirror(ctx, repo, ref, key);
   const { exitCode, stdout } = await ctx.run('git', ['-C', cached, 'rev-parse', '--verify', '--quiet', `${ref ?? 'HEAD'}^{commit}`], { reject: false, env: GIT_ENV });
   if (exitCode !== 0) throw new UserError(`--${key} ${repo}#${ref}: no such ref in that repository`);
@@ -121,7 +121,10 @@ async function checkout(ctx: BuildContext, key: ConfigKey, name: string, dest: s
   ctx.log.line(`${name}: ${repo} at ${commit}`);
 }
 
-export function filesStage(spec: FilesSpec): Stage {
+/** A pipeline's own option the spec names (the pimaster's --piseduce-webui...): the files stage reads it by name. */
+const option = (config: BuildConfig, key: string): unknown => (config as unknown as Record<string, unknown>)[key];
+
+export function filesStage(spec: FilesSpec): Stage<BuildConfig> {
   const keys = [...Object.values(spec.git ?? {}), ...Object.values(spec.keys ?? {}), ...Object.values(spec.file ?? {}), ...(spec.environments ? [spec.environments] : [])];
   return {
     name: 'files',
@@ -140,14 +143,14 @@ export function filesStage(spec: FilesSpec): Stage {
       mkdirSync(dir, { recursive: true });
       for (const [name, key] of Object.entries(spec.git ?? {})) await checkout(ctx, key, name, join(dir, name));
       for (const [name, key] of Object.entries(spec.keys ?? {})) {
-        const files = ctx.config[key] as string[];
+        const files = option(ctx.config, key) as string[];
         writeFileSync(join(dir, name), files.map((f) => readFileSync(f, 'utf8').trim()).filter(Boolean).join('\n') + (files.length ? '\n' : ''));
       }
       for (const [name, key] of Object.entries(spec.file ?? {})) {
-        const path = ctx.config[key];
+        const path = option(ctx.config, key);
         if (typeof path === 'string') copyFileSync(path, join(dir, name));
       }
-      const environments = spec.environments ? (ctx.config[spec.environments] as string[]) : [];
+      const environments = spec.environments ? (option(ctx.config, spec.environments) as string[]) : [];
       if (environments.length) {
         mkdirSync(join(dir, 'environments'));
         for (const env of environments) await packEnvironment(ctx, env, join(dir, 'environments'));

@@ -3,30 +3,22 @@ import { dirname } from 'node:path';
 import { formatBytes } from '../engine/options.ts';
 import { scoped } from '../engine/cleanup.ts';
 import { UserError } from '../engine/errors.ts';
-import type { BuildContext, Stage } from '../engine/stage.ts';
-import { fsck } from './finalize.ts';
+import type {  Stage } from '../engine/stage.ts';
 import { attachLoop } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
-import { resizeRootPartition } from '../lib/image/resize.ts';
 import { ext4Geometry } from '../lib/image/ext4-fit.ts';
-import type { Layout } from '../lib/image/state.ts';
+import { estimatedGrowth } from '../lib/image/grow-root.ts';
+import { HEADROOM } from '../lib/image/grow-root.ts';
+import { growRoot } from '../lib/image/grow-root.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
 
 const MiB = 2 ** 20;
-/** Always kept free while customizing: logs, apt lists, dpkg's temporary files. */
-export const HEADROOM = 256 * MiB;
-
-/** Bytes the stages after `after` say they will add, with a quarter more for what estimates miss. */
-export async function estimatedGrowth(ctx: BuildContext, rootUsed: number, after = 'grow'): Promise<number> {
-  const later = ctx.stages.slice(ctx.stages.findIndex((s) => s.name === after) + 1);
-  const sizes = await Promise.all(later.map((s) => s.grows?.(ctx, rootUsed) ?? 0));
-  return Math.ceil(sizes.reduce((a, b) => a + b, 0) * 1.25);
-}
 
 /**
  * Enlarge the file, the root partition and its filesystem before anything is installed, so a
  * build never runs out of space half way (the complaint of pi-gen and packer-builder-arm users).
  */
-export const growStage: Stage = {
+export const growStage: Stage<BuildConfig> = {
   name: 'grow',
   describe: (config) =>
     config.grow === 'auto'
@@ -72,14 +64,3 @@ function checkHostSpace(image: string, growBy: number): void {
   }
 }
 
-/** The file, the root partition (the last) and its ext4 filesystem made `bytes` larger (whole MiB). */
-export async function growRoot(ctx: BuildContext, image: string, layout: Layout, bytes: number): Promise<Layout> {
-  const root = partition(layout, layout.root);
-  const grown = await resizeRootPartition(ctx, image, layout, root, root.sectors + bytes / layout.sectorSize);
-  await scoped(ctx.cleanup, ctx.signal, async () => {
-    const device = await attachLoop(ctx, image, partition(grown, grown.root));
-    await fsck(ctx, device);
-    await ctx.run('resize2fs', [device]);
-  });
-  return grown;
-}

@@ -1,12 +1,15 @@
 import { chmodSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { derivedValues, imageSettings, type ConfigKey } from '../engine/options.ts';
 import { UserError } from '../engine/errors.ts';
 import { treeDigest } from '../engine/digest.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
-import { bootDir, rootDir } from './attach.ts';
 import { renderTemplate, templateVars, TemplateError } from '../lib/template.ts';
 import { inRoot } from '../lib/image/in-root.ts';
+import { bootDir } from '../lib/image/attached.ts';
+import { rootDir } from '../lib/image/attached.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
+import { imageInputs } from '../engine/options.ts';
+import { buildConfigSchema } from '../lib/build-options.ts';
 
 /** The trees an overlay directory may hold, and where each goes. */
 const TREES = ['boot', 'rootfs'] as const;
@@ -107,8 +110,7 @@ function own(path: string, mode: number | undefined): void {
 }
 
 /** Copy each overlay directory's boot/ and rootfs/ trees into the attached image, in order. */
-export async function applyOverlays(ctx: BuildContext, dirs: readonly string[]): Promise<void> {
-  const vars = overlayVars(ctx);
+export async function applyOverlays(ctx: BuildContext, dirs: readonly string[], vars: Record<string, string>): Promise<void> {
   for (const dir of dirs) {
     checkOverlay(dir);
     const modesFile = join(dir, MODES_FILE);
@@ -123,15 +125,17 @@ export async function applyOverlays(ctx: BuildContext, dirs: readonly string[]):
 }
 
 /** Template variables of the settings that can change what the image holds. */
-function overlayVars(ctx: BuildContext): Record<string, string> {
-  return templateVars(imageSettings(ctx.config), { ...derivedValues(ctx.config), codename: ctx.state.system?.codename, 'boot-mount': ctx.state.system?.bootMount });
+function overlayVars<C extends BuildConfig>(ctx: BuildContext<C>, derived: Record<string, string>): Record<string, string> {
+  return templateVars(imageInputs(buildConfigSchema, ctx.config), { ...derived, codename: ctx.state.system?.codename, 'boot-mount': ctx.state.system?.bootMount });
 }
 
-export interface OverlayStageOptions {
+export interface OverlayStageOptions<C extends BuildConfig> {
   /** The stage's name (a pipeline with two overlay stages names one of them). */
   name?: string;
   /** Copy the user's --overlay directories after the pipeline's own (default: yes). */
   user?: boolean;
+  /** Values derived from the settings, for the templates too (the pimaster's ip-address...). */
+  derived?: (config: C) => Record<string, string>;
 }
 
 /**
@@ -139,7 +143,7 @@ export interface OverlayStageOptions {
  * site adds or replaces files without touching the pipeline's. `keys` are the settings the
  * pipeline's templates use (shown by --plan, accepted by the command).
  */
-export function overlayStage(own: readonly string[] = [], keys: readonly ConfigKey[] = [], options: OverlayStageOptions = {}): Stage {
+export function overlayStage<C extends BuildConfig>(own: readonly string[] = [], keys: readonly (keyof C & string)[] = [], options: OverlayStageOptions<C> = {}): Stage<C> {
   const user = options.user ?? true;
   const all = (config: { overlay: readonly string[] }) => [...own, ...(user ? config.overlay : [])];
   return {
@@ -156,10 +160,10 @@ export function overlayStage(own: readonly string[] = [], keys: readonly ConfigK
       const dirs = all(ctx.config);
       for (const dir of dirs) checkOverlay(dir);
       const trees = await Promise.all(dirs.map((dir) => treeDigest(dir)));
-      return [{ label: `${dirs.length} overlay director${dirs.length === 1 ? 'y' : 'ies'} copied`, input: JSON.stringify({ trees, vars: overlayVars(ctx) }) }];
+      return [{ label: `${dirs.length} overlay director${dirs.length === 1 ? 'y' : 'ies'} copied`, input: JSON.stringify({ trees, vars: overlayVars(ctx, options.derived?.(ctx.config) ?? {}) }) }];
     },
     async run(ctx) {
-      await applyOverlays(ctx, all(ctx.config));
+      await applyOverlays(ctx, all(ctx.config), overlayVars(ctx, options.derived?.(ctx.config) ?? {}));
     },
   };
 }

@@ -17,16 +17,20 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Config, ConfigKey } from '../engine/options.ts';
 import { quote as q } from '../engine/exec.ts';
 import { ConfigError } from '../engine/errors.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
 import { parseCardSettings, type CardSettings } from '../settings/first-boot.ts';
-import { rootDir } from './attach.ts';
 import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
 import { inRoot } from '../lib/image/in-root.ts';
+import { rootDir } from '../lib/image/attached.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
+import type { PiSettings } from '../settings/options.ts';
 
-const SETTING_KEYS: readonly ConfigKey[] = [
+/** What the settings stage reads: the build's options and a user's settings. */
+type SettingsConfig = BuildConfig & PiSettings;
+
+const SETTING_KEYS: readonly (keyof SettingsConfig)[] = [
   'hostname', 'user', 'password-hash', 'password-file', 'ssh-key', 'ssh', 'ssh-password-auth', 'wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden',
   'timezone', 'locale', 'keymap', 'packages', 'enable', 'disable',
 ];
@@ -41,7 +45,7 @@ interface ImageSettings extends CardSettings {
 }
 
 /** The settings given, as --plan and the task list name them. */
-function given(config: Config): ConfigKey[] {
+function given(config: SettingsConfig): (keyof SettingsConfig)[] {
   return SETTING_KEYS.filter((key) => {
     const value = config[key];
     return Array.isArray(value) ? value.length > 0 : value !== undefined && value !== false;
@@ -49,7 +53,7 @@ function given(config: Config): ConfigKey[] {
 }
 
 /** The settings checked together and the files they name read (one line, exit 2 on a bad one). */
-async function settingsOf(config: Config): Promise<ImageSettings> {
+async function settingsOf(config: SettingsConfig): Promise<ImageSettings> {
   // The host name is checked by the schema (a pimaster's may have dots), not by flash's rule.
   const card = (await parseCardSettings({
     user: config.user,
@@ -81,7 +85,7 @@ async function settingsOf(config: Config): Promise<ImageSettings> {
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 /** What the image depends on: the settings, and the files they name by content, not by path. */
-function keyInput(config: Config): string {
+function keyInput(config: SettingsConfig): string {
   const files = (paths: readonly (string | undefined)[]) => paths.filter((p): p is string => p !== undefined).map(sha256);
   const values = Object.fromEntries(given(config).map((key) => [key, config[key]]));
   return JSON.stringify({ ...values, 'ssh-key': files(config['ssh-key']), 'password-file': files([config['password-file']]), 'wifi-psk-file': files([config['wifi-psk-file']]) });
@@ -269,14 +273,14 @@ WantedBy=multi-user.target
 `;
 
 /** `config` with the settings a stage does not take unset (the pimaster's --ssh-key is root's, not a user's). */
-function only(config: Config, keys: readonly ConfigKey[]): Config {
+function only(config: SettingsConfig, keys: readonly (keyof SettingsConfig)[]): SettingsConfig {
   const unset = (value: unknown) => (Array.isArray(value) ? [] : typeof value === 'boolean' ? false : undefined);
   return { ...config, ...Object.fromEntries(SETTING_KEYS.filter((key) => !keys.includes(key)).map((key) => [key, unset(config[key])])) };
 }
 
 /** The settings stage, taking `keys` of the settings (all of them in customize). */
-export function settingsStage(keys: readonly ConfigKey[] = SETTING_KEYS): Stage {
-  const own = (config: Config) => only(config, keys);
+export function settingsStage(keys: readonly (keyof SettingsConfig)[] = SETTING_KEYS): Stage<SettingsConfig> {
+  const own = (config: SettingsConfig) => only(config, keys);
   return {
     name: 'settings',
     describe: (config) => {
@@ -299,7 +303,7 @@ export function settingsStage(keys: readonly ConfigKey[] = SETTING_KEYS): Stage 
   };
 }
 
-async function applySettings(ctx: BuildContext, config: Config): Promise<void> {
+async function applySettings(ctx: BuildContext<SettingsConfig>, config: SettingsConfig): Promise<void> {
   if (given(config).length === 0) return;
   const settings = await settingsOf(config);
   const root = rootDir(ctx.paths.work);

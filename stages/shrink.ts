@@ -5,12 +5,13 @@ import { UserError } from '../engine/errors.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
 import { readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
 import { armFirstBoot, disarmFirstBoot, firstBootFor, formatCmdline, parseCmdline } from '../lib/image/cmdline.ts';
-import { fsck } from './finalize.ts';
 import { attachLoop } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import type { Partition } from '../lib/image/state.ts';
 import { resizeRootPartition } from '../lib/image/resize.ts';
 import { ext4Geometry, fittingBlocks } from '../lib/image/ext4-fit.ts';
+import { fsck } from '../lib/image/fsck.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
 
 /** Below this gain a shrink is not worth a rewrite: shrinking a shrunk image changes nothing. */
 const MIN_GAIN = 4 * 2 ** 20;
@@ -89,7 +90,7 @@ export async function cutTo(ctx: BuildContext, image: string, root: Partition, t
  * file cut to size. --expand-on-boot re-arms the release's own first-boot expansion; otherwise a
  * pipeline may ask for it to be disarmed (the pimaster install guide does), or leave it as it is.
  */
-export function shrink(options: { disarmFirstBoot?: boolean } = {}): Stage {
+export function shrink(options: { disarmFirstBoot?: boolean } = {}): Stage<BuildConfig> {
   return {
     name: 'shrink',
     describe: (config) =>

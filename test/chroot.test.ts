@@ -4,7 +4,6 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import type { Config } from '../engine/options.ts';
 import { attachStage } from '../stages/attach.ts';
 import { processesIn } from '../lib/chroot/environment.ts';
 import { finalizeStage } from '../stages/finalize.ts';
@@ -15,6 +14,7 @@ import { raspiosLite } from './fixtures/raspios-image.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
 import { startAptRelay } from './helpers/apt-relay.ts';
 import { loopsOn, mountsUnder } from './helpers/leaks.ts';
+import type { PimasterConfig } from '../pipelines/pimaster/options.ts';
 
 /**
  * arm64: the plain fixture. armhf: the Raspbian look-alike, whose own archive cannot be reached
@@ -51,7 +51,7 @@ async function rootFile(image: string, request: string, write = false): Promise<
   }
 }
 
-const logsOf = (config: Config) => readdirSync(join(config.work, 'logs')).filter((f) => f.startsWith('chroot-')).map((f) => readFileSync(join(config.work, 'logs', f), 'utf8')).join('\n');
+const logsOf = (config: PimasterConfig) => readdirSync(join(config.work, 'logs')).filter((f) => f.startsWith('chroot-')).map((f) => readFileSync(join(config.work, 'logs', f), 'utf8')).join('\n');
 
 const INSTALL = 'apt-get update -q\napt-get install -y -q --no-install-recommends hello\nhello\ncat /etc/resolv.conf | grep -c nameserver\necho "arch=$(dpkg --print-architecture) codename=$BUILD_CODENAME"';
 

@@ -15,13 +15,14 @@ import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { extract } from 'tar-stream';
 import yauzl from 'yauzl';
-import type { Compression } from '../engine/options.ts';
 import { CommandError, InterruptedError, UserError } from '../engine/errors.ts';
 import type { BuildState } from '../engine/stage.ts';
-import { compressStage, defaultName } from '../stages/compress.ts';
+import { compressStage } from '../stages/compress.ts';
 import type { Download, Package, SystemInfo } from '../lib/image/state.ts';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
+import { defaultName } from '../lib/codec/encode.ts';
+import type { Compression } from '../lib/build-options.ts';
 
 const ALL: Compression[] = ['xz', 'zstd', 'gz', 'zip', 'tar.gz', 'none'];
 const MiB = 2 ** 20;

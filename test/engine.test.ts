@@ -5,11 +5,15 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { CleanupStack, scoped } from '../engine/cleanup.ts';
-import { parseSize, resolveConfig, type ConfigKey } from '../engine/options.ts';
+import { parseSize } from '../engine/options.ts';
 import { ConfigError } from '../engine/errors.ts';
 import { selectStages, timingTable } from '../engine/runner.ts';
 import type { Pipeline, Stage } from '../engine/stage.ts';
 import { scratch } from './helpers/build.ts';
+import type { PimasterConfig } from '../pipelines/pimaster/options.ts';
+import { resolveOptions } from '../engine/options.ts';
+import { pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
+import { engineSchema } from '../engine/options.ts';
 
 const child = new URL('./fixtures/signal-child.ts', import.meta.url).pathname;
 
@@ -119,10 +123,10 @@ test('a failed command names the stage, the command, its exit code and its last 
   t.regex(log, /\$ sh -c .*\nfirst\nlast words\n.*exit 3 after \d+\.\d+ s/);
 });
 
-const keys: ConfigKey[] = ['arch', 'base', 'base-sha256', 'grow', 'overlay', 'compress', 'shrink-margin', 'expand-on-boot'];
+const keys: (keyof PimasterConfig)[] = ['arch', 'base', 'base-sha256', 'grow', 'overlay', 'compress', 'shrink-margin', 'expand-on-boot'];
 
 test('configuration: defaults, then the file, then flags', (t) => {
-  const config = resolveConfig(keys, { file: { path: 'c.json', values: { arch: 'armhf', grow: '1G', compress: ['xz', 'zstd'] } }, flags: { grow: '512M', 'expand-on-boot': true } }, 'customize');
+  const config = resolveOptions(pimasterConfigSchema, keys, { file: { path: 'c.json', values: { arch: 'armhf', grow: '1G', compress: ['xz', 'zstd'] } }, flags: { grow: '512M', 'expand-on-boot': true } }, 'customize');
   t.is(config.arch, 'armhf');
   t.is(config.grow, 512 * 2 ** 20);
   t.deepEqual(config.compress, ['xz', 'zstd']);
@@ -132,7 +136,7 @@ test('configuration: defaults, then the file, then flags', (t) => {
 
 test('configuration errors name the key, the value and what is allowed', (t) => {
   const bad = (flags: Record<string, unknown>, file?: Record<string, unknown>) =>
-    t.throws(() => resolveConfig(keys, { flags, file: file && { path: 'site.json', values: file } }, 'customize'), { instanceOf: ConfigError })!.message;
+    t.throws(() => resolveOptions(pimasterConfigSchema, keys, { flags, file: file && { path: 'site.json', values: file } }, 'customize'), { instanceOf: ConfigError })!.message;
   t.is(bad({ arch: 'x86' }), '--arch "x86" is invalid: expected one of arm64, armhf');
   t.is(bad({ 'base-sha256': 'abc' }), '--base-sha256 "abc" is invalid: expected 64 hexadecimal digits');
   t.is(bad({ compress: ['xz,rar'] }), '--compress "xz,rar" is invalid: expected a comma-separated list of xz, zstd, gz, zip, tar.gz, none');
@@ -144,8 +148,8 @@ test('configuration errors name the key, the value and what is allowed', (t) => 
 });
 
 test('--apt-proxy and --apt-mirror: the parsed URL, and no quote, space or line break that would add apt options or sources', (t) => {
-  const apt: ConfigKey[] = ['apt-proxy', 'apt-mirror'];
-  const resolve = (flags: Record<string, unknown>) => resolveConfig(apt, { flags }, 'customize');
+  const apt: (keyof PimasterConfig)[] = ['apt-proxy', 'apt-mirror'];
+  const resolve = (flags: Record<string, unknown>) => resolveOptions(pimasterConfigSchema, apt, { flags }, 'customize');
   t.is(resolve({ 'apt-mirror': 'HTTP://Mirror.Example/debian/' })['apt-mirror'], 'http://mirror.example/debian');
   t.is(resolve({ 'apt-proxy': 'http://127.0.0.1:3142' })['apt-proxy'], 'http://127.0.0.1:3142');
   for (const value of ['http://p:3142";\nAPT::Update::Pre-Invoke {"touch /tmp/owned";};//', 'http://p:3142/ bookworm main\ndeb [trusted=yes] http://evil/ x', "http://p/'x", 'http://p/a b', 'http://p/\tx']) {
@@ -163,7 +167,7 @@ test('sizes', (t) => {
 });
 
 const stage = (name: string, closedBy?: string): Stage => ({ name, closedBy, options: [], describe: () => name, run: async () => {} });
-const pipeline: Pipeline = { name: 'p', summary: '', stages: [stage('fetch'), stage('attach', 'finalize'), stage('overlay'), stage('finalize'), stage('shrink')] };
+const pipeline: Pipeline = { name: 'p', summary: '', schema: engineSchema, stages: [stage('fetch'), stage('attach', 'finalize'), stage('overlay'), stage('finalize'), stage('shrink')] };
 const names = (stages: Stage[]) => stages.map((s) => s.name);
 
 test('--from and --until select a part of the pipeline, reopening what the part needs', (t) => {

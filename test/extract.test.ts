@@ -7,13 +7,15 @@ import { join } from 'node:path';
 import { MARKER } from '../engine/work-dir.ts';
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
-import type { Config } from '../engine/options.ts';
-import { detectFormat, extractStage, toolReason } from '../stages/extract.ts';
+import {  extractStage } from '../stages/extract.ts';
 import { SparseWriter } from '../lib/image/sparse-writer.ts';
 import type { Download } from '../lib/image/state.ts';
 import { makeTinyImage } from './fixtures/tiny-image.ts';
 import { runStages, scratch, smallDisk as smallFilesystem, testConfig } from './helpers/build.ts';
 import { assertNoWorkImage, assertSameSparseImage, assertUserError, IMAGE_NAME, makeBaseImages, sha256File, type BaseImages } from './helpers/base-images.ts';
+import { detectFormat } from '../lib/codec/decode.ts';
+import { toolReason } from '../lib/codec/decode.ts';
+import type { PimasterConfig } from '../pipelines/pimaster/options.ts';
 
 let base: BaseImages;
 const fixtures = scratch('extract-fixtures-');
@@ -27,18 +29,18 @@ test.before(async () => {
 });
 test.after.always(() => rmSync(fixtures, { recursive: true, force: true }));
 
-async function setup(t: ExecutionContext): Promise<{ dir: string; config: Config }> {
+async function setup(t: ExecutionContext): Promise<{ dir: string; config: PimasterConfig }> {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return { dir, config: testConfig(dir) };
 }
 
-async function extract(config: Config, path: string, extra: Partial<Download> = {}) {
+async function extract(config: PimasterConfig, path: string, extra: Partial<Download> = {}) {
   return runStages([extractStage], config, { download: { path, sha256: await sha256File(path), source: path, ...extra } });
 }
 
 /** The extract fails with one line matching `pattern`, leaves no image and does not touch its input. */
-async function assertRefused(t: ExecutionContext, config: Config, input: string, pattern: RegExp, extra: Partial<Download> = {}) {
+async function assertRefused(t: ExecutionContext, config: PimasterConfig, input: string, pattern: RegExp, extra: Partial<Download> = {}) {
   const before = await sha256File(input);
   const mtime = statSync(input).mtimeMs;
   const error = await assertUserError(t, extract(config, input, extra), pattern);

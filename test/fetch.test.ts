@@ -5,8 +5,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { UserError } from '../engine/errors.ts';
-import type { Config } from '../engine/options.ts';
-import { downloadPolicy, fetchStage, fileNameOf, parseSha256File, resolveRelease } from '../stages/fetch.ts';
+import {  fetchStage } from '../stages/fetch.ts';
 import { extractStage } from '../stages/extract.ts';
 import { downloadToPartial } from '../lib/sources/download.ts';
 import { classify, pickRelease, walkOsList, osListItems } from '../lib/sources/imager-os-list.ts';
@@ -25,6 +24,11 @@ import {
   sidecarFor,
   type BaseImages,
 } from './helpers/base-images.ts';
+import { downloadPolicy } from '../lib/sources/download.ts';
+import { fileNameOf } from '../lib/sources/fetch.ts';
+import { parseSha256File } from '../lib/sources/fetch.ts';
+import { resolveRelease } from '../lib/sources/fetch.ts';
+import type { PimasterConfig } from '../pipelines/pimaster/options.ts';
 
 downloadPolicy.baseDelayMs = 20;
 
@@ -56,7 +60,7 @@ async function setup(t: ExecutionContext, files: Record<string, string | Buffer 
   return { dir, server };
 }
 
-const build = (config: Config) => runStages([fetchStage, extractStage], config);
+const build = (config: PimasterConfig) => runStages([fetchStage, extractStage], config);
 
 test('an .img.xz over HTTP with its .sha256 sidecar: cached, extracted identical and sparse; a second build downloads nothing', async (t) => {
   const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });

@@ -10,6 +10,7 @@ import { publishedSettings, redactCredentials } from '../engine/redact.ts';
 import { filesStage } from '../stages/files.ts';
 import { runStages, scratch, testConfig } from './helpers/build.ts';
 import { startServer } from './helpers/http-server.ts';
+import { pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
 
 const TOKEN = 'ghp_s3cr3tT0ken';
 
@@ -52,7 +53,7 @@ test('a git source fetched with a token: the image gets the URL without it; the 
 });
 
 test('the settings a manifest publishes: no credentials, no path of the build machine', (t) => {
-  const settings = publishedSettings(testConfig('/home/me/site', {
+  const settings = publishedSettings(pimasterConfigSchema, testConfig('/home/me/site', {
     base: '/home/me/images/2024-11-19-raspios-bookworm-arm64-lite.img.xz',
     overlay: ['/home/me/site/overlay', './more'],
     script: ['/home/me/site/setup.sh'],

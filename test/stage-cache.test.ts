@@ -7,7 +7,6 @@ import { existsSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, chmo
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { defaultConfig } from '../engine/options.ts';
 import { QuietReporter } from '../engine/report.ts';
 import { runPipeline } from '../engine/runner.ts';
 import type { BuildState, Pipeline, Stage } from '../engine/stage.ts';
@@ -19,6 +18,8 @@ import { sha256File } from './helpers/base-images.ts';
 import { scratch, testConfig } from './helpers/build.ts';
 import { ImageReader } from './helpers/image-reader.ts';
 import { loopsUnder, mountsUnder } from './helpers/leaks.ts';
+import { defaultConfig } from '../pipelines/pimaster/options.ts';
+import { engineSchema } from '../engine/options.ts';
 
 const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
 const run = (args: string[]) => execa('node', [cli, ...args], { reject: false, env: { CI: 'true' }, all: true });
@@ -144,6 +145,7 @@ function recorder(inputs: Record<string, string>): Pipeline {
   return {
     name: 'recorder',
     summary: '',
+    schema: engineSchema,
     stages: [stage('a', 1), stage('b', 2), stage('c', 1, { snapshotAtEnd: true }), { ...stage('d', 1), key: undefined }],
     snapshots: {
       async save(ctx, dir) {

@@ -11,13 +11,14 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../engine/errors.ts';
 import { quote, type RunOptions, type RunResult } from '../../engine/exec.ts';
-import type { BuildContext } from '../../engine/stage.ts';
-import { rootDir } from '../../stages/attach.ts';
-import { ensureBinfmt, type Arch } from './emulation.ts';
+import { Resource, type BuildContext } from '../../engine/stage.ts';
+import { ensureBinfmt } from './emulation.ts';
+import type { Arch } from '../image/arch.ts';
 import { mount } from '../image/loop.ts';
 import { entryInRoot, inRoot } from '../image/in-root.ts';
 import { compileHeldPython, holdPythonCompile } from './python-compile.ts';
 import { unpackNatively } from './native-unpack.ts';
+import { rootDir } from '../image/attached.ts';
 
 const SAVED = '.build-image-saved';
 /** Inside the image, on a tmpfs: scripts and files staged for them, gone after the build. */
@@ -68,9 +69,12 @@ function swapFile(ctx: BuildContext, root: string, path: string, content: string
 }
 
 /** The paths swapFile changed in this chroot session. */
+/** The image's files a chroot session swapped for its stand-ins, put back when it ends. */
+const CHROOT_SWAPS = new Resource<string[]>('chroot-swaps');
+
 const swapped = (ctx: BuildContext): string[] => {
-  if (!ctx.resources.has('chroot-swaps')) ctx.resources.set('chroot-swaps', []);
-  return ctx.resources.get('chroot-swaps') as string[];
+  if (!ctx.resources.has(CHROOT_SWAPS)) ctx.resources.set(CHROOT_SWAPS, []);
+  return ctx.resources.get(CHROOT_SWAPS)!;
 };
 
 /**
@@ -227,7 +231,7 @@ export interface ChrootOptions {
 /** Prepare the attached image for running its own programs. Undone by the clean-up stack. */
 export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}): Promise<void> {
   const root = rootDir(ctx.paths.work);
-  ctx.resources.set('chroot-swaps', []);
+  ctx.resources.set(CHROOT_SWAPS, []);
   const system = ctx.state.system;
   if (!system) throw new UserError('chroot: the image is not attached; run from attach or earlier');
   const arch = system.arch as Arch;

@@ -13,9 +13,9 @@
  */
 import { copyFileSync, writeFileSync } from 'node:fs';
 import type { BuildContext } from '../../engine/stage.ts';
-import { findOnPath } from '../../commands/doctor.ts';
-import { rootDir } from '../../stages/attach.ts';
 import { inRoot } from '../image/in-root.ts';
+import { rootDir } from '../image/attached.ts';
+import { findOnPath } from '../../engine/exec.ts';
 
 /** True when `DEB` (argument 1) is a plain package; busybox's `ar` reads the member list. */
 const isPlain = (bb: string) =>

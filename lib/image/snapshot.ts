@@ -8,12 +8,18 @@ import { scoped } from '../../engine/cleanup.ts';
 import { formatBytes } from '../../engine/options.ts';
 import type { SnapshotEntry } from '../../engine/stage-cache.ts';
 import type { BuildContext, ImageSnapshots } from '../../engine/stage.ts';
-import { bootDir, rootDir } from '../../stages/attach.ts';
-import { writeBack, type Snapshot } from './bootfs.ts';
-import { estimatedGrowth, growRoot, HEADROOM } from '../../stages/grow.ts';
+import { writeBack } from './bootfs.ts';
 import { attachLoop } from './loop.ts';
 import { partition } from './partitions.ts';
 import { ext4Geometry } from './ext4-fit.ts';
+import { bootDir } from './attached.ts';
+import { rootDir } from './attached.ts';
+import { estimatedGrowth } from './grow-root.ts';
+import { growRoot } from './grow-root.ts';
+import { HEADROOM } from './grow-root.ts';
+import { ATTACHED } from './attached.ts';
+import { BOOT_BEFORE } from './attached.ts';
+import type { BuildConfig } from '../build-options.ts';
 
 const IMAGE = 'image.img';
 
@@ -23,7 +29,7 @@ const copy = (ctx: BuildContext, from: string, to: string) => ctx.run('cp', ['--
 async function save(ctx: BuildContext, dir: string): Promise<string[]> {
   const image = ctx.state.image!;
   const to = join(dir, IMAGE);
-  if (!ctx.resources.has('attach')) {
+  if (!ctx.resources.has(ATTACHED)) {
     await copy(ctx, image, to);
     return [IMAGE];
   }
@@ -38,7 +44,7 @@ async function save(ctx: BuildContext, dir: string): Promise<string[]> {
     await ctx.run('fsfreeze', ['--unfreeze', root], { uncancellable: true });
   }
   const layout = ctx.state.layout!;
-  await writeBack(ctx, to, partition(layout, layout.boot).offset, bootDir(ctx.paths.work), ctx.resources.get('boot-before') as Snapshot);
+  await writeBack(ctx, to, partition(layout, layout.boot).offset, bootDir(ctx.paths.work), ctx.resources.get(BOOT_BEFORE)!);
   return [IMAGE];
 }
 
@@ -46,7 +52,7 @@ async function save(ctx: BuildContext, dir: string): Promise<string[]> {
  * The snapshot's image becomes the working image; if the stages after the one it was taken in need
  * more room than it has free (an overlay that grew since), its root is grown first.
  */
-async function restore(ctx: BuildContext, entry: SnapshotEntry, stage: string): Promise<void> {
+async function restore(ctx: BuildContext<BuildConfig>, entry: SnapshotEntry, stage: string): Promise<void> {
   const image = join(ctx.paths.work, basename(entry.meta.state.image ?? IMAGE));
   ctx.state = { ...entry.meta.state, ...ctx.state, image };
   await copy(ctx, join(entry.dir, IMAGE), image);
@@ -62,4 +68,4 @@ async function restore(ctx: BuildContext, entry: SnapshotEntry, stage: string): 
   ctx.state.layout = await growRoot(ctx, image, layout, bytes);
 }
 
-export const imageSnapshots: ImageSnapshots = { save, restore };
+export const imageSnapshots: ImageSnapshots<BuildConfig> = { save, restore };

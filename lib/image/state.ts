@@ -1,8 +1,8 @@
+import type { Compression } from '../build-options.ts';
 /**
  * What each stage leaves in the build state for the ones after it, in pipeline order. Kept in one
  * place so the data's path through a build reads top to bottom.
  */
-import type { Compression } from '../../engine/options.ts';
 
 export interface Download {
   /** The verified file: in the download cache, or the user's own file (never modified). */

@@ -3,9 +3,9 @@ import { existsSync } from 'node:fs';
 import { posix } from 'node:path';
 import { UserError } from '../../engine/errors.ts';
 import { firstBootFor, firstBootOf, parseCmdline } from './cmdline.ts';
-import { imageArch } from '../chroot/emulation.ts';
 import { inRoot, readInRoot, resolveInRoot } from './in-root.ts';
 import type { Network, SystemInfo } from './state.ts';
+import { imageArch } from './arch.ts';
 
 export function parseOsRelease(text: string): Record<string, string> {
   const fields: Record<string, string> = {};

@@ -5,8 +5,9 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseIpv4Cidr, type Ipv4Cidr } from '../../settings/rules.ts';
 import { inRoot, readInRoot } from '../image/in-root.ts';
+import { parseIpv4Cidr } from '../net.ts';
+import type { Ipv4Cidr } from '../net.ts';
 
 export interface StaticAddress extends Ipv4Cidr {
   interface: string;

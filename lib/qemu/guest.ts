@@ -8,10 +8,11 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../engine/errors.ts';
-import { intToIpv4, ipv4ToInt } from '../../settings/rules.ts';
 import type { BuildContext } from '../../engine/stage.ts';
 import type { StaticAddress } from './facts.ts';
 import type { GuestArch, GuestKernel } from './kernel.ts';
+import { intToIpv4 } from '../net.ts';
+import { ipv4ToInt } from '../net.ts';
 
 export interface GuestSpec {
   arch: GuestArch;

@@ -17,18 +17,19 @@
  * itself: the address from DHCP, then the NFS root with the options of cmdline.txt.
  */
 import { cpSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { findOnPath } from '../../commands/doctor.ts';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { quote } from '../../engine/exec.ts';
 import { UserError } from '../../engine/errors.ts';
 import type { BuildContext } from '../../engine/stage.ts';
-import { intToIpv4, ipv4ToInt } from '../../settings/rules.ts';
 import type { Check, CheckResult } from './checks.ts';
 import type { GuestFacts } from './facts.ts';
 import { startGuest, type Guest, type SshTarget } from './guest.ts';
 import type { GuestKernel } from './kernel.ts';
 import { entryInRoot, inRoot } from '../image/in-root.ts';
+import { intToIpv4 } from '../net.ts';
+import { ipv4ToInt } from '../net.ts';
+import { findOnPath } from '../../engine/exec.ts';
 
 /**
  * The node QEMU boots: a made-up serial (a Pi's is in its OTP) and MAC. Debian's U-Boot for QEMU

@@ -4,12 +4,12 @@
  * release name (`bookworm`, `latest`...) stands for. No I/O here: the fetch stage loads the lists
  * (including the ones named by `subitems_url`) and hands them over.
  */
-import type { Config } from '../../engine/options.ts';
-import { RELEASES } from '../../engine/options.ts';
 import { UserError } from '../../engine/errors.ts';
+import { RELEASES } from '../build-options.ts';
+import type { BuildConfig } from '../build-options.ts';
 
 export type ReleaseName = (typeof RELEASES)[number];
-export type Arch = Config['arch'];
+export type Arch = BuildConfig['arch'];
 export type Codename = Exclude<ReleaseName, 'latest'>;
 
 const CODENAMES: readonly Codename[] = RELEASES.filter((r): r is Codename => r !== 'latest');

@@ -4,11 +4,12 @@ import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { defaultConfig, type Config } from '../../engine/options.ts';
 import { QuietReporter } from '../../engine/report.ts';
 import { runPipeline, type BuildResult } from '../../engine/runner.ts';
 import type { BuildState, Stage } from '../../engine/stage.ts';
 import '../../lib/image/state.ts';
+import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
+import { defaultConfig, pimasterConfigSchema } from '../../pipelines/pimaster/options.ts';
 
 /** A fresh directory under /tmp for one test (work, cache and out live inside it). */
 export function scratch(prefix = 'build-image-test-'): string {
@@ -16,12 +17,12 @@ export function scratch(prefix = 'build-image-test-'): string {
 }
 
 /** Settings for a test: defaults, with work/cache/out inside `dir`, then the overrides. */
-export function testConfig(dir: string, overrides: Partial<Config> = {}): Config {
+export function testConfig(dir: string, overrides: Partial<PimasterConfig> = {}): PimasterConfig {
   return defaultConfig({ work: join(dir, 'work'), cache: join(dir, 'cache'), out: join(dir, 'out'), ...overrides });
 }
 
-export function runStages(stages: readonly Stage[], config: Config, state?: BuildState): Promise<BuildResult> {
-  return runPipeline({ name: 'test', summary: 'test', stages }, config, {}, new QuietReporter(), state);
+export function runStages(stages: readonly Stage<PimasterConfig>[], config: PimasterConfig, state?: BuildState): Promise<BuildResult> {
+  return runPipeline({ name: 'test', summary: 'test', schema: pimasterConfigSchema, stages }, config, {}, new QuietReporter(), state);
 }
 
 /**
