@@ -15,6 +15,8 @@ import { encodeImage } from '../lib/codec/encode.ts';
 import { extractImage } from '../lib/codec/decode.ts';
 import { fetchImage } from '../lib/sources/fetch.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
+import type { Environment } from '../lib/sources/environments.ts';
+import { imageBaseName } from '../lib/sources/environments.ts';
 
 export interface FilesSpec {
   /** Git sources (a config key holding URL_OR_DIR[#REF]) checked out as files/<name>. */
@@ -28,24 +30,6 @@ export interface FilesSpec {
    * packed as files/environments/<image>.img.tar.gz with a <NAME>.json describing it.
    */
   environments?: string;
-}
-
-/** What the scripts learn of a deployable environment (files/environments/<name>.json). */
-export interface Environment {
-  name: string;
-  /** The .img.tar.gz file name, and where the scripts find it. */
-  img_name: string;
-  path: string;
-  /** Size of the raw image, and the first sector of its second partition. */
-  img_size: number;
-  sector_start: number;
-  /** sha256 of the verified download it was made from. */
-  source_sha256: string;
-}
-
-/** `2024-11-19-raspios-bookworm-arm64-lite` from its download's file name (.img.xz, .zip, ...). */
-export function imageBaseName(file: string): string {
-  return basename(file).replace(/\.(xz|gz|zst|zip|bz2)$/i, '').replace(/\.img$/i, '');
 }
 
 async function packEnvironment(ctx: BuildContext<BuildConfig>, spec: string, dir: string): Promise<Environment> {

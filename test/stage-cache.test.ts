@@ -12,7 +12,7 @@ import { runPipeline } from '../engine/runner.ts';
 import type { BuildState, Pipeline, Stage } from '../engine/stage.ts';
 import { treeDigest } from '../engine/digest.ts';
 import { chainKeys, StageCache } from '../engine/stage-cache.ts';
-import { scriptEnv } from '../stages/chroot.ts';
+import { scriptEnv } from '../lib/chroot/scripts.ts';
 import { debianImage } from './fixtures/debian-image.ts';
 import { sha256File } from './helpers/base-images.ts';
 import { scratch, testConfig } from './helpers/build.ts';
