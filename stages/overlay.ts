@@ -5,9 +5,9 @@ import {  templateVars } from '../lib/template.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
 import { imageInputs } from '../engine/options.ts';
 import { buildConfigSchema } from '../lib/build-options.ts';
-import { applyOverlays } from '../lib/overlay.ts';
-import { treeSize } from '../lib/overlay.ts';
-import { checkOverlay } from '../lib/overlay.ts';
+import { applyOverlays } from '../lib/image/overlay.ts';
+import { treeSize } from '../lib/image/overlay.ts';
+import { checkOverlay } from '../lib/image/overlay.ts';
 
 /** Template variables of the settings that can change what the image holds. */
 function overlayVars<C extends BuildConfig>(ctx: BuildContext<C>, derived: Record<string, string>): Record<string, string> {

@@ -1,11 +1,11 @@
 /** Overlay directories (boot/ and rootfs/ trees) copied into an attached image, templates rendered. */
 import { chmodSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { UserError } from '../engine/errors.ts';
-import type { BuildContext } from '../engine/stage.ts';
-import { bootDir, rootDir } from './image/attached.ts';
-import { inRoot } from './image/in-root.ts';
-import { renderTemplate, TemplateError } from './template.ts';
+import { UserError } from '../../engine/errors.ts';
+import type { BuildContext } from '../../engine/stage.ts';
+import { bootDir, rootDir } from './attached.ts';
+import { inRoot } from './in-root.ts';
+import { renderTemplate, TemplateError } from '../template.ts';
 
 /** The trees an overlay directory may hold, and where each goes. */
 const TREES = ['boot', 'rootfs'] as const;
