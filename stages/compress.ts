@@ -14,15 +14,15 @@ import { basename, join } from 'node:path';
 import { formatBytes } from '../engine/options.ts';
 import {  errnoReason, UserError } from '../engine/errors.ts';
 import type {  Stage } from '../engine/stage.ts';
-import { published, publishedSettings, withoutCredentials } from '../engine/redact.ts';
 import { writeImagerList } from '../lib/publish/os-list-json.ts';
-import { cycloneDx, SBOM_FORMAT } from '../lib/publish/sbom.ts';
+import { cycloneDx } from '../lib/publish/sbom.ts';
 import { version } from '../engine/version.ts';
 import { FORMATS } from '../lib/codec/encode.ts';
 import { outputName } from '../lib/codec/encode.ts';
 import { encodeImage } from '../lib/codec/encode.ts';
 import { sha256Line } from '../lib/codec/encode.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
+import { manifest } from '../lib/publish/manifest.ts';
 
 function describe(config: BuildConfig): string {
   const formats = [...new Set(config.compress)];
@@ -83,29 +83,13 @@ export const compressStage: Stage<BuildConfig> = {
     const packages = ctx.state.packages ?? [];
     writePartial(sbom, `${JSON.stringify(cycloneDx({ name, sha256: imageSha256, created, tool: { name: 'build-image', version }, system: ctx.state.system, packages }), null, 2)}\n`);
 
-    const manifest = path('manifest.json');
-    const download = ctx.state.download;
-    const content = {
-      name,
-      pipeline: ctx.pipeline,
-      created,
-      base: download ? { source: published(ctx.schema.base, download.source), url: download.url ? withoutCredentials(download.url) : null, sha256: download.sha256, releaseDate: download.releaseDate ?? null } : null,
-      release: ctx.state.system?.codename ?? null,
-      arch: ctx.config.arch,
-      init_format: ctx.state.system?.initFormat ?? null,
-      image: { file: `${name}.img`, size, sha256: imageSha256, bmap: basename(bmap) },
-      sbom: { file: basename(sbom), format: SBOM_FORMAT, components: packages.length },
-      outputs: outputs.map((o) => ({ format: o.format, file: basename(o.path), size: o.size, sha256: o.sha256 })),
-      config: publishedSettings(ctx.schema, ctx.config),
-      timings: { ...ctx.state.timings, compress: Math.round((performance.now() - started) / 100) / 10 },
-      sources: ctx.state.sources ?? {},
-      packages,
-    };
-    writePartial(manifest, `${JSON.stringify(content, null, 2)}\n`);
+    const manifestFile = path('manifest.json');
+    const content = manifest(ctx, { name, imageSha256, size, bmap, sbom, outputs, created, seconds: (performance.now() - started) / 1000 });
+    writePartial(manifestFile, `${JSON.stringify(content, null, 2)}\n`);
 
     // All complete: into place in one synchronous sweep, the manifest last.
-    for (const p of partials) if (p !== `${manifest}.partial`) renameSync(p, p.slice(0, -'.partial'.length));
-    renameSync(`${manifest}.partial`, manifest);
+    for (const p of partials) if (p !== `${manifestFile}.partial`) renameSync(p, p.slice(0, -'.partial'.length));
+    renameSync(`${manifestFile}.partial`, manifestFile);
     partials.clear();
     const list = writeImagerList(out, ctx.config['release-url']);
     ctx.log.line(list ? `${list}: Raspberry Pi Imager's list of the images in ${out}` : `no os-list.json: Raspberry Pi Imager downloads only compressed images (--compress xz)`);
