@@ -5,10 +5,24 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 
-/** RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens. */
+/** One DNS label (RFC 1123): letters, digits and inner hyphens, 1 to 63 of them. */
+const HOST_LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+
+/**
+ * The host name a Pi is given: one label, lower-cased. Raspberry Pi OS, raspi-config and
+ * Raspberry Pi Imager give a Pi a single label, systemd's hostname(5) advises one, avahi
+ * publishes only the first label (as NAME.local), and cloud-init (a trixie card's first boot)
+ * writes only the first label of a dotted `hostname:` to /etc/hostname: a dotted name would
+ * give a card another /etc/hostname than a built image. The domain belongs to DNS or DHCP.
+ */
+export function parseHostLabel(raw: string): string {
+  if (!HOST_LABEL.test(raw)) throw 'an RFC 1123 host name of one label: 1 to 63 letters, digits and inner hyphens, no dots (pi-07)';
+  return raw.toLowerCase();
+}
+
+/** An RFC 1123 DNS name: dot-separated labels of letters, digits and inner hyphens. */
 export function parseHostname(raw: string): string {
-  const labels = raw.split('.');
-  const ok = raw.length <= 253 && labels.every((l) => /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(l));
+  const ok = raw.length <= 253 && raw.split('.').every((l) => HOST_LABEL.test(l));
   if (!ok) throw 'an RFC 1123 host name: letters, digits and hyphens, labels of 1-63 characters not starting or ending with a hyphen';
   return raw.toLowerCase();
 }

@@ -3,13 +3,13 @@ import test from 'ava';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { makeTinyImage } from './fixtures/tiny-image.ts';
-import { scratch, smallDisk } from './helpers/build.ts';
-import { startServer } from './helpers/http-server.ts';
-import { loopsOn, loopsUnder, mountsUnder } from './helpers/leaks.ts';
+import { makeTinyImage } from '../fixtures/tiny-image.ts';
+import { scratch, smallDisk } from '../helpers/build.ts';
+import { startServer } from '../helpers/http-server.ts';
+import { loopsOn, loopsUnder, mountsUnder } from '../helpers/leaks.ts';
 
-const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
-const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
+const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 const run = (args: string[], options: { cwd?: string } = {}) => execa('node', [cli, ...args], { reject: false, env: { CI: 'true' }, ...options });
 
 test('--help lists the commands; --help build and customize list their options with defaults', async (t) => {

@@ -4,13 +4,13 @@ import { execa } from 'execa';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
-import { UserError } from '../engine/errors.ts';
-import {  fetchStage } from '../stages/fetch.ts';
-import { extractStage } from '../stages/extract.ts';
-import { downloadToPartial } from '../lib/sources/download.ts';
-import { classify, pickRelease, walkOsList, osListItems } from '../lib/sources/imager-os-list.ts';
-import { runStages, scratch, testConfig } from './helpers/build.ts';
-import { startServer, type TestServer } from './helpers/http-server.ts';
+import { UserError } from '../../engine/errors.ts';
+import {  fetchStage } from '../../stages/fetch.ts';
+import { extractStage } from '../../stages/extract.ts';
+import { downloadToPartial } from '../../lib/sources/download.ts';
+import { classify, pickRelease, walkOsList, osListItems } from '../../lib/sources/imager-os-list.ts';
+import { runStages, scratch, testConfig } from '../helpers/build.ts';
+import { startServer, type TestServer } from '../helpers/http-server.ts';
 import {
   assertCacheHasOnlyParts,
   assertNoWorkImage,
@@ -23,12 +23,12 @@ import {
   sha256File,
   sidecarFor,
   type BaseImages,
-} from './helpers/base-images.ts';
-import { downloadPolicy } from '../lib/sources/download.ts';
-import { fileNameOf } from '../lib/sources/fetch.ts';
-import { parseSha256File } from '../lib/sources/fetch.ts';
-import { resolveRelease } from '../lib/sources/fetch.ts';
-import type { PimasterConfig } from '../pipelines/pimaster/options.ts';
+} from '../helpers/base-images.ts';
+import { downloadPolicy } from '../../lib/sources/download.ts';
+import { fileNameOf } from '../../lib/sources/fetch.ts';
+import { parseSha256File } from '../../lib/sources/fetch.ts';
+import { resolveRelease } from '../../lib/sources/fetch.ts';
+import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
 
 downloadPolicy.baseDelayMs = 20;
 
@@ -155,7 +155,7 @@ test('https that redirects to plain http is refused, nothing downloaded', async 
   await new Promise<void>((resolve) => tls.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise<void>((resolve) => tls.close(() => resolve())));
   const url = `https://127.0.0.1:${(tls.address() as { port: number }).port}${XZ_PATH}`;
-  const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
+  const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
   const r = await execa('node', [cli, 'customize', '--base', url, '--base-sha256', xzSha, '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out')], { reject: false, env: { CI: 'true', NODE_EXTRA_CA_CERTS: cert } });
   t.is(r.exitCode, 1, r.stderr);
   t.deepEqual(r.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: ${url} redirects to ${server.url(XZ_PATH)}: from https to plain http, where anyone on the way could change it; refused (use a URL that stays on https)`]);

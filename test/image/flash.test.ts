@@ -9,16 +9,16 @@ import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, execaSync } from 'execa';
 import { pbkdf2Sync } from 'node:crypto';
-import { parseBmap, readBmap } from '../lib/image/bmap.ts';
-import { disksUnder, holdersOf, majorMinor, mountDisks, refusals, systemDisks } from '../lib/card/target.ts';
-import { parseMountinfo } from '../engine/mounts.ts';
-import { makeTinyImage } from './fixtures/tiny-image.ts';
-import { sha256File } from './helpers/base-images.ts';
-import { scratch } from './helpers/build.ts';
-import { mountsUnder } from './helpers/leaks.ts';
-import { pimasterBuild } from './helpers/pimaster-build.ts';
+import { parseBmap, readBmap } from '../../lib/image/bmap.ts';
+import { disksUnder, holdersOf, majorMinor, mountDisks, refusals, systemDisks } from '../../lib/card/target.ts';
+import { parseMountinfo } from '../../engine/mounts.ts';
+import { makeTinyImage } from '../fixtures/tiny-image.ts';
+import { sha256File } from '../helpers/base-images.ts';
+import { scratch } from '../helpers/build.ts';
+import { mountsUnder } from '../helpers/leaks.ts';
+import { pimasterBuild } from '../helpers/pimaster-build.ts';
 
-const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
 const flash = (args: string[], dir: string) => execa('node', [cli, 'flash', ...args, '--work', join(dir, 'work')], { reject: false, env: { CI: 'true' } });
 
 let dir: string;

@@ -8,16 +8,16 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { attachStage } from '../stages/attach.ts';
-import { chrootStage } from '../stages/chroot.ts';
-import { finalizeStage } from '../stages/finalize.ts';
-import { growStage } from '../stages/grow.ts';
-import { overlayStage } from '../stages/overlay.ts';
-import { TEST_CACHE } from './fixtures/debian-image.ts';
-import { makeTinyImage } from './fixtures/tiny-image.ts';
-import { runStages, scratch, testConfig } from './helpers/build.ts';
-import { ImageReader } from './helpers/image-reader.ts';
-import { detachLoop, loopsOn, mountsUnder } from './helpers/leaks.ts';
+import { attachStage } from '../../stages/attach.ts';
+import { chrootStage } from '../../stages/chroot.ts';
+import { finalizeStage } from '../../stages/finalize.ts';
+import { growStage } from '../../stages/grow.ts';
+import { overlayStage } from '../../stages/overlay.ts';
+import { TEST_CACHE } from '../fixtures/debian-image.ts';
+import { makeTinyImage } from '../fixtures/tiny-image.ts';
+import { runStages, scratch, testConfig } from '../helpers/build.ts';
+import { ImageReader } from '../helpers/image-reader.ts';
+import { detachLoop, loopsOn, mountsUnder } from '../helpers/leaks.ts';
 
 const MiB = 2 ** 20;
 
@@ -151,7 +151,7 @@ test.serial("verify reads the image's facts and authorizes its key inside the im
   await makeTinyImage(image, { rootFiles: { 'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\npi:x:1000:1000::/home/pi:/bin/sh\n' } });
   await plantLinks(image, { 'home/pi/.ssh': hostDir, 'etc/hostname': hostFile });
   await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'key')]);
-  const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
+  const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
   const r = await execa('node', [cli, 'verify', image, '--ssh-key', join(dir, 'key'), '--authorize', '--user', 'pi', '--work', join(dir, 'work'), '--cache', TEST_CACHE, '--timeout', '120'], { reject: false, env: { CI: 'true' } });
   t.is(r.exitCode, 1, 'the tiny image does not boot');
   t.regex(r.stderr, /has no \/sbin\/init/, 'it got as far as booting the copy');

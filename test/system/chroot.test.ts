@@ -4,17 +4,17 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { attachStage } from '../stages/attach.ts';
-import { processesIn } from '../lib/chroot/environment.ts';
-import { finalizeStage } from '../stages/finalize.ts';
-import { growStage } from '../stages/grow.ts';
-import { chrootStage } from '../stages/chroot.ts';
-import { DEBIAN_MIRROR, debianImage, TEST_CACHE, type FixtureArch } from './fixtures/debian-image.ts';
-import { raspiosLite } from './fixtures/raspios-image.ts';
-import { runStages, scratch, testConfig } from './helpers/build.ts';
-import { startAptRelay } from './helpers/apt-relay.ts';
-import { loopsOn, mountsUnder } from './helpers/leaks.ts';
-import type { PimasterConfig } from '../pipelines/pimaster/options.ts';
+import { attachStage } from '../../stages/attach.ts';
+import { processesIn } from '../../lib/chroot/environment.ts';
+import { finalizeStage } from '../../stages/finalize.ts';
+import { growStage } from '../../stages/grow.ts';
+import { chrootStage } from '../../stages/chroot.ts';
+import { DEBIAN_MIRROR, debianImage, TEST_CACHE, type FixtureArch } from '../fixtures/debian-image.ts';
+import { raspiosLite } from '../fixtures/raspios-image.ts';
+import { runStages, scratch, testConfig } from '../helpers/build.ts';
+import { startAptRelay } from '../helpers/apt-relay.ts';
+import { loopsOn, mountsUnder } from '../helpers/leaks.ts';
+import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
 
 /**
  * arm64: the plain fixture. armhf: the Raspbian look-alike, whose own archive cannot be reached
@@ -177,7 +177,7 @@ test.serial('Ctrl-C in the middle of a script leaves no mount, loop device or pr
   const image = await fixtureCopy(dir, 'arm64');
   // The background process holds a file under the apt archive mount, as apt stopped mid-download would.
   const slow = script(dir, '30-slow.sh', 'exec 3>/var/cache/apt/archives/partial/held\nsleep 600 &\necho started\nsleep 600');
-  const child = execa('node', [new URL('./fixtures/chroot-child.ts', import.meta.url).pathname, dir, image, slow, 'arm64'], { reject: false, all: true });
+  const child = execa('node', [new URL('../fixtures/chroot-child.ts', import.meta.url).pathname, dir, image, slow, 'arm64'], { reject: false, all: true });
   const logs = join(dir, 'work', 'logs');
   const started = () => existsSync(logs) && readdirSync(logs).some((f) => f.startsWith('chroot-') && readFileSync(join(logs, f), 'utf8').includes('started'));
   for (let i = 0; !started(); i++) {
@@ -240,7 +240,7 @@ test.serial('--shell-on-error opens a shell inside the image where a script fail
   });
   const image = await fixtureCopy(dir, 'arm64');
   const bad = script(dir, '40-broken.sh', 'echo before the failure\nfalse');
-  const child = new URL('./fixtures/chroot-child.ts', import.meta.url).pathname;
+  const child = new URL('../fixtures/chroot-child.ts', import.meta.url).pathname;
   await execa('tmux', ['new-session', '-d', '-s', session, '-x', '160', '-y', '40', `node ${child} ${dir} ${image} ${bad} arm64 --shell-on-error; echo $? > ${dir}/exit`]);
   const screen = async () => (await execa('tmux', ['capture-pane', '-p', '-t', session], { reject: false })).stdout;
   for (let i = 0; !(await screen()).includes('a shell inside the image follows'); i++) {

@@ -8,16 +8,16 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { attachStage } from '../stages/attach.ts';
-import { finalizeStage } from '../stages/finalize.ts';
-import { growStage } from '../stages/grow.ts';
-import { chrootStage } from '../stages/chroot.ts';
-import { overlayStage } from '../stages/overlay.ts';
-import { TEST_CACHE } from './fixtures/debian-image.ts';
-import { ADMIN_HASH } from './fixtures/piseduce-standin.ts';
-import { runStages, scratch, testConfig } from './helpers/build.ts';
-import { ImageReader } from './helpers/image-reader.ts';
-import { pimasterBuild } from './helpers/pimaster-build.ts';
+import { attachStage } from '../../stages/attach.ts';
+import { finalizeStage } from '../../stages/finalize.ts';
+import { growStage } from '../../stages/grow.ts';
+import { chrootStage } from '../../stages/chroot.ts';
+import { overlayStage } from '../../stages/overlay.ts';
+import { TEST_CACHE } from '../fixtures/debian-image.ts';
+import { ADMIN_HASH } from '../fixtures/piseduce-standin.ts';
+import { runStages, scratch, testConfig } from '../helpers/build.ts';
+import { ImageReader } from '../helpers/image-reader.ts';
+import { pimasterBuild } from '../helpers/pimaster-build.ts';
 
 interface Secrets {
   hostKeys: string;

@@ -10,12 +10,12 @@ import test from 'ava';
 import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { TEST_CACHE } from './fixtures/debian-image.ts';
-import { sha256File } from './helpers/base-images.ts';
-import { scratch } from './helpers/build.ts';
-import { pimasterBuild, type PimasterBuild } from './helpers/pimaster-build.ts';
+import { TEST_CACHE } from '../fixtures/debian-image.ts';
+import { sha256File } from '../helpers/base-images.ts';
+import { scratch } from '../helpers/build.ts';
+import { pimasterBuild, type PimasterBuild } from '../helpers/pimaster-build.ts';
 
-const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
 const mtools = { env: { MTOOLS_SKIP_CHECK: '1' } };
 const BOOT = `@@${16384 * 512}`;
 

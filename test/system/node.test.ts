@@ -8,12 +8,12 @@ import test from 'ava';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { TEST_CACHE } from './fixtures/debian-image.ts';
-import { scratch } from './helpers/build.ts';
-import { loopsUnder, mountsUnder } from './helpers/leaks.ts';
-import { pimasterBuild } from './helpers/pimaster-build.ts';
+import { TEST_CACHE } from '../fixtures/debian-image.ts';
+import { scratch } from '../helpers/build.ts';
+import { loopsUnder, mountsUnder } from '../helpers/leaks.ts';
+import { pimasterBuild } from '../helpers/pimaster-build.ts';
 
-const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
 
 /** Processes whose command line names `dir` (both QEMUs run from there), other than the CLI. */
 function processesNaming(dir: string): string[] {

@@ -1,4 +1,4 @@
 /** The pimaster built from the Raspberry Pi OS Lite bookworm armhf (Raspbian) look-alike, checked item by item against shared/piseduce.md. */
-import { pimasterChecks } from './helpers/pimaster-checks.ts';
+import { pimasterChecks } from '../helpers/pimaster-checks.ts';
 
 pimasterChecks('bookworm-armhf');

@@ -1,4 +1,4 @@
 /** The pimaster built from the Raspberry Pi OS Lite trixie arm64 look-alike, checked item by item against shared/piseduce.md. */
-import { pimasterChecks } from './helpers/pimaster-checks.ts';
+import { pimasterChecks } from '../helpers/pimaster-checks.ts';
 
 pimasterChecks('trixie-arm64');

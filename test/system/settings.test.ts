@@ -9,12 +9,12 @@ import test, { type ExecutionContext } from 'ava';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { debianImage, TEST_CACHE } from './fixtures/debian-image.ts';
-import { raspiosLite } from './fixtures/raspios-image.ts';
-import { scratch } from './helpers/build.ts';
-import { loopsUnder, mountsUnder } from './helpers/leaks.ts';
+import { debianImage, TEST_CACHE } from '../fixtures/debian-image.ts';
+import { raspiosLite } from '../fixtures/raspios-image.ts';
+import { scratch } from '../helpers/build.ts';
+import { loopsUnder, mountsUnder } from '../helpers/leaks.ts';
 
-const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
 const run = (args: string[]) => execa('node', [cli, ...args], { reject: false, env: { CI: 'true' } });
 
 /** What a user has at hand: a key pair, a password (hashed and in a file), a Wi-Fi passphrase. */

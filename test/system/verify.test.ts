@@ -8,13 +8,13 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync 
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { debianImage, TEST_CACHE } from './fixtures/debian-image.ts';
-import { makeTinyImage } from './fixtures/tiny-image.ts';
-import { scratch } from './helpers/build.ts';
-import { loopsUnder, mountsUnder } from './helpers/leaks.ts';
-import { pimasterBuild } from './helpers/pimaster-build.ts';
+import { debianImage, TEST_CACHE } from '../fixtures/debian-image.ts';
+import { makeTinyImage } from '../fixtures/tiny-image.ts';
+import { scratch } from '../helpers/build.ts';
+import { loopsUnder, mountsUnder } from '../helpers/leaks.ts';
+import { pimasterBuild } from '../helpers/pimaster-build.ts';
 
-const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
 const verify = (args: string[]) => execa('node', [cli, 'verify', ...args], { reject: false, env: { CI: 'true' } });
 
 /** Processes whose command line mentions `dir` (QEMU runs the copy from there). */

@@ -4,18 +4,18 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { CleanupStack, scoped } from '../engine/cleanup.ts';
-import { parseSize } from '../engine/options.ts';
-import { ConfigError } from '../engine/errors.ts';
-import { selectStages, timingTable } from '../engine/runner.ts';
-import type { Pipeline, Stage } from '../engine/stage.ts';
-import { scratch } from './helpers/build.ts';
-import type { PimasterConfig } from '../pipelines/pimaster/options.ts';
-import { resolveOptions } from '../engine/options.ts';
-import { pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
-import { engineSchema } from '../engine/options.ts';
+import { CleanupStack, scoped } from '../../engine/cleanup.ts';
+import { parseSize } from '../../engine/options.ts';
+import { ConfigError } from '../../engine/errors.ts';
+import { selectStages, timingTable } from '../../engine/runner.ts';
+import type { Pipeline, Stage } from '../../engine/stage.ts';
+import { scratch } from '../helpers/build.ts';
+import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
+import { resolveOptions } from '../../engine/options.ts';
+import { pimasterConfigSchema } from '../../pipelines/pimaster/options.ts';
+import { engineSchema } from '../../engine/options.ts';
 
-const child = new URL('./fixtures/signal-child.ts', import.meta.url).pathname;
+const child = new URL('../fixtures/signal-child.ts', import.meta.url).pathname;
 
 test('the clean-up stack unwinds in reverse order, fully, even when a step fails', async (t) => {
   const done: string[] = [];

@@ -8,9 +8,9 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type ResultPromise } from 'execa';
-import { ADMIN_EMAIL, ADMIN_HASH, ADMIN_PASSWORD, DEFAULT_AGENT_TOKEN, makePiseduceStandins, type PiseduceStandins } from './fixtures/piseduce-standin.ts';
-import { freePort } from '../lib/qemu/guest.ts';
-import { scratch } from './helpers/build.ts';
+import { ADMIN_EMAIL, ADMIN_HASH, ADMIN_PASSWORD, DEFAULT_AGENT_TOKEN, makePiseduceStandins, type PiseduceStandins } from '../fixtures/piseduce-standin.ts';
+import { freePort } from '../../lib/qemu/guest.ts';
+import { scratch } from '../helpers/build.ts';
 
 const PYTHON = process.env.PISEDUCE_TEST_PYTHON ?? (existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3');
 const base = scratch('piseduce-standin-');

@@ -6,11 +6,11 @@ import test from 'ava';
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { publishedSettings, redactCredentials } from '../engine/redact.ts';
-import { filesStage } from '../stages/files.ts';
-import { runStages, scratch, testConfig } from './helpers/build.ts';
-import { startServer } from './helpers/http-server.ts';
-import { pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
+import { publishedSettings, redactCredentials } from '../../engine/redact.ts';
+import { filesStage } from '../../stages/files.ts';
+import { runStages, scratch, testConfig } from '../helpers/build.ts';
+import { startServer } from '../helpers/http-server.ts';
+import { pimasterConfigSchema } from '../../pipelines/pimaster/options.ts';
 
 const TOKEN = 'ghp_s3cr3tT0ken';
 

@@ -7,21 +7,21 @@ import { existsSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, chmo
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { QuietReporter } from '../engine/report.ts';
-import { runPipeline } from '../engine/runner.ts';
-import type { BuildState, Pipeline, Stage } from '../engine/stage.ts';
-import { treeDigest } from '../engine/digest.ts';
-import { chainKeys, StageCache } from '../engine/stage-cache.ts';
-import { scriptEnv } from '../lib/chroot/scripts.ts';
-import { debianImage } from './fixtures/debian-image.ts';
-import { sha256File } from './helpers/base-images.ts';
-import { scratch, testConfig } from './helpers/build.ts';
-import { ImageReader } from './helpers/image-reader.ts';
-import { loopsUnder, mountsUnder } from './helpers/leaks.ts';
-import { defaultConfig } from '../pipelines/pimaster/options.ts';
-import { engineSchema } from '../engine/options.ts';
+import { QuietReporter } from '../../engine/report.ts';
+import { runPipeline } from '../../engine/runner.ts';
+import type { BuildState, Pipeline, Stage } from '../../engine/stage.ts';
+import { treeDigest } from '../../engine/digest.ts';
+import { chainKeys, StageCache } from '../../engine/stage-cache.ts';
+import { scriptEnv } from '../../lib/chroot/scripts.ts';
+import { debianImage } from '../fixtures/debian-image.ts';
+import { sha256File } from '../helpers/base-images.ts';
+import { scratch, testConfig } from '../helpers/build.ts';
+import { ImageReader } from '../helpers/image-reader.ts';
+import { loopsUnder, mountsUnder } from '../helpers/leaks.ts';
+import { defaultConfig } from '../../pipelines/pimaster/options.ts';
+import { engineSchema } from '../../engine/options.ts';
 
-const cli = new URL('../commands/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
 const run = (args: string[]) => execa('node', [cli, ...args], { reject: false, env: { CI: 'true' }, all: true });
 
 const steps = (inputs: string[]) => inputs.map((input, i) => ({ stage: i < 2 ? 'overlay' : 'chroot', step: i, label: `step ${i}`, input }));

@@ -1,23 +1,23 @@
 /** The pure pieces: no root, no image, fast. */
 import test from 'ava';
-import {  parseHostname, isPublicKey } from '../settings/rules.ts';
-import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../lib/image/cmdline.ts';
-import { diffSnapshots } from '../lib/image/bootfs.ts';
-import { archivesOf, rewriteSources } from '../lib/chroot/environment.ts';
-import { guestArgs } from '../lib/qemu/guest.ts';
-import {  registrationLine } from '../lib/chroot/emulation.ts';
-import { imageBaseName } from '../lib/sources/environments.ts';
-import { parseLayout } from '../lib/image/partitions.ts';
-import { resizeInDump } from '../lib/image/resize.ts';
-import { shrinkTries } from '../lib/image/shrink.ts';
-import { dep5Licenses, parseDpkgStatus } from '../lib/image/packages.ts';
-import { fittingBlocks, metadataBlocks, type Ext4Geometry } from '../lib/image/ext4-fit.ts';
-import { bootMountOf, parseOsRelease } from '../lib/image/system.ts';
-import { renderTemplate } from '../lib/template.ts';
-import { elfHeader } from './fixtures/tiny-image.ts';
-import { parseIpv4Cidr } from '../lib/net.ts';
-import { parseGitSource } from '../lib/sources/git-source.ts';
-import { elfArch } from '../lib/image/arch.ts';
+import {  parseHostname, isPublicKey } from '../../settings/rules.ts';
+import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../../lib/image/cmdline.ts';
+import { diffSnapshots } from '../../lib/image/bootfs.ts';
+import { archivesOf, rewriteSources } from '../../lib/chroot/environment.ts';
+import { guestArgs } from '../../lib/qemu/guest.ts';
+import {  registrationLine } from '../../lib/chroot/emulation.ts';
+import { imageBaseName } from '../../lib/sources/environments.ts';
+import { parseLayout } from '../../lib/image/partitions.ts';
+import { resizeInDump } from '../../lib/image/resize.ts';
+import { shrinkTries } from '../../lib/image/shrink.ts';
+import { dep5Licenses, parseDpkgStatus } from '../../lib/image/packages.ts';
+import { fittingBlocks, metadataBlocks, type Ext4Geometry } from '../../lib/image/ext4-fit.ts';
+import { bootMountOf, parseOsRelease } from '../../lib/image/system.ts';
+import { renderTemplate } from '../../lib/template.ts';
+import { elfHeader } from '../fixtures/tiny-image.ts';
+import { parseIpv4Cidr } from '../../lib/net.ts';
+import { parseGitSource } from '../../lib/sources/git-source.ts';
+import { elfArch } from '../../lib/image/arch.ts';
 
 test('IPv4 address and prefix', (t) => {
   t.deepEqual(parseIpv4Cidr('48.48.0.254/24'), { address: '48.48.0.254', prefix: 24, network: '48.48.0.0', netmask: '255.255.255.0' });

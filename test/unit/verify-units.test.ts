@@ -3,10 +3,10 @@ import test from 'ava';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { formatResults, lastLine, readChecksFile, systemChecks } from '../lib/qemu/checks.ts';
-import { dhcpcdStatic, natUplink, nmStatic, readFacts } from '../lib/qemu/facts.ts';
-import { userNetwork } from '../lib/qemu/guest.ts';
-import { bootsUnderVirt, ownKernel } from '../lib/qemu/kernel.ts';
+import { formatResults, lastLine, readChecksFile, systemChecks } from '../../lib/qemu/checks.ts';
+import { dhcpcdStatic, natUplink, nmStatic, readFacts } from '../../lib/qemu/facts.ts';
+import { userNetwork } from '../../lib/qemu/guest.ts';
+import { bootsUnderVirt, ownKernel } from '../../lib/qemu/kernel.ts';
 
 const temp = (t: { teardown(fn: () => void): void }) => {
   const dir = mkdtempSync(join(tmpdir(), 'verify-units-'));

