@@ -4,19 +4,16 @@
  * untouched.
  */
 import test, { type ExecutionContext } from 'ava';
-import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, execaSync } from 'execa';
 import { pbkdf2Sync } from 'node:crypto';
-import { parseBmap, readBmap } from '../../lib/image/bmap.ts';
-import { disksUnder, holdersOf, majorMinor, mountDisks, refusals, systemDisks } from '../../lib/card/target.ts';
-import { parseMountinfo } from '../../engine/mounts.ts';
+import { readBmap } from '../../lib/image/bmap.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { sha256File } from '../helpers/base-images.ts';
 import { scratch } from '../helpers/build.ts';
 import { mountsUnder } from '../helpers/leaks.ts';
-import { pimasterBuild } from '../helpers/pimaster-build.ts';
 
 const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
 const flash = (args: string[], dir: string) => execa('node', [cli, 'flash', ...args, '--work', join(dir, 'work')], { reject: false, env: { CI: 'true' } });
@@ -127,17 +124,6 @@ test.serial('a disk opened exclusively by another program (as a mounted btrfs or
   t.is(busy.exitCode, 1);
   t.deepEqual(busy.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: ${device} is busy: something holds it (a mounted filesystem, a ZFS pool, LVM, RAID, or another program): stop it first`]);
   t.is(await sha256File(file), before, 'nothing was written');
-});
-
-test('holders: device mapper or md on a disk or one of its partitions, read from sysfs (this kernel has neither, so a copy of the layout)', (t) => {
-  const sys = scratch();
-  t.teardown(() => rmSync(sys, { recursive: true, force: true }));
-  for (const d of ['sdb/holders', 'sdb/sdb1/holders', 'sdb/sdb2/holders/dm-0', 'sdc/holders/md0', 'sdd/holders', 'sdd/queue']) mkdirSync(join(sys, d), { recursive: true });
-  for (const p of ['sdb/sdb1', 'sdb/sdb2']) writeFileSync(join(sys, p, 'partition'), '1\n');
-  t.deepEqual(holdersOf('sdb', sys), ['dm-0']);
-  t.deepEqual(holdersOf('sdc', sys), ['md0']);
-  t.deepEqual(holdersOf('sdd', sys), []);
-  t.deepEqual(refusals({ path: '/dev/loop0', name: 'loop0', size: 1, removable: true }, 1, true).filter((r) => r.includes('held by')), [], 'a real loop device has no holders');
 });
 
 test.serial('an image that does not match its .bmap is refused as damaged', async (t) => {
@@ -254,47 +240,4 @@ test.serial('bad settings: one line and exit 2 before anything is written to the
     t.is(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
   }
   t.is(await sha256File(file), before, 'the card is untouched');
-});
-
-for (const base of ['bookworm-arm64', 'bookworm-armhf'] as const) {
-  test.serial(`${base} pimaster: the built .img.zst flashed to a loop device with its .bmap reads back as the image`, async (t) => {
-    const build = await pimasterBuild(base);
-    const work = scratch();
-    t.teardown(() => rmSync(work, { recursive: true, force: true }));
-    const file = join(work, 'card');
-    await execa('truncate', ['-s', '4G', file]); // a blank card: unmapped blocks read as the image's zeros
-    const device = (await execa('losetup', ['--find', '--show', file])).stdout.trim();
-    t.teardown(() => execa('losetup', ['-d', device], { reject: false }));
-    const r = await flash([`${build.image}.zst`, device, '--force'], work);
-    t.log(r.stdout);
-    t.is(r.exitCode, 0, r.stderr);
-    t.regex(r.stdout, new RegExp(`only what pimaster-${base}\\.img\\.bmap maps\\); read back [\\d.]+ [MG]iB and it matches`));
-    // Independently of the tool: the card's first bytes are the image the build describes.
-    const image = build.manifest.image as { size: number; sha256: string };
-    const { stdout } = await execa('bash', ['-o', 'pipefail', '-c', `head -c ${image.size} ${device} | sha256sum`]);
-    t.is(stdout.split(' ')[0], image.sha256);
-  });
-}
-
-test('the disk the system runs from is found under its mounts', (t) => {
-  const { stdout } = execaSync('findmnt', ['-no', 'MAJ:MIN', '/']);
-  const rootDisks = disksUnder(stdout.trim());
-  // Either / is on a disk and that disk is the system's, or / is on no block device at all
-  // (major 0: overlay, tmpfs in a container), and then there is no disk to find.
-  if (stdout.trim().startsWith('0:')) t.deepEqual(rootDisks, []);
-  else t.not(rootDisks.length, 0, `the disk under / (${stdout.trim()})`);
-  for (const disk of rootDisks) t.true(systemDisks().has(disk), disk);
-  t.deepEqual(parseMountinfo('36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n'), [{ majMin: '98:0', target: '/mnt/a b', source: '/dev/root' }]);
-  t.deepEqual(parseMountinfo('40 1 0:45 / /data rw,relatime shared:1 - btrfs /dev/sdb1 rw,space_cache=v2\n'), [{ majMin: '0:45', target: '/data', source: '/dev/sdb1' }]);
-  t.is(majorMinor(0x0801), '8:1');
-  // A btrfs mount's 0:N names no disk; its source does.
-  const dev = execaSync('findmnt', ['-no', 'SOURCE', '/']).stdout.trim();
-  if (dev.startsWith('/dev/')) t.deepEqual(mountDisks({ majMin: '0:999', target: '/', source: dev }), rootDisks);
-  t.is(majorMinor((259 << 8) | 3), '259:3');
-});
-
-test('bmap parsing: ranges in bytes, the last one cut at the image size', (t) => {
-  const xml = '<bmap version="2.0"><ImageSize> 10000 </ImageSize><BlockSize> 4096 </BlockSize><ChecksumType> sha256 </ChecksumType><BlockMap><Range chksum="ab"> 0-1 </Range><Range chksum="cd"> 2 </Range></BlockMap></bmap>';
-  t.deepEqual(parseBmap(xml).ranges, [{ start: 0, end: 8192, sha256: 'ab' }, { start: 8192, end: 10000, sha256: 'cd' }]);
-  t.throws(() => parseBmap('<x/>', 'f.bmap'), { message: /f\.bmap is not a bmap \(no <ImageSize>\)/ });
 });
