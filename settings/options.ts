@@ -1,6 +1,6 @@
 import { existingFile, type Schema } from '../engine/options.ts';
 import {
-  parseCountry, parseCryptHash, parseHostname, parseKeymap, parseLocale, parsePackages, parsePublicKeyFile, parseSsid, parseTimezone, parseUnits, parseUserName,
+  parseCountry, parseCryptHash, parseHostLabel, parseKeymap, parseLocale, parsePackages, parsePublicKeyFile, parseSsid, parseTimezone, parseUnits, parseUserName,
 } from './rules.ts';
 import { oneOf } from '../engine/options.ts';
 
@@ -31,7 +31,7 @@ export const settingsSchema: Schema<PiSettings> = {
     placeholder: 'NAME',
     help: "the image's host name",
     default: undefined,
-    parse: parseHostname,
+    parse: parseHostLabel,
   },
   user: {
     kind: 'value',
