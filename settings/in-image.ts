@@ -1,0 +1,208 @@
+/**
+ * A user's settings applied in the image at build time, the way the image's release does it,
+ * detected from what the image holds (the settings stage runs it; settings/first-boot.ts renders
+ * the same settings for a card's first boot):
+ *
+ * - the first user (uid 1000) is renamed with userconf-pi's `userconf` where the image has it (it
+ *   also cancels the rename dialog at first boot, as pi-gen does), else with usermod; made with
+ *   useradd where the image has none;
+ * - Wi-Fi is a NetworkManager profile (bookworm and later) with the country as the kernel's
+ *   regulatory domain on cmdline.txt (as raspi-config sets it), else wpa_supplicant.conf;
+ * - SSH host keys a package made here are removed: they are made at first boot.
+ */
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { quote as q } from '../engine/exec.ts';
+import { ConfigError } from '../engine/errors.ts';
+import { inRoot } from '../lib/image/in-root.ts';
+import type { CardSettings } from './first-boot.ts';
+
+/** What the stage applies: flash's settings and those only a build can apply. */
+export interface ImageSettings extends CardSettings {
+  ssh?: 'on' | 'off';
+  locale?: string;
+  packages: string[];
+  enable: string[];
+  disable: string[];
+}
+
+/** One line naming the setting and what the image lacks, before anything is changed. */
+export function checkAgainstImage(root: string, s: ImageSettings): { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string } {
+  const has = (path: string) => existsSync(inRoot(root, path));
+  if (s.timezone && !has(`usr/share/zoneinfo/${s.timezone}`)) throw new ConfigError(`--timezone ${s.timezone}: the image has no such zone in /usr/share/zoneinfo (is tzdata installed? add --packages tzdata)`);
+  let charset: string | undefined;
+  if (s.locale) {
+    if (!has('usr/share/i18n/SUPPORTED')) throw new ConfigError(`--locale ${s.locale}: the image has no locales package (add --packages locales)`);
+    const line = readFileSync(inRoot(root, 'usr/share/i18n/SUPPORTED'), 'utf8').split('\n').find((l) => l.split(' ')[0] === s.locale);
+    if (!line) throw new ConfigError(`--locale ${s.locale}: not one of the image's supported locales (/usr/share/i18n/SUPPORTED, e.g. en_GB.UTF-8)`);
+    charset = line.split(' ')[1];
+  }
+  if (s.keymap && has('usr/share/X11/xkb/symbols') && !has(`usr/share/X11/xkb/symbols/${s.keymap.split(/[_-]/)[0]}`)) {
+    throw new ConfigError(`--keymap ${s.keymap}: the image's keyboard data has no such layout (/usr/share/X11/xkb/symbols)`);
+  }
+  const unitDirs = ['etc/systemd/system', 'usr/lib/systemd/system', 'lib/systemd/system'];
+  for (const [flag, units] of [['enable', s.enable], ['disable', s.disable]] as const) {
+    for (const unit of units) {
+      if (!unitDirs.some((dir) => has(`${dir}/${unit}`))) throw new ConfigError(`--${flag} ${unit}: the image has no such unit (add its package with --packages)`);
+    }
+  }
+  let wifi: 'networkmanager' | 'wpa_supplicant' | undefined;
+  if (s.wifi) {
+    const sbin = (name: string) => has(`usr/sbin/${name}`) || has(`sbin/${name}`);
+    wifi = sbin('NetworkManager') ? 'networkmanager' : sbin('wpa_supplicant') ? 'wpa_supplicant' : undefined;
+    if (!wifi) throw new ConfigError('--wifi-ssid: the image has neither NetworkManager nor wpa_supplicant (add --packages network-manager)');
+  }
+  if (s.sshKeys && !s.user && !readFileSync(inRoot(root, 'etc/passwd'), 'utf8').split('\n').some((l) => l.split(':')[2] === '1000')) {
+    throw new ConfigError('--ssh-key: the image has no first user (uid 1000) to log in as; give --user NAME');
+  }
+  return { wifi, charset };
+}
+
+/** The shell script (bash -e, inside the image) that applies the settings. */
+export function settingsScript(s: ImageSettings, facts: { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string; bootMount: string }): string {
+  const out = ['# Written by build-image: the settings of this build, applied inside the image.', 'set -eu', ''];
+  if (s.user) {
+    const { name, passwordHash = '' } = s.user;
+    out.push(
+      '# The first user: renamed (its rename at first boot cancelled), or made.',
+      'first=$(getent passwd 1000 | cut -d: -f1 || true)',
+      'if [ -n "$first" ] && [ -x /usr/lib/userconf-pi/userconf ]; then',
+      `  /usr/lib/userconf-pi/userconf ${q(name)} ${q(passwordHash)}`,
+      'elif [ -n "$first" ]; then',
+      `  if [ "$first" != ${q(name)} ]; then`,
+      `    usermod -l ${q(name)} "$first"`,
+      `    usermod -m -d ${q(`/home/${name}`)} ${q(name)}`,
+      `    groupmod -n ${q(name)} "$(getent group 1000 | cut -d: -f1)"`,
+      `    if [ -f /etc/sudoers.d/010_pi-nopasswd ]; then sed -i "s/^$first /${name} /" /etc/sudoers.d/010_pi-nopasswd; fi`,
+      '  fi',
+      ...(passwordHash ? [`  echo ${q(`${name}:${passwordHash}`)} | chpasswd -e`] : []),
+      'else',
+      '  groups=$(for g in adm dialout cdrom audio video plugdev users netdev sudo input render gpio i2c spi; do getent group "$g" >/dev/null && printf "%s," "$g"; done)',
+      `  useradd -m -u 1000 -s /bin/bash -G "\${groups%,}" ${q(name)}`,
+      ...(passwordHash ? [`  echo ${q(`${name}:${passwordHash}`)} | chpasswd -e`] : []),
+      'fi',
+      '',
+    );
+  }
+  if (s.hostname) {
+    out.push(
+      `echo ${s.hostname} >/etc/hostname`,
+      `if grep -q '^127\\.0\\.1\\.1' /etc/hosts; then sed -i 's/^127\\.0\\.1\\.1.*/127.0.1.1\\t${s.hostname}/' /etc/hosts; else printf '127.0.1.1\\t%s\\n' ${s.hostname} >>/etc/hosts; fi`,
+      '',
+    );
+  }
+  if (s.sshKeys) {
+    out.push(
+      'user=$(getent passwd 1000 | cut -d: -f1)',
+      'home=$(getent passwd 1000 | cut -d: -f6)',
+      'install -d -m 700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"',
+      `printf '%s\\n' ${s.sshKeys.map(q).join(' ')} >"$home/.ssh/authorized_keys"`,
+      'chown "$user:$(id -gn "$user")" "$home/.ssh/authorized_keys"',
+      'chmod 600 "$home/.ssh/authorized_keys"',
+      '',
+    );
+  }
+  if (s.sshKeys || s.sshPasswordAuth) {
+    out.push(`printf '# build-image --ssh-key/--ssh-password-auth\\nPasswordAuthentication %s\\n' ${s.sshPasswordAuth ? 'yes' : 'no'} >/etc/ssh/sshd_config.d/50-build-image.conf`, '');
+  }
+  if (s.ssh) out.push(`systemctl ${s.ssh === 'on' ? 'enable' : 'disable'} ssh.service`, '');
+  if (s.wifi) {
+    const w = s.wifi;
+    if (facts.wifi === 'networkmanager') {
+      out.push(
+        '# Wi-Fi: a NetworkManager profile; the country is the kernel\'s regulatory domain (as raspi-config sets it).',
+        "cat >/etc/NetworkManager/system-connections/preconfigured.nmconnection <<'EOF'",
+        '[connection]', 'id=preconfigured', 'type=wifi', '', '[wifi]', 'mode=infrastructure', `ssid=${w.ssid}`, `hidden=${w.hidden}`, '',
+        '[wifi-security]', 'key-mgmt=wpa-psk', `psk=${w.psk}`, '', '[ipv4]', 'method=auto', '', '[ipv6]', 'addr-gen-mode=default', 'method=auto', 'EOF',
+        'chmod 600 /etc/NetworkManager/system-connections/preconfigured.nmconnection',
+        `cmdline=${facts.bootMount}/cmdline.txt`,
+        `sed -i -e 's/ *cfg80211\\.ieee80211_regdom=[A-Z]*//' -e '1s/$/ cfg80211.ieee80211_regdom=${w.country}/' "$cmdline"`,
+        '# pi-gen turns the radio off until a country is set.',
+        'if [ -f /var/lib/NetworkManager/NetworkManager.state ]; then sed -i "s/^WirelessEnabled=.*/WirelessEnabled=true/" /var/lib/NetworkManager/NetworkManager.state; fi',
+      );
+    } else {
+      out.push(
+        "cat >/etc/wpa_supplicant/wpa_supplicant.conf <<'EOF'",
+        `country=${w.country}`, 'ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev', 'update_config=1', '', 'network={', ...(w.hidden ? ['\tscan_ssid=1'] : []), `\tssid="${w.ssid}"`, `\tpsk=${w.psk}`, '}', 'EOF',
+        'chmod 600 /etc/wpa_supplicant/wpa_supplicant.conf',
+      );
+    }
+    out.push('for file in /var/lib/systemd/rfkill/*:wlan; do if [ -f "$file" ]; then echo 0 >"$file"; fi; done', '');
+  }
+  if (s.timezone) out.push(`ln -sf ${q(`/usr/share/zoneinfo/${s.timezone}`)} /etc/localtime`, `echo ${q(s.timezone)} >/etc/timezone`, '');
+  if (s.locale) {
+    const entry = `${s.locale} ${facts.charset}`;
+    out.push(
+      `if grep -qE ${q(`^# *${entry.replaceAll('.', '\\.')}$`)} /etc/locale.gen; then sed -i -E ${q(`s/^# *(${entry.replaceAll('.', '\\.')})$/\\1/`)} /etc/locale.gen; fi`,
+      `grep -qx ${q(entry)} /etc/locale.gen || echo ${q(entry)} >>/etc/locale.gen`,
+      'locale-gen',
+      `printf 'LANG=%s\\n' ${q(s.locale)} >/etc/default/locale`,
+      '',
+    );
+  }
+  if (s.keymap) {
+    out.push(
+      `if [ -f /etc/default/keyboard ] && grep -q '^XKBLAYOUT=' /etc/default/keyboard; then sed -i 's/^XKBLAYOUT=.*/XKBLAYOUT="${s.keymap}"/' /etc/default/keyboard`,
+      `else printf 'XKBMODEL="pc105"\\nXKBLAYOUT="%s"\\nXKBVARIANT=""\\nXKBOPTIONS=""\\nBACKSPACE="guess"\\n' ${q(s.keymap)} >/etc/default/keyboard; fi`,
+      '',
+    );
+  }
+  if (s.enable.length) out.push(`systemctl enable ${s.enable.map(q).join(' ')}`);
+  if (s.disable.length) out.push(`systemctl disable ${s.disable.map(q).join(' ')}`);
+  return `${out.join('\n')}\n`;
+}
+
+/**
+ * What the image shipped that the settings must not change, to put back after them: the files that
+ * identify one device (a package's script may write a machine id, dbus-uuidgen --ensure, which every
+ * card would then share, or replace trixie's "uninitialized", which makes the first boot one:
+ * ConditionFirstBoot), and the logs (apt's and dpkg's lines of this build; pi-gen empties them).
+ */
+export function asShipped(root: string): { restore(): void } {
+  const ids = ['etc/machine-id', 'var/lib/dbus/machine-id'].map((path) => {
+    const file = inRoot(root, path);
+    return { file, shipped: existsSync(file) ? readFileSync(file) : undefined };
+  });
+  const logDir = inRoot(root, 'var/log');
+  const logs = () => (existsSync(logDir) ? readdirSync(logDir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name)) : []);
+  const logSizes = new Map(logs().map((file) => [file, statSync(file).size]));
+  return {
+    restore() {
+      for (const { file, shipped } of ids) {
+        if (shipped === undefined) rmSync(file, { force: true });
+        else if (!existsSync(file) || !readFileSync(file).equals(shipped)) writeFileSync(file, shipped);
+      }
+      for (const file of logs()) {
+        const size = logSizes.get(file);
+        if (size === undefined) rmSync(file);
+        else if (statSync(file).size !== size) truncateSync(file, size);
+      }
+    },
+  };
+}
+
+/** The package indexes `apt-get update` fetched into the image. */
+export function aptIndexes(root: string): string[] {
+  const dir = inRoot(root, 'var/lib/apt/lists');
+  return existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((e) => e.isFile() && e.name !== 'lock').map((e) => e.name) : [];
+}
+
+/** The SSH host keys in the image's /etc/ssh. */
+export function hostKeys(root: string): string[] {
+  const dir = inRoot(root, 'etc/ssh');
+  return existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith('ssh_host_')) : [];
+}
+
+/** Makes the host keys at first boot, on an image whose SSH server came from --packages. */
+export const HOST_KEYS_UNIT = `[Unit]
+Description=SSH host keys of this device (build-image: made at first boot, never in the image)
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+`;
