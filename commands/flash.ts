@@ -7,13 +7,13 @@ import { timingTable } from '../engine/runner.ts';
 import { parseTool, runTool, toolUsage, type ToolFlag } from './tool-command.ts';
 import { bmapBeside } from '../lib/image/bmap.ts';
 import { flashPipeline } from '../pipelines/flash.ts';
-import { parseCardSettings, SETTINGS_FLAGS } from '../settings/first-boot.ts';
+import { FIRST_BOOT_FLAGS, firstBootSettings } from '../settings/first-boot.ts';
 
 const FLAGS = {
   force: { type: 'boolean', help: 'write a disk that is not removable (never the system disk, a mounted one, or a too small one)' },
   bmap: { type: 'string', placeholder: 'FILE', help: 'the block map (default: NAME.img.bmap beside the image, when there is one)' },
   'no-bmap': { type: 'boolean', help: 'write every byte of the image, even with a .bmap beside it' },
-  ...SETTINGS_FLAGS,
+  ...FIRST_BOOT_FLAGS,
 } as const satisfies Record<string, ToolFlag>;
 
 export function flashUsage(): string {
@@ -25,7 +25,8 @@ export function flashUsage(): string {
       'disk that is not removable unless --force.',
       'With settings (--hostname, --user, --ssh-key, --wifi-..., --timezone, --keymap or --settings FILE), this card gets',
       'them at its first boot: written to its boot partition, in the format Raspberry Pi Imager writes for the image',
-      '(firstrun.sh, or a cloud-init seed on trixie), after the read-back. The image file is never changed.',
+      "(firstrun.sh, or a cloud-init seed on trixie), after the read-back. The image file is never changed. Each setting",
+      "is checked by customize's rule for it, before any work.",
     ],
     FLAGS,
   );
@@ -37,10 +38,13 @@ export async function flashCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parsed;
   if (positionals.length !== 2) throw new ConfigError('flash takes an IMAGE and a DEVICE: build-image flash IMAGE DEVICE (see build-image --help flash)');
   const [image, device] = positionals as [string, string];
+  // node:util keeps the last of a repeated flag: several key files go in --settings FILE as a list.
+  if (argv.filter((arg) => arg === '--ssh-key' || arg.startsWith('--ssh-key=')).length > 1) throw new ConfigError('--ssh-key: give it once (several files: "ssh-key": [...] in --settings FILE)');
+  // The settings first: a bad one is one line before the image or the device is looked at.
+  const settings = await firstBootSettings(values);
   if (!existsSync(image)) throw new ConfigError(`${image}: no such file (the image to write)`);
   if (typeof values.bmap === 'string' && values['no-bmap']) throw new ConfigError('--bmap and --no-bmap: give one or the other');
   if (typeof values.bmap === 'string' && !existsSync(values.bmap)) throw new ConfigError(`--bmap ${values.bmap}: no such file`);
-  const settings = await parseCardSettings(values);
   const bmap = values['no-bmap'] ? undefined : typeof values.bmap === 'string' ? values.bmap : bmapBeside(resolve(image));
   const pipeline = flashPipeline({ image: resolve(image), device, bmap: bmap && resolve(bmap), force: values.force === true, settings });
   const { state, timings, config } = await runTool(pipeline, values);

@@ -19,7 +19,8 @@ import type { BuildContext, Pipeline, Stage } from '../engine/stage.ts';
 import { bootFileNames, readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { bootMountOf } from '../lib/image/system.ts';
-import { cloudInitSeed, cmdlineArguments, firstrunScript, newInstanceId, type CardSettings, type InitFormat } from '../settings/first-boot.ts';
+import { cloudInitSeed, cmdlineArguments, firstrunScript, newInstanceId, type InitFormat } from '../settings/first-boot.ts';
+import type { Settings } from '../settings/model.ts';
 import { imageStem, readBmap, type Bmap } from '../lib/image/bmap.ts';
 import { DeviceWriter, type Written } from '../lib/card/device-writer.ts';
 import { inspectTarget, openExclusive, refusals } from '../lib/card/target.ts';
@@ -34,7 +35,7 @@ export interface FlashOptions {
   bmap?: string;
   force: boolean;
   /** First-boot settings for this card (the image file is never changed). */
-  settings?: CardSettings;
+  settings?: Settings;
 }
 
 declare module '../engine/stage.ts' {
@@ -138,7 +139,7 @@ function initFormatOf(image: string, bootFiles: string[]): InitFormat {
   return bootFiles.includes('meta-data') || bootFiles.includes('user-data') ? 'cloudinit-rpi' : 'systemd';
 }
 
-const settingsStage = (opts: FlashOptions, settings: CardSettings): Stage => ({
+const settingsStage = (opts: FlashOptions, settings: Settings): Stage => ({
   name: 'settings',
   describe: () => `write the card's first-boot settings to the boot partition of ${opts.device}`,
   options: [],

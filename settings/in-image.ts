@@ -9,25 +9,30 @@
  * - Wi-Fi is a NetworkManager profile (bookworm and later) with the country as the kernel's
  *   regulatory domain on cmdline.txt (as raspi-config sets it), else wpa_supplicant.conf;
  * - SSH host keys a package made here are removed: they are made at first boot.
+ *
+ * The stage cache keys the settings and the content of the files they name; a password file is
+ * hashed again at each build (a fresh salt).
  */
+import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { quote as q } from '../engine/exec.ts';
 import { ConfigError } from '../engine/errors.ts';
 import { inRoot } from '../lib/image/in-root.ts';
-import type { CardSettings } from './first-boot.ts';
+import type { Settings } from './model.ts';
+import { given, type PiSettings } from './options.ts';
 
-/** What the stage applies: flash's settings and those only a build can apply. */
-export interface ImageSettings extends CardSettings {
-  ssh?: 'on' | 'off';
-  locale?: string;
-  packages: string[];
-  enable: string[];
-  disable: string[];
+const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+/** What the image depends on: the settings, and the files they name by content, not by path. */
+export function settingsKey(config: PiSettings): string {
+  const files = (paths: readonly (string | undefined)[]) => paths.filter((p): p is string => p !== undefined).map(sha256);
+  const values = Object.fromEntries(given(config).map((key) => [key, config[key]]));
+  return JSON.stringify({ ...values, 'ssh-key': files(config['ssh-key']), 'password-file': files([config['password-file']]), 'wifi-psk-file': files([config['wifi-psk-file']]) });
 }
 
 /** One line naming the setting and what the image lacks, before anything is changed. */
-export function checkAgainstImage(root: string, s: ImageSettings): { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string } {
+export function checkAgainstImage(root: string, s: Settings): { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string } {
   const has = (path: string) => existsSync(inRoot(root, path));
   if (s.timezone && !has(`usr/share/zoneinfo/${s.timezone}`)) throw new ConfigError(`--timezone ${s.timezone}: the image has no such zone in /usr/share/zoneinfo (is tzdata installed? add --packages tzdata)`);
   let charset: string | undefined;
@@ -59,7 +64,7 @@ export function checkAgainstImage(root: string, s: ImageSettings): { wifi?: 'net
 }
 
 /** The shell script (bash -e, inside the image) that applies the settings. */
-export function settingsScript(s: ImageSettings, facts: { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string; bootMount: string }): string {
+export function settingsScript(s: Settings, facts: { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string; bootMount: string }): string {
   const out = ['# Written by build-image: the settings of this build, applied inside the image.', 'set -eu', ''];
   if (s.user) {
     const { name, passwordHash = '' } = s.user;

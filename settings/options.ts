@@ -1,10 +1,14 @@
-import { existingFile, type Schema } from '../engine/options.ts';
+import { existingFile, oneOf, type Schema } from '../engine/options.ts';
 import {
   parseCountry, parseCryptHash, parseHostLabel, parseKeymap, parseLocale, parsePackages, parsePublicKeyFile, parseSsid, parseTimezone, parseUnits, parseUserName,
 } from './rules.ts';
-import { oneOf } from '../engine/options.ts';
 
-/** What a user sets on a Raspberry Pi: its host name, first user, SSH, Wi-Fi, locale, packages, units. */
+/**
+ * What a user sets on a Raspberry Pi: its host name, first user, SSH, Wi-Fi, locale, packages,
+ * units. One spec a setting (its flag and --config key, kind, help and rule, whose message is the
+ * error's): customize and the pimaster read them, and flash reads those a first boot can apply
+ * (settings/first-boot.ts), so a value is refused the same way, with the same line, by each.
+ */
 export interface PiSettings {
   hostname: string | undefined;
   user: string | undefined;
@@ -51,7 +55,7 @@ export const settingsSchema: Schema<PiSettings> = {
   'password-file': {
     kind: 'value',
     placeholder: 'FILE',
-    help: "the user's password, the first line of FILE (hashed at each build; never on the command line)",
+    help: "the user's password, the first line of FILE (hashed anew at each use; never on the command line)",
     default: undefined,
     parse: existingFile,
     hostPath: true,
@@ -98,14 +102,14 @@ export const settingsSchema: Schema<PiSettings> = {
   timezone: {
     kind: 'value',
     placeholder: 'ZONE',
-    help: "the time zone (Europe/Paris), checked against the image's zoneinfo",
+    help: "the time zone (Europe/Paris); a build also checks the image's zoneinfo",
     default: undefined,
     parse: parseTimezone,
   },
   locale: {
     kind: 'value',
     placeholder: 'LOCALE',
-    help: "the system locale (fr_FR.UTF-8), generated; checked against the image's supported locales",
+    help: "the system locale (fr_FR.UTF-8), generated; a build also checks the image's supported locales",
     default: undefined,
     parse: parseLocale,
   },
@@ -140,9 +144,29 @@ export const settingsSchema: Schema<PiSettings> = {
   'ssh-key': {
     kind: 'list',
     placeholder: 'FILE',
-    help: 'a file of OpenSSH public keys allowed to log in: as root on the pimaster, as the first user in customize (repeatable)',
+    help: 'a file of OpenSSH public keys allowed to log in: as root on the pimaster, else as the first user (repeatable; flash: a list in --settings FILE)',
     default: () => [],
     parse: parsePublicKeyFile,
     hostPath: true,
   },
 };
+
+/** Every setting, in the order --plan and the settings stage list them. */
+export const SETTING_KEYS: readonly (keyof PiSettings)[] = [
+  'hostname', 'user', 'password-hash', 'password-file', 'ssh-key', 'ssh', 'ssh-password-auth', 'wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden',
+  'timezone', 'locale', 'keymap', 'packages', 'enable', 'disable',
+];
+
+/** The settings given: a value, a switch on, a list not empty. */
+export function given<C extends PiSettings>(config: C): (keyof PiSettings)[] {
+  return SETTING_KEYS.filter((key) => {
+    const value = config[key];
+    return Array.isArray(value) ? value.length > 0 : value !== undefined && value !== false;
+  });
+}
+
+/** `config` with the settings not in `keys` unset (the pimaster's --ssh-key is root's, not a user's). */
+export function only<C extends PiSettings>(config: C, keys: readonly (keyof PiSettings)[]): C {
+  const unset = (value: unknown) => (Array.isArray(value) ? [] : typeof value === 'boolean' ? false : undefined);
+  return { ...config, ...Object.fromEntries(SETTING_KEYS.filter((key) => !keys.includes(key)).map((key) => [key, unset(config[key])])) };
+}

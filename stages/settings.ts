@@ -1,87 +1,23 @@
 /**
- * The settings stage of `customize`: what Raspberry Pi Imager, pi-gen's config and sdm's plugins set
- * (host name, first user, SSH, Wi-Fi, time zone, locale, keymap, packages, units), applied at build
- * time by settings/in-image.ts.
- *
- * The same flags as `flash` (settings/first-boot.ts checks them both), plus --ssh, --locale,
- * --packages, --enable and --disable. The stage cache keys the settings and the content of the
- * files they name; a password file is hashed again at each build (a fresh salt).
+ * The settings stage of `customize` (and the pimaster's, with the settings that make sense on it):
+ * a user's settings (settings/options.ts) checked together (settings/model.ts) before any stage
+ * runs, then applied inside the image (settings/in-image.ts): packages first, then a script.
  */
-import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { ConfigError } from '../engine/errors.ts';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import type { BuildContext, Stage } from '../engine/stage.ts';
-import { parseCardSettings } from '../settings/first-boot.ts';
-import { aptIndexes, asShipped, checkAgainstImage, HOST_KEYS_UNIT, hostKeys, settingsScript, type ImageSettings } from '../settings/in-image.ts';
 import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
 import { inRoot } from '../lib/image/in-root.ts';
 import { rootDir } from '../lib/image/attached.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
-import type { PiSettings } from '../settings/options.ts';
+import { aptIndexes, asShipped, checkAgainstImage, HOST_KEYS_UNIT, hostKeys, settingsKey, settingsScript } from '../settings/in-image.ts';
+import { readSettings } from '../settings/model.ts';
+import { given, only, SETTING_KEYS, type PiSettings } from '../settings/options.ts';
 
 /** What the settings stage reads: the build's options and a user's settings. */
 type SettingsConfig = BuildConfig & PiSettings;
 
-const SETTING_KEYS: readonly (keyof SettingsConfig)[] = [
-  'hostname', 'user', 'password-hash', 'password-file', 'ssh-key', 'ssh', 'ssh-password-auth', 'wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden',
-  'timezone', 'locale', 'keymap', 'packages', 'enable', 'disable',
-];
-
-/** The settings given, as --plan and the task list name them. */
-function given(config: SettingsConfig): (keyof SettingsConfig)[] {
-  return SETTING_KEYS.filter((key) => {
-    const value = config[key];
-    return Array.isArray(value) ? value.length > 0 : value !== undefined && value !== false;
-  });
-}
-
-/** The settings checked together and the files they name read (one line, exit 2 on a bad one). */
-async function settingsOf(config: SettingsConfig): Promise<ImageSettings> {
-  // The host name is checked by the schema (a pimaster's may have dots), not by flash's rule.
-  const card = (await parseCardSettings({
-    user: config.user,
-    'password-hash': config['password-hash'],
-    'password-file': config['password-file'],
-    'ssh-key': config['ssh-key'],
-    'ssh-password-auth': config['ssh-password-auth'] || undefined,
-    'wifi-ssid': config['wifi-ssid'],
-    'wifi-psk-file': config['wifi-psk-file'],
-    'wifi-country': config['wifi-country'],
-    'wifi-hidden': config['wifi-hidden'] || undefined,
-    timezone: config.timezone,
-    keymap: config.keymap,
-  })) ?? {};
-  if (config.ssh === 'off' && config['ssh-password-auth']) throw new ConfigError('--ssh off and --ssh-password-auth: give one or the other');
-  const both = config.enable.find((unit) => config.disable.includes(unit));
-  if (both) throw new ConfigError(`--enable and --disable ${both}: give one or the other`);
-  return {
-    ...card,
-    ...(config.hostname !== undefined ? { hostname: config.hostname } : {}),
-    ...(config.ssh ? { ssh: config.ssh } : card.sshKeys || card.sshPasswordAuth ? { ssh: 'on' as const } : {}),
-    ...(config.locale ? { locale: config.locale } : {}),
-    packages: config.packages,
-    enable: config.enable,
-    disable: config.disable,
-  };
-}
-
-const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
-
-/** What the image depends on: the settings, and the files they name by content, not by path. */
-function keyInput(config: SettingsConfig): string {
-  const files = (paths: readonly (string | undefined)[]) => paths.filter((p): p is string => p !== undefined).map(sha256);
-  const values = Object.fromEntries(given(config).map((key) => [key, config[key]]));
-  return JSON.stringify({ ...values, 'ssh-key': files(config['ssh-key']), 'password-file': files([config['password-file']]), 'wifi-psk-file': files([config['wifi-psk-file']]) });
-}
-
-/** `config` with the settings a stage does not take unset (the pimaster's --ssh-key is root's, not a user's). */
-function only(config: SettingsConfig, keys: readonly (keyof SettingsConfig)[]): SettingsConfig {
-  const unset = (value: unknown) => (Array.isArray(value) ? [] : typeof value === 'boolean' ? false : undefined);
-  return { ...config, ...Object.fromEntries(SETTING_KEYS.filter((key) => !keys.includes(key)).map((key) => [key, unset(config[key])])) };
-}
-
 /** The settings stage, taking `keys` of the settings (all of them in customize). */
-export function settingsStage(keys: readonly (keyof SettingsConfig)[] = SETTING_KEYS): Stage<SettingsConfig> {
+export function settingsStage(keys: readonly (keyof PiSettings)[] = SETTING_KEYS): Stage<SettingsConfig> {
   const own = (config: SettingsConfig) => only(config, keys);
   return {
     name: 'settings',
@@ -91,7 +27,7 @@ export function settingsStage(keys: readonly (keyof SettingsConfig)[] = SETTING_
     },
     options: keys,
     async check(config) {
-      await settingsOf(own(config));
+      await readSettings(own(config));
     },
     async grows(ctx) {
       const config = own(ctx.config);
@@ -99,7 +35,7 @@ export function settingsStage(keys: readonly (keyof SettingsConfig)[] = SETTING_
     },
     async key(ctx) {
       // No settings, no step: nothing to snapshot (the scripts' keys hold the settings anyway).
-      return given(own(ctx.config)).length ? [{ label: 'settings applied', input: keyInput(own(ctx.config)) }] : [];
+      return given(own(ctx.config)).length ? [{ label: 'settings applied', input: settingsKey(own(ctx.config)) }] : [];
     },
     run: (ctx) => applySettings(ctx, own(ctx.config)),
   };
@@ -107,7 +43,7 @@ export function settingsStage(keys: readonly (keyof SettingsConfig)[] = SETTING_
 
 async function applySettings(ctx: BuildContext<SettingsConfig>, config: SettingsConfig): Promise<void> {
   if (given(config).length === 0) return;
-  const settings = await settingsOf(config);
+  const settings = await readSettings(config);
   const root = rootDir(ctx.paths.work);
   const shipped = asShipped(root);
   const mark = ctx.cleanup.mark();
