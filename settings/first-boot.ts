@@ -13,17 +13,19 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { quote as q } from '../engine/exec.ts';
 import { ConfigError } from '../engine/errors.ts';
 import { engineSchema, resolveOptions, type Schema } from '../engine/options.ts';
 import { anySettings, readSettings, type Settings } from './model.ts';
 import { settingsSchema, type PiSettings } from './options.ts';
+import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 export type InitFormat = 'systemd' | 'cloudinit-rpi';
 
-/** The settings a card takes at its first boot (not --ssh, --locale, --packages, --enable, --disable). */
+/** The settings a card takes at its first boot (not --ssh, --packages, --enable, --disable: those need a build). */
 export const FIRST_BOOT_KEYS = [
   'hostname', 'user', 'password-hash', 'password-file', 'ssh-key', 'ssh-password-auth', 'wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden',
-  'timezone', 'keymap',
+  'timezone', 'locale', 'keymap',
 ] as const satisfies readonly (keyof PiSettings)[];
 
 /** A flag in node:util's terms, with its --help line. */
@@ -72,10 +74,7 @@ export async function firstBootSettings(flags: Record<string, string | boolean |
   return anySettings(settings) ? settings : undefined;
 }
 
-const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
-
 const CUSTOM = '/usr/lib/raspberrypi-sys-mods/imager_custom';
-const USERCONF = '/usr/lib/userconf-pi/userconf';
 
 /** firstrun.sh for init_format `systemd`: what it does, in the order Imager's does it. */
 export function firstrunScript(s: Settings, bootMount: string): string {
@@ -84,77 +83,50 @@ export function firstrunScript(s: Settings, bootMount: string): string {
     out.push(
       'CURRENT_HOSTNAME=$(cat /etc/hostname | tr -d " \\t\\n\\r")',
       `if [ -f ${CUSTOM} ]; then`,
-      `   ${CUSTOM} set_hostname ${s.hostname}`,
+      `  ${CUSTOM} set_hostname ${s.hostname}`,
       'else',
-      `   echo ${s.hostname} >/etc/hostname`,
-      `   sed -i "s/127.0.1.1.*$CURRENT_HOSTNAME/127.0.1.1\\t${s.hostname}/g" /etc/hosts`,
+      `  echo ${s.hostname} >/etc/hostname`,
+      `  sed -i "s/127.0.1.1.*$CURRENT_HOSTNAME/127.0.1.1\\t${s.hostname}/g" /etc/hosts`,
       'fi',
     );
   }
-  out.push('FIRSTUSER=$(getent passwd 1000 | cut -d: -f1)', 'FIRSTUSERHOME=$(getent passwd 1000 | cut -d: -f6)');
   if (s.sshKeys) {
     out.push(
       `if [ -f ${CUSTOM} ]; then`,
-      `   ${CUSTOM} enable_ssh -k ${s.sshKeys.map(q).join(' ')}`,
+      `  ${CUSTOM} enable_ssh -k ${s.sshKeys.map(q).join(' ')}`,
       'else',
-      '   install -o "$FIRSTUSER" -m 700 -d "$FIRSTUSERHOME/.ssh"',
-      `   printf '%s\\n' ${s.sshKeys.map(q).join(' ')} >"$FIRSTUSERHOME/.ssh/authorized_keys"`,
-      '   chown "$FIRSTUSER:$FIRSTUSER" "$FIRSTUSERHOME/.ssh/authorized_keys"',
-      '   chmod 600 "$FIRSTUSERHOME/.ssh/authorized_keys"',
-      "   echo 'PasswordAuthentication no' >>/etc/ssh/sshd_config",
-      '   systemctl enable ssh',
+      ...indent(authorizedKeys(s.sshKeys)),
+      "  echo 'PasswordAuthentication no' >>/etc/ssh/sshd_config",
+      '  systemctl enable ssh',
       'fi',
     );
   } else if (s.sshPasswordAuth) {
-    out.push(`if [ -f ${CUSTOM} ]; then`, `   ${CUSTOM} enable_ssh`, 'else', '   systemctl enable ssh', 'fi');
+    out.push(`if [ -f ${CUSTOM} ]; then`, `  ${CUSTOM} enable_ssh`, 'else', '  systemctl enable ssh', 'fi');
   }
-  if (s.user || s.sshKeys) {
-    const name = s.user?.name ?? 'pi';
-    const hash = s.user?.passwordHash ?? '';
-    out.push(`if [ -f ${USERCONF} ]; then`, `   ${USERCONF} ${q(name)} ${q(hash)}`, 'else');
-    if (hash) out.push(`   echo "$FIRSTUSER":${q(hash)} | chpasswd -e`);
-    out.push(
-      `   if [ "$FIRSTUSER" != ${q(name)} ]; then`,
-      `      usermod -l ${q(name)} "$FIRSTUSER"`,
-      `      usermod -m -d ${q(`/home/${name}`)} ${q(name)}`,
-      `      groupmod -n ${q(name)} "$FIRSTUSER"`,
-      `      if [ -f /etc/sudoers.d/010_pi-nopasswd ]; then sed -i "s/^$FIRSTUSER /${name} /" /etc/sudoers.d/010_pi-nopasswd; fi`,
-      '   fi',
-      'fi',
-    );
-  }
+  // Keys without a user: the first user is named pi, as Imager does (which also ends the rename wizard).
+  if (s.user || s.sshKeys) out.push(FIRST_USER, ...renameFirstUser(s.user?.name ?? 'pi', s.user?.passwordHash));
   if (s.wifi) {
     const w = s.wifi;
+    // Not indented: a here-document's lines are the file's.
     out.push(
       `if [ -f ${CUSTOM} ]; then`,
-      `   ${CUSTOM} set_wlan ${w.hidden ? '-h ' : ''}${q(w.ssid)} ${q(w.psk)} ${q(w.country)}`,
+      `  ${CUSTOM} set_wlan ${w.hidden ? '-h ' : ''}${q(w.ssid)} ${q(w.psk)} ${q(w.country)}`,
       'else',
-      "cat >/etc/wpa_supplicant/wpa_supplicant.conf <<'WPAEOF'",
-      `country=${w.country}`,
-      'ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev',
-      'ap_scan=1',
-      '',
-      'update_config=1',
-      'network={',
-      ...(w.hidden ? ['\tscan_ssid=1'] : []),
-      `\tssid="${w.ssid}"`,
-      `\tpsk=${w.psk}`,
-      '}',
-      'WPAEOF',
-      '   chmod 600 /etc/wpa_supplicant/wpa_supplicant.conf',
-      '   rfkill unblock wifi',
-      '   for filename in /var/lib/systemd/rfkill/*:wlan ; do echo 0 > $filename; done',
+      ...wpaSupplicantConf(w),
+      '  rfkill unblock wifi',
+      `  ${WIFI_UNBLOCKED}`,
       'fi',
     );
   }
+  if (s.locale) out.push(...localeLines(s.locale));
   if (s.keymap || s.timezone) {
     out.push(`if [ -f ${CUSTOM} ]; then`);
-    if (s.keymap) out.push(`   ${CUSTOM} set_keymap ${q(s.keymap)}`);
-    if (s.timezone) out.push(`   ${CUSTOM} set_timezone ${q(s.timezone)}`);
+    if (s.keymap) out.push(`  ${CUSTOM} set_keymap ${q(s.keymap)}`);
+    if (s.timezone) out.push(`  ${CUSTOM} set_timezone ${q(s.timezone)}`);
     out.push('else');
-    if (s.timezone) out.push('   rm -f /etc/localtime', `   echo ${q(s.timezone)} >/etc/timezone`, '   dpkg-reconfigure -f noninteractive tzdata');
+    if (s.timezone) out.push('  rm -f /etc/localtime', `  echo ${q(s.timezone)} >/etc/timezone`, '  dpkg-reconfigure -f noninteractive tzdata');
     if (s.keymap) {
-      out.push(`   printf 'XKBMODEL="pc105"\\nXKBLAYOUT="%s"\\nXKBVARIANT=""\\nXKBOPTIONS=""\\n' ${q(s.keymap)} >/etc/default/keyboard`, '   dpkg-reconfigure -f noninteractive keyboard-configuration');
+      out.push(`  printf 'XKBMODEL="pc105"\\nXKBLAYOUT="%s"\\nXKBVARIANT=""\\nXKBOPTIONS=""\\n' ${q(s.keymap)} >/etc/default/keyboard`, '  dpkg-reconfigure -f noninteractive keyboard-configuration');
     }
     out.push('fi');
   }
@@ -177,6 +149,7 @@ export function cloudInitSeed(s: Settings, instanceId: string): Record<string, s
   const user: string[] = ['#cloud-config', '# First-boot settings written by build-image flash (Raspberry Pi Imager\'s format).'];
   if (s.hostname) user.push(`hostname: ${s.hostname}`, 'manage_etc_hosts: true');
   if (s.timezone) user.push(`timezone: ${s.timezone}`);
+  if (s.locale) user.push(`locale: ${s.locale}`);
   if (s.keymap) user.push('keyboard:', '  model: pc105', `  layout: ${y(s.keymap)}`);
   if (s.user || s.sshKeys) {
     user.push('user:', `  name: ${s.user?.name ?? 'pi'}`, '  shell: /bin/bash');

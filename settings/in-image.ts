@@ -21,6 +21,7 @@ import { ConfigError } from '../engine/errors.ts';
 import { inRoot } from '../lib/image/in-root.ts';
 import type { Settings } from './model.ts';
 import { given, type PiSettings } from './options.ts';
+import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
@@ -31,16 +32,21 @@ export function settingsKey(config: PiSettings): string {
   return JSON.stringify({ ...values, 'ssh-key': files(config['ssh-key']), 'password-file': files([config['password-file']]), 'wifi-psk-file': files([config['wifi-psk-file']]) });
 }
 
-/** One line naming the setting and what the image lacks, before anything is changed. */
-export function checkAgainstImage(root: string, s: Settings): { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string } {
+/** What the image holds that the script depends on. */
+export interface ImageFacts {
+  wifi?: 'networkmanager' | 'wpa_supplicant';
+  /** Where the system mounts the boot partition. */
+  bootMount: string;
+}
+
+/** How the image takes the settings; a setting it lacks the means of is one line, before anything is changed. */
+export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, 'bootMount'> {
   const has = (path: string) => existsSync(inRoot(root, path));
   if (s.timezone && !has(`usr/share/zoneinfo/${s.timezone}`)) throw new ConfigError(`--timezone ${s.timezone}: the image has no such zone in /usr/share/zoneinfo (is tzdata installed? add --packages tzdata)`);
-  let charset: string | undefined;
   if (s.locale) {
     if (!has('usr/share/i18n/SUPPORTED')) throw new ConfigError(`--locale ${s.locale}: the image has no locales package (add --packages locales)`);
     const line = readFileSync(inRoot(root, 'usr/share/i18n/SUPPORTED'), 'utf8').split('\n').find((l) => l.split(' ')[0] === s.locale);
     if (!line) throw new ConfigError(`--locale ${s.locale}: not one of the image's supported locales (/usr/share/i18n/SUPPORTED, e.g. en_GB.UTF-8)`);
-    charset = line.split(' ')[1];
   }
   if (s.keymap && has('usr/share/X11/xkb/symbols') && !has(`usr/share/X11/xkb/symbols/${s.keymap.split(/[_-]/)[0]}`)) {
     throw new ConfigError(`--keymap ${s.keymap}: the image's keyboard data has no such layout (/usr/share/X11/xkb/symbols)`);
@@ -60,27 +66,19 @@ export function checkAgainstImage(root: string, s: Settings): { wifi?: 'networkm
   if (s.sshKeys && !s.user && !readFileSync(inRoot(root, 'etc/passwd'), 'utf8').split('\n').some((l) => l.split(':')[2] === '1000')) {
     throw new ConfigError('--ssh-key: the image has no first user (uid 1000) to log in as; give --user NAME');
   }
-  return { wifi, charset };
+  return { wifi };
 }
 
 /** The shell script (bash -e, inside the image) that applies the settings. */
-export function settingsScript(s: Settings, facts: { wifi?: 'networkmanager' | 'wpa_supplicant'; charset?: string; bootMount: string }): string {
+export function settingsScript(s: Settings, facts: ImageFacts): string {
   const out = ['# Written by build-image: the settings of this build, applied inside the image.', 'set -eu', ''];
   if (s.user) {
     const { name, passwordHash = '' } = s.user;
     out.push(
       '# The first user: renamed (its rename at first boot cancelled), or made.',
-      'first=$(getent passwd 1000 | cut -d: -f1 || true)',
-      'if [ -n "$first" ] && [ -x /usr/lib/userconf-pi/userconf ]; then',
-      `  /usr/lib/userconf-pi/userconf ${q(name)} ${q(passwordHash)}`,
-      'elif [ -n "$first" ]; then',
-      `  if [ "$first" != ${q(name)} ]; then`,
-      `    usermod -l ${q(name)} "$first"`,
-      `    usermod -m -d ${q(`/home/${name}`)} ${q(name)}`,
-      `    groupmod -n ${q(name)} "$(getent group 1000 | cut -d: -f1)"`,
-      `    if [ -f /etc/sudoers.d/010_pi-nopasswd ]; then sed -i "s/^$first /${name} /" /etc/sudoers.d/010_pi-nopasswd; fi`,
-      '  fi',
-      ...(passwordHash ? [`  echo ${q(`${name}:${passwordHash}`)} | chpasswd -e`] : []),
+      FIRST_USER,
+      'if [ -n "$first" ]; then',
+      ...indent(renameFirstUser(name, passwordHash)),
       'else',
       '  groups=$(for g in adm dialout cdrom audio video plugdev users netdev sudo input render gpio i2c spi; do getent group "$g" >/dev/null && printf "%s," "$g"; done)',
       `  useradd -m -u 1000 -s /bin/bash -G "\${groups%,}" ${q(name)}`,
@@ -96,17 +94,7 @@ export function settingsScript(s: Settings, facts: { wifi?: 'networkmanager' | '
       '',
     );
   }
-  if (s.sshKeys) {
-    out.push(
-      'user=$(getent passwd 1000 | cut -d: -f1)',
-      'home=$(getent passwd 1000 | cut -d: -f6)',
-      'install -d -m 700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"',
-      `printf '%s\\n' ${s.sshKeys.map(q).join(' ')} >"$home/.ssh/authorized_keys"`,
-      'chown "$user:$(id -gn "$user")" "$home/.ssh/authorized_keys"',
-      'chmod 600 "$home/.ssh/authorized_keys"',
-      '',
-    );
-  }
+  if (s.sshKeys) out.push(...authorizedKeys(s.sshKeys), '');
   if (s.sshKeys || s.sshPasswordAuth) {
     out.push(`printf '# build-image --ssh-key/--ssh-password-auth\\nPasswordAuthentication %s\\n' ${s.sshPasswordAuth ? 'yes' : 'no'} >/etc/ssh/sshd_config.d/50-build-image.conf`, '');
   }
@@ -126,25 +114,12 @@ export function settingsScript(s: Settings, facts: { wifi?: 'networkmanager' | '
         'if [ -f /var/lib/NetworkManager/NetworkManager.state ]; then sed -i "s/^WirelessEnabled=.*/WirelessEnabled=true/" /var/lib/NetworkManager/NetworkManager.state; fi',
       );
     } else {
-      out.push(
-        "cat >/etc/wpa_supplicant/wpa_supplicant.conf <<'EOF'",
-        `country=${w.country}`, 'ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev', 'update_config=1', '', 'network={', ...(w.hidden ? ['\tscan_ssid=1'] : []), `\tssid="${w.ssid}"`, `\tpsk=${w.psk}`, '}', 'EOF',
-        'chmod 600 /etc/wpa_supplicant/wpa_supplicant.conf',
-      );
+      out.push(...wpaSupplicantConf(w));
     }
-    out.push('for file in /var/lib/systemd/rfkill/*:wlan; do if [ -f "$file" ]; then echo 0 >"$file"; fi; done', '');
+    out.push(WIFI_UNBLOCKED, '');
   }
   if (s.timezone) out.push(`ln -sf ${q(`/usr/share/zoneinfo/${s.timezone}`)} /etc/localtime`, `echo ${q(s.timezone)} >/etc/timezone`, '');
-  if (s.locale) {
-    const entry = `${s.locale} ${facts.charset}`;
-    out.push(
-      `if grep -qE ${q(`^# *${entry.replaceAll('.', '\\.')}$`)} /etc/locale.gen; then sed -i -E ${q(`s/^# *(${entry.replaceAll('.', '\\.')})$/\\1/`)} /etc/locale.gen; fi`,
-      `grep -qx ${q(entry)} /etc/locale.gen || echo ${q(entry)} >>/etc/locale.gen`,
-      'locale-gen',
-      `printf 'LANG=%s\\n' ${q(s.locale)} >/etc/default/locale`,
-      '',
-    );
-  }
+  if (s.locale) out.push(...localeLines(s.locale), '');
   if (s.keymap) {
     out.push(
       `if [ -f /etc/default/keyboard ] && grep -q '^XKBLAYOUT=' /etc/default/keyboard; then sed -i 's/^XKBLAYOUT=.*/XKBLAYOUT="${s.keymap}"/' /etc/default/keyboard`,
