@@ -38,8 +38,6 @@ export async function flashCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parsed;
   if (positionals.length !== 2) throw new ConfigError('flash takes an IMAGE and a DEVICE: build-image flash IMAGE DEVICE (see build-image --help flash)');
   const [image, device] = positionals as [string, string];
-  // node:util keeps the last of a repeated flag: several key files go in --settings FILE as a list.
-  if (argv.filter((arg) => arg === '--ssh-key' || arg.startsWith('--ssh-key=')).length > 1) throw new ConfigError('--ssh-key: give it once (several files: "ssh-key": [...] in --settings FILE)');
   // The settings first: a bad one is one line before the image or the device is looked at.
   const settings = await firstBootSettings(values);
   if (!existsSync(image)) throw new ConfigError(`${image}: no such file (the image to write)`);

@@ -13,6 +13,8 @@ import type { BuildState, Pipeline } from '../engine/stage.ts';
 
 export interface ToolFlag {
   type: 'string' | 'boolean';
+  /** Repeatable: its values come as a list. */
+  multiple?: boolean;
   help: string;
   placeholder?: string;
   default?: string | (() => string);
@@ -40,14 +42,14 @@ export function toolUsage(synopsis: readonly string[], flags: Record<string, Too
   return [...synopsis, '', 'Options:', ...flagRows({ ...flags, ...TOOL_FLAGS })].join('\n');
 }
 
-export type ToolValues = Record<string, string | boolean | undefined>;
+export type ToolValues = Record<string, string | boolean | string[] | undefined>;
 
 /** The flags and positionals, or undefined once --help has been answered. */
 export function parseTool(argv: string[], command: string, flags: Record<string, ToolFlag>, usage: () => string): { values: ToolValues; positionals: string[] } | undefined {
   const all: Record<string, ToolFlag> = { ...flags, ...TOOL_FLAGS };
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, options: Object.fromEntries(Object.entries(all).map(([k, f]) => [k, { type: f.type }])), allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: argv, options: Object.fromEntries(Object.entries(all).map(([k, f]) => [k, { type: f.type, multiple: f.multiple ?? false }])), allowPositionals: true, strict: true });
   } catch (error) {
     throw new ConfigError(`${(error as Error).message.split('\n')[0]} (see build-image --help ${command})`);
   }

@@ -31,12 +31,15 @@ export const FIRST_BOOT_KEYS = [
 /** A flag in node:util's terms, with its --help line. */
 interface Flag {
   type: 'string' | 'boolean';
+  /** Repeatable (--ssh-key A --ssh-key B). */
+  multiple?: boolean;
   placeholder?: string;
   help: string;
 }
 
 const flagOf = (spec: Schema<PiSettings>[keyof PiSettings]): Flag => ({
   type: spec.kind === 'switch' ? 'boolean' : 'string',
+  ...(spec.kind === 'list' ? { multiple: true } : {}),
   ...(spec.placeholder ? { placeholder: spec.placeholder } : {}),
   help: spec.help,
 });
@@ -66,7 +69,7 @@ function settingsFile(path: string): Record<string, unknown> {
  * The flags (and --settings FILE's keys, which the flags override) through the settings' specs,
  * then checked together: the card's settings, or undefined when none is given.
  */
-export async function firstBootSettings(flags: Record<string, string | boolean | undefined>): Promise<Settings | undefined> {
+export async function firstBootSettings(flags: Record<string, string | boolean | string[] | undefined>): Promise<Settings | undefined> {
   const file = typeof flags.settings === 'string' ? { path: `--settings ${flags.settings}`, values: settingsFile(flags.settings) } : undefined;
   const given = Object.fromEntries(FIRST_BOOT_KEYS.filter((key) => flags[key] !== undefined).map((key) => [key, flags[key]]));
   const values = resolveOptions({ ...engineSchema, ...settingsSchema }, FIRST_BOOT_KEYS, { file, flags: given }, 'flash');
