@@ -20,13 +20,6 @@ export function parseHostLabel(raw: string): string {
   return raw.toLowerCase();
 }
 
-/** An RFC 1123 DNS name: dot-separated labels of letters, digits and inner hyphens. */
-export function parseHostname(raw: string): string {
-  const ok = raw.length <= 253 && raw.split('.').every((l) => HOST_LABEL.test(l));
-  if (!ok) throw 'an RFC 1123 host name: letters, digits and hyphens, labels of 1-63 characters not starting or ending with a hyphen';
-  return raw.toLowerCase();
-}
-
 const KEY_TYPES = ['ssh-ed25519', 'ssh-rsa', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ecdsa-sha2-nistp521', 'sk-ssh-ed25519@openssh.com', 'sk-ecdsa-sha2-nistp256@openssh.com'];
 
 /**
