@@ -13,17 +13,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { scoped } from '../engine/cleanup.ts';
-import {  formatBytes } from '../engine/options.ts';
+import { formatBytes } from '../engine/options.ts';
 import { QuietReporter } from '../engine/report.ts';
 import { runPipeline } from '../engine/runner.ts';
 import type { Stage } from '../engine/stage.ts';
-import { attachStage } from '../stages/attach.ts';
 import { chrootRun, enterChroot, STAGING } from '../lib/chroot/environment.ts';
+import { defaultConfig, pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
+import { attachStage } from '../stages/attach.ts';
 import { finalizeStage } from '../stages/finalize.ts';
 import { growStage } from '../stages/grow.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
-import { defaultConfig } from '../pipelines/pimaster/options.ts';
-import { pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
 
 const script = new URL('../scripts/pimaster/10-packages.sh', import.meta.url).pathname;
 
@@ -54,7 +53,13 @@ async function measure(fixture: string, cache: string, speedUpsOff: string): Pro
     const cached = Number((await execa('du', ['-s', '--block-size=1', cache], { reject: false })).stdout.split('\t')[0] || 0);
     const result = { seconds: 0 };
     const config = defaultConfig({ work: join(dir, 'work'), cache, out: join(dir, 'out'), grow: 1024 * 2 ** 20 });
-    await runPipeline({ name: 'bench', summary: '', schema: pimasterConfigSchema, stages: [growStage, attachStage, install(result), finalizeStage] }, config, {}, new QuietReporter(), { image });
+    await runPipeline(
+      { name: 'bench', summary: '', schema: pimasterConfigSchema, stages: [growStage, attachStage, install(result), finalizeStage] },
+      config,
+      {},
+      new QuietReporter(),
+      { image },
+    );
     return { seconds: result.seconds, cached };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -72,7 +77,9 @@ try {
   process.stdout.write('\nInstalling the pimaster package set into the arm64 fixture (qemu-user)\n\n');
   process.stdout.write(`  ${'case'.padEnd(42)} ${'time'.padStart(8)}  ${'vs first'.padStart(8)}  apt cache before\n`);
   for (const [label, r] of rows) {
-    process.stdout.write(`  ${label.padEnd(42)} ${`${r.seconds.toFixed(0)} s`.padStart(8)}  ${`${((100 * r.seconds) / base).toFixed(0)}%`.padStart(8)}  ${formatBytes(r.cached)}\n`);
+    process.stdout.write(
+      `  ${label.padEnd(42)} ${`${r.seconds.toFixed(0)} s`.padStart(8)}  ${`${((100 * r.seconds) / base).toFixed(0)}%`.padStart(8)}  ${formatBytes(r.cached)}\n`,
+    );
   }
 } finally {
   rmSync(caches, { recursive: true, force: true });

@@ -59,7 +59,10 @@ async function bench(rootMiB: number, keep: boolean): Promise<string> {
 }
 
 try {
-  const { values } = parseArgs({ args: process.argv.slice(2), options: { 'root-mib': { type: 'string', default: '1024' }, keep: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({
+    args: process.argv.slice(2),
+    options: { 'root-mib': { type: 'string', default: '1024' }, keep: { type: 'boolean', default: false } },
+  });
   const rootMiB = Number(values['root-mib']);
   if (!(Number.isInteger(rootMiB) && rootMiB >= 64)) throw new Error(`--root-mib ${values['root-mib']}: expected a whole number of MiB, at least 64`);
   console.log(await bench(rootMiB, values.keep));

@@ -14,22 +14,35 @@
  *   node bench/image-io.ts [--size-gib 2] [--used-gib 1] [--keep]
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { copyFile, mkdir } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import {  formatBytes } from '../engine/options.ts';
 import { describeError } from '../engine/errors.ts';
-import { customize } from '../pipelines/customize.ts';
+import { formatBytes } from '../engine/options.ts';
 import { QuietReporter } from '../engine/report.ts';
 import { runPipeline, type Timing } from '../engine/runner.ts';
+import { customize } from '../pipelines/customize.ts';
 import '../lib/image/state.ts';
-import { formatTable, inUseImageSize, lastPartitionOffset, minimumImageSize } from './measure.ts';
-import { DISK_ID, assembleDisk, elfHeader, partuuid, writeBootFiles } from '../test/fixtures/tiny-image.ts';
 import { defaultConfig } from '../pipelines/pimaster/options.ts';
+import { assembleDisk, DISK_ID, elfHeader, partuuid, writeBootFiles } from '../test/fixtures/tiny-image.ts';
+import { formatTable, inUseImageSize, lastPartitionOffset, minimumImageSize } from './measure.ts';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -193,7 +206,9 @@ function plan(sizeGiB: number, usedGiB: number): Plan {
   const junk = Math.round(data * JUNK_SHARE);
   // Room for the journal, inode tables and the like besides the files and the junk.
   if (data + junk + 0.05 * rootMiB * MiB + 32 * MiB > rootMiB * MiB) {
-    throw new Error(`${formatBytes(data)} of files and ${formatBytes(junk)} of junk do not fit in a ${formatBytes(rootMiB * MiB)} root: lower --used-gib or raise --size-gib`);
+    throw new Error(
+      `${formatBytes(data)} of files and ${formatBytes(junk)} of junk do not fit in a ${formatBytes(rootMiB * MiB)} root: lower --used-gib or raise --size-gib`,
+    );
   }
   return { sizeMiB, bootMiB, rootMiB, data, junk };
 }
@@ -276,7 +291,10 @@ async function runBaseline(image: string, out: string, signal: AbortSignal): Pro
   const seconds = (performance.now() - started) / 1000;
   // The shrunk .img is gone (xz replaced it); its size is in the .xz index.
   const { stdout } = await execa('xz', ['--robot', '--list', out]);
-  const totals = stdout.split('\n').find((line) => line.startsWith('totals\t'))!.split('\t');
+  const totals = stdout
+    .split('\n')
+    .find((line) => line.startsWith('totals\t'))!
+    .split('\t');
   return { imageSize: Number(totals[4]), xzSize: statSync(out).size, seconds };
 }
 
@@ -333,7 +351,12 @@ function table({ fixture, minimum, inUse, margin, ours, baseline, half }: Result
     ['', 'ours', 'baseline', ''],
     ['shrunk .img', formatBytes(ours.imageSize), formatBytes(baseline.imageSize), `resize2fs -P minimum: ${formatBytes(minimum)}`],
     ['  over the minimum', signedBytes(ours.imageSize - minimum), signedBytes(baseline.imageSize - minimum), `--shrink-margin ${formatBytes(margin)}`],
-    ['  over what it holds', signedBytes(ours.imageSize - inUse), signedBytes(baseline.imageSize - inUse), `boot + root blocks in use: ${formatBytes(inUse)}; target for ours: <= 1.05 x (that + margin): ${ours.imageSize <= 1.05 * (inUse + margin) ? 'met' : 'NOT met'}`],
+    [
+      '  over what it holds',
+      signedBytes(ours.imageSize - inUse),
+      signedBytes(baseline.imageSize - inUse),
+      `boot + root blocks in use: ${formatBytes(inUse)}; target for ours: <= 1.05 x (that + margin): ${ours.imageSize <= 1.05 * (inUse + margin) ? 'met' : 'NOT met'}`,
+    ],
     ['.img.xz', formatBytes(ours.xzSize), formatBytes(baseline.xzSize), `ours ${percent(ours.xzSize, baseline.xzSize)}`],
     ['time to .img.xz', seconds(total), seconds(baseline.seconds), 'ours: the sum of the stages below'],
     ...ours.timings.map((t) => [`  ${t.stage}`, seconds(t.seconds), '', `commands ${seconds(t.commandSeconds)}`]),

@@ -71,7 +71,10 @@ export async function rootDifferences(a: string, b: string, dir: string): Promis
     const pycs = async (root: string) => Number((await execa('bash', ['-c', `find "$1" -xdev -name '*.pyc' | wc -l`, '_', root!])).stdout);
     const { stdout } = await execa('rsync', ['-n', '-rlpgoDc', '--delete', '--itemize-changes', `${rootA}/`, `${rootB}/`]);
     // "*deleting path" (only in a), ">f+++++++++ path" (only in b), ">fc........ path" (content), ...
-    const differing = stdout.split('\n').filter((l) => l.trim() !== '').map((l) => l.replace(/^\S+\s+/, ''));
+    const differing = stdout
+      .split('\n')
+      .filter((l) => l.trim() !== '')
+      .map((l) => l.replace(/^\S+\s+/, ''));
     return { pyc: [await pycs(rootA!), await pycs(rootB!)], differing };
   });
 }

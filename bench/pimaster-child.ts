@@ -6,15 +6,15 @@
  *   node bench/pimaster-child.ts '{"flags": {...}, "until": "chroot"}'
  */
 import { describeError } from '../engine/errors.ts';
-import { optionsOf } from '../pipelines/customize.ts';
+import { resolveOptions } from '../engine/options.ts';
+import type { Named } from '../engine/report.ts';
 import { LineReporter, type StageBody } from '../engine/report.ts';
 import { runPipeline, type Timing } from '../engine/runner.ts';
 import type { Output } from '../lib/image/state.ts';
-import { pimaster } from '../pipelines/pimaster/pipeline.ts';
-import type { Named } from '../engine/report.ts';
-import { resolveOptions } from '../engine/options.ts';
-import { pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
+import { optionsOf } from '../pipelines/customize.ts';
 import type { PimasterConfig } from '../pipelines/pimaster/options.ts';
+import { pimasterConfigSchema } from '../pipelines/pimaster/options.ts';
+import { pimaster } from '../pipelines/pimaster/pipeline.ts';
 
 /** What one build reports. */
 export interface Build {

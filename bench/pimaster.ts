@@ -19,13 +19,13 @@ import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import {  formatBytes } from '../engine/options.ts';
-import type { Build } from './pimaster-child.ts';
+import { formatBytes } from '../engine/options.ts';
+import { defaultConfig } from '../pipelines/pimaster/options.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
 import { makePiseduceStandins } from '../test/fixtures/piseduce-standin.ts';
 import { startServer } from '../test/helpers/http-server.ts';
 import { formatTable, inUseImageSize, minimumImageSize, rootDifferences, xzUncompressedSize } from './measure.ts';
-import { defaultConfig } from '../pipelines/pimaster/options.ts';
+import type { Build } from './pimaster-child.ts';
 
 const repo = fileURLToPath(new URL('../', import.meta.url));
 const CACHE = join(homedir(), '.cache', 'build-image-bench');
@@ -33,7 +33,11 @@ const say = (text: string) => process.stderr.write(`[bench] ${text}\n`);
 
 const total = (b: Build) => b.timings.reduce((s, t) => s + t.seconds, 0);
 const commandTime = (b: Build) => b.timings.reduce((s, t) => s + t.commandSeconds, 0);
-const cached = (b: Build) => b.timings.filter((t) => t.note).map((t) => `${t.stage}${t.note === 'from cache' ? '' : ` (${t.note!.replace(' from cache', '')})`}`).join(', ');
+const cached = (b: Build) =>
+  b.timings
+    .filter((t) => t.note)
+    .map((t) => `${t.stage}${t.note === 'from cache' ? '' : ` (${t.note!.replace(' from cache', '')})`}`)
+    .join(', ');
 
 /** One build in a child process; `speedUpsOff` as BUILD_IMAGE_SPEEDUPS_OFF (see lib/chroot/environment.ts). */
 async function build(toolkit: string, flags: Record<string, unknown>, until?: string, speedUpsOff = ''): Promise<Build> {
@@ -54,7 +58,8 @@ async function bench(keep: boolean): Promise<string> {
     // A copy of the toolkit whose pimaster scripts this bench may change.
     const toolkit = join(dir, 'toolkit');
     mkdirSync(toolkit);
-    for (const entry of ['package.json', 'pipeline', 'stages', 'flash', 'verify', 'overlays', 'scripts', 'bench', 'test']) await execa('cp', ['-a', join(repo, entry), toolkit]);
+    for (const entry of ['package.json', 'pipeline', 'stages', 'flash', 'verify', 'overlays', 'scripts', 'bench', 'test'])
+      await execa('cp', ['-a', join(repo, entry), toolkit]);
     symlinkSync(join(repo, 'node_modules'), join(toolkit, 'node_modules'));
 
     const fixture = await debianImage('arm64');
@@ -93,7 +98,7 @@ async function bench(keep: boolean): Promise<string> {
     say('rebuild after changing one overlay file of the user layer');
     writeFileSync(join(dir, 'site/rootfs/etc/site-motd'), 'site v2\n');
     const overlay = await build(toolkit, flags);
-    say('rebuild after changing the pimaster\'s last script');
+    say("rebuild after changing the pimaster's last script");
     appendFileSync(join(toolkit, 'scripts/pimaster/90-clean.sh'), '# bench: a late change\n');
     const late = await build(toolkit, flags);
 
@@ -138,7 +143,9 @@ async function bench(keep: boolean): Promise<string> {
     const share = (b: Build) => (100 * total(b)) / total(full);
     const overhead = (100 * (total(full) - commandTime(full))) / total(full);
     const builds = { full, 'overlay rebuild': overlay, 'late-script rebuild': late, 'formats rebuild': formats, 'unshrunk rebuild': unshrunk };
-    const [rssBuild, rssKiB, rssStage] = Object.entries(builds).map(([name, b]) => [name, b.maxRssKiB, b.peakStage] as const).reduce((a, b) => (b[1] > a[1] ? b : a));
+    const [rssBuild, rssKiB, rssStage] = Object.entries(builds)
+      .map(([name, b]) => [name, b.maxRssKiB, b.peakStage] as const)
+      .reduce((a, b) => (b[1] > a[1] ? b : a));
     const rss = rssKiB * 1024;
     const ratio = on.seconds / before.seconds;
     const pycDiffering = differences.differing.filter((p) => p.endsWith('.pyc'));
@@ -149,16 +156,57 @@ async function bench(keep: boolean): Promise<string> {
     const rows = [
       ['', 'measured', 'target', 'met', 'notes'],
       ['full pimaster build', s(total(full)), '', '', 'the stage cache empty; apt archives and downloads cached; .img.zst'],
-      ['rebuild, one overlay file changed', s(total(overlay)), '<= 15% of full', ok(share(overlay) <= 15), `${share(overlay).toFixed(1)}% of full; from cache: ${cached(overlay)}`],
+      [
+        'rebuild, one overlay file changed',
+        s(total(overlay)),
+        '<= 15% of full',
+        ok(share(overlay) <= 15),
+        `${share(overlay).toFixed(1)}% of full; from cache: ${cached(overlay)}`,
+      ],
       ['rebuild, the last pimaster script changed', s(total(late)), '', '', `${share(late).toFixed(1)}% of full; from cache: ${cached(late)}`],
       ['rebuild, only the output formats changed', s(total(formats)), '', '', `.img, .img.xz and .img.zst; from cache: ${cached(formats)}`],
-      ['.img', formatBytes(size('none')), '<= in use + margin + 5%', ok(imgOver <= 5), `boot + root blocks in use ${formatBytes(inUse)} + --shrink-margin ${formatBytes(margin)}: ${imgOver >= 0 ? '+' : ''}${imgOver.toFixed(1)}%; resize2fs -P minimum ${formatBytes(minimum)}; PiShrink-style .img ${formatBytes(baselineImg)}`],
-      ['.img.xz', formatBytes(size('xz')), '<= baseline', ok(size('xz') <= baselineXz), `PiShrink-style baseline (resize2fs -M, xz -T0 -6): ${formatBytes(baselineXz)} in ${s(baselineSeconds)}`],
+      [
+        '.img',
+        formatBytes(size('none')),
+        '<= in use + margin + 5%',
+        ok(imgOver <= 5),
+        `boot + root blocks in use ${formatBytes(inUse)} + --shrink-margin ${formatBytes(margin)}: ${imgOver >= 0 ? '+' : ''}${imgOver.toFixed(1)}%; resize2fs -P minimum ${formatBytes(minimum)}; PiShrink-style .img ${formatBytes(baselineImg)}`,
+      ],
+      [
+        '.img.xz',
+        formatBytes(size('xz')),
+        '<= baseline',
+        ok(size('xz') <= baselineXz),
+        `PiShrink-style baseline (resize2fs -M, xz -T0 -6): ${formatBytes(baselineXz)} in ${s(baselineSeconds)}`,
+      ],
       ['.img.zst', formatBytes(size('zstd')), '', '', ''],
-      ['chroot stage, all speed-ups on', s(on.seconds), '<= 0.6 x before', ok(ratio <= 0.6), `${ratio.toFixed(2)} x the chroot stage with python-compile and native-unpack off (${s(before.seconds)}), as it ran before issue 17`],
+      [
+        'chroot stage, all speed-ups on',
+        s(on.seconds),
+        '<= 0.6 x before',
+        ok(ratio <= 0.6),
+        `${ratio.toFixed(2)} x the chroot stage with python-compile and native-unpack off (${s(before.seconds)}), as it ran before issue 17`,
+      ],
       ...chroot.slice(2).map((run) => [`chroot stage, ${run.label}`, s(run.seconds), '', '', `${(run.seconds / on.seconds).toFixed(2)} x all on`]),
-      ['pipeline overhead', `${overhead.toFixed(1)}%`, '< 5%', ok(overhead < 5), `full build: ${s(total(full) - commandTime(full))} of ${s(total(full))} not spent in commands`],
-      ['peak RSS', formatBytes(rss), '< 200 MiB', ok(rss < 200 * 2 ** 20), `maxRSS of the Node process running each build, the largest (the ${rssBuild}, reached ${rssStage ? `in its ${rssStage} stage` : 'while loading'}); the others: ${Object.entries(builds).filter(([name]) => name !== rssBuild).map(([name, b]) => `${name} ${formatBytes(b.maxRssKiB * 1024)} (${b.peakStage || 'loading'})`).join(', ')}`],
+      [
+        'pipeline overhead',
+        `${overhead.toFixed(1)}%`,
+        '< 5%',
+        ok(overhead < 5),
+        `full build: ${s(total(full) - commandTime(full))} of ${s(total(full))} not spent in commands`,
+      ],
+      [
+        'peak RSS',
+        formatBytes(rss),
+        '< 200 MiB',
+        ok(rss < 200 * 2 ** 20),
+        `maxRSS of the Node process running each build, the largest (the ${rssBuild}, reached ${rssStage ? `in its ${rssStage} stage` : 'while loading'}); the others: ${Object.entries(
+          builds,
+        )
+          .filter(([name]) => name !== rssBuild)
+          .map(([name, b]) => `${name} ${formatBytes(b.maxRssKiB * 1024)} (${b.peakStage || 'loading'})`)
+          .join(', ')}`,
+      ],
     ];
     const stages = full.timings.map((t) => `${t.stage} ${t.seconds.toFixed(1)}`).join(', ');
     const sameness = [

@@ -11,7 +11,9 @@ import { execa } from 'execa';
 const dir = fileURLToPath(new URL('.', import.meta.url));
 /** Modules that are not benchmarks: this one, and what the benchmarks share. */
 const HELPERS = ['run.ts', 'measure.ts'];
-const modules = readdirSync(dir).filter((f) => f.endsWith('.ts') && !HELPERS.includes(f)).sort();
+const modules = readdirSync(dir)
+  .filter((f) => f.endsWith('.ts') && !HELPERS.includes(f))
+  .sort();
 for (const module of modules) {
   const { exitCode } = await execa(process.execPath, [join(dir, module), ...process.argv.slice(2)], { stdio: 'inherit', reject: false });
   if (exitCode !== 0) {

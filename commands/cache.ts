@@ -1,11 +1,9 @@
 /** `build-image cache ls` and `build-image cache prune`: the stage cache's snapshots. */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { formatBytes } from '../engine/options.ts';
 import { ConfigError } from '../engine/errors.ts';
-import { StageCache, type SnapshotEntry } from '../engine/stage-cache.ts';
-import { resolveOptions } from '../engine/options.ts';
-import { engineSchema } from '../engine/options.ts';
+import { engineSchema, formatBytes, resolveOptions } from '../engine/options.ts';
+import { type SnapshotEntry, StageCache } from '../engine/stage-cache.ts';
 
 export function cacheUsage(): string {
   return [
@@ -16,10 +14,23 @@ export function cacheUsage(): string {
 }
 
 function table(entries: readonly SnapshotEntry[]): string {
-  const rows = entries.map((e) => [e.meta.key.slice(0, 12), e.meta.pipeline, e.meta.label, formatBytes(e.diskBytes), e.lastUsed.toISOString().slice(0, 16).replace('T', ' ')]);
+  const rows = entries.map((e) => [
+    e.meta.key.slice(0, 12),
+    e.meta.pipeline,
+    e.meta.label,
+    formatBytes(e.diskBytes),
+    e.lastUsed.toISOString().slice(0, 16).replace('T', ' '),
+  ]);
   const head = ['KEY', 'PIPELINE', 'TAKEN AT', 'ON DISK', 'LAST USED'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  return [head, ...rows].map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+  return [head, ...rows]
+    .map((r) =>
+      r
+        .map((cell, i) => cell.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 export async function cacheCommand(argv: string[]): Promise<number> {
@@ -38,11 +49,17 @@ export async function cacheCommand(argv: string[]): Promise<number> {
   if (action === 'ls') {
     const entries = store.list();
     const total = entries.reduce((sum, e) => sum + e.diskBytes, 0);
-    process.stdout.write(entries.length ? `${table(entries)}\n${entries.length} snapshot${entries.length > 1 ? 's' : ''}, ${formatBytes(total)} in ${store.dir}\n` : `no snapshots in ${store.dir}\n`);
+    process.stdout.write(
+      entries.length
+        ? `${table(entries)}\n${entries.length} snapshot${entries.length > 1 ? 's' : ''}, ${formatBytes(total)} in ${store.dir}\n`
+        : `no snapshots in ${store.dir}\n`,
+    );
     return 0;
   }
   const removed = await store.locked(async () => store.prune(values.all ? 0 : config['cache-size']));
   const freed = removed.reduce((sum, e) => sum + e.diskBytes, 0);
-  process.stdout.write(`removed ${removed.length} snapshot${removed.length === 1 ? '' : 's'} (${formatBytes(freed)}); ${store.list().length} left in ${store.dir}\n`);
+  process.stdout.write(
+    `removed ${removed.length} snapshot${removed.length === 1 ? '' : 's'} (${formatBytes(freed)}); ${store.list().length} left in ${store.dir}\n`,
+  );
   return 0;
 }

@@ -1,8 +1,8 @@
-import {   existsSync, readFileSync, statfsSync } from 'node:fs';
+import { existsSync, readFileSync, statfsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { findOnPath } from '../engine/exec.ts';
 import { formatBytes } from '../engine/options.ts';
 import { leftovers, undoCommands } from '../engine/work-dir.ts';
-import { findOnPath } from '../engine/exec.ts';
 
 export interface Check {
   name: string;
@@ -33,7 +33,7 @@ export const HOST_TOOLS: ReadonlyArray<{ command: string; apt: string; use: stri
   { command: 'qemu-aarch64-static', apt: 'qemu-user-static', use: 'running arm64 code in the image' },
   { command: 'qemu-arm-static', apt: 'qemu-user-static', use: 'running armhf code in the image' },
   { command: 'git', apt: 'git', use: 'cloning the PiSeduce sources' },
-  { command: 'busybox', apt: 'busybox-static', use: "unpacking packages natively in the image (else under emulation, slower)", optional: true },
+  { command: 'busybox', apt: 'busybox-static', use: 'unpacking packages natively in the image (else under emulation, slower)', optional: true },
   { command: 'mmdebstrap', apt: 'mmdebstrap', use: 'building test fixtures', optional: true },
   { command: 'qemu-system-aarch64', apt: 'qemu-system-arm', use: 'build-image verify: booting arm64 images', optional: true },
   { command: 'qemu-system-arm', apt: 'qemu-system-arm', use: 'build-image verify: booting armhf images', optional: true },
@@ -48,17 +48,32 @@ export const HOST_TOOLS: ReadonlyArray<{ command: string; apt: string; use: stri
 function binfmtCheck(name: string, handler: string): Check {
   const file = `/proc/sys/fs/binfmt_misc/${handler}`;
   if (!existsSync('/proc/sys/fs/binfmt_misc/status')) {
-    return { name, ok: false, detail: 'binfmt_misc is not mounted', fix: 'mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc (build-image does this itself when run as root)' };
+    return {
+      name,
+      ok: false,
+      detail: 'binfmt_misc is not mounted',
+      fix: 'mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc (build-image does this itself when run as root)',
+    };
   }
   if (!existsSync(file)) {
-    return { name, ok: false, detail: `no ${handler} handler registered`, fix: 'apt-get install qemu-user-static binfmt-support && update-binfmts --enable (build-image registers it itself when run as root)' };
+    return {
+      name,
+      ok: false,
+      detail: `no ${handler} handler registered`,
+      fix: 'apt-get install qemu-user-static binfmt-support && update-binfmts --enable (build-image registers it itself when run as root)',
+    };
   }
   const text = readFileSync(file, 'utf8');
   const flags = /^flags: *(\S*)/m.exec(text)?.[1] ?? '';
   const interpreter = /^interpreter (\S+)/m.exec(text)?.[1] ?? '?';
   if (!/^enabled/m.test(text)) return { name, ok: false, detail: `${handler} is registered but disabled`, fix: `echo 1 > ${file}` };
   if (!flags.includes('F')) {
-    return { name, ok: false, detail: `${interpreter} is registered without the F flag (flags: ${flags || 'none'})`, fix: `echo -1 > ${file}; then let build-image register it with the F flag` };
+    return {
+      name,
+      ok: false,
+      detail: `${interpreter} is registered without the F flag (flags: ${flags || 'none'})`,
+      fix: `echo -1 > ${file}; then let build-image register it with the F flag`,
+    };
   }
   return { name, ok: true, detail: `${interpreter} (flags ${flags})` };
 }
@@ -73,35 +88,69 @@ function nearestExisting(path: string): string {
 export function runChecks(workDir: string, minFreeBytes = 8 * 2 ** 30): Check[] {
   const checks: Check[] = [];
   const uid = process.getuid?.() ?? -1;
-  checks.push(uid === 0
-    ? { name: 'root', ok: true, detail: 'running as root' }
-    : { name: 'root', ok: false, detail: `running as uid ${uid}; loop devices and mounts need root`, fix: 'run with sudo' });
+  checks.push(
+    uid === 0
+      ? { name: 'root', ok: true, detail: 'running as root' }
+      : { name: 'root', ok: false, detail: `running as uid ${uid}; loop devices and mounts need root`, fix: 'run with sudo' },
+  );
   const [major, minor] = process.versions.node.split('.').map(Number) as [number, number];
-  checks.push(major > 22 || (major === 22 && minor >= 18)
-    ? { name: 'node', ok: true, detail: `v${process.versions.node}` }
-    : { name: 'node', ok: false, detail: `v${process.versions.node} is older than 22.18`, fix: 'bash .ci/setup-host (installs Node 24 from the npm registry)' });
-  checks.push(existsSync('/dev/loop-control')
-    ? { name: 'loop devices', ok: true, detail: '/dev/loop-control present (partitions are attached by offset, no -P needed)' }
-    : { name: 'loop devices', ok: false, detail: '/dev/loop-control is missing', fix: 'modprobe loop (in a container: run it with --privileged or pass /dev/loop*)' });
+  checks.push(
+    major > 22 || (major === 22 && minor >= 18)
+      ? { name: 'node', ok: true, detail: `v${process.versions.node}` }
+      : {
+          name: 'node',
+          ok: false,
+          detail: `v${process.versions.node} is older than 22.18`,
+          fix: 'bash .ci/setup-host (installs Node 24 from the npm registry)',
+        },
+  );
+  checks.push(
+    existsSync('/dev/loop-control')
+      ? { name: 'loop devices', ok: true, detail: '/dev/loop-control present (partitions are attached by offset, no -P needed)' }
+      : {
+          name: 'loop devices',
+          ok: false,
+          detail: '/dev/loop-control is missing',
+          fix: 'modprobe loop (in a container: run it with --privileged or pass /dev/loop*)',
+        },
+  );
   checks.push(binfmtCheck('binfmt arm64', 'qemu-aarch64'));
   checks.push(binfmtCheck('binfmt armhf', 'qemu-arm'));
   for (const tool of HOST_TOOLS) {
     const path = findOnPath(tool.command);
-    checks.push(path
-      ? { name: tool.command, ok: true, detail: path }
-      : { name: tool.command, ok: false, warning: tool.optional, detail: `not found (needed for ${tool.use})`, fix: `apt-get install ${tool.apt}` });
+    checks.push(
+      path
+        ? { name: tool.command, ok: true, detail: path }
+        : { name: tool.command, ok: false, warning: tool.optional, detail: `not found (needed for ${tool.use})`, fix: `apt-get install ${tool.apt}` },
+    );
   }
   const dir = nearestExisting(workDir);
   const stats = statfsSync(dir);
   const free = stats.bavail * stats.bsize;
-  checks.push(free >= minFreeBytes
-    ? { name: 'disk', ok: true, detail: `${formatBytes(free)} free in ${dir}` }
-    : { name: 'disk', ok: false, warning: true, detail: `${formatBytes(free)} free in ${dir}, a pimaster build wants ${formatBytes(minFreeBytes)}`, fix: 'free some space or pass --work DIR on a larger disk' });
+  checks.push(
+    free >= minFreeBytes
+      ? { name: 'disk', ok: true, detail: `${formatBytes(free)} free in ${dir}` }
+      : {
+          name: 'disk',
+          ok: false,
+          warning: true,
+          detail: `${formatBytes(free)} free in ${dir}, a pimaster build wants ${formatBytes(minFreeBytes)}`,
+          fix: 'free some space or pass --work DIR on a larger disk',
+        },
+  );
   const left = leftovers(workDir);
   const count = left.mounts.length + left.loops.length;
-  checks.push(count === 0
-    ? { name: 'work dir', ok: true, detail: `nothing mounted or attached under ${workDir} by a killed build` }
-    : { name: 'work dir', ok: false, warning: true, detail: `${left.mounts.length} mounts and ${left.loops.length} loop devices under ${workDir} left by a killed build (the next build there undoes them first)`, fix: undoCommands(left).join('; ') });
+  checks.push(
+    count === 0
+      ? { name: 'work dir', ok: true, detail: `nothing mounted or attached under ${workDir} by a killed build` }
+      : {
+          name: 'work dir',
+          ok: false,
+          warning: true,
+          detail: `${left.mounts.length} mounts and ${left.loops.length} loop devices under ${workDir} left by a killed build (the next build there undoes them first)`,
+          fix: undoCommands(left).join('; '),
+        },
+  );
   return checks;
 }
 

@@ -1,13 +1,13 @@
 /** `build-image flash IMAGE DEVICE [options]`: its flags, their checks, and its report. */
 import { existsSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
-import { formatBytes } from '../engine/options.ts';
 import { ConfigError } from '../engine/errors.ts';
+import { formatBytes } from '../engine/options.ts';
 import { timingTable } from '../engine/runner.ts';
-import { parseTool, runTool, toolUsage, type ToolFlag } from './tool-command.ts';
 import { bmapBeside } from '../lib/image/bmap.ts';
 import { flashPipeline } from '../pipelines/flash.ts';
 import { FIRST_BOOT_FLAGS, firstBootSettings } from '../settings/first-boot.ts';
+import { parseTool, runTool, type ToolFlag, toolUsage } from './tool-command.ts';
 
 const FLAGS = {
   force: { type: 'boolean', help: 'write a disk that is not removable (never the system disk, a mounted one, or a too small one)' },
@@ -50,7 +50,8 @@ export async function flashCommand(argv: string[]): Promise<number> {
   process.stdout.write(
     `${device}: wrote ${formatBytes(f.deviceBytes!)} of the ${formatBytes(f.bytes!)} image${bmap ? ` (only what ${basename(bmap)} maps)` : ''}; read back ${formatBytes(f.verified!)} and it matches\n`,
   );
-  if (f.settings) process.stdout.write(`${device}: first-boot settings (init_format ${f.settings.format}) in ${f.settings.files.join(', ')} on its boot partition\n`);
+  if (f.settings)
+    process.stdout.write(`${device}: first-boot settings (init_format ${f.settings.format}) in ${f.settings.files.join(', ')} on its boot partition\n`);
   if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);
   return 0;
 }

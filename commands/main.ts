@@ -1,20 +1,20 @@
 import { existsSync } from 'node:fs';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { formatValue, readConfigFile, resolveOptions } from '../engine/options.ts';
-import { formatChecks, runChecks } from './doctor.ts';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { ConfigError, UserError } from '../engine/errors.ts';
-import { customize, optionsOf, type CustomizeConfig } from '../pipelines/customize.ts';
-import { pimasterConfigSchema as schema, type PimasterConfig } from '../pipelines/pimaster/options.ts';
-import { pimaster } from '../pipelines/pimaster/pipeline.ts';
+import { formatValue, readConfigFile, resolveOptions } from '../engine/options.ts';
 import { pickReporter } from '../engine/report.ts';
 import { checkSettings, runPipeline, selectStages, timingTable } from '../engine/runner.ts';
 import type { Pipeline } from '../engine/stage.ts';
+import { version } from '../engine/version.ts';
+import { writeImagerList } from '../lib/publish/os-list-json.ts';
+import { type CustomizeConfig, customize, optionsOf } from '../pipelines/customize.ts';
+import { type PimasterConfig, pimasterConfigSchema as schema } from '../pipelines/pimaster/options.ts';
+import { pimaster } from '../pipelines/pimaster/pipeline.ts';
+import { cacheCommand, cacheUsage } from './cache.ts';
+import { formatChecks, runChecks } from './doctor.ts';
+import { flashCommand, flashUsage } from './flash.ts';
 import { flagRows } from './tool-command.ts';
 import { verifyCommand, verifyUsage } from './verify.ts';
-import { flashCommand, flashUsage } from './flash.ts';
-import { writeImagerList } from '../lib/publish/os-list-json.ts';
-import { cacheCommand, cacheUsage } from './cache.ts';
-import { version } from '../engine/version.ts';
 
 /** The commands that build an image: `build` (the pimaster, the default) and `customize`. */
 const PIPELINES = { build: pimaster, customize } as const;
@@ -60,7 +60,14 @@ function usage(command: PipelineCommand | undefined): string {
     keys.map((key) => {
       const spec = schema[key];
       const d = key in defaults ? defaults[key] : typeof spec.default === 'function' ? (spec.default as () => unknown)() : spec.default;
-      return [key, { help: spec.help, placeholder: `${spec.placeholder ?? ''}${spec.kind === 'list' ? ' ...' : ''}`.trim(), default: spec.kind === 'switch' ? undefined : formatValue(spec, d) }];
+      return [
+        key,
+        {
+          help: spec.help,
+          placeholder: `${spec.placeholder ?? ''}${spec.kind === 'list' ? ' ...' : ''}`.trim(),
+          default: spec.kind === 'switch' ? undefined : formatValue(spec, d),
+        },
+      ];
     }),
   );
   return [
@@ -104,7 +111,9 @@ function parse(argv: string[], keys: readonly ConfigKey[], command: string): { v
       throw new ConfigError(`${option}: ${known ? `not an option of \`${command}\`` : 'unknown option'} (see build-image --help ${command})`);
     }
     if ((error as { code?: string }).code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
-      throw new ConfigError(`${option ?? 'option'}: ${/argument missing/.test(message) ? 'needs a value' : 'takes no value'} (see build-image --help ${command})`);
+      throw new ConfigError(
+        `${option ?? 'option'}: ${/argument missing/.test(message) ? 'needs a value' : 'takes no value'} (see build-image --help ${command})`,
+      );
     }
     throw new ConfigError(message);
   }
@@ -128,7 +137,8 @@ function osList(argv: string[]): number {
     throw new ConfigError(`${(error as Error).message.split('\n')[0]} (usage: build-image os-list DIR [--release-url URL])`);
   }
   const { values, positionals } = parsed;
-  if (positionals.length !== 1 || !existsSync(positionals[0]!)) throw new ConfigError('os-list takes the output directory of builds: build-image os-list DIR [--release-url URL]');
+  if (positionals.length !== 1 || !existsSync(positionals[0]!))
+    throw new ConfigError('os-list takes the output directory of builds: build-image os-list DIR [--release-url URL]');
   const config = resolveOptions(schema, ['release-url'], { flags: { 'release-url': values['release-url'] } }, 'os-list');
   const file = writeImagerList(positionals[0]!, config['release-url']);
   if (!file) throw new UserError(`${positionals[0]} holds no image Raspberry Pi Imager can download (build with --compress xz)`);
@@ -171,9 +181,12 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${version}\n`);
     return 0;
   }
-  if (positionals.length > 0) throw new ConfigError(`${JSON.stringify(positionals[0])}: unknown command (commands: ${Object.keys(PIPELINES).join(', ')}, doctor)`);
+  if (positionals.length > 0)
+    throw new ConfigError(`${JSON.stringify(positionals[0])}: unknown command (commands: ${Object.keys(PIPELINES).join(', ')}, doctor)`);
   const flags = Object.fromEntries(keys.filter((k) => values[k] !== undefined).map((k) => [k, values[k]]));
-  const config = resolveOptions(schema, keys, { file: typeof values.config === 'string' ? readConfigFile(values.config) : undefined, flags }, command, { ...pipeline.defaults });
+  const config = resolveOptions(schema, keys, { file: typeof values.config === 'string' ? readConfigFile(values.config) : undefined, flags }, command, {
+    ...pipeline.defaults,
+  });
   const range = { from: values.from as string | undefined, until: values.until as string | undefined };
   const stages = selectStages(pipeline, range);
   if (values.plan) {

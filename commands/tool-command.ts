@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../engine/errors.ts';
-import { engineSchema, resolveOptions, type EngineOptions } from '../engine/options.ts';
+import { type EngineOptions, engineSchema, resolveOptions } from '../engine/options.ts';
 import { pickReporter } from '../engine/report.ts';
 import { runPipeline, type Timing } from '../engine/runner.ts';
 import type { BuildState, Pipeline } from '../engine/stage.ts';
@@ -45,11 +45,21 @@ export function toolUsage(synopsis: readonly string[], flags: Record<string, Too
 export type ToolValues = Record<string, string | boolean | string[] | undefined>;
 
 /** The flags and positionals, or undefined once --help has been answered. */
-export function parseTool(argv: string[], command: string, flags: Record<string, ToolFlag>, usage: () => string): { values: ToolValues; positionals: string[] } | undefined {
+export function parseTool(
+  argv: string[],
+  command: string,
+  flags: Record<string, ToolFlag>,
+  usage: () => string,
+): { values: ToolValues; positionals: string[] } | undefined {
   const all: Record<string, ToolFlag> = { ...flags, ...TOOL_FLAGS };
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, options: Object.fromEntries(Object.entries(all).map(([k, f]) => [k, { type: f.type, multiple: f.multiple ?? false }])), allowPositionals: true, strict: true });
+    parsed = parseArgs({
+      args: argv,
+      options: Object.fromEntries(Object.entries(all).map(([k, f]) => [k, { type: f.type, multiple: f.multiple ?? false }])),
+      allowPositionals: true,
+      strict: true,
+    });
   } catch (error) {
     throw new ConfigError(`${(error as Error).message.split('\n')[0]} (see build-image --help ${command})`);
   }
@@ -62,7 +72,12 @@ export function parseTool(argv: string[], command: string, flags: Record<string,
 
 /** Run the command's pipeline in `<work>/<command>`. */
 export async function runTool(pipeline: Pipeline, values: ToolValues): Promise<{ state: BuildState; timings: Timing[]; config: EngineOptions }> {
-  const config = resolveOptions(engineSchema, [], { flags: { work: values.work, cache: values.cache, verbose: values.verbose, quiet: values.quiet } }, pipeline.name);
+  const config = resolveOptions(
+    engineSchema,
+    [],
+    { flags: { work: values.work, cache: values.cache, verbose: values.verbose, quiet: values.quiet } },
+    pipeline.name,
+  );
   const { state, timings } = await runPipeline(pipeline, { ...config, work: join(config.work, pipeline.name) }, {}, pickReporter(config));
   return { state, timings, config };
 }

@@ -2,11 +2,11 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ConfigError } from '../engine/errors.ts';
+import { engineSchema } from '../engine/options.ts';
 import { timingTable } from '../engine/runner.ts';
-import { parseTool, runTool, toolUsage, type ToolFlag } from './tool-command.ts';
 import { formatResults, readChecksFile } from '../lib/qemu/checks.ts';
 import { verifyPipeline } from '../pipelines/verify.ts';
-import { engineSchema } from '../engine/options.ts';
+import { parseTool, runTool, type ToolFlag, toolUsage } from './tool-command.ts';
 
 const FLAGS = {
   'ssh-key': { type: 'string', placeholder: 'FILE', help: 'the private key that logs in to the image (required)' },
@@ -16,7 +16,12 @@ const FLAGS = {
   node: { type: 'boolean', help: 'a pimaster (arm64): also boot a cluster node from it over the network (DHCP, TFTP, NFS root) and check it' },
   timeout: { type: 'string', placeholder: 'SECONDS', help: 'how long to wait for SSH after QEMU starts', default: '600' },
   memory: { type: 'string', placeholder: 'MIB', help: "the guest's memory", default: '2048' },
-  'debian-mirror': { type: 'string', placeholder: 'URL', help: "the Debian mirror of the kernel booted when the image's own cannot boot under QEMU", default: 'http://deb.debian.org/debian' },
+  'debian-mirror': {
+    type: 'string',
+    placeholder: 'URL',
+    help: "the Debian mirror of the kernel booted when the image's own cannot boot under QEMU",
+    default: 'http://deb.debian.org/debian',
+  },
   cache: { type: 'string', placeholder: 'DIR', help: 'cache directory (Debian kernels)', default: engineSchema.cache.default as () => string },
 } as const satisfies Record<string, ToolFlag>;
 
@@ -45,7 +50,8 @@ export async function verifyCommand(argv: string[]): Promise<number> {
   const checksFile = typeof values.checks === 'string' ? resolve(values.checks) : undefined;
   const number = (name: 'timeout' | 'memory', min: number) => {
     const raw = String(values[name] ?? FLAGS[name].default);
-    if (!/^\d+$/.test(raw) || Number(raw) < min) throw new ConfigError(`--${name} ${raw}: expected a whole number of ${name === 'timeout' ? 'seconds' : 'MiB'}, at least ${min}`);
+    if (!/^\d+$/.test(raw) || Number(raw) < min)
+      throw new ConfigError(`--${name} ${raw}: expected a whole number of ${name === 'timeout' ? 'seconds' : 'MiB'}, at least ${min}`);
     return Number(raw);
   };
   const pipeline = verifyPipeline({
@@ -65,7 +71,9 @@ export async function verifyCommand(argv: string[]): Promise<number> {
   const results = v.results ?? [];
   const failed = results.filter((r) => !r.ok).length;
   process.stdout.write(`${formatResults(results)}\n`);
-  process.stdout.write(`${results.length - failed} of ${results.length} checks passed; SSH answered ${v.bootSeconds} s after QEMU started${(v.boots ?? 1) > 1 ? ` (boot ${v.boots}: the guest rebooted itself before)` : ''}; kernel: ${v.kernel.source}\n`);
+  process.stdout.write(
+    `${results.length - failed} of ${results.length} checks passed; SSH answered ${v.bootSeconds} s after QEMU started${(v.boots ?? 1) > 1 ? ` (boot ${v.boots}: the guest rebooted itself before)` : ''}; kernel: ${v.kernel.source}\n`,
+  );
   if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);
   return failed ? 1 : 0;
 }

@@ -49,10 +49,12 @@ export class CommandError extends Error {
 export function describeError(error: unknown, verbose = false): string {
   if (error instanceof CommandError) {
     const noSpace = error.tail.some((l) => /No space left on device|ENOSPC/i.test(l));
-    if (noSpace) return `error: no space left on device during stage ${error.stage}: free some space or use --work DIR on a larger disk (log: ${error.logFile})`;
+    if (noSpace)
+      return `error: no space left on device during stage ${error.stage}: free some space or use --work DIR on a larger disk (log: ${error.logFile})`;
     return [`error: ${error.message}`, ...error.tail.map((l) => `  | ${l}`), error.logFile ? `  log: ${error.logFile}` : ''].filter(Boolean).join('\n');
   }
-  if ((error as NodeJS.ErrnoException)?.code === 'ENOSPC') return `error: no space left on device (${(error as Error).message}): free some space or use --work DIR on a larger disk`;
+  if ((error as NodeJS.ErrnoException)?.code === 'ENOSPC')
+    return `error: no space left on device (${(error as Error).message}): free some space or use --work DIR on a larger disk`;
   if (error instanceof UserError) return `error: ${error.message}`;
   const e = error as Error;
   return verbose && e?.stack ? `error: ${e.stack}` : `error: ${e?.message ?? String(error)}`;

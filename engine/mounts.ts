@@ -31,13 +31,23 @@ const inside = (dir: string, path: string) => path === dir || path.startsWith(`$
 
 /** Mount points at or under `dir` (a real path), deepest first: the order they come off in. */
 export function mountsUnder(dir: string): string[] {
-  return [...new Set(currentMounts().map((m) => m.target).filter((target) => inside(dir, target)))].sort((a, b) => b.length - a.length);
+  return [
+    ...new Set(
+      currentMounts()
+        .map((m) => m.target)
+        .filter((target) => inside(dir, target)),
+    ),
+  ].sort((a, b) => b.length - a.length);
 }
 
 /** The file a loop device (/dev/loopN) reads, or '' when it is free. */
 export function backingFile(device: string): string {
   const file = join('/sys/block', basename(device), 'loop/backing_file');
-  return existsSync(file) ? readFileSync(file, 'utf8').trim().replace(/ \(deleted\)$/, '') : '';
+  return existsSync(file)
+    ? readFileSync(file, 'utf8')
+        .trim()
+        .replace(/ \(deleted\)$/, '')
+    : '';
 }
 
 /** Loop devices whose backing file is under `dir` (a real path). */

@@ -145,14 +145,16 @@ export function imageInputs<T extends object>(schema: Schema<T>, options: T): Pa
 /** Every option at its default. */
 export function optionDefaults<T>(schema: Schema<T>): T {
   return Object.fromEntries(
-    Object.entries(schema as Record<string, Spec<unknown>>).map(([key, spec]) => [key, typeof spec.default === 'function' ? (spec.default as () => unknown)() : spec.default]),
+    Object.entries(schema as Record<string, Spec<unknown>>).map(([key, spec]) => [
+      key,
+      typeof spec.default === 'function' ? (spec.default as () => unknown)() : spec.default,
+    ]),
   ) as T;
 }
 
 /** Validate one raw value (a string from the command line, or a JSON value from the file). */
 function convert(spec: Spec<unknown>, raw: unknown, source: string): unknown {
-  const bad = (allowed: string, value: unknown = raw) =>
-    new ConfigError(`${source} ${JSON.stringify(value)} is invalid: expected ${allowed}`);
+  const bad = (allowed: string, value: unknown = raw) => new ConfigError(`${source} ${JSON.stringify(value)} is invalid: expected ${allowed}`);
   if (spec.kind === 'switch') {
     if (typeof raw === 'boolean') return raw;
     throw bad('true or false');

@@ -42,7 +42,10 @@ export class LineReporter implements Reporter {
       this.info(`${stage.name}: started`);
       let note: string | undefined;
       try {
-        note = await body(stage, throttle(10_000, (text) => this.info(`${stage.name}: ${text}`)));
+        note = await body(
+          stage,
+          throttle(10_000, (text) => this.info(`${stage.name}: ${text}`)),
+        );
       } catch (error) {
         this.info(`${stage.name}: failed after ${((performance.now() - started) / 1000).toFixed(1)} s`);
         throw error;
@@ -71,7 +74,10 @@ export class ListrReporter implements Reporter {
         title: stage.name,
         task: async (_ctx: unknown, task: { output: string; title: string }) => {
           const started = performance.now();
-          const note = await body(stage, throttle(200, (text) => (task.output = text)));
+          const note = await body(
+            stage,
+            throttle(200, (text) => (task.output = text)),
+          );
           task.title = `${stage.name} (${((performance.now() - started) / 1000).toFixed(1)} s${note ? `, ${note}` : ''})`;
         },
       })),

@@ -1,13 +1,13 @@
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CleanupStack, type Outcome } from './cleanup.ts';
-import { CommandRunner } from './exec.ts';
-import type { EngineOptions } from './options.ts';
 import { ConfigError, InterruptedError, UserError } from './errors.ts';
+import { CommandRunner } from './exec.ts';
 import { BuildLog } from './log.ts';
+import type { EngineOptions } from './options.ts';
 import type { Reporter } from './report.ts';
-import { chainKeys, StageCache, toolkitVersion, type Checkpoint } from './stage-cache.ts';
-import { Resources, type BuildContext, type BuildState, type Pipeline, type Stage } from './stage.ts';
+import { type BuildContext, type BuildState, type Pipeline, Resources, type Stage } from './stage.ts';
+import { type Checkpoint, chainKeys, StageCache, toolkitVersion } from './stage-cache.ts';
 import { claimWorkDir } from './work-dir.ts';
 
 export interface Range {
@@ -134,8 +134,9 @@ class CacheSession<C extends EngineOptions> {
     ctx.status(`saving a snapshot for the stage cache (${checkpoint.label})`);
     try {
       const { timings: _, ...state } = ctx.state;
-      const entry = await this.#store.save({ key: checkpoint.key, pipeline: this.pipeline.name, label: `${checkpoint.stage}: ${checkpoint.label}`, state }, (dir) =>
-        this.pipeline.snapshots.save(ctx, dir),
+      const entry = await this.#store.save(
+        { key: checkpoint.key, pipeline: this.pipeline.name, label: `${checkpoint.stage}: ${checkpoint.label}`, state },
+        (dir) => this.pipeline.snapshots.save(ctx, dir),
       );
       ctx.log.line(`stage cache: saved ${entry.dir} (${checkpoint.stage}: ${checkpoint.label}, ${entry.diskBytes} bytes on disk)`);
       const removed = await this.#store.locked(async () => this.#store.prune(this.config['cache-size'], checkpoint.key), ctx.signal);
@@ -182,7 +183,13 @@ export interface BuildResult {
  * clean-up stack is unwound completely before this returns or throws; a second signal during the
  * unwinding is acknowledged and ignored so the stack is never left half undone.
  */
-export async function runPipeline<C extends EngineOptions>(pipeline: Pipeline<C>, config: C, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
+export async function runPipeline<C extends EngineOptions>(
+  pipeline: Pipeline<C>,
+  config: C,
+  range: Range,
+  reporter: Reporter,
+  initialState?: BuildState,
+): Promise<BuildResult> {
   const stages = selectStages(pipeline, range);
   await checkSettings(stages, config);
   const release = await claimWorkDir(config.work, (line) => reporter.info(line));
@@ -198,7 +205,14 @@ export async function checkSettings<C extends EngineOptions>(stages: readonly St
   for (const stage of stages) await stage.check?.(config);
 }
 
-async function runStagesIn<C extends EngineOptions>(pipeline: Pipeline<C>, stages: Stage<C>[], config: C, range: Range, reporter: Reporter, initialState?: BuildState): Promise<BuildResult> {
+async function runStagesIn<C extends EngineOptions>(
+  pipeline: Pipeline<C>,
+  stages: Stage<C>[],
+  config: C,
+  range: Range,
+  reporter: Reporter,
+  initialState?: BuildState,
+): Promise<BuildResult> {
   const resuming = range.from !== undefined && range.from !== pipeline.stages[0]!.name;
   const state = initialState ?? loadState(config.work, resuming, range.from ?? '');
   const log = new BuildLog(join(config.work, 'logs'), config.verbose ? (text) => process.stderr.write(text) : undefined);
@@ -265,7 +279,9 @@ async function runStagesIn<C extends EngineOptions>(pipeline: Pipeline<C>, stage
       const done = () => {
         const seconds = (performance.now() - started) / 1000;
         timings.push({ stage: stage.name, seconds, commandSeconds: (commands.commandMs - commandsBefore) / 1000, note });
-        log.line(`stage ${stage.name}: ${seconds.toFixed(1)} s${note ? ` (${note})` : ''}; peak RSS so far ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
+        log.line(
+          `stage ${stage.name}: ${seconds.toFixed(1)} s${note ? ` (${note})` : ''}; peak RSS so far ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`,
+        );
         ctx.state.timings = { ...ctx.state.timings, [stage.name]: Math.round(seconds * 10) / 10 };
         saveState(config.work, ctx.state);
         return note;

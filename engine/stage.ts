@@ -1,7 +1,7 @@
 import type { CleanupStack, Outcome } from './cleanup.ts';
 import type { CommandRunner, RunOptions, RunResult } from './exec.ts';
-import type { EngineOptions, Schema } from './options.ts';
 import type { BuildLog } from './log.ts';
+import type { EngineOptions, Schema } from './options.ts';
 import type { SnapshotEntry } from './stage-cache.ts';
 
 /**

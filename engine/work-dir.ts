@@ -75,7 +75,9 @@ export async function claimWorkDir(work: string, note: (line: string) => void): 
     if (!statSync(target).isDirectory()) throw new ConfigError(`--work ${work}: not a directory; pass a new or empty directory`);
     if (!existsSync(join(target, MARKER))) {
       if (readdirSync(target).length > 0) {
-        throw new ConfigError(`--work ${work}: holds files build-image did not make (no ${MARKER}); pass a new or empty directory, the build deletes what it makes there`);
+        throw new ConfigError(
+          `--work ${work}: holds files build-image did not make (no ${MARKER}); pass a new or empty directory, the build deletes what it makes there`,
+        );
       }
       writeFileSync(join(target, MARKER), '');
     }
@@ -129,6 +131,8 @@ async function undoLeftovers(work: string, pid: number | undefined, note: (line:
   for (const target of mounts) await execa('umount', [target]);
   for (const device of loops) await execa('losetup', ['--detach', device]);
   if (mounts.length + loops.length > 0) {
-    note(`--work ${work}: undid ${mounts.length} mount${mounts.length === 1 ? '' : 's'} and ${loops.length} loop device${loops.length === 1 ? '' : 's'} left by a build that was killed${pid ? ` (pid ${pid})` : ''}`);
+    note(
+      `--work ${work}: undid ${mounts.length} mount${mounts.length === 1 ? '' : 's'} and ${loops.length} loop device${loops.length === 1 ? '' : 's'} left by a build that was killed${pid ? ` (pid ${pid})` : ''}`,
+    );
   }
 }

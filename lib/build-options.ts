@@ -1,4 +1,4 @@
-import { engineSchema, oneOf, parseSize, type EngineOptions, type Schema } from '../engine/options.ts';
+import { type EngineOptions, engineSchema, oneOf, parseSize, type Schema } from '../engine/options.ts';
 
 /** The options the image-building stages read: the base image, the room, overlays, scripts, outputs. */
 export interface BuildOptions {
@@ -110,7 +110,7 @@ export const buildSchema: Schema<BuildOptions> = {
   script: {
     kind: 'list',
     placeholder: 'FILE',
-    help: 'a shell script to run inside the image (bash -e, under qemu-user), after the pipeline\'s own (repeatable)',
+    help: "a shell script to run inside the image (bash -e, under qemu-user), after the pipeline's own (repeatable)",
     default: () => [],
     hostPath: true,
   },

@@ -1,8 +1,8 @@
 import { CACHE_KEYS, COMMON_KEYS } from '../engine/options.ts';
 import type { Pipeline, Stage } from '../engine/stage.ts';
-import { buildConfigSchema, type BuildConfig } from '../lib/build-options.ts';
+import { type BuildConfig, buildConfigSchema } from '../lib/build-options.ts';
 import { imageSnapshots } from '../lib/image/snapshot.ts';
-import { settingsSchema, type PiSettings } from '../settings/options.ts';
+import { type PiSettings, settingsSchema } from '../settings/options.ts';
 import { attachStage } from '../stages/attach.ts';
 import { chrootStage } from '../stages/chroot.ts';
 import { compressStage } from '../stages/compress.ts';

@@ -14,19 +14,18 @@ import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { UserError } from '../engine/errors.ts';
+import { engineSchema } from '../engine/options.ts';
 import { Progress } from '../engine/progress.ts';
 import type { BuildContext, Pipeline, Stage } from '../engine/stage.ts';
+import { DeviceWriter, type Written } from '../lib/card/device-writer.ts';
+import { inspectTarget, openExclusive, refusals } from '../lib/card/target.ts';
+import { decodeImage, imageFormat } from '../lib/codec/decode.ts';
+import { type Bmap, imageStem, readBmap } from '../lib/image/bmap.ts';
 import { bootFileNames, readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { bootMountOf } from '../lib/image/system.ts';
-import { cloudInitSeed, cmdlineArguments, firstrunScript, newInstanceId, type InitFormat } from '../settings/first-boot.ts';
+import { cloudInitSeed, cmdlineArguments, firstrunScript, type InitFormat, newInstanceId } from '../settings/first-boot.ts';
 import type { Settings } from '../settings/model.ts';
-import { imageStem, readBmap, type Bmap } from '../lib/image/bmap.ts';
-import { DeviceWriter, type Written } from '../lib/card/device-writer.ts';
-import { inspectTarget, openExclusive, refusals } from '../lib/card/target.ts';
-import { decodeImage } from '../lib/codec/decode.ts';
-import { imageFormat } from '../lib/codec/decode.ts';
-import { engineSchema } from '../engine/options.ts';
 
 export interface FlashOptions {
   image: string;
@@ -51,7 +50,10 @@ async function knownSize(ctx: BuildContext, image: string, bmap: Bmap | undefine
   if (format === 'raw') return (await stat(image)).size;
   if (format === 'xz') {
     const { stdout } = await ctx.run('xz', ['--robot', '--list', image], { reject: false });
-    const totals = stdout.split('\n').find((l) => l.startsWith('totals\t'))?.split('\t');
+    const totals = stdout
+      .split('\n')
+      .find((l) => l.startsWith('totals\t'))
+      ?.split('\t');
     return totals ? Number(totals[4]) : undefined;
   }
   return undefined; // found out while writing: a write past the end fails
@@ -67,7 +69,9 @@ const checkStage = (opts: FlashOptions, bmap: Bmap | undefined): Stage => ({
     const reasons = refusals(disk, size, opts.force);
     if (reasons.length) throw new UserError(reasons[0]!);
     await (await openExclusive(opts.device)).close(); // what the checks above cannot see (ZFS, another program)
-    ctx.log.line(`${disk.path}: /sys/block/${disk.name}, ${disk.size} bytes, ${disk.removable ? 'removable' : 'not removable (--force)'}; image ${size ?? 'size unknown until decoded'}`);
+    ctx.log.line(
+      `${disk.path}: /sys/block/${disk.name}, ${disk.size} bytes, ${disk.removable ? 'removable' : 'not removable (--force)'}; image ${size ?? 'size unknown until decoded'}`,
+    );
   },
 });
 
@@ -90,7 +94,8 @@ const writeStage = (opts: FlashOptions, bmap: Bmap | undefined): Stage => ({
     try {
       await decodeImage(ctx, opts.image, format, writer, zipCrc, { name, again: 'get it again', target: opts.device });
     } catch (error) {
-      if (writer.mismatch) throw new UserError(`${name}: ${writer.mismatch}: the image or its .bmap is damaged (the device now holds part of it): get them again`);
+      if (writer.mismatch)
+        throw new UserError(`${name}: ${writer.mismatch}: the image or its .bmap is damaged (the device now holds part of it): get them again`);
       throw error;
     } finally {
       await device.close();
@@ -121,7 +126,9 @@ const readBackStage = (opts: FlashOptions): Stage => ({
         progress.add((chunk as Buffer).length);
       }
       if (hash.digest('hex') !== range.sha256) {
-        throw new UserError(`${opts.device} reads back different bytes at ${range.start}-${range.end - 1} than were written: the card may be failing or fake; try another`);
+        throw new UserError(
+          `${opts.device} reads back different bytes at ${range.start}-${range.end - 1} than were written: the card may be failing or fake; try another`,
+        );
       }
       verified += range.end - range.start;
     }
@@ -158,7 +165,8 @@ const settingsStage = (opts: FlashOptions, settings: Settings): Stage => ({
     for (const [name, content] of Object.entries(written)) await writeBootFile(ctx, opts.device, boot.offset, name, content);
     await ctx.run('blockdev', ['--flushbufs', opts.device]);
     for (const [name, content] of Object.entries(written)) {
-      if ((await readBootFile(ctx, opts.device, boot.offset, name)).trim() !== content.trim()) throw new UserError(`${opts.device}: ${name} reads back different from what was written to the boot partition: the card may be failing; try another`);
+      if ((await readBootFile(ctx, opts.device, boot.offset, name)).trim() !== content.trim())
+        throw new UserError(`${opts.device}: ${name} reads back different from what was written to the boot partition: the card may be failing; try another`);
     }
     ctx.state.flash = { ...ctx.state.flash, settings: { format, files: Object.keys(written) } };
     ctx.log.line(`init_format ${format}, boot partition mounted on ${bootMount}: wrote ${Object.keys(written).join(', ')}`);

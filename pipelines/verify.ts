@@ -13,21 +13,21 @@ import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, 
 import { dirname, join } from 'node:path';
 import { scoped } from '../engine/cleanup.ts';
 import { UserError } from '../engine/errors.ts';
-import { Resource, type BuildContext, type BuildState, type Pipeline, type Stage } from '../engine/stage.ts';
-import { ext4Geometry } from '../lib/image/ext4-fit.ts';
+import { engineSchema } from '../engine/options.ts';
+import { type BuildContext, type BuildState, type Pipeline, Resource, type Stage } from '../engine/stage.ts';
+import { extractImage } from '../lib/codec/decode.ts';
 import { imageArch } from '../lib/image/arch.ts';
+import { ext4Geometry } from '../lib/image/ext4-fit.ts';
+import { growRoot } from '../lib/image/grow-root.ts';
 import { inRoot } from '../lib/image/in-root.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
-import { lastLine, systemChecks, type Check, type CheckResult } from '../lib/qemu/checks.ts';
-import { readFacts, type GuestFacts } from '../lib/qemu/facts.ts';
-import { freePort, guestArgs, shutDown, startGuest, sshArgs, waitForSsh, type Guest, type GuestSpec, type SshTarget } from '../lib/qemu/guest.ts';
+import { type Check, type CheckResult, lastLine, systemChecks } from '../lib/qemu/checks.ts';
+import { type GuestFacts, readFacts } from '../lib/qemu/facts.ts';
+import { freePort, type Guest, type GuestSpec, guestArgs, type SshTarget, shutDown, sshArgs, startGuest, waitForSsh } from '../lib/qemu/guest.ts';
+import { debianKernel, type GuestArch, type GuestKernel, guestBusybox, ownKernel } from '../lib/qemu/kernel.ts';
 import { NODE, prepareNodeBoot, runNode } from '../lib/qemu/node.ts';
-import { debianKernel, guestBusybox, ownKernel, type GuestArch, type GuestKernel } from '../lib/qemu/kernel.ts';
 import { GUEST_BUSYBOX, PIMASTER_PORTS, pimasterChecks } from './pimaster/checks.ts';
-import { extractImage } from '../lib/codec/decode.ts';
-import { growRoot } from '../lib/image/grow-root.ts';
-import { engineSchema } from '../engine/options.ts';
 
 export interface VerifyOptions {
   image: string;
@@ -95,13 +95,21 @@ const copyStage = (opts: VerifyOptions): Stage => ({
     const copy = join(ctx.paths.work, 'guest.img');
     ctx.defer(`remove ${copy}`, () => rmSync(copy, { force: true }));
     await extractImage(ctx, { path: opts.image, sha256: '', source: opts.image }, copy, 'image', 'IMAGE');
-    ctx.state.verify = { copy, arch: 'arm64', rootPartition: 0, facts: { hostname: '' }, kernel: { source: '', version: '', kernel: '', initrd: '' }, bootArgs: [], expands: false };
+    ctx.state.verify = {
+      copy,
+      arch: 'arm64',
+      rootPartition: 0,
+      facts: { hostname: '' },
+      kernel: { source: '', version: '', kernel: '', initrd: '' },
+      bootArgs: [],
+      expands: false,
+    };
   },
 });
 
 const prepareStage = (opts: VerifyOptions): Stage => ({
   name: 'prepare',
-  describe: () => 'grow the copy, choose the kernel (the image\'s own if it boots under QEMU virt, else Debian\'s), read what the image should be',
+  describe: () => "grow the copy, choose the kernel (the image's own if it boots under QEMU virt, else Debian's), read what the image should be",
   options: [],
   async run(ctx) {
     const state = verifyState(ctx);
@@ -146,7 +154,8 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
         await ctx.run('cp', ['-a', state.kernel.modules!, modules]);
       }
       if (opts.node) {
-        if (!state.facts.pimaster || arch !== 'arm64') throw new UserError(`--node boots a cluster node from an arm64 pimaster: ${opts.image} is ${state.facts.pimaster ? `an ${arch}` : 'not a'} pimaster`);
+        if (!state.facts.pimaster || arch !== 'arm64')
+          throw new UserError(`--node boots a cluster node from an arm64 pimaster: ${opts.image} is ${state.facts.pimaster ? `an ${arch}` : 'not a'} pimaster`);
         await prepareNodeBoot(ctx, dir, state.kernel.modules ? state.kernel : await debianKernel(ctx, arch, opts.debianMirror));
       }
       if (!state.expands) {
@@ -182,7 +191,10 @@ const MAX_BOOTS = 3;
 /** Add the public half of --ssh-key to the user's authorized_keys in the copy (never the image). */
 async function authorizeKey(ctx: BuildContext, root: string, opts: VerifyOptions): Promise<void> {
   const { stdout } = await ctx.run('ssh-keygen', ['-y', '-f', opts.sshKey]);
-  const entry = readFileSync(inRoot(root, 'etc/passwd'), 'utf8').split('\n').map((l) => l.split(':')).find((f) => f[0] === opts.user);
+  const entry = readFileSync(inRoot(root, 'etc/passwd'), 'utf8')
+    .split('\n')
+    .map((l) => l.split(':'))
+    .find((f) => f[0] === opts.user);
   if (!entry) throw new UserError(`--user ${opts.user}: the image has no such user (see its /etc/passwd)`);
   const [uid, gid, home] = [Number(entry[2]), Number(entry[3]), entry[5]!];
   // Resolved inside the image: a link to a host directory never gets the host's files chowned.
@@ -259,10 +271,16 @@ const checkStage = (opts: VerifyOptions): Stage => ({
   async run(ctx) {
     const state = verifyState(ctx);
     const facts = state.facts;
-    const checks = [...systemChecks(facts, state.expands), ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }, opts.node) : []), ...opts.checks];
+    const checks = [
+      ...systemChecks(facts, state.expands),
+      ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }, opts.node) : []),
+      ...opts.checks,
+    ];
     if (facts.pimaster) {
       const busybox = await guestBusybox(ctx, state.arch, opts.debianMirror, state.kernel);
-      await ctx.run('ssh', sshArgs(target(ctx, opts), `mkdir -p ${dirname(GUEST_BUSYBOX)} && cat > ${GUEST_BUSYBOX} && chmod 755 ${GUEST_BUSYBOX}`), { stdin: { file: busybox } });
+      await ctx.run('ssh', sshArgs(target(ctx, opts), `mkdir -p ${dirname(GUEST_BUSYBOX)} && cat > ${GUEST_BUSYBOX} && chmod 755 ${GUEST_BUSYBOX}`), {
+        stdin: { file: busybox },
+      });
     }
     const results: CheckResult[] = [];
     for (const [i, check] of checks.entries()) {

@@ -13,19 +13,30 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { quote as q } from '../engine/exec.ts';
 import { ConfigError } from '../engine/errors.ts';
+import { quote as q } from '../engine/exec.ts';
 import { engineSchema, resolveOptions, type Schema } from '../engine/options.ts';
 import { anySettings, readSettings, type Settings } from './model.ts';
-import { settingsSchema, type PiSettings } from './options.ts';
+import { type PiSettings, settingsSchema } from './options.ts';
 import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 export type InitFormat = 'systemd' | 'cloudinit-rpi';
 
 /** The settings a card takes at its first boot (not --ssh, --packages, --enable, --disable: those need a build). */
 export const FIRST_BOOT_KEYS = [
-  'hostname', 'user', 'password-hash', 'password-file', 'ssh-key', 'ssh-password-auth', 'wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden',
-  'timezone', 'locale', 'keymap',
+  'hostname',
+  'user',
+  'password-hash',
+  'password-file',
+  'ssh-key',
+  'ssh-password-auth',
+  'wifi-ssid',
+  'wifi-psk-file',
+  'wifi-country',
+  'wifi-hidden',
+  'timezone',
+  'locale',
+  'keymap',
 ] as const satisfies readonly (keyof PiSettings)[];
 
 /** A flag in node:util's terms, with its --help line. */
@@ -60,7 +71,8 @@ function settingsFile(path: string): Record<string, unknown> {
   }
   if (typeof values !== 'object' || values === null || Array.isArray(values)) throw new ConfigError(`--settings ${path}: not a JSON object`);
   for (const key of Object.keys(values)) {
-    if (!(FIRST_BOOT_KEYS as readonly string[]).includes(key)) throw new ConfigError(`--settings ${path}: unknown key "${key}" (keys: ${FIRST_BOOT_KEYS.join(', ')})`);
+    if (!(FIRST_BOOT_KEYS as readonly string[]).includes(key))
+      throw new ConfigError(`--settings ${path}: unknown key "${key}" (keys: ${FIRST_BOOT_KEYS.join(', ')})`);
   }
   return values as Record<string, unknown>;
 }
@@ -81,7 +93,7 @@ const CUSTOM = '/usr/lib/raspberrypi-sys-mods/imager_custom';
 
 /** firstrun.sh for init_format `systemd`: what it does, in the order Imager's does it. */
 export function firstrunScript(s: Settings, bootMount: string): string {
-  const out = ['#!/bin/sh', '# First-boot settings written by build-image flash (Raspberry Pi Imager\'s format): run once, then removed.', '', 'set +e', ''];
+  const out = ['#!/bin/sh', "# First-boot settings written by build-image flash (Raspberry Pi Imager's format): run once, then removed.", '', 'set +e', ''];
   if (s.hostname) {
     out.push(
       'CURRENT_HOSTNAME=$(cat /etc/hostname | tr -d " \\t\\n\\r")',
@@ -129,7 +141,10 @@ export function firstrunScript(s: Settings, bootMount: string): string {
     out.push('else');
     if (s.timezone) out.push('  rm -f /etc/localtime', `  echo ${q(s.timezone)} >/etc/timezone`, '  dpkg-reconfigure -f noninteractive tzdata');
     if (s.keymap) {
-      out.push(`  printf 'XKBMODEL="pc105"\\nXKBLAYOUT="%s"\\nXKBVARIANT=""\\nXKBOPTIONS=""\\n' ${q(s.keymap)} >/etc/default/keyboard`, '  dpkg-reconfigure -f noninteractive keyboard-configuration');
+      out.push(
+        `  printf 'XKBMODEL="pc105"\\nXKBLAYOUT="%s"\\nXKBVARIANT=""\\nXKBOPTIONS=""\\n' ${q(s.keymap)} >/etc/default/keyboard`,
+        '  dpkg-reconfigure -f noninteractive keyboard-configuration',
+      );
     }
     out.push('fi');
   }
@@ -149,7 +164,7 @@ const y = (s: string) => JSON.stringify(s);
 
 /** The cloud-init seed for init_format `cloudinit-rpi`: user-data, network-config (only with Wi-Fi), meta-data. */
 export function cloudInitSeed(s: Settings, instanceId: string): Record<string, string> {
-  const user: string[] = ['#cloud-config', '# First-boot settings written by build-image flash (Raspberry Pi Imager\'s format).'];
+  const user: string[] = ['#cloud-config', "# First-boot settings written by build-image flash (Raspberry Pi Imager's format)."];
   if (s.hostname) user.push(`hostname: ${s.hostname}`, 'manage_etc_hosts: true');
   if (s.timezone) user.push(`timezone: ${s.timezone}`);
   if (s.locale) user.push(`locale: ${s.locale}`);

@@ -16,8 +16,8 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { quote as q } from '../engine/exec.ts';
 import { ConfigError } from '../engine/errors.ts';
+import { quote as q } from '../engine/exec.ts';
 import { inRoot } from '../lib/image/in-root.ts';
 import type { Settings } from './model.ts';
 import { given, type PiSettings } from './options.ts';
@@ -29,7 +29,12 @@ const sha256 = (path: string) => createHash('sha256').update(readFileSync(path))
 export function settingsKey(config: PiSettings): string {
   const files = (paths: readonly (string | undefined)[]) => paths.filter((p): p is string => p !== undefined).map(sha256);
   const values = Object.fromEntries(given(config).map((key) => [key, config[key]]));
-  return JSON.stringify({ ...values, 'ssh-key': files(config['ssh-key']), 'password-file': files([config['password-file']]), 'wifi-psk-file': files([config['wifi-psk-file']]) });
+  return JSON.stringify({
+    ...values,
+    'ssh-key': files(config['ssh-key']),
+    'password-file': files([config['password-file']]),
+    'wifi-psk-file': files([config['wifi-psk-file']]),
+  });
 }
 
 /** What the image holds that the script depends on. */
@@ -42,19 +47,26 @@ export interface ImageFacts {
 /** How the image takes the settings; a setting it lacks the means of is one line, before anything is changed. */
 export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, 'bootMount'> {
   const has = (path: string) => existsSync(inRoot(root, path));
-  if (s.timezone && !has(`usr/share/zoneinfo/${s.timezone}`)) throw new ConfigError(`--timezone ${s.timezone}: the image has no such zone in /usr/share/zoneinfo (is tzdata installed? add --packages tzdata)`);
+  if (s.timezone && !has(`usr/share/zoneinfo/${s.timezone}`))
+    throw new ConfigError(`--timezone ${s.timezone}: the image has no such zone in /usr/share/zoneinfo (is tzdata installed? add --packages tzdata)`);
   if (s.locale) {
     if (!has('usr/share/i18n/SUPPORTED')) throw new ConfigError(`--locale ${s.locale}: the image has no locales package (add --packages locales)`);
-    const line = readFileSync(inRoot(root, 'usr/share/i18n/SUPPORTED'), 'utf8').split('\n').find((l) => l.split(' ')[0] === s.locale);
+    const line = readFileSync(inRoot(root, 'usr/share/i18n/SUPPORTED'), 'utf8')
+      .split('\n')
+      .find((l) => l.split(' ')[0] === s.locale);
     if (!line) throw new ConfigError(`--locale ${s.locale}: not one of the image's supported locales (/usr/share/i18n/SUPPORTED, e.g. en_GB.UTF-8)`);
   }
   if (s.keymap && has('usr/share/X11/xkb/symbols') && !has(`usr/share/X11/xkb/symbols/${s.keymap.split(/[_-]/)[0]}`)) {
     throw new ConfigError(`--keymap ${s.keymap}: the image's keyboard data has no such layout (/usr/share/X11/xkb/symbols)`);
   }
   const unitDirs = ['etc/systemd/system', 'usr/lib/systemd/system', 'lib/systemd/system'];
-  for (const [flag, units] of [['enable', s.enable], ['disable', s.disable]] as const) {
+  for (const [flag, units] of [
+    ['enable', s.enable],
+    ['disable', s.disable],
+  ] as const) {
     for (const unit of units) {
-      if (!unitDirs.some((dir) => has(`${dir}/${unit}`))) throw new ConfigError(`--${flag} ${unit}: the image has no such unit (add its package with --packages)`);
+      if (!unitDirs.some((dir) => has(`${dir}/${unit}`)))
+        throw new ConfigError(`--${flag} ${unit}: the image has no such unit (add its package with --packages)`);
     }
   }
   let wifi: 'networkmanager' | 'wpa_supplicant' | undefined;
@@ -63,7 +75,13 @@ export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, '
     wifi = sbin('NetworkManager') ? 'networkmanager' : sbin('wpa_supplicant') ? 'wpa_supplicant' : undefined;
     if (!wifi) throw new ConfigError('--wifi-ssid: the image has neither NetworkManager nor wpa_supplicant (add --packages network-manager)');
   }
-  if (s.sshKeys && !s.user && !readFileSync(inRoot(root, 'etc/passwd'), 'utf8').split('\n').some((l) => l.split(':')[2] === '1000')) {
+  if (
+    s.sshKeys &&
+    !s.user &&
+    !readFileSync(inRoot(root, 'etc/passwd'), 'utf8')
+      .split('\n')
+      .some((l) => l.split(':')[2] === '1000')
+  ) {
     throw new ConfigError('--ssh-key: the image has no first user (uid 1000) to log in as; give --user NAME');
   }
   return { wifi };
@@ -96,17 +114,38 @@ export function settingsScript(s: Settings, facts: ImageFacts): string {
   }
   if (s.sshKeys) out.push(...authorizedKeys(s.sshKeys), '');
   if (s.sshKeys || s.sshPasswordAuth) {
-    out.push(`printf '# build-image --ssh-key/--ssh-password-auth\\nPasswordAuthentication %s\\n' ${s.sshPasswordAuth ? 'yes' : 'no'} >/etc/ssh/sshd_config.d/50-build-image.conf`, '');
+    out.push(
+      `printf '# build-image --ssh-key/--ssh-password-auth\\nPasswordAuthentication %s\\n' ${s.sshPasswordAuth ? 'yes' : 'no'} >/etc/ssh/sshd_config.d/50-build-image.conf`,
+      '',
+    );
   }
   if (s.ssh) out.push(`systemctl ${s.ssh === 'on' ? 'enable' : 'disable'} ssh.service`, '');
   if (s.wifi) {
     const w = s.wifi;
     if (facts.wifi === 'networkmanager') {
       out.push(
-        '# Wi-Fi: a NetworkManager profile; the country is the kernel\'s regulatory domain (as raspi-config sets it).',
+        "# Wi-Fi: a NetworkManager profile; the country is the kernel's regulatory domain (as raspi-config sets it).",
         "cat >/etc/NetworkManager/system-connections/preconfigured.nmconnection <<'EOF'",
-        '[connection]', 'id=preconfigured', 'type=wifi', '', '[wifi]', 'mode=infrastructure', `ssid=${w.ssid}`, `hidden=${w.hidden}`, '',
-        '[wifi-security]', 'key-mgmt=wpa-psk', `psk=${w.psk}`, '', '[ipv4]', 'method=auto', '', '[ipv6]', 'addr-gen-mode=default', 'method=auto', 'EOF',
+        '[connection]',
+        'id=preconfigured',
+        'type=wifi',
+        '',
+        '[wifi]',
+        'mode=infrastructure',
+        `ssid=${w.ssid}`,
+        `hidden=${w.hidden}`,
+        '',
+        '[wifi-security]',
+        'key-mgmt=wpa-psk',
+        `psk=${w.psk}`,
+        '',
+        '[ipv4]',
+        'method=auto',
+        '',
+        '[ipv6]',
+        'addr-gen-mode=default',
+        'method=auto',
+        'EOF',
         'chmod 600 /etc/NetworkManager/system-connections/preconfigured.nmconnection',
         `cmdline=${facts.bootMount}/cmdline.txt`,
         `sed -i -e 's/ *cfg80211\\.ieee80211_regdom=[A-Z]*//' -e '1s/$/ cfg80211.ieee80211_regdom=${w.country}/' "$cmdline"`,
@@ -144,7 +183,12 @@ export function asShipped(root: string): { restore(): void } {
     return { file, shipped: existsSync(file) ? readFileSync(file) : undefined };
   });
   const logDir = inRoot(root, 'var/log');
-  const logs = () => (existsSync(logDir) ? readdirSync(logDir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name)) : []);
+  const logs = () =>
+    existsSync(logDir)
+      ? readdirSync(logDir, { recursive: true, withFileTypes: true })
+          .filter((e) => e.isFile())
+          .map((e) => join(e.parentPath, e.name))
+      : [];
   const logSizes = new Map(logs().map((file) => [file, statSync(file).size]));
   return {
     restore() {
@@ -164,7 +208,11 @@ export function asShipped(root: string): { restore(): void } {
 /** The package indexes `apt-get update` fetched into the image. */
 export function aptIndexes(root: string): string[] {
   const dir = inRoot(root, 'var/lib/apt/lists');
-  return existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((e) => e.isFile() && e.name !== 'lock').map((e) => e.name) : [];
+  return existsSync(dir)
+    ? readdirSync(dir, { withFileTypes: true })
+        .filter((e) => e.isFile() && e.name !== 'lock')
+        .map((e) => e.name)
+    : [];
 }
 
 /** The SSH host keys in the image's /etc/ssh. */

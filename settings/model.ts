@@ -59,7 +59,10 @@ export async function readSettings(values: PiSettings): Promise<Settings> {
   else if (passwordHash !== undefined) throw new ConfigError('--password-hash/--password-file: give --user NAME too (the user whose password it is)');
 
   for (const file of values['ssh-key']) {
-    const keys = readInput('ssh-key', file).split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    const keys = readInput('ssh-key', file)
+      .split(/\r?\n/)
+      .map((l) => l.trim())
+      .filter((l) => l && !l.startsWith('#'));
     s.sshKeys = [...(s.sshKeys ?? []), ...keys];
   }
   if (values['ssh-password-auth']) s.sshPasswordAuth = true;

@@ -1,6 +1,16 @@
 import { existingFile, oneOf, type Schema } from '../engine/options.ts';
 import {
-  parseCountry, parseCryptHash, parseHostLabel, parseKeymap, parseLocale, parsePackages, parsePublicKeyFile, parseSsid, parseTimezone, parseUnits, parseUserName,
+  parseCountry,
+  parseCryptHash,
+  parseHostLabel,
+  parseKeymap,
+  parseLocale,
+  parsePackages,
+  parsePublicKeyFile,
+  parseSsid,
+  parseTimezone,
+  parseUnits,
+  parseUserName,
 } from './rules.ts';
 
 /**
@@ -123,7 +133,7 @@ export const settingsSchema: Schema<PiSettings> = {
   packages: {
     kind: 'list',
     placeholder: 'LIST',
-    help: "apt packages to install, comma-separated (through --apt-proxy/--apt-mirror and the apt cache)",
+    help: 'apt packages to install, comma-separated (through --apt-proxy/--apt-mirror and the apt cache)',
     default: () => [],
     parse: parsePackages,
   },
@@ -153,8 +163,23 @@ export const settingsSchema: Schema<PiSettings> = {
 
 /** Every setting, in the order --plan and the settings stage list them. */
 export const SETTING_KEYS: readonly (keyof PiSettings)[] = [
-  'hostname', 'user', 'password-hash', 'password-file', 'ssh-key', 'ssh', 'ssh-password-auth', 'wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden',
-  'timezone', 'locale', 'keymap', 'packages', 'enable', 'disable',
+  'hostname',
+  'user',
+  'password-hash',
+  'password-file',
+  'ssh-key',
+  'ssh',
+  'ssh-password-auth',
+  'wifi-ssid',
+  'wifi-psk-file',
+  'wifi-country',
+  'wifi-hidden',
+  'timezone',
+  'locale',
+  'keymap',
+  'packages',
+  'enable',
+  'disable',
 ];
 
 /** The settings given: a value, a switch on, a list not empty. */

@@ -20,7 +20,15 @@ export function parseHostLabel(raw: string): string {
   return raw.toLowerCase();
 }
 
-const KEY_TYPES = ['ssh-ed25519', 'ssh-rsa', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ecdsa-sha2-nistp521', 'sk-ssh-ed25519@openssh.com', 'sk-ecdsa-sha2-nistp256@openssh.com'];
+const KEY_TYPES = [
+  'ssh-ed25519',
+  'ssh-rsa',
+  'ecdsa-sha2-nistp256',
+  'ecdsa-sha2-nistp384',
+  'ecdsa-sha2-nistp521',
+  'sk-ssh-ed25519@openssh.com',
+  'sk-ecdsa-sha2-nistp256@openssh.com',
+];
 
 /**
  * One OpenSSH public key line: a key type, then a base64 blob that itself starts with that type,
@@ -44,7 +52,10 @@ export function parsePublicKeyFile(raw: string): string {
   if (!existsSync(path) || !statSync(path).isFile()) throw 'an existing file holding OpenSSH public keys (such as ~/.ssh/id_ed25519.pub)';
   const text = readFileSync(path, 'utf8');
   if (/PRIVATE KEY-----/.test(text)) throw 'a public key file: this is a private key, give the matching .pub file';
-  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
   if (lines.length === 0 || !lines.every(isPublicKey)) throw `OpenSSH public keys, one a line (${KEY_TYPES.slice(0, 3).join(', ')}, ...)`;
   return path;
 }
@@ -104,7 +115,10 @@ export function parseKeymap(raw: string): string {
 
 /** `a,b,c`: Debian package names (optionally `:arch`). */
 export function parsePackages(raw: string): string[] {
-  const names = raw.split(',').map((n) => n.trim()).filter(Boolean);
+  const names = raw
+    .split(',')
+    .map((n) => n.trim())
+    .filter(Boolean);
   if (names.length === 0 || !names.every((n) => /^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9]+)?$/.test(n))) throw 'Debian package names, comma-separated (tree,htop)';
   return names;
 }
@@ -112,7 +126,11 @@ export function parsePackages(raw: string): string[] {
 const UNIT_TYPES = ['service', 'socket', 'timer', 'target', 'path', 'mount', 'automount', 'swap', 'slice'];
 /** `ssh,foo.timer`: systemd unit names, `.service` added where no type is given. */
 export function parseUnits(raw: string): string[] {
-  const units = raw.split(',').map((u) => u.trim()).filter(Boolean);
-  if (units.length === 0 || !units.every((u) => /^[A-Za-z0-9:_.\\@-]+$/.test(u) && !u.startsWith('.'))) throw 'systemd unit names, comma-separated (ssh, apt-daily.timer)';
+  const units = raw
+    .split(',')
+    .map((u) => u.trim())
+    .filter(Boolean);
+  if (units.length === 0 || !units.every((u) => /^[A-Za-z0-9:_.\\@-]+$/.test(u) && !u.startsWith('.')))
+    throw 'systemd unit names, comma-separated (ssh, apt-daily.timer)';
   return units.map((u) => (UNIT_TYPES.some((type) => u.endsWith(`.${type}`)) ? u : `${u}.service`));
 }

@@ -2,15 +2,12 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../engine/errors.ts';
 import type { Stage } from '../engine/stage.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
+import { ATTACHED, BOOT_BEFORE, bootDir, rootDir } from '../lib/image/attached.ts';
 import { copyOut, snapshot, writeBack } from '../lib/image/bootfs.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { detectSystem } from '../lib/image/system.ts';
-import { rootDir } from '../lib/image/attached.ts';
-import { bootDir } from '../lib/image/attached.ts';
-import type { BuildConfig } from '../lib/build-options.ts';
-import { ATTACHED } from '../lib/image/attached.ts';
-import { BOOT_BEFORE } from '../lib/image/attached.ts';
 
 /**
  * Root partition on a loop device by offset and size, mounted; the FAT boot partition copied out
@@ -51,7 +48,9 @@ export const attachStage: Stage<BuildConfig> = {
     const cmdline = existsSync(join(boot, 'cmdline.txt')) ? readFileSync(join(boot, 'cmdline.txt'), 'utf8') : '';
     const system = detectSystem(root, cmdline);
     if (system.arch !== ctx.config.arch) {
-      throw new UserError(`the image is ${system.arch} (from its /bin/sh) but --arch is ${ctx.config.arch}: pass --arch ${system.arch}, or an image for ${ctx.config.arch}`);
+      throw new UserError(
+        `the image is ${system.arch} (from its /bin/sh) but --arch is ${ctx.config.arch}: pass --arch ${system.arch}, or an image for ${ctx.config.arch}`,
+      );
     }
     ctx.state.system = system;
     const target = join(root, system.bootMount);

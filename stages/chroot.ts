@@ -1,14 +1,13 @@
 import { copyFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import { CommandError } from '../engine/errors.ts';
 import { treeDigest } from '../engine/digest.ts';
+import { CommandError } from '../engine/errors.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
-import { inRoot } from '../lib/image/in-root.ts';
-import { chrootArgs, chrootRun, enterChroot,  STAGING, stagedFiles } from '../lib/chroot/environment.ts';
-import { rootDir } from '../lib/image/attached.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
-import { scriptList } from '../lib/chroot/scripts.ts';
-import { scriptEnv } from '../lib/chroot/scripts.ts';
+import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
+import { scriptEnv, scriptList } from '../lib/chroot/scripts.ts';
+import { rootDir } from '../lib/image/attached.ts';
+import { inRoot } from '../lib/image/in-root.ts';
 
 export interface ChrootStageOptions<C extends BuildConfig> {
   /** The stage's name (a pipeline with two chroot stages names one of them). */
@@ -37,7 +36,13 @@ async function runScript(ctx: BuildContext<BuildConfig>, script: string, index: 
     await chrootRun(ctx, ['/bin/bash', '-e', inImage], { env });
   } catch (error) {
     if (!(error instanceof CommandError)) throw error;
-    const failed = new CommandError({ stage: ctx.commands.stage, command: `script ${script}`, exitCode: error.exitCode, tail: error.tail, logFile: error.logFile });
+    const failed = new CommandError({
+      stage: ctx.commands.stage,
+      command: `script ${script}`,
+      exitCode: error.exitCode,
+      tail: error.tail,
+      logFile: error.logFile,
+    });
     if (ctx.config['shell-on-error'] && process.stdin.isTTY) {
       process.stderr.write(`\nscript ${name} failed (exit code ${error.exitCode}); a shell inside the image follows. Exit it to clean up.\n`);
       await ctx.commands.interactive('chroot', chrootArgs(ctx, ['/bin/bash', '-i'], { ...env, TERM: process.env.TERM ?? 'xterm' }));
@@ -76,7 +81,10 @@ export function chrootStage<C extends BuildConfig>(options: ChrootStageOptions<C
       const env = JSON.stringify(scriptEnv(ctx.config, { state: {}, pipeline: ctx.pipeline }, options.derived?.(ctx.config)));
       const staged = await stagedDigest(ctx);
       return Promise.all(
-        scripts(ctx.config).map(async (script, i) => ({ label: `after ${basename(script)}`, input: JSON.stringify({ i, name: basename(script), script: await treeDigest(script), env, staged }) })),
+        scripts(ctx.config).map(async (script, i) => ({
+          label: `after ${basename(script)}`,
+          input: JSON.stringify({ i, name: basename(script), script: await treeDigest(script), env, staged }),
+        })),
       );
     },
     async run(ctx) {

@@ -9,20 +9,17 @@
  * the manifest are complete: a failed or interrupted run leaves no partial output, and an earlier
  * build's outputs of the same name stay whole until the new set replaces them.
  */
-import {  mkdirSync,   renameSync, rmSync,  writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { errnoReason, UserError } from '../engine/errors.ts';
 import { formatBytes } from '../engine/options.ts';
-import {  errnoReason, UserError } from '../engine/errors.ts';
-import type {  Stage } from '../engine/stage.ts';
+import type { Stage } from '../engine/stage.ts';
+import { version } from '../engine/version.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
+import { encodeImage, FORMATS, outputName, sha256Line } from '../lib/codec/encode.ts';
+import { manifest } from '../lib/publish/manifest.ts';
 import { writeImagerList } from '../lib/publish/os-list-json.ts';
 import { cycloneDx } from '../lib/publish/sbom.ts';
-import { version } from '../engine/version.ts';
-import { FORMATS } from '../lib/codec/encode.ts';
-import { outputName } from '../lib/codec/encode.ts';
-import { encodeImage } from '../lib/codec/encode.ts';
-import { sha256Line } from '../lib/codec/encode.ts';
-import type { BuildConfig } from '../lib/build-options.ts';
-import { manifest } from '../lib/publish/manifest.ts';
 
 function describe(config: BuildConfig): string {
   const formats = [...new Set(config.compress)];
@@ -81,7 +78,10 @@ export const compressStage: Stage<BuildConfig> = {
     const created = new Date().toISOString();
     const sbom = path('cdx.json');
     const packages = ctx.state.packages ?? [];
-    writePartial(sbom, `${JSON.stringify(cycloneDx({ name, sha256: imageSha256, created, tool: { name: 'build-image', version }, system: ctx.state.system, packages }), null, 2)}\n`);
+    writePartial(
+      sbom,
+      `${JSON.stringify(cycloneDx({ name, sha256: imageSha256, created, tool: { name: 'build-image', version }, system: ctx.state.system, packages }), null, 2)}\n`,
+    );
 
     const manifestFile = path('manifest.json');
     const content = manifest(ctx, { name, imageSha256, size, bmap, sbom, outputs, created, seconds: (performance.now() - started) / 1000 });
@@ -92,7 +92,11 @@ export const compressStage: Stage<BuildConfig> = {
     renameSync(`${manifestFile}.partial`, manifestFile);
     partials.clear();
     const list = writeImagerList(out, ctx.config['release-url']);
-    ctx.log.line(list ? `${list}: Raspberry Pi Imager's list of the images in ${out}` : `no os-list.json: Raspberry Pi Imager downloads only compressed images (--compress xz)`);
+    ctx.log.line(
+      list
+        ? `${list}: Raspberry Pi Imager's list of the images in ${out}`
+        : `no os-list.json: Raspberry Pi Imager downloads only compressed images (--compress xz)`,
+    );
 
     ctx.state.imageSha256 = imageSha256;
     ctx.state.outputs = outputs;

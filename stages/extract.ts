@@ -6,12 +6,12 @@
  * The image is written as `image.img.part` and renamed when complete and verified, so a failed or
  * interrupted run never leaves a partial `image.img`.
  */
-import {   join } from 'node:path';
-import {  UserError } from '../engine/errors.ts';
-import type {  Stage } from '../engine/stage.ts';
-import { DOWNLOADING } from '../lib/sources/fetch.ts';
-import { extractImage } from '../lib/codec/decode.ts';
+import { join } from 'node:path';
+import { UserError } from '../engine/errors.ts';
+import type { Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
+import { extractImage } from '../lib/codec/decode.ts';
+import { DOWNLOADING } from '../lib/sources/fetch.ts';
 
 export const extractStage: Stage<BuildConfig> = {
   name: 'extract',

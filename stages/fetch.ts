@@ -6,15 +6,11 @@
  * `<cache>/downloads/<sha256>/<file>` (a known checksum is looked up there before any download)
  * and resumed from `<cache>/downloads/partial/`. A local file is only read, never copied.
  */
-import {   join } from 'node:path';
-import type {  Stage } from '../engine/stage.ts';
-import { sourceOf } from '../lib/sources/fetch.ts';
-import { fetchImage } from '../lib/sources/fetch.ts';
-import { baseRequest } from '../lib/sources/fetch.ts';
+import { join } from 'node:path';
+import type { Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
 import type { Source } from '../lib/sources/fetch.ts';
-
-
+import { baseRequest, fetchImage, sourceOf } from '../lib/sources/fetch.ts';
 
 function verification(config: BuildConfig, local: boolean): string {
   if (config['base-sha256']) return `against --base-sha256 ${config['base-sha256'].slice(0, 12)}…`;

@@ -7,16 +7,16 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { CommandError, UserError } from '../engine/errors.ts';
-import type { BuildContext, Stage } from '../engine/stage.ts';
 import { withoutCredentials } from '../engine/redact.ts';
-import { STAGING, stagedFiles } from '../lib/chroot/environment.ts';
-import { splitGitSource } from '../lib/sources/git-source.ts';
-import { encodeImage } from '../lib/codec/encode.ts';
-import { extractImage } from '../lib/codec/decode.ts';
-import { fetchImage } from '../lib/sources/fetch.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
+import { STAGING, stagedFiles } from '../lib/chroot/environment.ts';
+import { extractImage } from '../lib/codec/decode.ts';
+import { encodeImage } from '../lib/codec/encode.ts';
 import type { Environment } from '../lib/sources/environments.ts';
 import { imageBaseName } from '../lib/sources/environments.ts';
+import { fetchImage } from '../lib/sources/fetch.ts';
+import { splitGitSource } from '../lib/sources/git-source.ts';
 
 export interface FilesSpec {
   /** Git sources (a config key holding URL_OR_DIR[#REF]) checked out as files/<name>. */
@@ -42,17 +42,32 @@ async function packEnvironment(ctx: BuildContext<BuildConfig>, spec: string, dir
   await extractImage(ctx, download, raw, what, '--environment');
   const { stdout } = await ctx.run('sfdisk', ['--json', raw]);
   const partitions = (JSON.parse(stdout) as { partitiontable: { partitions?: Array<{ start: number }> } }).partitiontable.partitions ?? [];
-  if (partitions.length < 2) throw new UserError(`--environment ${name}: the image has ${partitions.length} partition(s); PiSeduce deploys images with a boot and a root partition`);
+  if (partitions.length < 2)
+    throw new UserError(`--environment ${name}: the image has ${partitions.length} partition(s); PiSeduce deploys images with a boot and a root partition`);
   const base = imageBaseName(download.path);
   const partials: string[] = [];
-  const { outputs, size } = await encodeImage(ctx, raw, ['tar.gz'], (ext) => join(dir, `${base}.${ext}`), base, (file) => {
-    partials.push(`${file}.partial`);
-    return `${file}.partial`;
-  });
+  const { outputs, size } = await encodeImage(
+    ctx,
+    raw,
+    ['tar.gz'],
+    (ext) => join(dir, `${base}.${ext}`),
+    base,
+    (file) => {
+      partials.push(`${file}.partial`);
+      return `${file}.partial`;
+    },
+  );
   for (const p of partials) renameSync(p, p.slice(0, -'.partial'.length));
   rmSync(raw, { force: true });
   const file = basename(outputs[0]!.path);
-  const env: Environment = { name, img_name: file, path: `${STAGING}/files/environments/${file}`, img_size: size, sector_start: partitions[1]!.start, source_sha256: download.sha256 };
+  const env: Environment = {
+    name,
+    img_name: file,
+    path: `${STAGING}/files/environments/${file}`,
+    img_size: size,
+    sector_start: partitions[1]!.start,
+    source_sha256: download.sha256,
+  };
   writeFileSync(join(dir, `${name}.json`), `${JSON.stringify(env, null, 2)}\n`);
   ctx.log.line(`environment ${name}: ${file}, ${size} bytes, partition 2 at sector ${env.sector_start}`);
   return env;
@@ -93,7 +108,10 @@ async function mirror(ctx: BuildContext, repo: string, ref: string | undefined, 
 async function checkout(ctx: BuildContext<BuildConfig>, key: string, name: string, dest: string): Promise<void> {
   const { repo, ref } = splitGitSource(String(option(ctx.config, key)));
   const cached = await mirror(ctx, repo, ref, key);
-  const { exitCode, stdout } = await ctx.run('git', ['-C', cached, 'rev-parse', '--verify', '--quiet', `${ref ?? 'HEAD'}^{commit}`], { reject: false, env: GIT_ENV });
+  const { exitCode, stdout } = await ctx.run('git', ['-C', cached, 'rev-parse', '--verify', '--quiet', `${ref ?? 'HEAD'}^{commit}`], {
+    reject: false,
+    env: GIT_ENV,
+  });
   if (exitCode !== 0) throw new UserError(`--${key} ${repo}#${ref}: no such ref in that repository`);
   const commit = stdout.trim();
   rmSync(dest, { recursive: true, force: true });
@@ -109,10 +127,16 @@ async function checkout(ctx: BuildContext<BuildConfig>, key: string, name: strin
 const option = (config: BuildConfig, key: string): unknown => (config as unknown as Record<string, unknown>)[key];
 
 export function filesStage(spec: FilesSpec): Stage<BuildConfig> {
-  const keys = [...Object.values(spec.git ?? {}), ...Object.values(spec.keys ?? {}), ...Object.values(spec.file ?? {}), ...(spec.environments ? [spec.environments] : [])];
+  const keys = [
+    ...Object.values(spec.git ?? {}),
+    ...Object.values(spec.keys ?? {}),
+    ...Object.values(spec.file ?? {}),
+    ...(spec.environments ? [spec.environments] : []),
+  ];
   return {
     name: 'files',
-    describe: () => `gather ${[...Object.keys(spec.git ?? {}), ...Object.keys(spec.keys ?? {}), ...Object.keys(spec.file ?? {}), ...(spec.environments ? ['environments'] : [])].join(', ')} for the scripts`,
+    describe: () =>
+      `gather ${[...Object.keys(spec.git ?? {}), ...Object.keys(spec.keys ?? {}), ...Object.keys(spec.file ?? {}), ...(spec.environments ? ['environments'] : [])].join(', ')} for the scripts`,
     async grows(ctx) {
       // Gathered before grow: what the scripts will copy into the image is on disk already.
       const dir = stagedFiles(ctx.paths.work);
@@ -128,7 +152,13 @@ export function filesStage(spec: FilesSpec): Stage<BuildConfig> {
       for (const [name, key] of Object.entries(spec.git ?? {})) await checkout(ctx, key, name, join(dir, name));
       for (const [name, key] of Object.entries(spec.keys ?? {})) {
         const files = option(ctx.config, key) as string[];
-        writeFileSync(join(dir, name), files.map((f) => readFileSync(f, 'utf8').trim()).filter(Boolean).join('\n') + (files.length ? '\n' : ''));
+        writeFileSync(
+          join(dir, name),
+          files
+            .map((f) => readFileSync(f, 'utf8').trim())
+            .filter(Boolean)
+            .join('\n') + (files.length ? '\n' : ''),
+        );
       }
       for (const [name, key] of Object.entries(spec.file ?? {})) {
         const path = option(ctx.config, key);

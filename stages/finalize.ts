@@ -1,13 +1,12 @@
+import { scoped } from '../engine/cleanup.ts';
 import { UserError } from '../engine/errors.ts';
 import type { Stage } from '../engine/stage.ts';
-import { installedPackages } from '../lib/image/packages.ts';
-import { attachLoop } from '../lib/image/loop.ts';
-import { partition } from '../lib/image/partitions.ts';
-import { scoped } from '../engine/cleanup.ts';
-import { rootDir } from '../lib/image/attached.ts';
-import { fsck } from '../lib/image/fsck.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
-import { ATTACHED } from '../lib/image/attached.ts';
+import { ATTACHED, rootDir } from '../lib/image/attached.ts';
+import { fsck } from '../lib/image/fsck.ts';
+import { attachLoop } from '../lib/image/loop.ts';
+import { installedPackages } from '../lib/image/packages.ts';
+import { partition } from '../lib/image/partitions.ts';
 
 /** Write the boot partition back, unmount, detach (all that attach opened), then fsck the root. */
 export const finalizeStage: Stage<BuildConfig> = {
@@ -28,4 +27,3 @@ export const finalizeStage: Stage<BuildConfig> = {
     });
   },
 };
-

@@ -1,16 +1,14 @@
 import { statfsSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { formatBytes } from '../engine/options.ts';
 import { scoped } from '../engine/cleanup.ts';
 import { UserError } from '../engine/errors.ts';
-import type {  Stage } from '../engine/stage.ts';
+import { formatBytes } from '../engine/options.ts';
+import type { Stage } from '../engine/stage.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
+import { ext4Geometry } from '../lib/image/ext4-fit.ts';
+import { estimatedGrowth, growRoot, HEADROOM } from '../lib/image/grow-root.ts';
 import { attachLoop } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
-import { ext4Geometry } from '../lib/image/ext4-fit.ts';
-import { estimatedGrowth } from '../lib/image/grow-root.ts';
-import { HEADROOM } from '../lib/image/grow-root.ts';
-import { growRoot } from '../lib/image/grow-root.ts';
-import type { BuildConfig } from '../lib/build-options.ts';
 
 const MiB = 2 ** 20;
 
@@ -60,7 +58,8 @@ function checkHostSpace(image: string, growBy: number): void {
   const fs = statfsSync(dirname(image));
   const free = fs.bavail * fs.bsize;
   if (need > free) {
-    throw new UserError(`not enough space in ${dirname(image)}: the working image may take ${formatBytes(need)} more as the build writes it, and the disk has ${formatBytes(free)} free; free some space or pass --work DIR on a larger disk`);
+    throw new UserError(
+      `not enough space in ${dirname(image)}: the working image may take ${formatBytes(need)} more as the build writes it, and the disk has ${formatBytes(free)} free; free some space or pass --work DIR on a larger disk`,
+    );
   }
 }
-

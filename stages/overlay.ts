@@ -1,17 +1,19 @@
 import { join } from 'node:path';
 import { treeDigest } from '../engine/digest.ts';
-import type { BuildContext, Stage } from '../engine/stage.ts';
-import {  templateVars } from '../lib/template.ts';
-import type { BuildConfig } from '../lib/build-options.ts';
 import { imageInputs } from '../engine/options.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
 import { buildConfigSchema } from '../lib/build-options.ts';
-import { applyOverlays } from '../lib/image/overlay.ts';
-import { treeSize } from '../lib/image/overlay.ts';
-import { checkOverlay } from '../lib/image/overlay.ts';
+import { applyOverlays, checkOverlay, treeSize } from '../lib/image/overlay.ts';
+import { templateVars } from '../lib/template.ts';
 
 /** Template variables of the settings that can change what the image holds. */
 function overlayVars<C extends BuildConfig>(ctx: BuildContext<C>, derived: Record<string, string>): Record<string, string> {
-  return templateVars(imageInputs(buildConfigSchema, ctx.config), { ...derived, codename: ctx.state.system?.codename, 'boot-mount': ctx.state.system?.bootMount });
+  return templateVars(imageInputs(buildConfigSchema, ctx.config), {
+    ...derived,
+    codename: ctx.state.system?.codename,
+    'boot-mount': ctx.state.system?.bootMount,
+  });
 }
 
 export interface OverlayStageOptions<C extends BuildConfig> {
@@ -28,7 +30,11 @@ export interface OverlayStageOptions<C extends BuildConfig> {
  * site adds or replaces files without touching the pipeline's. `keys` are the settings the
  * pipeline's templates use (shown by --plan, accepted by the command).
  */
-export function overlayStage<C extends BuildConfig>(own: readonly string[] = [], keys: readonly (keyof C & string)[] = [], options: OverlayStageOptions<C> = {}): Stage<C> {
+export function overlayStage<C extends BuildConfig>(
+  own: readonly string[] = [],
+  keys: readonly (keyof C & string)[] = [],
+  options: OverlayStageOptions<C> = {},
+): Stage<C> {
   const user = options.user ?? true;
   const all = (config: { overlay: readonly string[] }) => [...own, ...(user ? config.overlay : [])];
   return {
@@ -45,7 +51,12 @@ export function overlayStage<C extends BuildConfig>(own: readonly string[] = [],
       const dirs = all(ctx.config);
       for (const dir of dirs) checkOverlay(dir);
       const trees = await Promise.all(dirs.map((dir) => treeDigest(dir)));
-      return [{ label: `${dirs.length} overlay director${dirs.length === 1 ? 'y' : 'ies'} copied`, input: JSON.stringify({ trees, vars: overlayVars(ctx, options.derived?.(ctx.config) ?? {}) }) }];
+      return [
+        {
+          label: `${dirs.length} overlay director${dirs.length === 1 ? 'y' : 'ies'} copied`,
+          input: JSON.stringify({ trees, vars: overlayVars(ctx, options.derived?.(ctx.config) ?? {}) }),
+        },
+      ];
     },
     async run(ctx) {
       await applyOverlays(ctx, all(ctx.config), overlayVars(ctx, options.derived?.(ctx.config) ?? {}));

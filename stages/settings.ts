@@ -5,13 +5,13 @@
  */
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import type { BuildContext, Stage } from '../engine/stage.ts';
-import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
-import { inRoot } from '../lib/image/in-root.ts';
-import { rootDir } from '../lib/image/attached.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
+import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
+import { rootDir } from '../lib/image/attached.ts';
+import { inRoot } from '../lib/image/in-root.ts';
 import { aptIndexes, asShipped, checkAgainstImage, HOST_KEYS_UNIT, hostKeys, settingsKey, settingsScript } from '../settings/in-image.ts';
 import { readSettings } from '../settings/model.ts';
-import { given, only, SETTING_KEYS, type PiSettings } from '../settings/options.ts';
+import { given, only, type PiSettings, SETTING_KEYS } from '../settings/options.ts';
 
 /** What the settings stage reads: the build's options and a user's settings. */
 type SettingsConfig = BuildConfig & PiSettings;
@@ -23,7 +23,12 @@ export function settingsStage(keys: readonly (keyof PiSettings)[] = SETTING_KEYS
     name: 'settings',
     describe: (config) => {
       const set = given(own(config));
-      return set.length ? `apply ${set.map((k) => `--${k}`).join(', ')}` : `no settings (${keys.slice(0, 6).map((k) => `--${k}`).join(', ')}, ...)`;
+      return set.length
+        ? `apply ${set.map((k) => `--${k}`).join(', ')}`
+        : `no settings (${keys
+            .slice(0, 6)
+            .map((k) => `--${k}`)
+            .join(', ')}, ...)`;
     },
     options: keys,
     async check(config) {

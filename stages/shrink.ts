@@ -1,18 +1,16 @@
-import { formatBytes } from '../engine/options.ts';
 import { scoped } from '../engine/cleanup.ts';
 import { UserError } from '../engine/errors.ts';
-import type {  Stage } from '../engine/stage.ts';
+import { formatBytes } from '../engine/options.ts';
+import type { Stage } from '../engine/stage.ts';
+import type { BuildConfig } from '../lib/build-options.ts';
 import { readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
 import { armFirstBoot, disarmFirstBoot, firstBootFor, formatCmdline, parseCmdline } from '../lib/image/cmdline.ts';
+import { ext4Geometry, fittingBlocks } from '../lib/image/ext4-fit.ts';
+import { fsck } from '../lib/image/fsck.ts';
 import { attachLoop } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { resizeRootPartition } from '../lib/image/resize.ts';
-import { ext4Geometry, fittingBlocks } from '../lib/image/ext4-fit.ts';
-import { fsck } from '../lib/image/fsck.ts';
-import type { BuildConfig } from '../lib/build-options.ts';
-import { shrinkTries } from '../lib/image/shrink.ts';
-import { cutTo } from '../lib/image/shrink.ts';
-import { minimumBlocks } from '../lib/image/shrink.ts';
+import { cutTo, minimumBlocks, shrinkTries } from '../lib/image/shrink.ts';
 
 /**
  * fsck, the root filesystem cut to its minimum plus a margin, its free blocks zeroed and turned
@@ -37,8 +35,17 @@ export function shrink(options: { disarmFirstBoot?: boolean } = {}): Stage<Build
         const geometry = await ext4Geometry(ctx, device);
         const estimate = await minimumBlocks(ctx, device);
         const fit = fittingBlocks(geometry, Math.ceil((geometry.blockCount - geometry.freeBlocks) / 200));
-        const tries = shrinkTries(fit, geometry.blockCount - geometry.freeBlocks, estimate, geometry.blockCount, geometry.blockSize, ctx.config['shrink-margin']);
-        ctx.log.line(`${geometry.blockCount} blocks of ${geometry.blockSize} bytes, ${geometry.blockCount - geometry.freeBlocks} in use; resize2fs estimates ${estimate}, the data needs ${fit ?? 'an unknown count'}; trying ${tries.join(', ') || 'none'} (margin included)`);
+        const tries = shrinkTries(
+          fit,
+          geometry.blockCount - geometry.freeBlocks,
+          estimate,
+          geometry.blockCount,
+          geometry.blockSize,
+          ctx.config['shrink-margin'],
+        );
+        ctx.log.line(
+          `${geometry.blockCount} blocks of ${geometry.blockSize} bytes, ${geometry.blockCount - geometry.freeBlocks} in use; resize2fs estimates ${estimate}, the data needs ${fit ?? 'an unknown count'}; trying ${tries.join(', ') || 'none'} (margin included)`,
+        );
         return { geometry, tries, estimate };
       });
       const kept = await cutTo(ctx, image, root, tries, estimate);
@@ -53,7 +60,8 @@ export function shrink(options: { disarmFirstBoot?: boolean } = {}): Stage<Build
       if (ctx.config['expand-on-boot'] || options.disarmFirstBoot) {
         const boot = partition(layout, layout.boot);
         const mechanism = ctx.state.system?.firstBoot ?? firstBootFor(ctx.state.system?.codename ?? '');
-        if (ctx.config['expand-on-boot'] && mechanism === 'none') throw new UserError(`--expand-on-boot: release "${ctx.state.system?.codename}" has no first-boot expansion this tool knows`);
+        if (ctx.config['expand-on-boot'] && mechanism === 'none')
+          throw new UserError(`--expand-on-boot: release "${ctx.state.system?.codename}" has no first-boot expansion this tool knows`);
         const cmdline = parseCmdline(await readBootFile(ctx, image, boot.offset, 'cmdline.txt'));
         const edited = ctx.config['expand-on-boot'] ? armFirstBoot(cmdline, mechanism) : disarmFirstBoot(cmdline);
         await writeBootFile(ctx, image, boot.offset, 'cmdline.txt', formatCmdline(edited));

@@ -6,8 +6,8 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { Writable } from 'node:stream';
-import { writeAt } from '../image/sparse-writer.ts';
 import type { Range } from '../image/bmap.ts';
+import { writeAt } from '../image/sparse-writer.ts';
 
 export interface Written {
   start: number;
@@ -43,7 +43,10 @@ export class DeviceWriter extends Writable {
     this.#observe(chunk);
     const start = this.bytes;
     this.bytes += chunk.length;
-    this.#put(chunk, start).then(() => callback(), (error: Error) => callback(this.#fail(error)));
+    this.#put(chunk, start).then(
+      () => callback(),
+      (error: Error) => callback(this.#fail(error)),
+    );
   }
 
   override _final(callback: (error?: Error | null) => void): void {
@@ -52,7 +55,10 @@ export class DeviceWriter extends Writable {
       else if (this.#index < this.#ranges.length) throw new Error(`the image ends at byte ${this.bytes}, before the end of its block map`);
       await this.#device.sync();
     };
-    finish().then(() => callback(), (error: Error) => callback(this.#fail(error)));
+    finish().then(
+      () => callback(),
+      (error: Error) => callback(this.#fail(error)),
+    );
   }
 
   #fail(error: Error): Error {

@@ -4,7 +4,7 @@
  * disk, a non-removable disk unless forced, a disk smaller than the image.
  */
 import { constants, existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { UserError } from '../../engine/errors.ts';
 import { currentMounts, type Mount } from '../../engine/mounts.ts';
@@ -96,7 +96,8 @@ export async function openExclusive(path: string): Promise<FileHandle> {
   try {
     return await open(path, constants.O_RDWR | constants.O_EXCL);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EBUSY') throw new UserError(`${path} is busy: something holds it (a mounted filesystem, a ZFS pool, LVM, RAID, or another program): stop it first`);
+    if ((error as NodeJS.ErrnoException).code === 'EBUSY')
+      throw new UserError(`${path} is busy: something holds it (a mounted filesystem, a ZFS pool, LVM, RAID, or another program): stop it first`);
     throw error;
   }
 }
@@ -109,7 +110,8 @@ export function inspectTarget(path: string): Disk {
   } catch {
     throw new UserError(`${path}: no such device: give the whole disk to write, such as /dev/sdb or /dev/mmcblk0 (lsblk lists them)`);
   }
-  if (!info.isBlockDevice()) throw new UserError(`${path} is not a block device: give the whole disk to write, such as /dev/sdb or /dev/mmcblk0 (lsblk lists them)`);
+  if (!info.isBlockDevice())
+    throw new UserError(`${path} is not a block device: give the whole disk to write, such as /dev/sdb or /dev/mmcblk0 (lsblk lists them)`);
   const sys = sysfsOf(majorMinor(info.rdev));
   if (!sys) throw new UserError(`${path}: the kernel knows no such block device`);
   const name = basename(sys);
@@ -133,7 +135,10 @@ export function refusals(disk: Disk, imageSize: number | undefined, force: boole
   const reasons: string[] = [];
   if (systemDisks().has(disk.name)) reasons.push(`${disk.path} holds the running system: refusing to write it, even with --force`);
   const holders = holdersOf(disk.name);
-  if (holders.length) reasons.push(`${disk.path} is held by ${holders.join(', ')} (device mapper: LVM or LUKS, or md RAID): stop ${holders.length > 1 ? 'them' : 'it'} first (dmsetup ls, cat /proc/mdstat)`);
+  if (holders.length)
+    reasons.push(
+      `${disk.path} is held by ${holders.join(', ')} (device mapper: LVM or LUKS, or md RAID): stop ${holders.length > 1 ? 'them' : 'it'} first (dmsetup ls, cat /proc/mdstat)`,
+    );
   const uses = usesOf(disk.name);
   if (uses.length) reasons.push(`${disk.path} is in use (mounted on ${uses.join(', ')}): unmount it first`);
   if (imageSize !== undefined && imageSize > disk.size) {

@@ -4,10 +4,10 @@
  * and binfmt_misc is checked, mounted and registered with the F flag (interpreter opened once by
  * the kernel, nothing copied into the image).
  */
-import {  existsSync,  readFileSync,  writeFileSync } from 'node:fs';
-import type { Arch } from '../image/arch.ts';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { UserError } from '../../engine/errors.ts';
 import type { BuildContext } from '../../engine/stage.ts';
+import type { Arch } from '../image/arch.ts';
 
 const BINFMT = '/proc/sys/fs/binfmt_misc';
 const HANDLERS: Partial<Record<Arch, string>> = { arm64: 'qemu-aarch64', armhf: 'qemu-arm' };
@@ -28,13 +28,15 @@ export async function ensureBinfmt(ctx: Pick<BuildContext, 'run'> & { log: { lin
   if (!handler) throw new UserError(`images for ${arch} cannot be run here: only arm64 and armhf are supported`);
   if (!existsSync(`${BINFMT}/register`)) {
     const { exitCode } = await ctx.run('mount', ['-t', 'binfmt_misc', 'binfmt_misc', BINFMT], { reject: false });
-    if (exitCode !== 0) throw new UserError(`binfmt_misc is not mounted and mounting it failed: run as root, or mount it yourself (mount -t binfmt_misc binfmt_misc ${BINFMT})`);
+    if (exitCode !== 0)
+      throw new UserError(`binfmt_misc is not mounted and mounting it failed: run as root, or mount it yourself (mount -t binfmt_misc binfmt_misc ${BINFMT})`);
   }
   const current = existsSync(`${BINFMT}/${handler}`) ? readFileSync(`${BINFMT}/${handler}`, 'utf8') : undefined;
   const flags = current ? (/^flags: *(\S*)/m.exec(current)?.[1] ?? '') : '';
   if (current && /^enabled/m.test(current) && flags.includes('F') && existsSync(/^interpreter (\S+)/m.exec(current)?.[1] ?? '')) return;
   const formatFile = `/usr/share/binfmts/${handler}`;
-  if (!existsSync(formatFile)) throw new UserError(`${handler} is not registered with binfmt_misc and qemu-user-static is not installed: apt-get install qemu-user-static`);
+  if (!existsSync(formatFile))
+    throw new UserError(`${handler} is not registered with binfmt_misc and qemu-user-static is not installed: apt-get install qemu-user-static`);
   const line = registrationLine(handler, readFileSync(formatFile, 'utf8'));
   ctx.log.line(`registering ${handler} with binfmt_misc: ${line}`);
   try {

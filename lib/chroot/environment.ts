@@ -5,20 +5,21 @@
  * the host's apt archive cache, an optional apt proxy or mirror. Every change to the image's own
  * files is undone on the way out, so none of it stays in the finished image.
  */
-import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+
 import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../engine/errors.ts';
 import { quote, type RunOptions, type RunResult } from '../../engine/exec.ts';
-import { Resource, type BuildContext } from '../../engine/stage.ts';
-import { ensureBinfmt } from './emulation.ts';
+import { type BuildContext, Resource } from '../../engine/stage.ts';
 import type { Arch } from '../image/arch.ts';
-import { mount } from '../image/loop.ts';
-import { entryInRoot, inRoot } from '../image/in-root.ts';
-import { compileHeldPython, holdPythonCompile } from './python-compile.ts';
-import { unpackNatively } from './native-unpack.ts';
 import { rootDir } from '../image/attached.ts';
+import { entryInRoot, inRoot } from '../image/in-root.ts';
+import { mount } from '../image/loop.ts';
+import { ensureBinfmt } from './emulation.ts';
+import { unpackNatively } from './native-unpack.ts';
+import { compileHeldPython, holdPythonCompile } from './python-compile.ts';
 
 const SAVED = '.build-image-saved';
 /** Inside the image, on a tmpfs: scripts and files staged for them, gone after the build. */
@@ -105,8 +106,8 @@ function writeRestoreCommand(ctx: BuildContext, root: string): void {
   const lines = swapped(ctx).map((path) => `restore ${quote(`/${path}`)}`);
   const script = [
     '#!/bin/sh -e',
-    '# Written by build-image for this build: in DIR, a copy of the image\'s root, the files the build',
-    '# swapped in for its own use become the image\'s own again.',
+    "# Written by build-image for this build: in DIR, a copy of the image's root, the files the build",
+    "# swapped in for its own use become the image's own again.",
     'dir=${1:?usage: restore-image-files DIR}',
     `restore() { if [ -e "$dir$1${SAVED}" ] || [ -L "$dir$1${SAVED}" ]; then mv -f "$dir$1${SAVED}" "$dir$1"; else rm -f "$dir$1"; fi; }`,
     ...lines,
@@ -214,9 +215,13 @@ export type SpeedUp = (typeof SPEED_UPS)[number];
 
 /** The speed-ups on: all, less those BUILD_IMAGE_SPEEDUPS_OFF names ("all" for every one), to measure or rule one out. */
 export function speedUpsOn(env: NodeJS.ProcessEnv = process.env): Set<SpeedUp> {
-  const off = (env.BUILD_IMAGE_SPEEDUPS_OFF ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const off = (env.BUILD_IMAGE_SPEEDUPS_OFF ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const name of off) {
-    if (name !== 'all' && !(SPEED_UPS as readonly string[]).includes(name)) throw new UserError(`BUILD_IMAGE_SPEEDUPS_OFF=${env.BUILD_IMAGE_SPEEDUPS_OFF}: no speed-up "${name}"; name some of ${SPEED_UPS.join(', ')}, or all`);
+    if (name !== 'all' && !(SPEED_UPS as readonly string[]).includes(name))
+      throw new UserError(`BUILD_IMAGE_SPEEDUPS_OFF=${env.BUILD_IMAGE_SPEEDUPS_OFF}: no speed-up "${name}"; name some of ${SPEED_UPS.join(', ')}, or all`);
   }
   return new Set(SPEED_UPS.filter((s) => !off.includes(s) && !off.includes('all')));
 }
@@ -251,7 +256,9 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   await mount(ctx, 'tmpfs', at('run'), ['-t', 'tmpfs', '-o', 'mode=0755']);
 
   // The apt sources as the build's apt will see them: the distribution archive at --apt-mirror.
-  const lists = ['etc/apt/sources.list', ...listDir(root, 'etc/apt/sources.list.d').filter((f) => /\.(list|sources)$/.test(f))].filter((f) => existsSync(inRoot(root, f)));
+  const lists = ['etc/apt/sources.list', ...listDir(root, 'etc/apt/sources.list.d').filter((f) => /\.(list|sources)$/.test(f))].filter((f) =>
+    existsSync(inRoot(root, f)),
+  );
   const sources = new Map(lists.map((list) => [list, readFileSync(inRoot(root, list), 'utf8')]));
   const archivesNamed = () => [...new Set([...sources.values()].flatMap(archivesOf))];
   if (options.aptMirror) {
@@ -264,7 +271,10 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
       swapFile(ctx, root, list, rewritten);
     }
     const named = archivesNamed().join(', ') || 'none';
-    if (!matched) throw new UserError(`--apt-mirror ${options.aptMirror}: the image's apt sources name no Debian or Raspbian archive to replace (they name: ${named}); leave --apt-mirror out, or use --apt-proxy`);
+    if (!matched)
+      throw new UserError(
+        `--apt-mirror ${options.aptMirror}: the image's apt sources name no Debian or Raspbian archive to replace (they name: ${named}); leave --apt-mirror out, or use --apt-proxy`,
+      );
   }
   // Packages of the same name differ between archives (Raspbian's armhf is not Debian's): one cache each.
   const archiveKey = createHash('sha256').update(archivesNamed().sort().join('\n')).digest('hex').slice(0, 8);

@@ -12,16 +12,22 @@
  * modes and owners. Every other package and every other call goes to the image's own command.
  */
 import { copyFileSync, writeFileSync } from 'node:fs';
-import type { BuildContext } from '../../engine/stage.ts';
-import { inRoot } from '../image/in-root.ts';
-import { rootDir } from '../image/attached.ts';
 import { findOnPath } from '../../engine/exec.ts';
+import type { BuildContext } from '../../engine/stage.ts';
+import { rootDir } from '../image/attached.ts';
+import { inRoot } from '../image/in-root.ts';
 
 /** True when `DEB` (argument 1) is a plain package; busybox's `ar` reads the member list. */
 const isPlain = (bb: string) =>
   `plain() { [ "$(${bb} ar t "$1" 2>/dev/null)" = "$(printf 'debian-binary\\ncontrol.tar.xz\\ndata.tar.xz')" ] && [ "$(${bb} ar p "$1" debian-binary)" = 2.0 ]; }`;
 
-const header = (bb: string, what: string) => [`#!${bb} sh`, `# Written by build-image for the build: ${what}`, `# runs natively in the host's busybox; anything else goes to the image's own command.`, isPlain(bb), 'set -o pipefail'];
+const header = (bb: string, what: string) => [
+  `#!${bb} sh`,
+  `# Written by build-image for the build: ${what}`,
+  `# runs natively in the host's busybox; anything else goes to the image's own command.`,
+  isPlain(bb),
+  'set -o pipefail',
+];
 
 const dpkgDeb = (bb: string) =>
   [

@@ -62,7 +62,9 @@ function packageFiles(root: string, pkg: string, arch: string): string[] {
   const [name, pkgArch = arch] = pkg.split(':');
   const list = [`${name}.list`, `${name}:${pkgArch}.list`].map((f) => inRoot(root, `/var/lib/dpkg/info/${f}`)).find(existsSync);
   if (!list) throw new UserError(`py3compile -p ${pkg}: dpkg has no file list for ${pkg} in the image`);
-  return readFileSync(list, 'utf8').split('\n').filter((f) => f.startsWith('/') && f.endsWith('.py') && !f.includes('\t'));
+  return readFileSync(list, 'utf8')
+    .split('\n')
+    .filter((f) => f.startsWith('/') && f.endsWith('.py') && !f.includes('\t'));
 }
 
 /** The public module directories' version: /usr/lib/python3/dist-packages → "3" (debpython's PUBLIC_DIR_RE). */
@@ -119,7 +121,8 @@ function versionsFor(file: string, versions: string[], excluded: Exclusion[]): s
   let left = versions;
   for (const e of excluded) {
     if (!file.startsWith(e.dir)) continue;
-    const hit = e.type === 'dir' || (e.type === 'file' && file === e.dir) || (e.type === 're' && (e.pattern.test(file) || e.pattern.test(file.slice(e.dir.length))));
+    const hit =
+      e.type === 'dir' || (e.type === 'file' && file === e.dir) || (e.type === 're' && (e.pattern.test(file) || e.pattern.test(file.slice(e.dir.length))));
     if (hit) left = left.filter((v) => !e.versions.includes(v));
   }
   return left;
@@ -133,7 +136,8 @@ function versionsFor(file: string, versions: string[], excluded: Exclusion[]): s
  */
 function modulesOf(root: string, call: string[], versions: string[], excluded: Exclusion[], arch: string): Map<string, string[]> | undefined {
   const [flag, pkg, ...dirs] = call;
-  if ((flag !== '-p' && flag !== '--package') || !pkg || !PACKAGE_NAME.test(pkg.replace(/:[a-z0-9]+$/, '')) || dirs.some((a) => a.startsWith('-'))) return undefined;
+  if ((flag !== '-p' && flag !== '--package') || !pkg || !PACKAGE_NAME.test(pkg.replace(/:[a-z0-9]+$/, '')) || dirs.some((a) => a.startsWith('-')))
+    return undefined;
   const byVersion = new Map(versions.map((v) => [v, [] as string[]]));
   for (const file of packageFiles(root, pkg, arch)) {
     if (!statSync(inRoot(root, file), { throwIfNoEntry: false })?.isFile()) continue;
@@ -187,7 +191,13 @@ function hostCompileInput(root: string, files: Iterable<string>, version: string
  * Compile what the held py3compile calls named, then forget them. `chroot` runs a command in the
  * image (the chroot is still entered).
  */
-export async function compileHeldPython(ctx: BuildContext, root: string, held: string, arch: string, chroot: (args: string[], input?: string) => Promise<unknown>): Promise<void> {
+export async function compileHeldPython(
+  ctx: BuildContext,
+  root: string,
+  held: string,
+  arch: string,
+  chroot: (args: string[], input?: string) => Promise<unknown>,
+): Promise<void> {
   const calls = heldCalls(root, held);
   if (calls.length === 0) return;
   ctx.status(`byte-compiling the Python modules of ${calls.length} package${calls.length > 1 ? 's' : ''}`);
@@ -204,7 +214,9 @@ export async function compileHeldPython(ctx: BuildContext, root: string, held: s
     if (files.size === 0) continue;
     const release = imageRelease(root, version);
     const host = release !== undefined && (await hostRelease(ctx, version)) === release;
-    ctx.log.line(`python${version}: ${files.size} modules of ${calls.length - others.length} py3compile calls compiled ${host ? `by the host's Python ${release}` : `in the image (the host has no Python ${release ?? version})`}`);
+    ctx.log.line(
+      `python${version}: ${files.size} modules of ${calls.length - others.length} py3compile calls compiled ${host ? `by the host's Python ${release}` : `in the image (the host has no Python ${release ?? version})`}`,
+    );
     if (host) {
       const script = inRoot(root, `${held}/host-compile.py`);
       writeFileSync(script, HOST_COMPILE);

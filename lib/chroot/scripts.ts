@@ -1,10 +1,10 @@
 /** The scripts a chroot stage runs, and the environment they see. */
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { imageInputs } from '../../engine/options.ts';
 import { UserError } from '../../engine/errors.ts';
+import { imageInputs } from '../../engine/options.ts';
 import type { BuildContext } from '../../engine/stage.ts';
-import { buildConfigSchema, type BuildConfig } from '../build-options.ts';
+import { type BuildConfig, buildConfigSchema } from '../build-options.ts';
 import { RESTORE_IMAGE_FILES, STAGING } from './environment.ts';
 
 /**
@@ -33,11 +33,16 @@ export function scriptEnv(config: BuildConfig, ctx: Pick<BuildContext, 'state' |
 
 /** The pipeline's own scripts in name order, then the user's (--script) in name order. */
 export function scriptList(dir: string | undefined, user: readonly string[]): string[] {
-  const own = dir && existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.sh')).sort().map((f) => join(dir, f)) : [];
+  const own =
+    dir && existsSync(dir)
+      ? readdirSync(dir)
+          .filter((f) => f.endsWith('.sh'))
+          .sort()
+          .map((f) => join(dir, f))
+      : [];
   for (const file of user) {
     if (!existsSync(file) || !statSync(file).isFile()) throw new UserError(`--script ${file}: no such file`);
   }
   const theirs = [...user].map((f) => resolve(f)).sort((a, b) => basename(a).localeCompare(basename(b)));
   return [...own, ...theirs];
 }
-

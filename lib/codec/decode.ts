@@ -19,8 +19,8 @@ import { Progress } from '../../engine/progress.ts';
 import type { BuildContext } from '../../engine/stage.ts';
 import { copyChunks, fileReader, handOver } from '../image/chunks.ts';
 import { SparseWriter } from '../image/sparse-writer.ts';
-import {  fileNameOf, type Downloading } from '../sources/fetch.ts';
 import type { Download } from '../image/state.ts';
+import { type Downloading, fileNameOf } from '../sources/fetch.ts';
 
 export type Format = 'xz' | 'gzip' | 'zstd' | 'zip' | 'raw';
 
@@ -65,7 +65,10 @@ async function readHead(path: string): Promise<Buffer> {
 
 /** The last meaningful stderr line of a decompressor, without its name and the file's path. */
 export function toolReason(stderr: string, tool: string, input: string): string {
-  const lines = stderr.split(/[\r\n]/).map((l) => l.trim()).filter(Boolean);
+  const lines = stderr
+    .split(/[\r\n]/)
+    .map((l) => l.trim())
+    .filter(Boolean);
   const line = lines.at(-1) ?? '';
   return line
     .replaceAll(input, '')
@@ -114,7 +117,9 @@ async function decompress(ctx: BuildContext, format: keyof typeof DECOMPRESSORS,
     if (result.code === 'ENOENT' || /ENOENT/.test(String(result.cause ?? ''))) {
       throw new UserError(`${tool} is not installed, and it is needed to decompress ${sink.name}: install it (run \`build-image doctor\`)`);
     }
-    const why = toolReason(typeof result.stderr === 'string' ? result.stderr : '', tool, input) || (result.exitCode !== undefined ? `exit code ${result.exitCode}` : `killed by ${result.signal}`);
+    const why =
+      toolReason(typeof result.stderr === 'string' ? result.stderr : '', tool, input) ||
+      (result.exitCode !== undefined ? `exit code ${result.exitCode}` : `killed by ${result.signal}`);
     throw new Corrupt(`${tool}: ${why}`);
   }
   if (copyError) throw copyError;
@@ -132,7 +137,9 @@ async function untar(source: Readable, sink: Sink, signal: AbortSignal): Promise
     for await (const entry of tar) {
       // tar-stream gives GNU sparse entries (tar --sparse) no type: it cannot expand them.
       if (entry.header.type !== 'file' && /\.img$/i.test(entry.header.name)) {
-        throw new UserError(`${sink.name}: ${entry.header.name} is ${entry.header.type ? `a ${entry.header.type}` : 'stored sparse (tar --sparse)'}, not a plain file: make the tar of the .img itself, without --sparse`);
+        throw new UserError(
+          `${sink.name}: ${entry.header.name} is ${entry.header.type ? `a ${entry.header.type}` : 'stored sparse (tar --sparse)'}, not a plain file: make the tar of the .img itself, without --sparse`,
+        );
       }
       if (entry.header.type !== 'file' || !/\.img$/i.test(entry.header.name)) {
         entry.resume();
@@ -204,11 +211,16 @@ async function unzip(ctx: BuildContext, input: string, sink: Sink, observe: { cr
       throw new UserError(`${sink.name} holds no .img file (${shown}): give a zip with exactly one disk image`);
     }
     if (images.length > 1) {
-      throw new UserError(`${sink.name} holds ${images.length} .img files (${images.map((e) => e.fileName).join(', ')}): give a zip with exactly one disk image`);
+      throw new UserError(
+        `${sink.name} holds ${images.length} .img files (${images.map((e) => e.fileName).join(', ')}): give a zip with exactly one disk image`,
+      );
     }
     const entry = images[0]!;
     if (entry.isEncrypted()) throw new UserError(`${sink.name}: ${entry.fileName} is encrypted: decrypt it first`);
-    if (!entry.canDecodeFileData()) throw new UserError(`${sink.name}: ${entry.fileName} uses zip compression method ${entry.compressionMethod}, which is not supported: give an .img, .img.xz or a deflate zip`);
+    if (!entry.canDecodeFileData())
+      throw new UserError(
+        `${sink.name}: ${entry.fileName} uses zip compression method ${entry.compressionMethod}, which is not supported: give an .img, .img.xz or a deflate zip`,
+      );
     ctx.log.line(`${sink.name}: extracting ${entry.fileName} (${entry.uncompressedSize} bytes)`);
     let stream: Readable;
     try {
@@ -248,7 +260,9 @@ export async function imageFormat(input: string, name: string, flag: string): Pr
 function formatOf(head: Buffer, name: string, flag: string): Format {
   const format = detectFormat(head);
   if (!format) {
-    throw new UserError(`${name} is neither a disk image (no MBR/GPT boot signature 0x55AA at byte 510) nor an xz, gzip, zstd or zip archive${looksLike(head)}: check ${flag}`);
+    throw new UserError(
+      `${name} is neither a disk image (no MBR/GPT boot signature 0x55AA at byte 510) nor an xz, gzip, zstd or zip archive${looksLike(head)}: check ${flag}`,
+    );
   }
   return format;
 }
@@ -275,7 +289,15 @@ async function copyRaw(ctx: BuildContext, input: string, writer: Writable): Prom
  * (crc32 of every chunk) when the format is zip. Failures are one-line errors: `name` is the input
  * as the user knows it, `again` what to do about a corrupt one, `target` what is written.
  */
-export async function decodeImage(ctx: BuildContext, input: string, format: Format, writer: ImageWriter, zipCrc: { crc: number }, names: { name: string; again: string; target: string }, stream?: AsyncIterable<Buffer>): Promise<void> {
+export async function decodeImage(
+  ctx: BuildContext,
+  input: string,
+  format: Format,
+  writer: ImageWriter,
+  zipCrc: { crc: number },
+  names: { name: string; again: string; target: string },
+  stream?: AsyncIterable<Buffer>,
+): Promise<void> {
   const sink = { writer, name: names.name };
   try {
     if (format === 'raw') await (stream ? pipeline(stream, writer, { signal: ctx.signal }) : copyRaw(ctx, input, writer));
@@ -296,11 +318,21 @@ export async function decodeImage(ctx: BuildContext, input: string, format: Form
  * Decompress a verified download into a raw, sparse image at `image` (written as `image.part`,
  * renamed when complete and verified). `what` names it in errors ("base image", "environment x").
  */
-export async function extractImage(ctx: BuildContext, download: Download, image: string, what = 'base image', flag = '--base', downloading?: Downloading): Promise<Download> {
+export async function extractImage(
+  ctx: BuildContext,
+  download: Download,
+  image: string,
+  what = 'base image',
+  flag = '--base',
+  downloading?: Downloading,
+): Promise<Download> {
   const input = download.path;
   const info = downloading ? undefined : await stat(input).catch(() => undefined);
   if (!downloading && !info?.isFile()) throw new UserError(`${what} ${input} is gone: run the fetch stage again (drop --from extract)`);
-  const { name: fileName, again } = describeDownload({ ...download, path: downloading && download.url ? join(dirname(input), fileNameOf(download.url)) : input }, ctx.paths.cache);
+  const { name: fileName, again } = describeDownload(
+    { ...download, path: downloading && download.url ? join(dirname(input), fileNameOf(download.url)) : input },
+    ctx.paths.cache,
+  );
   const name = `${what} ${fileName}`;
   let format: Format;
   if (downloading) {
@@ -353,12 +385,16 @@ export async function extractImage(ctx: BuildContext, download: Download, image:
   if (hash) {
     const got = hash.digest('hex');
     if (got !== download.extractSha256) {
-      throw await fail(`the image in ${fileName} failed verification: expected sha256 ${download.extractSha256} (extract_sha256 of the OS list), got ${got}: ${again}`);
+      throw await fail(
+        `the image in ${fileName} failed verification: expected sha256 ${download.extractSha256} (extract_sha256 of the OS list), got ${got}: ${again}`,
+      );
     }
   } else if (download.extractSize !== undefined && writer.bytes !== download.extractSize) {
     throw await fail(`the image in ${fileName} is ${writer.bytes} bytes, the OS list says ${download.extractSize}: ${again}`);
   }
   await rename(part, image);
-  ctx.log.line(`${image}: ${writer.bytes} bytes from ${name} (${format}${downloading ? ', extracted while it downloaded' : ''}), ${writer.written} written, the rest left as holes${hash ? ', sha256 matches the OS list' : ''}`);
+  ctx.log.line(
+    `${image}: ${writer.bytes} bytes from ${name} (${format}${downloading ? ', extracted while it downloaded' : ''}), ${writer.written} written, the rest left as holes${hash ? ', sha256 matches the OS list' : ''}`,
+  );
   return download;
 }

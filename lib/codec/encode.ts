@@ -10,24 +10,23 @@
  * build's outputs of the same name stay whole until the new set replaces them.
  */
 import { createHash } from 'node:crypto';
-import { once, type EventEmitter } from 'node:events';
-import { constants,  mkdtempSync, openSync,  rmSync, statSync,  type Stats } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { type EventEmitter, once } from 'node:events';
+import { constants, mkdtempSync, openSync, rmSync, type Stats, statSync } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import { pack } from 'tar-stream';
-import { commandLine } from '../../engine/exec.ts';
 import { CommandError, errnoReason, UserError } from '../../engine/errors.ts';
+import { commandLine } from '../../engine/exec.ts';
 import { Progress } from '../../engine/progress.ts';
 import type { BuildContext } from '../../engine/stage.ts';
+import type { BuildConfig, Compression } from '../build-options.ts';
 import { copyChunks, fileReader, handOver } from '../image/chunks.ts';
 import { SparseWriter } from '../image/sparse-writer.ts';
 import type { Output } from '../image/state.ts';
-import type { Compression } from '../build-options.ts';
-import type { BuildConfig } from '../build-options.ts';
 
 /**
  * zstd level 9: on root-filesystem data it is the knee of the curve. Measured on 300 MB of /usr
@@ -193,7 +192,10 @@ async function commandSink(
         command: commandLine(command, args),
         exitCode: result.exitCode,
         signal: result.signal,
-        tail: stderr.split('\n').filter((l) => l.trim() !== '').slice(-15),
+        tail: stderr
+          .split('\n')
+          .filter((l) => l.trim() !== '')
+          .slice(-15),
         logFile: ctx.log.file,
       });
     }
@@ -287,14 +289,11 @@ export async function encodeImage(
   let file: FileHandle | undefined;
   try {
     file = await open(image, 'r');
-    await copyChunks(
-      fileReader(file, size),
-      async (chunk) => {
-        hash.update(chunk);
-        await Promise.all(sinks.map((s) => s.write(chunk, signal)));
-        progress.add(chunk.length);
-      },
-    );
+    await copyChunks(fileReader(file, size), async (chunk) => {
+      hash.update(chunk);
+      await Promise.all(sinks.map((s) => s.write(chunk, signal)));
+      progress.add(chunk.length);
+    });
   } catch (error) {
     readError = error;
   } finally {

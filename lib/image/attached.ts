@@ -11,4 +11,3 @@ export const bootDir = (work: string) => join(work, 'boot');
 export const ATTACHED = new Resource<number>('attached');
 /** The boot partition's files as attach copied them out: what changed is written back. */
 export const BOOT_BEFORE = new Resource<Snapshot>('boot-before');
-

@@ -45,8 +45,14 @@ export interface BootChanges {
 
 /** What turns the partition as copied out (`before`) into the directory as it is now (`after`). */
 export function diffSnapshots(before: Snapshot, after: Snapshot): BootChanges {
-  const mkdirs = [...after].filter(([p, v]) => v === 'dir' && before.get(p) !== 'dir').map(([p]) => p).sort();
-  const copies = [...after].filter(([p, v]) => v !== 'dir' && before.get(p) !== v).map(([p]) => p).sort();
+  const mkdirs = [...after]
+    .filter(([p, v]) => v === 'dir' && before.get(p) !== 'dir')
+    .map(([p]) => p)
+    .sort();
+  const copies = [...after]
+    .filter(([p, v]) => v !== 'dir' && before.get(p) !== v)
+    .map(([p]) => p)
+    .sort();
   const gone = [...before].filter(([p, v]) => !after.has(p) || (after.get(p) === 'dir') !== (v === 'dir'));
   // Deepest first, so a directory is empty when its turn comes; a removed directory's
   // contents go with it (mdeltree), so they are not listed.
@@ -66,7 +72,10 @@ function drive(image: string, offset: number): string[] {
 /** The names at the top of the boot partition ([] for an empty or unreadable one). */
 export async function bootFileNames(ctx: BuildContext, image: string, offset: number): Promise<string[]> {
   const { stdout } = await ctx.run('mdir', ['-b', ...drive(image, offset), '::'], { env, reject: false });
-  return stdout.split('\n').map((l) => l.trim().replace(/^::\//, '')).filter(Boolean);
+  return stdout
+    .split('\n')
+    .map((l) => l.trim().replace(/^::\//, ''))
+    .filter(Boolean);
 }
 
 export async function copyOut(ctx: BuildContext, image: string, offset: number, dir: string): Promise<void> {

@@ -13,6 +13,8 @@ export async function fsck(ctx: BuildContext, device: string, written = false): 
     throw new UserError(`e2fsck found errors it could not fix in the root filesystem (exit code ${exitCode}): ${last}`);
   }
   if (written && exitCode === 1) {
-    throw new UserError(`the root filesystem the build wrote had errors (e2fsck repaired them: ${last}): the disk under the work directory may be full or failing; nothing was written to --out (see the finalize log)`);
+    throw new UserError(
+      `the root filesystem the build wrote had errors (e2fsck repaired them: ${last}): the disk under the work directory may be full or failing; nothing was written to --out (see the finalize log)`,
+    );
   }
 }

@@ -7,7 +7,6 @@ import { partition } from './partitions.ts';
 import { resizeRootPartition } from './resize.ts';
 import type { Layout } from './state.ts';
 
-
 /** Always kept free while customizing: logs, apt lists, dpkg's temporary files. */
 export const HEADROOM = 256 * 2 ** 20;
 

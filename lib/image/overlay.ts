@@ -1,11 +1,24 @@
 /** Overlay directories (boot/ and rootfs/ trees) copied into an attached image, templates rendered. */
-import { chmodSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join, relative } from 'node:path';
 import { UserError } from '../../engine/errors.ts';
 import type { BuildContext } from '../../engine/stage.ts';
+import { renderTemplate, TemplateError } from '../template.ts';
 import { bootDir, rootDir } from './attached.ts';
 import { inRoot } from './in-root.ts';
-import { renderTemplate, TemplateError } from '../template.ts';
 
 /** The trees an overlay directory may hold, and where each goes. */
 const TREES = ['boot', 'rootfs'] as const;
@@ -49,7 +62,16 @@ export function treeSize(dir: string): number {
  * A link in the image to a directory is followed inside the image (`lib -> usr/lib`); a file, link
  * or template replaces whatever is at its name, never writes through a link there.
  */
-function copyTree(src: string, root: string, dest: string, overlay: string, modes: Map<string, number>, vars: Record<string, string>, fat: boolean, log: (line: string) => void): void {
+function copyTree(
+  src: string,
+  root: string,
+  dest: string,
+  overlay: string,
+  modes: Map<string, number>,
+  vars: Record<string, string>,
+  fat: boolean,
+  log: (line: string) => void,
+): void {
   for (const entry of readdirSync(src, { withFileTypes: true })) {
     const from = join(src, entry.name);
     const rel = relative(overlay, from);

@@ -1,6 +1,7 @@
 /** The image's installed packages, for the manifest and the SBOM: dpkg's status and the packages' copyright files. */
-import { UserError } from '../../engine/errors.ts';
+
 import { readFileSync, statSync } from 'node:fs';
+import { UserError } from '../../engine/errors.ts';
 import { inRoot, readInRoot } from './in-root.ts';
 import type { Package } from './state.ts';
 

@@ -40,7 +40,9 @@ export function parseLayout(json: SfdiskJson, fileSize: number, fsOf: (p: { offs
   const roots = partitions.filter((p) => p.fs === 'ext4');
   if (!boot) throw new UserError(`${name}: no FAT boot partition found (partitions: ${describe(partitions)})`);
   if (roots.length !== 1) {
-    throw new UserError(`${name}: expected one ext4 root partition, found ${roots.length} (partitions: ${describe(partitions)}); only ext4 roots are supported`);
+    throw new UserError(
+      `${name}: expected one ext4 root partition, found ${roots.length} (partitions: ${describe(partitions)}); only ext4 roots are supported`,
+    );
   }
   const root = roots[0]!;
   const last = partitions.reduce((a, b) => (b.offset > a.offset ? b : a));

@@ -1,9 +1,9 @@
 /** Cutting an ext4 root filesystem to size: the sizes to try, and trying them safely. */
 import { renameSync, rmSync } from 'node:fs';
+import { scoped } from '../../engine/cleanup.ts';
 import type { BuildContext } from '../../engine/stage.ts';
 import { attachLoop } from './loop.ts';
 import type { Partition } from './state.ts';
-import { scoped } from '../../engine/cleanup.ts';
 
 /** Below this gain a shrink is not worth a rewrite: shrinking a shrunk image changes nothing. */
 const MIN_GAIN = 4 * 2 ** 20;
@@ -18,7 +18,9 @@ const MIN_GAIN = 4 * 2 ** 20;
 export function shrinkTries(fit: number | undefined, used: number, estimate: number, blockCount: number, blockSize: number, margin: number): number[] {
   const extra = Math.ceil(margin / blockSize);
   const below = [fit ?? used, used, used + (estimate - used) / 4, used + (estimate - used) / 2].map(Math.round).filter((blocks) => blocks < estimate);
-  return [...new Set([...below.sort((a, b) => a - b), estimate].map((blocks) => blocks + extra))].filter((target) => (blockCount - target) * blockSize >= MIN_GAIN);
+  return [...new Set([...below.sort((a, b) => a - b), estimate].map((blocks) => blocks + extra))].filter(
+    (target) => (blockCount - target) * blockSize >= MIN_GAIN,
+  );
 }
 
 export async function minimumBlocks(ctx: BuildContext, device: string): Promise<number> {

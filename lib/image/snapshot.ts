@@ -6,20 +6,15 @@
 import { basename, join } from 'node:path';
 import { scoped } from '../../engine/cleanup.ts';
 import { formatBytes } from '../../engine/options.ts';
-import type { SnapshotEntry } from '../../engine/stage-cache.ts';
 import type { BuildContext, ImageSnapshots } from '../../engine/stage.ts';
+import type { SnapshotEntry } from '../../engine/stage-cache.ts';
+import type { BuildConfig } from '../build-options.ts';
+import { ATTACHED, BOOT_BEFORE, bootDir, rootDir } from './attached.ts';
 import { writeBack } from './bootfs.ts';
+import { ext4Geometry } from './ext4-fit.ts';
+import { estimatedGrowth, growRoot, HEADROOM } from './grow-root.ts';
 import { attachLoop } from './loop.ts';
 import { partition } from './partitions.ts';
-import { ext4Geometry } from './ext4-fit.ts';
-import { bootDir } from './attached.ts';
-import { rootDir } from './attached.ts';
-import { estimatedGrowth } from './grow-root.ts';
-import { growRoot } from './grow-root.ts';
-import { HEADROOM } from './grow-root.ts';
-import { ATTACHED } from './attached.ts';
-import { BOOT_BEFORE } from './attached.ts';
-import type { BuildConfig } from '../build-options.ts';
 
 const IMAGE = 'image.img';
 

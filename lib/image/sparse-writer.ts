@@ -38,7 +38,10 @@ export class SparseWriter extends Writable {
     const data = this.#pending.length ? Buffer.concat([this.#pending, chunk]) : chunk;
     const whole = data.length - (data.length % BLOCK);
     this.#pending = Buffer.from(data.subarray(whole));
-    this.#writeBlocks(data.subarray(0, whole), start).then(() => callback(), (error: Error) => callback(this.#fail(error)));
+    this.#writeBlocks(data.subarray(0, whole), start).then(
+      () => callback(),
+      (error: Error) => callback(this.#fail(error)),
+    );
   }
 
   override _final(callback: (error?: Error | null) => void): void {
@@ -49,7 +52,10 @@ export class SparseWriter extends Writable {
       if (tail.length && !tail.equals(ZERO.subarray(0, tail.length))) await this.#write(tail, start);
       await this.#file.truncate(this.bytes);
     };
-    finish().then(() => callback(), (error: Error) => callback(this.#fail(error)));
+    finish().then(
+      () => callback(),
+      (error: Error) => callback(this.#fail(error)),
+    );
   }
 
   #fail(error: Error): Error {

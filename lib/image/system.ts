@@ -2,10 +2,10 @@
 import { existsSync } from 'node:fs';
 import { posix } from 'node:path';
 import { UserError } from '../../engine/errors.ts';
+import { imageArch } from './arch.ts';
 import { firstBootFor, firstBootOf, parseCmdline } from './cmdline.ts';
 import { inRoot, readInRoot, resolveInRoot } from './in-root.ts';
 import type { Network, SystemInfo } from './state.ts';
-import { imageArch } from './arch.ts';
 
 export function parseOsRelease(text: string): Record<string, string> {
   const fields: Record<string, string> = {};
@@ -33,7 +33,9 @@ export function bootMountOf(fstab: string): string | undefined {
 function checkedBootMount(root: string, mount: string): string {
   const plain = posix.normalize(mount);
   if (!mount.startsWith('/') || mount.split('/').includes('..') || plain === '/' || resolveInRoot(root, plain) !== plain.replace(/\/$/, '')) {
-    throw new UserError(`the image's /etc/fstab mounts the boot partition at ${JSON.stringify(mount)}, which is not a directory path inside the image without symbolic links (like /boot/firmware): fix the image's fstab`);
+    throw new UserError(
+      `the image's /etc/fstab mounts the boot partition at ${JSON.stringify(mount)}, which is not a directory path inside the image without symbolic links (like /boot/firmware): fix the image's fstab`,
+    );
   }
   return plain.replace(/\/$/, '');
 }
@@ -42,13 +44,12 @@ export function detectSystem(root: string, cmdline: string): SystemInfo {
   const os = parseOsRelease(readInRoot(root, 'etc/os-release', 'usr/lib/os-release'));
   const codename = os.VERSION_CODENAME ?? /\((\w+)\)/.exec(os.VERSION ?? '')?.[1] ?? 'unknown';
   // It names cache directories and outputs: an image's word is checked before it names a path.
-  if (!/^[a-z][a-z0-9-]{0,31}$/.test(codename)) throw new UserError(`the image's os-release gives the release ${JSON.stringify(codename)}, which is not a release name (lower-case letters, digits, "-"): is this a Raspberry Pi OS or Debian image?`);
+  if (!/^[a-z][a-z0-9-]{0,31}$/.test(codename))
+    throw new UserError(
+      `the image's os-release gives the release ${JSON.stringify(codename)}, which is not a release name (lower-case letters, digits, "-"): is this a Raspberry Pi OS or Debian image?`,
+    );
   const has = (...paths: string[]) => paths.some((p) => existsSync(inRoot(root, p)));
-  const network: Network = has('usr/sbin/NetworkManager')
-    ? 'NetworkManager'
-    : has('usr/sbin/dhcpcd', 'sbin/dhcpcd')
-      ? 'dhcpcd'
-      : 'none';
+  const network: Network = has('usr/sbin/NetworkManager') ? 'NetworkManager' : has('usr/sbin/dhcpcd', 'sbin/dhcpcd') ? 'dhcpcd' : 'none';
   const armed = firstBootOf(parseCmdline(cmdline));
   const modern = codename === 'bookworm' || codename === 'trixie';
   return {

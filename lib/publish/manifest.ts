@@ -26,7 +26,14 @@ export function manifest(ctx: BuildContext<BuildConfig>, out: ManifestFacts) {
     name: out.name,
     pipeline: ctx.pipeline,
     created: out.created,
-    base: download ? { source: published(ctx.schema.base, download.source), url: download.url ? withoutCredentials(download.url) : null, sha256: download.sha256, releaseDate: download.releaseDate ?? null } : null,
+    base: download
+      ? {
+          source: published(ctx.schema.base, download.source),
+          url: download.url ? withoutCredentials(download.url) : null,
+          sha256: download.sha256,
+          releaseDate: download.releaseDate ?? null,
+        }
+      : null,
     release: ctx.state.system?.codename ?? null,
     arch: ctx.config.arch,
     init_format: ctx.state.system?.initFormat ?? null,

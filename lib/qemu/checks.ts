@@ -4,8 +4,8 @@
  * (an HTTP request through a forwarded port), which proves the service is reachable from outside.
  */
 import { readFileSync } from 'node:fs';
-import { quote } from '../../engine/exec.ts';
 import { ConfigError } from '../../engine/errors.ts';
+import { quote } from '../../engine/exec.ts';
 import type { GuestFacts } from './facts.ts';
 
 export interface Check {
@@ -33,7 +33,8 @@ export function systemChecks(facts: GuestFacts, expands = false): Check[] {
     {
       // First: the checks after it see a system that has finished starting.
       name: 'systemd: every unit started, none failed',
-      command: 's=$(systemctl is-system-running --wait); f=$(systemctl --failed --no-legend --plain | awk \'{print $1}\' | paste -sd" "); echo "$s${f:+ (failed: $f)}"; [ "$s" = running ]',
+      command:
+        's=$(systemctl is-system-running --wait); f=$(systemctl --failed --no-legend --plain | awk \'{print $1}\' | paste -sd" "); echo "$s${f:+ (failed: $f)}"; [ "$s" = running ]',
       timeoutS: 300,
     },
     { name: `hostname is ${facts.hostname}`, command: `h=$(hostname); echo "$h"; [ "$h" = ${quote(facts.hostname)} ]` },
@@ -87,7 +88,13 @@ export function readChecksFile(path: string): Check[] {
 
 /** The last line of a command's output, short enough for one line of the report. */
 export function lastLine(output: string, max = 120): string {
-  const line = output.trim().split('\n').map((l) => l.trim()).filter(Boolean).at(-1) ?? '(no output)';
+  const line =
+    output
+      .trim()
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean)
+      .at(-1) ?? '(no output)';
   return line.length > max ? `${line.slice(0, max - 3)}...` : line;
 }
 

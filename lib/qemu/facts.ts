@@ -6,8 +6,8 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { inRoot, readInRoot } from '../image/in-root.ts';
-import { parseIpv4Cidr } from '../net.ts';
 import type { Ipv4Cidr } from '../net.ts';
+import { parseIpv4Cidr } from '../net.ts';
 
 export interface StaticAddress extends Ipv4Cidr {
   interface: string;
@@ -59,7 +59,9 @@ export function readFacts(root: string): GuestFacts {
   let address = dhcpcdStatic(readInRoot(root, 'etc/dhcpcd.conf'));
   const nm = 'etc/NetworkManager/system-connections';
   if (!address && existsSync(inRoot(root, nm))) {
-    for (const name of readdirSync(inRoot(root, nm)).filter((n) => n.endsWith('.nmconnection')).sort()) {
+    for (const name of readdirSync(inRoot(root, nm))
+      .filter((n) => n.endsWith('.nmconnection'))
+      .sort()) {
       address ??= nmStatic(readInRoot(root, join(nm, name)));
     }
   }

@@ -5,14 +5,13 @@
  * only, the serial console in a log file. The QEMU process is ended by the clean-up stack.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../engine/errors.ts';
 import type { BuildContext } from '../../engine/stage.ts';
+import { intToIpv4, ipv4ToInt } from '../net.ts';
 import type { StaticAddress } from './facts.ts';
 import type { GuestArch, GuestKernel } from './kernel.ts';
-import { intToIpv4 } from '../net.ts';
-import { ipv4ToInt } from '../net.ts';
 
 export interface GuestSpec {
   arch: GuestArch;
@@ -58,7 +57,6 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-
 /**
  * QEMU's user network on the image's subnet: its gateway and DNS addresses (x.x.x.2 and .3 by
  * default) moved to two others when the image's own address is one of them.
@@ -66,7 +64,10 @@ export async function freePort(): Promise<number> {
 export function userNetwork(address: StaticAddress | undefined): string[] {
   if (!address) return [];
   const network = ipv4ToInt(address.network);
-  const [host, dns] = [1, 2, 3, 4].map((i) => network + i).filter((n) => n !== ipv4ToInt(address.address)).slice(1, 3) as [number, number];
+  const [host, dns] = [1, 2, 3, 4]
+    .map((i) => network + i)
+    .filter((n) => n !== ipv4ToInt(address.address))
+    .slice(1, 3) as [number, number];
   return [`net=${address.network}/${address.prefix}`, `host=${intToIpv4(host)}`, `dns=${intToIpv4(dns)}`];
 }
 
@@ -78,17 +79,25 @@ export function userNetwork(address: StaticAddress | undefined): string[] {
  */
 export function guestArgs(cmdline: string): string[] {
   const dropped = /^(root|rootfstype|console|init|plymouth\.[^=]*)=|^(quiet|splash|rootwait|ro|rw|plymouth\.ignore-serial-consoles)$/;
-  return cmdline.trim().split(/\s+/).filter((arg) => arg && !dropped.test(arg));
+  return cmdline
+    .trim()
+    .split(/\s+/)
+    .filter((arg) => arg && !dropped.test(arg));
 }
 
 function consoleTail(file: string, from = 0, lines = 25): string {
   if (!existsSync(file)) return '(no console output)';
   // Without colours and hyperlinks (systemd's status lines have both).
-  const text = readFileSync(file).subarray(from).toString('utf8')
+  const text = readFileSync(file)
+    .subarray(from)
+    .toString('utf8')
     .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '')
     .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
     .replace(/\r/g, '');
-  const tail = text.split('\n').filter((l) => l.trim() !== '').slice(-lines);
+  const tail = text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .slice(-lines);
   return tail.length ? tail.map((l) => `  | ${l}`).join('\n') : '(no console output)';
 }
 
@@ -117,36 +126,71 @@ export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Gu
   // No option ROM on any NIC: the kernel or U-Boot is loaded directly, and the ROMs' package (ipxe-qemu) may be absent.
   if (spec.cluster) {
     const { port, listen, mac } = spec.cluster;
-    nics.push('-netdev', `socket,id=cluster,${listen ? 'listen' : 'connect'}=127.0.0.1:${port}`, '-device', `virtio-net-pci,netdev=cluster,mac=${mac},romfile=`);
+    nics.push(
+      '-netdev',
+      `socket,id=cluster,${listen ? 'listen' : 'connect'}=127.0.0.1:${port}`,
+      '-device',
+      `virtio-net-pci,netdev=cluster,mac=${mac},romfile=`,
+    );
   }
   if (spec.user) {
     const guestIp = spec.user.address?.address ?? '';
     const forwards = [...hostPort].map(([guest, host]) => `hostfwd=tcp:127.0.0.1:${host}-${guestIp}:${guest}`);
-    nics.push('-netdev', ['user', 'id=net', 'restrict=on', ...userNetwork(spec.user.address), ...forwards].join(','), '-device', 'virtio-net-pci,netdev=net,romfile=');
+    nics.push(
+      '-netdev',
+      ['user', 'id=net', 'restrict=on', ...userNetwork(spec.user.address), ...forwards].join(','),
+      '-device',
+      'virtio-net-pci,netdev=net,romfile=',
+    );
   }
-  const boot = 'firmware' in spec.boot
-    ? ['-bios', spec.boot.firmware]
-    : [
-        '-kernel', spec.boot.kernel.kernel, '-initrd', spec.boot.kernel.initrd,
-        // eth0 as on a Pi; a panic ends QEMU (-no-reboot) instead of hanging until the timeout.
-        '-append', [`root=/dev/vda${spec.boot.rootPartition}`, 'ro', 'rootwait', 'console=ttyAMA0', 'net.ifnames=0', 'panic=-1', ...spec.boot.bootArgs].join(' '),
-        '-drive', `file=${spec.boot.image},format=raw,if=none,id=disk,cache=unsafe`,
-        '-device', 'virtio-blk-pci,drive=disk',
-      ];
+  const boot =
+    'firmware' in spec.boot
+      ? ['-bios', spec.boot.firmware]
+      : [
+          '-kernel',
+          spec.boot.kernel.kernel,
+          '-initrd',
+          spec.boot.kernel.initrd,
+          // eth0 as on a Pi; a panic ends QEMU (-no-reboot) instead of hanging until the timeout.
+          '-append',
+          [`root=/dev/vda${spec.boot.rootPartition}`, 'ro', 'rootwait', 'console=ttyAMA0', 'net.ifnames=0', 'panic=-1', ...spec.boot.bootArgs].join(' '),
+          '-drive',
+          `file=${spec.boot.image},format=raw,if=none,id=disk,cache=unsafe`,
+          '-device',
+          'virtio-blk-pci,drive=disk',
+        ];
   const args = [
     ...machine,
     ...(await sandbox(ctx, qemu)),
-    '-smp', '2', '-m', String(spec.memoryMiB),
-    '-nodefaults', '-no-user-config', '-display', 'none', '-monitor', 'none', '-no-reboot',
+    '-smp',
+    '2',
+    '-m',
+    String(spec.memoryMiB),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-monitor',
+    'none',
+    '-no-reboot',
     // Appended to: the consoles of several boots (a guest that reboots is started again) in one file.
-    '-chardev', `file,id=console,path=${spec.console},append=on`, '-serial', 'chardev:console',
+    '-chardev',
+    `file,id=console,path=${spec.console},append=on`,
+    '-serial',
+    'chardev:console',
     ...boot,
     ...nics,
-    '-device', 'virtio-rng-pci',
+    '-device',
+    'virtio-rng-pci',
   ];
   const subprocess = ctx.commands.spawn(qemu, args);
   subprocess.stdout.on('data', (chunk: Buffer) => ctx.log.write(chunk.toString()));
-  const guest: Guest = { hostPort, pid: subprocess.pid ?? 0, stopped: Promise.resolve(), consoleFrom: existsSync(spec.console) ? statSync(spec.console).size : 0 };
+  const guest: Guest = {
+    hostPort,
+    pid: subprocess.pid ?? 0,
+    stopped: Promise.resolve(),
+    consoleFrom: existsSync(spec.console) ? statSync(spec.console).size : 0,
+  };
   guest.stopped = subprocess.then((result) => {
     guest.exit = result.exitCode !== undefined ? `exit code ${result.exitCode}` : `signal ${result.signal}`;
     if (result.exitCode) guest.exit += `: ${String(result.stderr).trim().split('\n').at(-1)}`;
@@ -167,10 +211,27 @@ export interface SshTarget {
 
 export function sshArgs(target: SshTarget, command: string): string[] {
   return [
-    '-i', target.key, '-p', String(target.port),
-    '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
-    '-o', 'LogLevel=ERROR', '-o', 'ConnectTimeout=20', '-o', 'ServerAliveInterval=10',
-    `${target.user}@127.0.0.1`, '--', command,
+    '-i',
+    target.key,
+    '-p',
+    String(target.port),
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    'IdentitiesOnly=yes',
+    '-o',
+    'StrictHostKeyChecking=no',
+    '-o',
+    'UserKnownHostsFile=/dev/null',
+    '-o',
+    'LogLevel=ERROR',
+    '-o',
+    'ConnectTimeout=20',
+    '-o',
+    'ServerAliveInterval=10',
+    `${target.user}@127.0.0.1`,
+    '--',
+    command,
   ];
 }
 
@@ -195,7 +256,13 @@ function sshBanner(port: number): Promise<boolean> {
  * Fails with the console's last lines when QEMU stops otherwise, when the timeout passes, or when
  * sshd answers but keeps refusing the key for a minute.
  */
-export async function waitForSsh(ctx: BuildContext, guest: Guest, target: SshTarget, wait: { deadline: number; timeoutS: number }, console: string): Promise<'up' | 'rebooted'> {
+export async function waitForSsh(
+  ctx: BuildContext,
+  guest: Guest,
+  target: SshTarget,
+  wait: { deadline: number; timeoutS: number },
+  console: string,
+): Promise<'up' | 'rebooted'> {
   const { deadline, timeoutS } = wait;
   let refusedSince: number | undefined;
   let lastError = '';
@@ -212,12 +279,16 @@ export async function waitForSsh(ctx: BuildContext, guest: Guest, target: SshTar
       lastError = r.stderr.trim().split('\n').at(-1) ?? '';
       refusedSince ??= Date.now();
       if (Date.now() - refusedSince > 60_000) {
-        throw new UserError(`the guest's sshd refuses ${target.user} with ${target.key} (${lastError}): pass the private half of a key the image authorizes (--ssh-key), or --user`);
+        throw new UserError(
+          `the guest's sshd refuses ${target.user} with ${target.key} (${lastError}): pass the private half of a key the image authorizes (--ssh-key), or --user`,
+        );
       }
     }
     await sleep(2000, undefined, { signal: ctx.signal });
   }
-  throw new UserError(`SSH on the guest did not answer within ${timeoutS} s${lastError ? ` (${lastError})` : ''} (raise --timeout if it was still booting); its console's last lines:\n${consoleTail(console, guest.consoleFrom)}`);
+  throw new UserError(
+    `SSH on the guest did not answer within ${timeoutS} s${lastError ? ` (${lastError})` : ''} (raise --timeout if it was still booting); its console's last lines:\n${consoleTail(console, guest.consoleFrom)}`,
+  );
 }
 
 /** Power the guest off from inside and wait for QEMU to end (the clean-up stack kills it otherwise). */

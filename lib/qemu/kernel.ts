@@ -15,8 +15,8 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameS
 import { join } from 'node:path';
 import { UserError } from '../../engine/errors.ts';
 import { withLock } from '../../engine/lock.ts';
-import { inRoot } from '../image/in-root.ts';
 import type { BuildContext } from '../../engine/stage.ts';
+import { inRoot } from '../image/in-root.ts';
 
 export type GuestArch = 'arm64' | 'armhf';
 
@@ -35,7 +35,13 @@ export interface GuestKernel {
 const FLAVOUR: Record<GuestArch, string> = { arm64: 'linux-image-cloud-arm64', armhf: 'linux-image-armmp-lpae' };
 
 /** Config lines a kernel needs to boot under `-M virt` from a virtio disk with a PL011 console. */
-const VIRT_NEEDS = ['CONFIG_PCI_HOST_GENERIC=y', 'CONFIG_VIRTIO_PCI=[ym]', 'CONFIG_VIRTIO_BLK=[ym]', 'CONFIG_VIRTIO_NET=[ym]', 'CONFIG_SERIAL_AMBA_PL011_CONSOLE=y'];
+const VIRT_NEEDS = [
+  'CONFIG_PCI_HOST_GENERIC=y',
+  'CONFIG_VIRTIO_PCI=[ym]',
+  'CONFIG_VIRTIO_BLK=[ym]',
+  'CONFIG_VIRTIO_NET=[ym]',
+  'CONFIG_SERIAL_AMBA_PL011_CONSOLE=y',
+];
 
 export function bootsUnderVirt(kernelConfig: string): boolean {
   return VIRT_NEEDS.every((line) => new RegExp(`^${line}$`, 'm').test(kernelConfig));
@@ -58,7 +64,14 @@ export function ownKernel(root: string): { version: string; kernel: string; init
 
 /** A private apt for another arch's packages: its own lists and cache, Debian's keyring. */
 function aptRoot(dir: string, arch: GuestArch, mirror: string): Record<string, string> {
-  for (const sub of ['etc/apt/apt.conf.d', 'etc/apt/preferences.d', 'etc/apt/sources.list.d', 'var/lib/apt/lists/partial', 'var/cache/apt/archives/partial', 'var/lib/dpkg']) {
+  for (const sub of [
+    'etc/apt/apt.conf.d',
+    'etc/apt/preferences.d',
+    'etc/apt/sources.list.d',
+    'var/lib/apt/lists/partial',
+    'var/cache/apt/archives/partial',
+    'var/lib/dpkg',
+  ]) {
     mkdirSync(join(dir, sub), { recursive: true });
   }
   if (!existsSync(join(dir, 'var/lib/dpkg/status'))) writeFileSync(join(dir, 'var/lib/dpkg/status'), '');
@@ -81,7 +94,7 @@ function aptRoot(dir: string, arch: GuestArch, mirror: string): Record<string, s
 /** The named Debian packages for `arch`, unpacked into one tree, cached by their versions. */
 async function debianPackages(ctx: BuildContext, arch: GuestArch, mirror: string, names: readonly string[]): Promise<{ dir: string; versions: string }> {
   if (!existsSync('/usr/share/keyrings/debian-archive-keyring.gpg')) {
-    throw new UserError('verify needs Debian\'s archive keyring to check the kernel it downloads: apt-get install debian-archive-keyring');
+    throw new UserError("verify needs Debian's archive keyring to check the kernel it downloads: apt-get install debian-archive-keyring");
   }
   const base = join(ctx.paths.cache, 'verify', arch);
   mkdirSync(base, { recursive: true });
@@ -94,9 +107,15 @@ async function debianPackages(ctx: BuildContext, arch: GuestArch, mirror: string
       const update = await ctx.run('apt-get', ['-q', 'update', '--error-on=any'], { env, reject: false });
       if (update.exitCode !== 0) {
         // Offline: the newest tree unpacked earlier for the same request.
-        const cached = existsSync(requested) ? readdirSync(requested).filter((n) => !n.endsWith('.part')).map((n) => join(requested, n)).sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0] : undefined;
+        const cached = existsSync(requested)
+          ? readdirSync(requested)
+              .filter((n) => !n.endsWith('.part'))
+              .map((n) => join(requested, n))
+              .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0]
+          : undefined;
         const why = /^[WE]: Failed to fetch \S+\s+(.*)$/m.exec(update.stderr)?.[1] ?? update.stderr.trim().split('\n').at(-1);
-        if (!cached) throw new UserError(`cannot reach the Debian mirror ${mirror} for the kernel verify boots with (${why}): check the network, or pass --debian-mirror`);
+        if (!cached)
+          throw new UserError(`cannot reach the Debian mirror ${mirror} for the kernel verify boots with (${why}): check the network, or pass --debian-mirror`);
         ctx.log.line(`apt-get update failed: using the cached ${cached}`);
         return { dir: cached, versions: readFileSync(join(cached, 'versions'), 'utf8').trim() };
       }
@@ -222,7 +241,13 @@ export async function debianKernel(ctx: BuildContext, arch: GuestArch, mirror: s
   if (!version) throw new UserError(`${dir} holds no kernel modules: remove it and run verify again`);
   const modules = join(tree, 'lib/modules', version);
   // Named by what makes it, so a changed /init or module list makes a new one.
-  const initrd = join(dir, `initrd-${createHash('sha256').update(INIT + UDHCPC + INITRD_MODULES.join()).digest('hex').slice(0, 12)}.img`);
+  const initrd = join(
+    dir,
+    `initrd-${createHash('sha256')
+      .update(INIT + UDHCPC + INITRD_MODULES.join())
+      .digest('hex')
+      .slice(0, 12)}.img`,
+  );
   if (!existsSync(initrd)) {
     if (!existsSync(join(modules, 'modules.dep'))) await ctx.run('depmod', ['--basedir', tree, version]);
     await makeInitrd(ctx, tree, version, initrd);

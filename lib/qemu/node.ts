@@ -19,17 +19,15 @@
 import { cpSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { quote } from '../../engine/exec.ts';
 import { UserError } from '../../engine/errors.ts';
+import { findOnPath, quote } from '../../engine/exec.ts';
 import type { BuildContext } from '../../engine/stage.ts';
+import { entryInRoot, inRoot } from '../image/in-root.ts';
+import { intToIpv4, ipv4ToInt } from '../net.ts';
 import type { Check, CheckResult } from './checks.ts';
 import type { GuestFacts } from './facts.ts';
-import { startGuest, type Guest, type SshTarget } from './guest.ts';
+import { type Guest, type SshTarget, startGuest } from './guest.ts';
 import type { GuestKernel } from './kernel.ts';
-import { entryInRoot, inRoot } from '../image/in-root.ts';
-import { intToIpv4 } from '../net.ts';
-import { ipv4ToInt } from '../net.ts';
-import { findOnPath } from '../../engine/exec.ts';
 
 /**
  * The node QEMU boots: a made-up serial (a Pi's is in its OTP) and MAC. Debian's U-Boot for QEMU
@@ -54,7 +52,8 @@ export function nodeAddress(facts: GuestFacts): string {
 /** The U-Boot script the node runs after its DHCP: the kernel and initrd over TFTP, booted with `cmdline`. */
 export function nodeBootScript(cmdline: string): string {
   const args = `${cmdline.trim()} console=ttyAMA0`;
-  if (/["\\$]/.test(args)) throw new UserError(`--node: rpiboot_uboot/cmdline.txt holds a quote, backslash or $ that U-Boot would read otherwise: ${cmdline.trim()}`);
+  if (/["\\$]/.test(args))
+    throw new UserError(`--node: rpiboot_uboot/cmdline.txt holds a quote, backslash or $ that U-Boot would read otherwise: ${cmdline.trim()}`);
   return [
     `echo build-image verify: node ${NODE.serial} boots from \${serverip}`,
     `tftpboot \${kernel_addr_r} ${NODE.serial}/${KERNEL_FILE}`,
@@ -68,7 +67,8 @@ export function nodeBootScript(cmdline: string): string {
 
 /** Into the pimaster's mounted copy: Debian's kernel and the initrd, and U-Boot's script (mkimage). */
 export async function prepareNodeBoot(ctx: BuildContext, root: string, kernel: GuestKernel): Promise<void> {
-  if (!existsSync(U_BOOT) || !findOnPath('mkimage')) throw new UserError(`--node needs U-Boot for QEMU (${U_BOOT}) and mkimage: apt-get install u-boot-qemu u-boot-tools`);
+  if (!existsSync(U_BOOT) || !findOnPath('mkimage'))
+    throw new UserError(`--node needs U-Boot for QEMU (${U_BOOT}) and mkimage: apt-get install u-boot-qemu u-boot-tools`);
   const cmdline = readFileSync(inRoot(root, 'tftpboot/rpiboot_uboot/cmdline.txt'), 'utf8');
   // Written into the image's copy: a link already at one of these names is replaced, never followed.
   const into = (name: string) => {
@@ -122,7 +122,11 @@ async function register(ctx: BuildContext, node: NodeRun, ip: string): Promise<C
     return { name: 'node registered through the agent API', ok: false, saw: `no answer from the agent: ${(error as Error).message}` };
   }
   const line = await node.run(`grep -x 'dhcp-host=${NODE.mac},${NODE.name},${ip}' /etc/dnsmasq.conf && systemctl is-active dnsmasq`);
-  return { name: 'node registered through the agent API', ok: /"client"/.test(answer) && line.ok, saw: `${answer}; dnsmasq.conf: ${line.out.split('\n')[0] || 'no dhcp-host line'}` };
+  return {
+    name: 'node registered through the agent API',
+    ok: /"client"/.test(answer) && line.ok,
+    saw: `${answer}; dnsmasq.conf: ${line.out.split('\n')[0] || 'no dhcp-host line'}`,
+  };
 }
 
 /** Wait until the node answers SSH from the pimaster; false when QEMU stopped or time ran out. */
@@ -140,34 +144,53 @@ async function waitForNode(ctx: BuildContext, node: NodeRun, guest: Guest, ip: s
 export function nodeChecks(ip: string, facts: GuestFacts, environment: string | undefined): Check[] {
   const server = facts.address!.address;
   return [
-    { name: 'node: every unit started, none failed', command: onNode(ip, 's=$(systemctl is-system-running --wait); f=$(systemctl --failed --no-legend --plain | awk \'{print $1}\' | paste -sd" "); echo "$s${f:+ (failed: $f)}"; [ "$s" = running ]'), timeoutS: 300 },
-    { name: `node: address ${ip} (the registered one)`, command: onNode(ip, `ip -4 -o addr show dev eth0 | awk '{print $4}' | paste -sd" "; ip -4 -o addr show dev eth0 | grep -q " ${ip}/"`) },
+    {
+      name: 'node: every unit started, none failed',
+      command: onNode(
+        ip,
+        's=$(systemctl is-system-running --wait); f=$(systemctl --failed --no-legend --plain | awk \'{print $1}\' | paste -sd" "); echo "$s${f:+ (failed: $f)}"; [ "$s" = running ]',
+      ),
+      timeoutS: 300,
+    },
+    {
+      name: `node: address ${ip} (the registered one)`,
+      command: onNode(ip, `ip -4 -o addr show dev eth0 | awk '{print $4}' | paste -sd" "; ip -4 -o addr show dev eth0 | grep -q " ${ip}/"`),
+    },
     {
       name: `node: root is ${server}:/nfs/raspi over NFS, with the options of cmdline.txt`,
-      command: `want=$(grep -o 'nfsroot=[^ ]*' /tftpboot/rpiboot_uboot/cmdline.txt | cut -d, -f2-); got=$(${onNode(ip, 'findmnt -no SOURCE,FSTYPE,OPTIONS /')}); echo "$got" | cut -c1-100; ` +
+      command:
+        `want=$(grep -o 'nfsroot=[^ ]*' /tftpboot/rpiboot_uboot/cmdline.txt | cut -d, -f2-); got=$(${onNode(ip, 'findmnt -no SOURCE,FSTYPE,OPTIONS /')}); echo "$got" | cut -c1-100; ` +
         `echo "$got" | grep -q "^${server}:/nfs/raspi nfs" && for o in $(echo "$want" | tr , " "); do echo "$got" | grep -q "\\b$o\\b" || { echo "missing $o"; exit 1; }; done`,
     },
     { name: 'node: host name nfspi', command: `h=$(${onNode(ip, 'hostname')}); echo "$h"; [ "$h" = nfspi ]` },
     {
       name: "node: SSH host keys its own, not the pimaster's",
-      command: `n=$(${onNode(ip, 'cat /etc/ssh/ssh_host_*_key.pub')} | awk '{print $2}' | sort); p=$(cat /etc/ssh/ssh_host_*_key.pub | awk '{print $2}' | sort); same=$(comm -12 <(echo "$n") <(echo "$p") | grep -c .); ` +
+      command:
+        `n=$(${onNode(ip, 'cat /etc/ssh/ssh_host_*_key.pub')} | awk '{print $2}' | sort); p=$(cat /etc/ssh/ssh_host_*_key.pub | awk '{print $2}' | sort); same=$(comm -12 <(echo "$n") <(echo "$p") | grep -c .); ` +
         'echo "$(echo "$n" | grep -c .) keys, $same shared with the pimaster"; [ -n "$n" ] && [ "$same" = 0 ]',
     },
     {
       name: "node: none of the pimaster's services runs",
-      command: onNode(ip, 'on=$(for u in dnsmasq nfs-server webui agent_api agent_exec pimaster-firstboot pimaster-nat pimaster-firewall; do systemctl -q is-active $u && echo $u; done | paste -sd" "); echo "${on:-none running}"; [ -z "$on" ]'),
+      command: onNode(
+        ip,
+        'on=$(for u in dnsmasq nfs-server webui agent_api agent_exec pimaster-firstboot pimaster-nat pimaster-firewall; do systemctl -q is-active $u && echo $u; done | paste -sd" "); echo "${on:-none running}"; [ -z "$on" ]',
+      ),
     },
     ...(environment
-      ? [{
-          name: 'node: streams an environment from the pimaster with rsh, as a deploy does',
-          command: `want=$(sha256sum /root/environments/${quote(environment)} | cut -c1-64); got=$(${onNode(ip, `rsh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes root@${server} 'cat /root/environments/${environment}' | sha256sum | cut -c1-64`)}); ` +
-            `echo "${environment}: sha256 $got"; [ -n "$got" ] && [ "$got" = "$want" ]`,
-          timeoutS: 300,
-        }]
+      ? [
+          {
+            name: 'node: streams an environment from the pimaster with rsh, as a deploy does',
+            command:
+              `want=$(sha256sum /root/environments/${quote(environment)} | cut -c1-64); got=$(${onNode(ip, `rsh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes root@${server} 'cat /root/environments/${environment}' | sha256sum | cut -c1-64`)}); ` +
+              `echo "${environment}: sha256 $got"; [ -n "$got" ] && [ "$got" = "$want" ]`,
+            timeoutS: 300,
+          },
+        ]
       : []),
     {
       name: "dnsmasq's log: the node's lease and its TFTP transfers",
-      command: `l=$(grep -a 'dnsmasq-dhcp.*DHCPACK.*${ip} ${NODE.mac}' /var/log/syslog | tail -n1 | grep -o 'DHCPACK.*'); t=$(grep -a 'dnsmasq-tftp.*sent /tftpboot/${NODE.serial}/' /var/log/syslog | grep -o 'sent [^ ]*' | sort -u | paste -sd" "); ` +
+      command:
+        `l=$(grep -a 'dnsmasq-dhcp.*DHCPACK.*${ip} ${NODE.mac}' /var/log/syslog | tail -n1 | grep -o 'DHCPACK.*'); t=$(grep -a 'dnsmasq-tftp.*sent /tftpboot/${NODE.serial}/' /var/log/syslog | grep -o 'sent [^ ]*' | sort -u | paste -sd" "); ` +
         'echo "${l:-no lease}; ${t:-no TFTP transfer}"; [ -n "$l" ] && [ -n "$t" ]',
     },
   ];
@@ -178,8 +201,14 @@ export async function runNode(ctx: BuildContext, node: NodeRun, runCheck: (check
   const ip = nodeAddress(node.facts);
   const results: CheckResult[] = [await register(ctx, node, ip)];
   if (!results[0]!.ok) return results;
-  const dir = await node.run(`rm -rf /tftpboot/${NODE.serial} && mkdir /tftpboot/${NODE.serial} && for f in /tftpboot/rpiboot_uboot/*; do ln -s "$f" /tftpboot/${NODE.serial}/; done && ls /tftpboot/${NODE.serial} | wc -l`);
-  results.push({ name: `node's TFTP directory /tftpboot/${NODE.serial}/ (links to rpiboot_uboot/, as the agent's deploy makes it)`, ok: dir.ok, saw: dir.ok ? `${dir.out.trim()} links` : dir.out });
+  const dir = await node.run(
+    `rm -rf /tftpboot/${NODE.serial} && mkdir /tftpboot/${NODE.serial} && for f in /tftpboot/rpiboot_uboot/*; do ln -s "$f" /tftpboot/${NODE.serial}/; done && ls /tftpboot/${NODE.serial} | wc -l`,
+  );
+  results.push({
+    name: `node's TFTP directory /tftpboot/${NODE.serial}/ (links to rpiboot_uboot/, as the agent's deploy makes it)`,
+    ok: dir.ok,
+    saw: dir.ok ? `${dir.out.trim()} links` : dir.out,
+  });
   if (!dir.ok) return results;
   let firstKeys = '';
   for (const boot of [1, 2]) {
@@ -193,17 +222,28 @@ export async function runNode(ctx: BuildContext, node: NodeRun, runCheck: (check
     });
     const up = await waitForNode(ctx, node, guest, ip);
     const seconds = Math.round((performance.now() - started) / 100) / 10;
-    results.push({ name: `node boot ${boot}: U-Boot, DHCP, TFTP, NFS root, SSH from the pimaster`, ok: up, saw: up ? `SSH answered ${seconds} s after power-on` : `no SSH within ${node.timeoutS} s${guest.exit ? ` (QEMU ${guest.exit})` : ''}: see ${node.console}` });
+    results.push({
+      name: `node boot ${boot}: U-Boot, DHCP, TFTP, NFS root, SSH from the pimaster`,
+      ok: up,
+      saw: up
+        ? `SSH answered ${seconds} s after power-on`
+        : `no SSH within ${node.timeoutS} s${guest.exit ? ` (QEMU ${guest.exit})` : ''}: see ${node.console}`,
+    });
     if (!up) break;
     if (boot === 1) {
       for (const check of nodeChecks(ip, node.facts, await firstEnvironment(node))) results.push(await runCheck(check));
       firstKeys = (await node.run(onNode(ip, 'cat /etc/ssh/ssh_host_*_key.pub | sort'))).out;
     } else {
       const keys = (await node.run(onNode(ip, 'cat /etc/ssh/ssh_host_*_key.pub | sort'))).out;
-      results.push({ name: 'node: the same SSH host keys at its second boot', ok: keys !== '' && keys === firstKeys, saw: keys === firstKeys ? `${keys.trim().split('\n').length} keys unchanged` : 'the keys changed' });
+      results.push({
+        name: 'node: the same SSH host keys at its second boot',
+        ok: keys !== '' && keys === firstKeys,
+        saw: keys === firstKeys ? `${keys.trim().split('\n').length} keys unchanged` : 'the keys changed',
+      });
     }
     await node.run(onNode(ip, 'systemctl poweroff --no-block'));
-    if (!(await Promise.race([guest.stopped.then(() => true), sleep(120_000, false, { signal: ctx.signal })]))) ctx.log.line('the node did not power off in time: its QEMU is stopped');
+    if (!(await Promise.race([guest.stopped.then(() => true), sleep(120_000, false, { signal: ctx.signal })])))
+      ctx.log.line('the node did not power off in time: its QEMU is stopped');
   }
   return results;
 }

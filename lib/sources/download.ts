@@ -105,7 +105,11 @@ class Idle {
  * A request whose redirects are followed here, not by fetch: a redirect from https to plain http
  * is refused before anything is asked over http. `url` is where it ended.
  */
-async function request(url: string, net: Net, init: { method?: string; headers?: Record<string, string> } = {}): Promise<{ response: Response; idle: Idle; url: string }> {
+async function request(
+  url: string,
+  net: Net,
+  init: { method?: string; headers?: Record<string, string> } = {},
+): Promise<{ response: Response; idle: Idle; url: string }> {
   const idle = new Idle(net.signal);
   try {
     for (let current = url, hops = 0; ; hops++) {
@@ -115,7 +119,9 @@ async function request(url: string, net: Net, init: { method?: string; headers?:
       await response.body?.cancel();
       const next = new URL(location, current).href;
       if (new URL(current).protocol === 'https:' && new URL(next).protocol !== 'https:') {
-        throw new UserError(`${url} redirects to ${next}: from https to plain http, where anyone on the way could change it; refused (use a URL that stays on https)`);
+        throw new UserError(
+          `${url} redirects to ${next}: from https to plain http, where anyone on the way could change it; refused (use a URL that stays on https)`,
+        );
       }
       if (hops >= 20) throw new UserError(`${url}: more than 20 redirects`);
       current = next;

@@ -16,5 +16,7 @@ export interface Environment {
 
 /** `2024-11-19-raspios-bookworm-arm64-lite` from its download's file name (.img.xz, .zip, ...). */
 export function imageBaseName(file: string): string {
-  return basename(file).replace(/\.(xz|gz|zst|zip|bz2)$/i, '').replace(/\.img$/i, '');
+  return basename(file)
+    .replace(/\.(xz|gz|zst|zip|bz2)$/i, '')
+    .replace(/\.img$/i, '');
 }

@@ -11,15 +11,15 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { hashInto } from '../../engine/digest.ts';
 import { UserError } from '../../engine/errors.ts';
 import { Progress } from '../../engine/progress.ts';
-import { Resource, type BuildContext } from '../../engine/stage.ts';
-import { hashInto } from '../../engine/digest.ts';
-import { downloadToPartial, getText, probe, type Downloaded, type Net } from './download.ts';
-import { GrowingFile } from './growing-file.ts';
-import { availableLite, isRelease, osListItems, pickRelease, walkOsList, type OsImage, type ReleaseName } from './imager-os-list.ts';
-import type { Download } from '../image/state.ts';
+import { type BuildContext, Resource } from '../../engine/stage.ts';
 import type { BuildConfig } from '../build-options.ts';
+import type { Download } from '../image/state.ts';
+import { type Downloaded, downloadToPartial, getText, type Net, probe } from './download.ts';
+import { GrowingFile } from './growing-file.ts';
+import { availableLite, isRelease, type OsImage, osListItems, pickRelease, type ReleaseName, walkOsList } from './imager-os-list.ts';
 
 export { downloadPolicy } from './download.ts';
 
@@ -211,11 +211,18 @@ async function fetchLocal(ctx: BuildContext<BuildConfig>, path: string, req: Fet
   if (req.sha256) expected = { sha256: req.sha256, from: req.shaFlag ?? 'the request' };
   else if (existsSync(sidecar)) expected = { sha256: parseSha256File(await readFile(sidecar, 'utf8'), basename(path), sidecar), from: sidecar };
   else if (!config['insecure-no-verify']) {
-    throw new UserError(`${req.what} ${path} has no checksum: no ${req.shaFlag ? `${req.shaFlag} and no ` : ''}${basename(sidecar)} next to it; ${giveChecksum(req)}, or --insecure-no-verify to use it unverified`);
+    throw new UserError(
+      `${req.what} ${path} has no checksum: no ${req.shaFlag ? `${req.shaFlag} and no ` : ''}${basename(sidecar)} next to it; ${giveChecksum(req)}, or --insecure-no-verify to use it unverified`,
+    );
   }
   const got = await sha256Of(ctx, path);
   if (expected && got !== expected.sha256) {
-    throw mismatch(`${req.what} ${path}`, expected, got, expected.from === req.shaFlag ? `check ${req.shaFlag} or the file` : `the file or ${basename(sidecar)} is wrong`);
+    throw mismatch(
+      `${req.what} ${path}`,
+      expected,
+      got,
+      expected.from === req.shaFlag ? `check ${req.shaFlag} or the file` : `the file or ${basename(sidecar)} is wrong`,
+    );
   }
   ctx.log.line(expected ? `${path}: sha256 ${got} matches ${expected.from}` : `${path}: sha256 ${got}, NOT VERIFIED (--insecure-no-verify)`);
   return { path, sha256: got, source: req.source };
@@ -249,7 +256,9 @@ async function fetchRemote(ctx: BuildContext<BuildConfig>, url: string, req: Fet
     }
     if (!expected && !config['insecure-no-verify']) {
       const why = trustedTransport(sidecar) ? `no ${fileNameOf(url)}.sha256 next to it` : `a ${fileNameOf(url)}.sha256 over plain http would prove nothing`;
-      throw new UserError(`no checksum for ${req.what} ${url}: ${req.shaFlag ? `no ${req.shaFlag}, ` : ''}${why}${listed ? ' and none in the OS list' : ''}; ${giveChecksum(req)}, or --insecure-no-verify to use it unverified`);
+      throw new UserError(
+        `no checksum for ${req.what} ${url}: ${req.shaFlag ? `no ${req.shaFlag}, ` : ''}${why}${listed ? ' and none in the OS list' : ''}; ${giveChecksum(req)}, or --insecure-no-verify to use it unverified`,
+      );
     }
   }
   if (expected) {
@@ -270,14 +279,21 @@ async function fetchRemote(ctx: BuildContext<BuildConfig>, url: string, req: Fet
   const keep = async (got: Downloaded): Promise<Download> => {
     if (expected && got.sha256 !== expected.sha256) {
       await rm(partial, { force: true });
-      const fix = expected.from === req.shaFlag ? `nothing was kept; check ${req.shaFlag}` : 'nothing was kept; the download was damaged or the checksum is stale: run the build again';
+      const fix =
+        expected.from === req.shaFlag
+          ? `nothing was kept; check ${req.shaFlag}`
+          : 'nothing was kept; the download was damaged or the checksum is stale: run the build again';
       throw mismatch(`download ${got.url}`, expected, got.sha256, fix);
     }
     const dir = join(cache, 'downloads', got.sha256);
     await mkdir(dir, { recursive: true });
     const path = join(dir, fileNameOf(got.url));
     await rename(partial, path);
-    ctx.log.line(expected ? `${got.url}: ${got.size} bytes, sha256 ${got.sha256} matches ${expected.from}; cached as ${path}` : `${got.url}: ${got.size} bytes, sha256 ${got.sha256}, NOT VERIFIED (--insecure-no-verify); cached as ${path}`);
+    ctx.log.line(
+      expected
+        ? `${got.url}: ${got.size} bytes, sha256 ${got.sha256} matches ${expected.from}; cached as ${path}`
+        : `${got.url}: ${got.size} bytes, sha256 ${got.sha256}, NOT VERIFIED (--insecure-no-verify); cached as ${path}`,
+    );
     return { path, sha256: got.sha256, source: req.source, url: got.url, ...fromList };
   };
   // A zip is read from its end (the central directory): it is extracted once it is all here.

@@ -5,8 +5,8 @@
  * (including the ones named by `subitems_url`) and hands them over.
  */
 import { UserError } from '../../engine/errors.ts';
-import { RELEASES } from '../build-options.ts';
 import type { BuildConfig } from '../build-options.ts';
+import { RELEASES } from '../build-options.ts';
 
 export type ReleaseName = (typeof RELEASES)[number];
 export type Arch = BuildConfig['arch'];
@@ -49,7 +49,8 @@ export function isRelease(base: string): base is ReleaseName {
 /** The entries of a parsed list file: `{"os_list": [...]}` (the main list and sub-lists) or a bare array. */
 export function osListItems(json: unknown, where: string): OsListItem[] {
   const list = Array.isArray(json) ? json : (json as { os_list?: unknown } | null)?.os_list;
-  if (!Array.isArray(list)) throw new UserError(`OS list ${where} has no "os_list" array: is it Raspberry Pi Imager's os_list_imagingutility_v4.json? (set --os-list)`);
+  if (!Array.isArray(list))
+    throw new UserError(`OS list ${where} has no "os_list" array: is it Raspberry Pi Imager's os_list_imagingutility_v4.json? (set --os-list)`);
   return list.filter((item): item is OsListItem => typeof item === 'object' && item !== null);
 }
 
@@ -144,6 +145,8 @@ export function pickRelease(images: readonly OsImage[], release: ReleaseName, ar
 
 /** What the list does offer, for the error when a release is not in it. */
 export function availableLite(images: readonly OsImage[]): string {
-  const found = new Set(images.filter((i) => i.lite && i.arch).map((i) => `${i.codename ?? 'unknown release'} ${i.arch}${i.releaseDate ? ` (${i.releaseDate})` : ''}`));
+  const found = new Set(
+    images.filter((i) => i.lite && i.arch).map((i) => `${i.codename ?? 'unknown release'} ${i.arch}${i.releaseDate ? ` (${i.releaseDate})` : ''}`),
+  );
   return found.size ? [...found].sort().join(', ') : 'no Raspberry Pi OS Lite image at all';
 }

@@ -3,7 +3,7 @@
  * done, the NFS root the nodes boot from served and made different from the pimaster itself.
  */
 import { quote } from '../../engine/exec.ts';
-import { httpCheck, NFS_SERVICES, rpcCheck, type Check } from '../../lib/qemu/checks.ts';
+import { type Check, httpCheck, NFS_SERVICES, rpcCheck } from '../../lib/qemu/checks.ts';
 import type { GuestFacts } from '../../lib/qemu/facts.ts';
 
 /** The web UI's published default admin password: it must not work on an image. */
@@ -72,7 +72,10 @@ export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string 
         `cd ${MNT} && on=$(ls etc/init.d/resize2fs_once etc/systemd/system/multi-user.target.wants/rpi-resize.service etc/systemd/system/multi-user.target.wants/userconfig.service 2>/dev/null | paste -sd" "); ` +
         'ci=; [ -d etc/cloud ] && [ ! -e etc/cloud/cloud-init.disabled ] && ci="cloud-init "; echo "${ci}${on:-none of resize2fs_once, rpi-resize, userconfig, cloud-init}"; [ -z "$on$ci" ]',
     },
-    { name: 'NFS root fstab is empty', command: `if [ -s ${MNT}/etc/fstab ]; then echo "$(wc -l < ${MNT}/etc/fstab) lines"; exit 1; fi; echo "$(stat -c %s ${MNT}/etc/fstab) bytes"` },
+    {
+      name: 'NFS root fstab is empty',
+      command: `if [ -s ${MNT}/etc/fstab ]; then echo "$(wc -l < ${MNT}/etc/fstab) lines"; exit 1; fi; echo "$(stat -c %s ${MNT}/etc/fstab) bytes"`,
+    },
     {
       name: "NFS root host keys differ from the pimaster's",
       command:

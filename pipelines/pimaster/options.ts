@@ -1,8 +1,8 @@
 import { existingFile, resolveOptions, type Schema } from '../../engine/options.ts';
-import { buildConfigSchema, type BuildConfig } from '../../lib/build-options.ts';
+import { type BuildConfig, buildConfigSchema } from '../../lib/build-options.ts';
 import { parseInterface, parseIpv4Cidr } from '../../lib/net.ts';
 import { parseGitSource } from '../../lib/sources/git-source.ts';
-import { settingsSchema, type PiSettings } from '../../settings/options.ts';
+import { type PiSettings, settingsSchema } from '../../settings/options.ts';
 
 /** The pimaster's own options: its cluster link, its uplink, the PiSeduce sources, environments. */
 export interface PimasterOptions {

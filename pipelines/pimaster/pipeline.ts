@@ -12,7 +12,7 @@ import { growStage } from '../../stages/grow.ts';
 import { overlayStage } from '../../stages/overlay.ts';
 import { settingsStage } from '../../stages/settings.ts';
 import { shrink } from '../../stages/shrink.ts';
-import { derivedValues, PIMASTER_DEFAULTS, pimasterConfigSchema, type PimasterConfig } from './options.ts';
+import { derivedValues, PIMASTER_DEFAULTS, type PimasterConfig, pimasterConfigSchema } from './options.ts';
 
 /** A directory of this repository (overlays/..., scripts/...). */
 const repo = (path: string) => fileURLToPath(new URL(`../../${path}`, import.meta.url));

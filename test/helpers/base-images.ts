@@ -54,12 +54,19 @@ export function filesUnder(dir: string): string[] {
 /** What a failed build may leave in the download cache: only resumable parts. */
 export function assertCacheHasOnlyParts(t: ExecutionContext, cache: string): void {
   const files = filesUnder(join(cache, 'downloads'));
-  t.deepEqual(files.filter((f) => !/^partial\/[^/]+\.part$/.test(f)), [], `cache holds ${files.join(', ')}`);
+  t.deepEqual(
+    files.filter((f) => !/^partial\/[^/]+\.part$/.test(f)),
+    [],
+    `cache holds ${files.join(', ')}`,
+  );
 }
 
 /** No image.img, and nothing partial of it, in the work dir. */
 export function assertNoWorkImage(t: ExecutionContext, work: string): void {
-  t.deepEqual(filesUnder(work).filter((f) => /\.img/.test(f)), []);
+  t.deepEqual(
+    filesUnder(work).filter((f) => /\.img/.test(f)),
+    [],
+  );
 }
 
 /** A failure is one UserError line matching `pattern`. */

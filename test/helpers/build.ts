@@ -1,11 +1,11 @@
 /** Run real stages on a real work dir, as the CLI does, with typed settings. */
 import { mkdirSync, mkdtempSync } from 'node:fs';
-import type { ExecutionContext } from 'ava';
-import { execa } from 'execa';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { ExecutionContext } from 'ava';
+import { execa } from 'execa';
 import { QuietReporter } from '../../engine/report.ts';
-import { runPipeline, type BuildResult } from '../../engine/runner.ts';
+import { type BuildResult, runPipeline } from '../../engine/runner.ts';
 import type { BuildState, Stage } from '../../engine/stage.ts';
 import '../../lib/image/state.ts';
 import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';

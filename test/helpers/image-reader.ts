@@ -26,7 +26,16 @@ export class ImageReader {
   static async open(image: string): Promise<ImageReader> {
     const { stdout } = await execa('sfdisk', ['--json', image]);
     const [boot, root] = (JSON.parse(stdout) as { partitiontable: { partitions: Part[] } }).partitiontable.partitions;
-    const { stdout: device } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(root!.start * 512), '--sizelimit', String(root!.size * 512), image]);
+    const { stdout: device } = await execa('losetup', [
+      '--find',
+      '--show',
+      '--read-only',
+      '--offset',
+      String(root!.start * 512),
+      '--sizelimit',
+      String(root!.size * 512),
+      image,
+    ]);
     return new ImageReader(image, boot!, root!, device.trim());
   }
 
@@ -83,7 +92,10 @@ export class ImageReader {
   /** Files of the boot partition, and one file's content. */
   async bootFiles(): Promise<string[]> {
     const { stdout } = await execa('mdir', ['-b', '-/', '-i', `${this.image}@@${this.boot.start * 512}`, '::'], { env: { MTOOLS_SKIP_CHECK: '1' } });
-    return stdout.split('\n').filter(Boolean).map((l) => l.replace(/^::\//, ''));
+    return stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.replace(/^::\//, ''));
   }
 
   async bootFile(path: string): Promise<string> {

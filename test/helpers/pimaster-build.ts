@@ -8,12 +8,12 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
+import { withLock } from '../../engine/lock.ts';
 import { DEBIAN_MIRROR, TEST_CACHE } from '../fixtures/debian-image.ts';
-import { raspiosLite, type LiteRelease } from '../fixtures/raspios-image.ts';
 import { makePiseduceStandins } from '../fixtures/piseduce-standin.ts';
+import { type LiteRelease, raspiosLite } from '../fixtures/raspios-image.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { startServer } from './http-server.ts';
-import { withLock } from '../../engine/lock.ts';
 
 const repo = new URL('../../', import.meta.url).pathname;
 const cli = join(repo, 'commands/cli.ts');
@@ -52,7 +52,18 @@ function filesUnder(dir: string): string[] {
  */
 function codeKey(base: string, fixture: string): string {
   const hash = createHash('sha256').update(`${base}\n${basename(fixture)}\n`);
-  for (const dir of ['engine', 'lib', 'settings', 'stages', 'pipelines', 'overlays', 'scripts', 'test/fixtures/piseduce-standin.ts', 'test/fixtures/tiny-image.ts', 'test/helpers/pimaster-build.ts']) {
+  for (const dir of [
+    'engine',
+    'lib',
+    'settings',
+    'stages',
+    'pipelines',
+    'overlays',
+    'scripts',
+    'test/fixtures/piseduce-standin.ts',
+    'test/fixtures/tiny-image.ts',
+    'test/helpers/pimaster-build.ts',
+  ]) {
     const path = join(repo, dir);
     for (const file of statSync(path).isDirectory() ? filesUnder(path) : [path]) hash.update(file.slice(repo.length)).update(readFileSync(file));
   }
@@ -97,24 +108,44 @@ export async function pimasterBuild(base: PimasterBase): Promise<PimasterBuild> 
     const server = await startServer(join(tmp, 'serve'));
     let log = '';
     try {
-      const build = await execa('node', [
-        cli, '--arch', arch,
-        '--base', server.url(basename(fixture)),
-        '--piseduce-webui', `${standins.webui}#${standins.webuiRef}`,
-        '--piseduce-agent', `${standins.agent}#${standins.agentRef}`,
-        '--ssh-key', join(tmp, 'id_ed25519.pub'),
-        '--environment', `tiny_env=${server.url('tiny-env.img.xz')}`,
-        '--compress', 'none,zstd',
-        '--name', name,
-        // The distribution archive (Debian's, or on armhf Raspbian's, unreachable here) at the test mirror.
-        '--apt-mirror', DEBIAN_MIRROR,
-        // trixie's build keeps the release's first-boot growth: verify then sees it grow the root.
-        ...(release === 'trixie' ? ['--expand-on-boot'] : []),
-        // Build-time settings on a pimaster (its user layer): checked by pimaster-checks.
-        ...(base === 'bookworm-arm64' ? PIMASTER_SETTINGS : []),
-        // The suite's builds are made once per code change: snapshots would only fill the disk.
-        '--work', join(tmp, 'work'), '--cache', TEST_CACHE, '--no-cache', '--out', join(tmp, 'out'),
-      ], { env: { CI: 'true' }, all: true, reject: false });
+      const build = await execa(
+        'node',
+        [
+          cli,
+          '--arch',
+          arch,
+          '--base',
+          server.url(basename(fixture)),
+          '--piseduce-webui',
+          `${standins.webui}#${standins.webuiRef}`,
+          '--piseduce-agent',
+          `${standins.agent}#${standins.agentRef}`,
+          '--ssh-key',
+          join(tmp, 'id_ed25519.pub'),
+          '--environment',
+          `tiny_env=${server.url('tiny-env.img.xz')}`,
+          '--compress',
+          'none,zstd',
+          '--name',
+          name,
+          // The distribution archive (Debian's, or on armhf Raspbian's, unreachable here) at the test mirror.
+          '--apt-mirror',
+          DEBIAN_MIRROR,
+          // trixie's build keeps the release's first-boot growth: verify then sees it grow the root.
+          ...(release === 'trixie' ? ['--expand-on-boot'] : []),
+          // Build-time settings on a pimaster (its user layer): checked by pimaster-checks.
+          ...(base === 'bookworm-arm64' ? PIMASTER_SETTINGS : []),
+          // The suite's builds are made once per code change: snapshots would only fill the disk.
+          '--work',
+          join(tmp, 'work'),
+          '--cache',
+          TEST_CACHE,
+          '--no-cache',
+          '--out',
+          join(tmp, 'out'),
+        ],
+        { env: { CI: 'true' }, all: true, reject: false },
+      );
       log = build.all ?? '';
       writeFileSync(join(tmp, 'build.log'), log);
       if (build.exitCode !== 0) throw new Error(`the pimaster build failed (exit ${build.exitCode}):\n${log.split('\n').slice(-40).join('\n')}`);

@@ -3,9 +3,10 @@
  * Ctrl-C, a full work disk, a work directory of the user's files, two builds in one work directory,
  * a build killed with SIGKILL.
  */
-import test from 'ava';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { scratch, smallDisk } from '../helpers/build.ts';
@@ -36,14 +37,39 @@ test('customize end to end: base over HTTP, an overlay, shrunk, xz and zip with 
   mkdirSync(join(dir, 'site/boot'), { recursive: true });
   writeFileSync(join(dir, 'site/rootfs/etc/motd'), 'customized\n');
   writeFileSync(join(dir, 'site/boot/ssh'), '');
-  const args = ['customize', '--base', server.url('base.img.xz'), '--overlay', join(dir, 'site'), '--compress', 'xz,zip', '--name', 'site', '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out')];
+  const args = [
+    'customize',
+    '--base',
+    server.url('base.img.xz'),
+    '--overlay',
+    join(dir, 'site'),
+    '--compress',
+    'xz,zip',
+    '--name',
+    'site',
+    '--work',
+    join(dir, 'work'),
+    '--cache',
+    join(dir, 'cache'),
+    '--out',
+    join(dir, 'out'),
+  ];
   const result = await run(args);
   t.is(result.exitCode, 0, result.stderr);
   t.regex(result.stderr, /\[\d\d:\d\d:\d\d\] fetch: started/);
   t.regex(result.stderr, /\[\d\d:\d\d:\d\d\] compress: done in/);
   t.regex(result.stderr, /total\s+\d+\.\d s/);
   const out = readdirSync(join(dir, 'out')).sort();
-  t.deepEqual(out, ['os-list.json', 'site.cdx.json', 'site.img.bmap', 'site.img.xz', 'site.img.xz.sha256', 'site.manifest.json', 'site.zip', 'site.zip.sha256']);
+  t.deepEqual(out, [
+    'os-list.json',
+    'site.cdx.json',
+    'site.img.bmap',
+    'site.img.xz',
+    'site.img.xz.sha256',
+    'site.manifest.json',
+    'site.zip',
+    'site.zip.sha256',
+  ]);
   const check = await execa('sha256sum', ['-c', 'site.img.xz.sha256', 'site.zip.sha256'], { cwd: join(dir, 'out') });
   t.regex(check.stdout, /site\.img\.xz: OK\nsite\.zip: OK/);
   const manifest = JSON.parse(readFileSync(join(dir, 'out', 'site.manifest.json'), 'utf8')) as Record<string, unknown>;
@@ -65,7 +91,11 @@ for (const stage of ['attach', 'shrink'] as const) {
       await server.close();
       rmSync(dir, { recursive: true, force: true });
     });
-    const child = execa('node', [cli, 'customize', '--base', server.url('base.img.xz'), '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out')], { reject: false, env: { CI: 'true' }, all: true });
+    const child = execa(
+      'node',
+      [cli, 'customize', '--base', server.url('base.img.xz'), '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out')],
+      { reject: false, env: { CI: 'true' }, all: true },
+    );
     let seen = '';
     await new Promise<void>((resolve) => {
       child.stderr!.on('data', (chunk: Buffer) => {
@@ -93,7 +123,19 @@ test('a work directory that runs out of space: one line, nothing left behind, th
   });
   const small = await smallDisk(t, dir, 40);
   const before = (await execa('sha256sum', [join(dir, 'www', 'base.img.xz')])).stdout;
-  const result = await run(['customize', '--base', server.url('base.img.xz'), '--work', join(small, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out'), '--grow', '64M']);
+  const result = await run([
+    'customize',
+    '--base',
+    server.url('base.img.xz'),
+    '--work',
+    join(small, 'work'),
+    '--cache',
+    join(dir, 'cache'),
+    '--out',
+    join(dir, 'out'),
+    '--grow',
+    '64M',
+  ]);
   t.is(result.exitCode, 1);
   const errors = result.stderr.split('\n').filter((l) => l.startsWith('error:'));
   t.is(errors.length, 1);
@@ -115,7 +157,12 @@ test("--work on a directory of the user's files is refused before anything runs,
   writeFileSync(join(mine, 'boot', 'keep.txt'), 'mine\n');
   const result = await run(['customize', '--base', server.url('base.img.xz'), '--work', mine, '--cache', join(dir, 'cache'), '--out', join(dir, 'out')]);
   t.is(result.exitCode, 2, result.stderr);
-  t.deepEqual(result.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: --work ${mine}: holds files build-image did not make (no .build-image-work); pass a new or empty directory, the build deletes what it makes there`]);
+  t.deepEqual(
+    result.stderr.split('\n').filter((l) => l.startsWith('error:')),
+    [
+      `error: --work ${mine}: holds files build-image did not make (no .build-image-work); pass a new or empty directory, the build deletes what it makes there`,
+    ],
+  );
   t.deepEqual(readdirSync(mine), ['boot']);
   t.is(readFileSync(join(mine, 'boot', 'keep.txt'), 'utf8'), 'mine\n');
   t.is(server.gets('/base.img.xz').length, 0, 'nothing downloaded');
@@ -146,16 +193,33 @@ test('two builds in one work directory: the second names the first and exits 2, 
     await server.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  const args = (out: string) => ['customize', '--base', server.url('base.img.xz'), '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, out)];
+  const args = (out: string) => [
+    'customize',
+    '--base',
+    server.url('base.img.xz'),
+    '--work',
+    join(dir, 'work'),
+    '--cache',
+    join(dir, 'cache'),
+    '--out',
+    join(dir, out),
+  ];
   const first = startBuild(args('out1'), 'attach: started');
   await first.reached;
   const second = await run(args('out2'));
   t.is(second.exitCode, 2, second.stderr);
-  t.deepEqual(second.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: --work ${join(dir, 'work')}: another build (pid ${first.child.pid}) is using it; wait for it to end or pass another --work`]);
+  t.deepEqual(
+    second.stderr.split('\n').filter((l) => l.startsWith('error:')),
+    [`error: --work ${join(dir, 'work')}: another build (pid ${first.child.pid}) is using it; wait for it to end or pass another --work`],
+  );
   const result = await first.child;
   t.is(result.exitCode, 0, result.all);
   t.false(existsSync(join(dir, 'out2')));
-  t.deepEqual(readdirSync(join(dir, 'work')).filter((f) => f.startsWith('.build-image-lock')), [], 'the lock is gone with its build');
+  t.deepEqual(
+    readdirSync(join(dir, 'work')).filter((f) => f.startsWith('.build-image-lock')),
+    [],
+    'the lock is gone with its build',
+  );
 });
 
 test('a build killed with SIGKILL: doctor names its mounts and loop devices, the next build undoes them and succeeds', async (t) => {

@@ -10,19 +10,19 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createGunzip } from 'node:zlib';
 import { Ajv } from 'ajv';
-import { sbomErrors } from '../helpers/sbom.ts';
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { extract } from 'tar-stream';
 import yauzl from 'yauzl';
 import { CommandError, InterruptedError, UserError } from '../../engine/errors.ts';
 import type { BuildState } from '../../engine/stage.ts';
-import { compressStage } from '../../stages/compress.ts';
+import type { Compression } from '../../lib/build-options.ts';
+import { defaultName } from '../../lib/codec/encode.ts';
 import type { Download, Package, SystemInfo } from '../../lib/image/state.ts';
+import { compressStage } from '../../stages/compress.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { runStages, scratch, testConfig } from '../helpers/build.ts';
-import { defaultName } from '../../lib/codec/encode.ts';
-import type { Compression } from '../../lib/build-options.ts';
+import { sbomErrors } from '../helpers/sbom.ts';
 
 const ALL: Compression[] = ['xz', 'zstd', 'gz', 'zip', 'tar.gz', 'none'];
 const MiB = 2 ** 20;
@@ -141,7 +141,11 @@ test('every format decompresses to a byte-identical image', async (t) => {
   t.is(await sha256Piped('unzip -p', join(out, 'pi.zip')), imageSha256, 'zip');
   t.deepEqual(await zipNames(join(out, 'pi.zip')), ['pi.img'], 'the zip holds exactly pi.img');
   const tar = await tarEntries(join(out, 'pi.img.tar.gz'));
-  t.deepEqual(tar.map((e) => e.name), ['pi.img'], 'the tar holds exactly pi.img');
+  t.deepEqual(
+    tar.map((e) => e.name),
+    ['pi.img'],
+    'the tar holds exactly pi.img',
+  );
   t.is(tar[0]!.sha256, imageSha256, 'tar.gz');
   t.is(await sha256sum(join(out, 'pi.img')), imageSha256, 'none');
 });
@@ -150,7 +154,10 @@ test('the image sha256 comes from the same read, and the state lists every outpu
   const { out, imageSha256, state } = await built();
   t.is(state.imageSha256, imageSha256);
   const expected = { xz: 'pi.img.xz', zstd: 'pi.img.zst', gz: 'pi.img.gz', zip: 'pi.zip', 'tar.gz': 'pi.img.tar.gz', none: 'pi.img' };
-  t.deepEqual(state.outputs!.map((o) => o.format), ALL);
+  t.deepEqual(
+    state.outputs!.map((o) => o.format),
+    ALL,
+  );
   for (const output of state.outputs!) {
     t.is(output.path, join(out, expected[output.format]));
     t.is(output.size, statSync(output.path).size);
@@ -168,10 +175,15 @@ test('each output has a sha256sum sidecar, and nothing partial is left', async (
   const sidecars = readdirSync(out).filter((f) => f.endsWith('.sha256'));
   t.is(sidecars.length, ALL.length);
   await execa('sha256sum', ['--check', '--strict', ...sidecars], { cwd: out });
-  t.deepEqual(readdirSync(out).filter((f) => f.endsWith('.partial')), []);
+  t.deepEqual(
+    readdirSync(out).filter((f) => f.endsWith('.partial')),
+    [],
+  );
   t.deepEqual(
     readdirSync(out).sort(),
-    ['pi.img', 'pi.img.bmap', 'pi.img.gz', 'pi.img.xz', 'pi.img.zst', 'pi.cdx.json', 'pi.manifest.json', 'os-list.json', 'pi.img.tar.gz', 'pi.zip'].flatMap((f) => (f.endsWith('.bmap') || f.endsWith('.json') ? [f] : [f, `${f}.sha256`])).sort(),
+    ['pi.img', 'pi.img.bmap', 'pi.img.gz', 'pi.img.xz', 'pi.img.zst', 'pi.cdx.json', 'pi.manifest.json', 'os-list.json', 'pi.img.tar.gz', 'pi.zip']
+      .flatMap((f) => (f.endsWith('.bmap') || f.endsWith('.json') ? [f] : [f, `${f}.sha256`]))
+      .sort(),
   );
 });
 
@@ -212,7 +224,11 @@ test('the manifest says what was built, from what, how and with which packages',
   t.deepEqual(manifest.packages, packages);
   t.false(Number.isNaN(Date.parse(manifest.created)));
   // Written last of the image's files (only the directory's os-list.json comes after).
-  const newest = Math.max(...readdirSync(out).filter((f) => f !== 'os-list.json').map((f) => statSync(join(out, f)).mtimeMs));
+  const newest = Math.max(
+    ...readdirSync(out)
+      .filter((f) => f !== 'os-list.json')
+      .map((f) => statSync(join(out, f)).mtimeMs),
+  );
   t.is(statSync(file).mtimeMs, newest);
 });
 
@@ -288,7 +304,14 @@ test('the default name is <pipeline>-<release>-<arch>, lower case and safe', asy
   await makeTinyImage(image);
   const config = testConfig(dir, { compress: ['gz'], arch: 'armhf' });
   await runStages([compressStage], config, { image, system });
-  t.deepEqual(readdirSync(config.out).sort(), ['os-list.json', 'test-bookworm-armhf.cdx.json', 'test-bookworm-armhf.img.bmap', 'test-bookworm-armhf.img.gz', 'test-bookworm-armhf.img.gz.sha256', 'test-bookworm-armhf.manifest.json']);
+  t.deepEqual(readdirSync(config.out).sort(), [
+    'os-list.json',
+    'test-bookworm-armhf.cdx.json',
+    'test-bookworm-armhf.img.bmap',
+    'test-bookworm-armhf.img.gz',
+    'test-bookworm-armhf.img.gz.sha256',
+    'test-bookworm-armhf.manifest.json',
+  ]);
   const { state } = await runStages([compressStage], testConfig(dir, { compress: ['none'] }), { image });
   t.is(state.outputs![0]!.path, join(config.out, 'test-image-arm64.img'));
 });

@@ -6,15 +6,15 @@
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MARKER } from '../../engine/work-dir.ts';
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
-import {  extractStage } from '../../stages/extract.ts';
+import { MARKER } from '../../engine/work-dir.ts';
 import type { Download } from '../../lib/image/state.ts';
-import { makeTinyImage } from '../fixtures/tiny-image.ts';
-import { runStages, scratch, smallDisk as smallFilesystem, testConfig } from '../helpers/build.ts';
-import { assertNoWorkImage, assertSameSparseImage, assertUserError, IMAGE_NAME, makeBaseImages, sha256File, type BaseImages } from '../helpers/base-images.ts';
 import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
+import { extractStage } from '../../stages/extract.ts';
+import { makeTinyImage } from '../fixtures/tiny-image.ts';
+import { assertNoWorkImage, assertSameSparseImage, assertUserError, type BaseImages, IMAGE_NAME, makeBaseImages, sha256File } from '../helpers/base-images.ts';
+import { runStages, scratch, smallDisk as smallFilesystem, testConfig } from '../helpers/build.ts';
 
 let base: BaseImages;
 const fixtures = scratch('extract-fixtures-');
@@ -93,7 +93,15 @@ test('extract_sha256 from the OS list is checked: a match passes, a mismatch fai
   await assertSameSparseImage(t, state.image!, base);
   const wrong = '12'.repeat(32);
   const { config: other } = await setup(t);
-  await assertRefused(t, other, base.xz, new RegExp(`^the image in ${IMAGE_NAME}\\.xz failed verification: expected sha256 ${wrong} \\(extract_sha256 of the OS list\\), got ${base.imgSha}: download it again$`), { extractSha256: wrong });
+  await assertRefused(
+    t,
+    other,
+    base.xz,
+    new RegExp(
+      `^the image in ${IMAGE_NAME}\\.xz failed verification: expected sha256 ${wrong} \\(extract_sha256 of the OS list\\), got ${base.imgSha}: download it again$`,
+    ),
+    { extractSha256: wrong },
+  );
   const { config: third } = await setup(t);
   await assertRefused(t, third, base.xz, new RegExp(`is ${base.imgSize} bytes, the OS list says 1234`), { extractSize: 1234 });
 });
@@ -103,7 +111,12 @@ test('a truncated .img.xz is a one-line error saying so', async (t) => {
   const input = join(dir, `${IMAGE_NAME}.xz`);
   copyFileSync(base.xz, input);
   truncateSync(input, Math.floor(statSync(input).size / 2));
-  await assertRefused(t, config, input, new RegExp(`^base image ${IMAGE_NAME}\\.xz is truncated or corrupt \\(xz: Unexpected end of input\\): download it again$`));
+  await assertRefused(
+    t,
+    config,
+    input,
+    new RegExp(`^base image ${IMAGE_NAME}\\.xz is truncated or corrupt \\(xz: Unexpected end of input\\): download it again$`),
+  );
 });
 
 test('a corrupt .img.xz is a one-line error saying so', async (t) => {
@@ -112,7 +125,12 @@ test('a corrupt .img.xz is a one-line error saying so', async (t) => {
   const data = readFileSync(base.xz);
   for (let i = 0; i < 64; i++) data[Math.floor(data.length / 2) + i * 97] ^= 0x5a;
   writeFileSync(input, data);
-  await assertRefused(t, config, input, new RegExp(`^base image ${IMAGE_NAME}\\.xz is truncated or corrupt \\(xz: (Compressed data is corrupt|File is corrupt)\\): download it again$`));
+  await assertRefused(
+    t,
+    config,
+    input,
+    new RegExp(`^base image ${IMAGE_NAME}\\.xz is truncated or corrupt \\(xz: (Compressed data is corrupt|File is corrupt)\\): download it again$`),
+  );
 });
 
 test('truncated .gz and .zst files are one-line errors too', async (t) => {
@@ -121,7 +139,14 @@ test('truncated .gz and .zst files are one-line errors too', async (t) => {
     const input = join(dir, `${IMAGE_NAME}.${ext}`);
     copyFileSync(`${base.img}.${ext}`, input);
     truncateSync(input, Math.floor(statSync(input).size / 2));
-    await assertRefused(t, config, input, new RegExp(`^base image ${IMAGE_NAME}\\.${ext} is truncated or corrupt \\((pigz: corrupted -- incomplete deflate data|zstd: Read error \\(\\d+\\): premature end)\\): download it again$`));
+    await assertRefused(
+      t,
+      config,
+      input,
+      new RegExp(
+        `^base image ${IMAGE_NAME}\\.${ext} is truncated or corrupt \\((pigz: corrupted -- incomplete deflate data|zstd: Read error \\(\\d+\\): premature end)\\): download it again$`,
+      ),
+    );
   }
 });
 
@@ -152,15 +177,23 @@ test('a truncated zip, and a zip whose data is damaged, are refused', async (t) 
   await assertRefused(t, config, damaged, /^base image damaged\.zip is truncated or corrupt \(entry disk\.img fails its CRC-32 check\): download it again$/);
 });
 
-(process.getuid?.() === 0 ? test.serial : test.serial.skip)('a raw image on a full disk: one line naming the file, no partial image, the input untouched', async (t) => {
-  const dir = scratch();
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const input = join(dir, 'large.img');
-  await makeTinyImage(input, { payloadMiB: 24 });
-  const small = await smallFilesystem(t, dir, 16);
-  const config = testConfig(dir, { work: join(small, 'work') });
-  await assertRefused(t, config, input, /^cannot write \S+\/work\/image\.img\.part: no space left on device \(ENOSPC\): free some space, or pass --work on a larger disk$/);
-});
+(process.getuid?.() === 0 ? test.serial : test.serial.skip)(
+  'a raw image on a full disk: one line naming the file, no partial image, the input untouched',
+  async (t) => {
+    const dir = scratch();
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const input = join(dir, 'large.img');
+    await makeTinyImage(input, { payloadMiB: 24 });
+    const small = await smallFilesystem(t, dir, 16);
+    const config = testConfig(dir, { work: join(small, 'work') });
+    await assertRefused(
+      t,
+      config,
+      input,
+      /^cannot write \S+\/work\/image\.img\.part: no space left on device \(ENOSPC\): free some space, or pass --work on a larger disk$/,
+    );
+  },
+);
 
 test('a stale image.img from an earlier build is replaced', async (t) => {
   const { config } = await setup(t);

@@ -5,32 +5,31 @@
  */
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
-import { execa } from 'execa';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
+import { execa } from 'execa';
 import { UserError } from '../../engine/errors.ts';
-import {  fetchStage } from '../../stages/fetch.ts';
+import { downloadPolicy, downloadToPartial } from '../../lib/sources/download.ts';
+import { resolveRelease } from '../../lib/sources/fetch.ts';
+import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
 import { extractStage } from '../../stages/extract.ts';
-import { downloadToPartial } from '../../lib/sources/download.ts';
-import { runStages, scratch, testConfig } from '../helpers/build.ts';
-import { startServer, type TestServer } from '../helpers/http-server.ts';
+import { fetchStage } from '../../stages/fetch.ts';
 import {
   assertCacheHasOnlyParts,
   assertNoWorkImage,
   assertSameSparseImage,
   assertUserError,
+  type BaseImages,
   filesUnder,
   IMAGE_NAME,
   makeBaseImages,
   populate,
   sha256File,
   sidecarFor,
-  type BaseImages,
 } from '../helpers/base-images.ts';
-import { downloadPolicy } from '../../lib/sources/download.ts';
-import { resolveRelease } from '../../lib/sources/fetch.ts';
-import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
+import { runStages, scratch, testConfig } from '../helpers/build.ts';
+import { startServer, type TestServer } from '../helpers/http-server.ts';
 
 downloadPolicy.baseDelayMs = 20;
 
@@ -120,13 +119,22 @@ test("a redirect to a mirror is followed; the checksum is the origin's sidecar, 
   t.is(state.download?.url, server.url(mirror));
   t.is(state.download?.path, join(config.cache, 'downloads', xzSha, `${IMAGE_NAME}.xz`));
   t.is(state.download?.source, server.url(XZ_PATH));
-  t.false(server.requests.some((r) => r.path === `${mirror}.sha256`), "the mirror's sidecar is not asked for");
+  t.false(
+    server.requests.some((r) => r.path === `${mirror}.sha256`),
+    "the mirror's sidecar is not asked for",
+  );
   await assertSameSparseImage(t, state.image!, base);
 
   // A mirror that offers its own sidecar (it could say anything) while the origin has none: no checksum.
   const other = await setup(t, { [mirror]: { copy: base.xz }, [`${mirror}.sha256`]: sidecarFor(base.xz, xzSha) });
   other.server.redirect(XZ_PATH, mirror);
-  await assertUserError(t, build(testConfig(other.dir, { base: other.server.url(XZ_PATH) })), new RegExp(`^no checksum for base image ${other.server.url(XZ_PATH).replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: no --base-sha256, no ${IMAGE_NAME}\\.xz\\.sha256 next to it; give --base-sha256 HEX, or --insecure-no-verify`));
+  await assertUserError(
+    t,
+    build(testConfig(other.dir, { base: other.server.url(XZ_PATH) })),
+    new RegExp(
+      `^no checksum for base image ${other.server.url(XZ_PATH).replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: no --base-sha256, no ${IMAGE_NAME}\\.xz\\.sha256 next to it; give --base-sha256 HEX, or --insecure-no-verify`,
+    ),
+  );
   t.is(other.server.gets(mirror).length, 0, 'nothing downloaded');
 });
 
@@ -149,7 +157,23 @@ test('https that redirects to plain http is refused, nothing downloaded', async 
   const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   // A real TLS server on 127.0.0.1 with a certificate made for it, trusted by the build through NODE_EXTRA_CA_CERTS.
   const [key, cert] = [join(dir, 'key.pem'), join(dir, 'cert.pem')];
-  await execa('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
+  await execa('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    cert,
+    '-days',
+    '1',
+    '-subj',
+    '/CN=127.0.0.1',
+    '-addext',
+    'subjectAltName=IP:127.0.0.1',
+  ]);
   const tls = createHttpsServer({ key: readFileSync(key), cert: readFileSync(cert) }, (req, res) => {
     res.writeHead(302, { location: server.url(req.url ?? '/') });
     res.end();
@@ -158,9 +182,18 @@ test('https that redirects to plain http is refused, nothing downloaded', async 
   t.teardown(() => new Promise<void>((resolve) => tls.close(() => resolve())));
   const url = `https://127.0.0.1:${(tls.address() as { port: number }).port}${XZ_PATH}`;
   const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
-  const r = await execa('node', [cli, 'customize', '--base', url, '--base-sha256', xzSha, '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out')], { reject: false, env: { CI: 'true', NODE_EXTRA_CA_CERTS: cert } });
+  const r = await execa(
+    'node',
+    [cli, 'customize', '--base', url, '--base-sha256', xzSha, '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out')],
+    { reject: false, env: { CI: 'true', NODE_EXTRA_CA_CERTS: cert } },
+  );
   t.is(r.exitCode, 1, r.stderr);
-  t.deepEqual(r.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: ${url} redirects to ${server.url(XZ_PATH)}: from https to plain http, where anyone on the way could change it; refused (use a URL that stays on https)`]);
+  t.deepEqual(
+    r.stderr.split('\n').filter((l) => l.startsWith('error:')),
+    [
+      `error: ${url} redirects to ${server.url(XZ_PATH)}: from https to plain http, where anyone on the way could change it; refused (use a URL that stays on https)`,
+    ],
+  );
   t.is(server.requests.length, 0, 'nothing asked over plain http');
 });
 
@@ -196,7 +229,12 @@ test('extraction starts with the first bytes of a download, and counts only once
   }, 20);
   const { state } = await build(config).finally(() => clearInterval(watch));
   t.true(overlapped > 0, 'the image was being written while the download was still arriving');
-  t.deepEqual(state.download, { path: join(config.cache, 'downloads', xzSha, `${IMAGE_NAME}.xz`), sha256: xzSha, source: server.url(XZ_PATH), url: server.url(XZ_PATH) });
+  t.deepEqual(state.download, {
+    path: join(config.cache, 'downloads', xzSha, `${IMAGE_NAME}.xz`),
+    sha256: xzSha,
+    source: server.url(XZ_PATH),
+    url: server.url(XZ_PATH),
+  });
   await assertSameSparseImage(t, state.image!, base);
   t.false(existsSync(downloading));
 });
@@ -242,7 +280,10 @@ test('a 503 is retried with backoff', async (t) => {
   server.failWith(XZ_PATH, 503, 2);
   const config = testConfig(dir, { base: server.url(XZ_PATH), 'base-sha256': xzSha });
   const { state } = await build(config);
-  t.deepEqual(server.gets(XZ_PATH).map((r) => r.status), [503, 503, 200]);
+  t.deepEqual(
+    server.gets(XZ_PATH).map((r) => r.status),
+    [503, 503, 200],
+  );
   await assertSameSparseImage(t, state.image!, base);
 });
 
@@ -269,7 +310,11 @@ test('a sidecar that does not match: expected and got, nothing kept', async (t) 
 test('no checksum anywhere is an error before downloading; --insecure-no-verify downloads it', async (t) => {
   const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz } });
   const config = testConfig(dir, { base: server.url(XZ_PATH) });
-  await assertUserError(t, build(config), /^no checksum for .*: no --base-sha256, no .*\.img\.xz\.sha256 next to it; give --base-sha256 HEX, or --insecure-no-verify/);
+  await assertUserError(
+    t,
+    build(config),
+    /^no checksum for .*: no --base-sha256, no .*\.img\.xz\.sha256 next to it; give --base-sha256 HEX, or --insecure-no-verify/,
+  );
   t.is(server.gets(XZ_PATH).length, 0);
   t.deepEqual(filesUnder(config.cache), []);
   assertNoWorkImage(t, config.work);
@@ -286,12 +331,24 @@ function osList(server: TestServer, imageSha: string, extractSha: string) {
   const root = {
     imager: { latest_version: '1.9.0' },
     os_list: [
-      { name: 'Raspberry Pi OS (64-bit)', url: u('/raspios_arm64/images/raspios_arm64-2025-12-01/2025-12-01-raspios-trixie-arm64.img.xz'), release_date: '2025-12-01' },
+      {
+        name: 'Raspberry Pi OS (64-bit)',
+        url: u('/raspios_arm64/images/raspios_arm64-2025-12-01/2025-12-01-raspios-trixie-arm64.img.xz'),
+        release_date: '2025-12-01',
+      },
       {
         name: 'Raspberry Pi OS (other)',
         subitems: [
-          { name: 'Raspberry Pi OS Lite (32-bit)', url: u('/raspios_lite_armhf/images/raspios_lite_armhf-2024-11-19/2024-11-19-raspios-bookworm-armhf-lite.img.xz'), release_date: '2024-11-19' },
-          { name: 'Raspberry Pi OS Lite (Legacy, 64-bit)', url: u('/raspios_oldstable_lite_arm64/images/raspios_oldstable_lite_arm64-2023-05-03/2023-05-03-raspios-bullseye-arm64-lite.img.xz'), release_date: '2023-05-03' },
+          {
+            name: 'Raspberry Pi OS Lite (32-bit)',
+            url: u('/raspios_lite_armhf/images/raspios_lite_armhf-2024-11-19/2024-11-19-raspios-bookworm-armhf-lite.img.xz'),
+            release_date: '2024-11-19',
+          },
+          {
+            name: 'Raspberry Pi OS Lite (Legacy, 64-bit)',
+            url: u('/raspios_oldstable_lite_arm64/images/raspios_oldstable_lite_arm64-2023-05-03/2023-05-03-raspios-bullseye-arm64-lite.img.xz'),
+            release_date: '2023-05-03',
+          },
           { name: 'Lite images', subitems_url: 'lists/lite.json' },
         ],
       },
@@ -301,15 +358,31 @@ function osList(server: TestServer, imageSha: string, extractSha: string) {
   };
   const lite = {
     os_list: [
-      { name: 'Raspberry Pi OS Lite (64-bit)', url: u(XZ_PATH), release_date: '2024-11-19', image_download_sha256: imageSha, extract_sha256: extractSha, extract_size: base.imgSize, image_download_size: 1 },
-      { name: 'Raspberry Pi OS Lite (64-bit)', url: u('/raspios_lite_arm64/images/raspios_lite_arm64-2024-07-04/2024-07-04-raspios-bookworm-arm64-lite.img.xz'), release_date: '2024-07-04' },
-      { name: 'Raspberry Pi OS Lite (64-bit)', url: u('/raspios_lite_arm64/images/raspios_lite_arm64-2025-10-01/2025-10-01-raspios-trixie-arm64-lite.img.xz'), release_date: '2025-10-01' },
+      {
+        name: 'Raspberry Pi OS Lite (64-bit)',
+        url: u(XZ_PATH),
+        release_date: '2024-11-19',
+        image_download_sha256: imageSha,
+        extract_sha256: extractSha,
+        extract_size: base.imgSize,
+        image_download_size: 1,
+      },
+      {
+        name: 'Raspberry Pi OS Lite (64-bit)',
+        url: u('/raspios_lite_arm64/images/raspios_lite_arm64-2024-07-04/2024-07-04-raspios-bookworm-arm64-lite.img.xz'),
+        release_date: '2024-07-04',
+      },
+      {
+        name: 'Raspberry Pi OS Lite (64-bit)',
+        url: u('/raspios_lite_arm64/images/raspios_lite_arm64-2025-10-01/2025-10-01-raspios-trixie-arm64-lite.img.xz'),
+        release_date: '2025-10-01',
+      },
     ],
   };
   return { '/os_list_imagingutility_v4.json': JSON.stringify(root), '/lists/lite.json': JSON.stringify(lite) };
 }
 
-test('a release name is resolved through the OS list and its subitems_url, verified with the list\'s checksums', async (t) => {
+test("a release name is resolved through the OS list and its subitems_url, verified with the list's checksums", async (t) => {
   const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz } });
   populate(join(dir, 'www'), osList(server, xzSha, base.imgSha));
   const config = testConfig(dir, { base: 'bookworm', 'os-list': server.url('/os_list_imagingutility_v4.json') });
@@ -329,12 +402,16 @@ test('a release name is resolved through the OS list and its subitems_url, verif
 
   // The other names, and what is not there.
   const net = { signal: new AbortController().signal, log: () => {}, status: () => {} };
-  const url = (release: 'latest' | 'bullseye' | 'buster', arch: 'arm64' | 'armhf' = 'arm64') => resolveRelease(release, { ...config, arch }, net).then((i) => i.url);
+  const url = (release: 'latest' | 'bullseye' | 'buster', arch: 'arm64' | 'armhf' = 'arm64') =>
+    resolveRelease(release, { ...config, arch }, net).then((i) => i.url);
   t.regex(await url('latest'), /2025-10-01-raspios-trixie-arm64-lite\.img\.xz$/);
   t.regex(await url('bullseye'), /2023-05-03-raspios-bullseye-arm64-lite\.img\.xz$/);
   t.regex(await url('latest', 'armhf'), /2024-11-19-raspios-bookworm-armhf-lite\.img\.xz$/);
   const error = await t.throwsAsync(url('buster'), { instanceOf: UserError });
-  t.regex(error.message, /^no Raspberry Pi OS Lite buster for arm64 in the OS list .* \(it has: bookworm arm64 \(2024-07-04\), bookworm arm64 \(2024-11-19\), bookworm armhf \(2024-11-19\), bullseye arm64 \(2023-05-03\), trixie arm64 \(2025-10-01\)\): give the image's URL with --base$/);
+  t.regex(
+    error.message,
+    /^no Raspberry Pi OS Lite buster for arm64 in the OS list .* \(it has: bookworm arm64 \(2024-07-04\), bookworm arm64 \(2024-11-19\), bookworm armhf \(2024-11-19\), bullseye arm64 \(2023-05-03\), trixie arm64 \(2025-10-01\)\): give the image's URL with --base$/,
+  );
 });
 
 test("the OS list's checksum comes before the origin's sidecar (a stale or forged sidecar does not count)", async (t) => {
@@ -342,7 +419,10 @@ test("the OS list's checksum comes before the origin's sidecar (a stale or forge
   populate(join(dir, 'www'), osList(server, xzSha, base.imgSha));
   const { state } = await build(testConfig(dir, { base: 'bookworm', 'os-list': server.url('/os_list_imagingutility_v4.json') }));
   t.is(state.download?.sha256, xzSha);
-  t.false(server.requests.some((r) => r.path === `${XZ_PATH}.sha256`), 'the sidecar is not even asked for');
+  t.false(
+    server.requests.some((r) => r.path === `${XZ_PATH}.sha256`),
+    'the sidecar is not even asked for',
+  );
 });
 
 test('a release whose OS-list checksum does not match fails with expected and got', async (t) => {
@@ -393,7 +473,11 @@ test('a local file without a checksum, or with the wrong one, is refused and lef
   const local = join(dir, 'mine.img.xz');
   copyFileSync(base.xz, local);
   const config = testConfig(dir, { base: local });
-  await assertUserError(t, build(config), /^base image .*mine\.img\.xz has no checksum: no --base-sha256 and no mine\.img\.xz\.sha256 next to it; give --base-sha256 HEX, or --insecure-no-verify/);
+  await assertUserError(
+    t,
+    build(config),
+    /^base image .*mine\.img\.xz has no checksum: no --base-sha256 and no mine\.img\.xz\.sha256 next to it; give --base-sha256 HEX, or --insecure-no-verify/,
+  );
   const wrong = '01'.repeat(32);
   await assertUserError(t, build({ ...config, 'base-sha256': wrong }), new RegExp(`expected sha256 ${wrong} \\(from --base-sha256\\), got ${xzSha}`));
   writeFileSync(`${local}.sha256`, `${wrong}  mine.img.xz\n`);

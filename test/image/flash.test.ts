@@ -3,12 +3,13 @@
  * then read back), a .img.zst without one (every byte), and every refusal, each leaving the target
  * untouched.
  */
-import test, { type ExecutionContext } from 'ava';
+
+import { pbkdf2Sync } from 'node:crypto';
 import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
+import test, { type ExecutionContext } from 'ava';
 import { execa, execaSync } from 'execa';
-import { pbkdf2Sync } from 'node:crypto';
 import { readBmap } from '../../lib/image/bmap.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { sha256File } from '../helpers/base-images.ts';
@@ -44,7 +45,6 @@ async function loopDisk(t: ExecutionContext, mib: number): Promise<{ device: str
   return { device, file };
 }
 
-
 async function bytesAt(path: string, start: number, end: number): Promise<Buffer> {
   const handle = await open(path, 'r');
   try {
@@ -60,7 +60,10 @@ test.serial('an .img.xz with its .bmap: only the mapped blocks are written, and 
   const { device, file } = await loopDisk(t, 160);
   const r = await flash([`${image}.xz`, device, '--force'], dir);
   t.is(r.exitCode, 0, r.stderr);
-  t.regex(r.stdout, new RegExp(`^${device}: wrote [\\d.]+ MiB of the 108\\.0 MiB image \\(only what tiny\\.img\\.bmap maps\\); read back [\\d.]+ MiB and it matches$`, 'm'));
+  t.regex(
+    r.stdout,
+    new RegExp(`^${device}: wrote [\\d.]+ MiB of the 108\\.0 MiB image \\(only what tiny\\.img\\.bmap maps\\); read back [\\d.]+ MiB and it matches$`, 'm'),
+  );
   const bmap = readBmap(join(dir, 'tiny.img.bmap'));
   for (const range of bmap.ranges) {
     t.true((await bytesAt(file, range.start, range.end)).equals(await bytesAt(image, range.start, range.end)), `bytes ${range.start}-${range.end}`);
@@ -89,7 +92,10 @@ test.serial('refusals: one line each, and the disk is left as it was', async (t)
   writeFileSync(notBlock, 'x');
   const cases: Array<[string[], RegExp]> = [
     [[`${image}.xz`, big.device], new RegExp(`^error: ${big.device} is not a removable disk: check it is the right one, then add --force$`)],
-    [[`${image}.xz`, small.device, '--force'], new RegExp(`^error: ${small.device} is smaller than the image \\(16777216 bytes, the image 113246208\\): use a larger card$`)],
+    [
+      [`${image}.xz`, small.device, '--force'],
+      new RegExp(`^error: ${small.device} is smaller than the image \\(16777216 bytes, the image 113246208\\): use a larger card$`),
+    ],
     [[`${image}.xz`, notBlock, '--force'], /^error: .*not-a-device is not a block device: give the whole disk to write/],
     [[`${image}.xz`, big.device, '--bmap', join(dir, 'nope.bmap')], /^error: --bmap .*nope\.bmap: no such file$/],
   ];
@@ -97,7 +103,13 @@ test.serial('refusals: one line each, and the disk is left as it was', async (t)
   for (const [args, message] of cases) {
     const r = await flash(args, dir);
     t.not(r.exitCode, 0, args.join(' '));
-    t.regex(r.stderr.split('\n').filter((l) => l.startsWith('error:')).join('\n'), message);
+    t.regex(
+      r.stderr
+        .split('\n')
+        .filter((l) => l.startsWith('error:'))
+        .join('\n'),
+      message,
+    );
   }
 
   t.deepEqual([await sha256File(small.file), await sha256File(big.file)], before, 'nothing was written');
@@ -117,12 +129,19 @@ test.serial('refusals: one line each, and the disk is left as it was', async (t)
 test.serial('a disk opened exclusively by another program (as a mounted btrfs or an imported ZFS pool holds it) is refused even with --force', async (t) => {
   const { device, file } = await loopDisk(t, 160);
   const before = await sha256File(file);
-  const holder = execa('python3', ['-c', `import os, time\nfd = os.open(${JSON.stringify(device)}, os.O_RDONLY | os.O_EXCL)\nprint("held", flush=True)\ntime.sleep(120)`], { reject: false });
+  const holder = execa(
+    'python3',
+    ['-c', `import os, time\nfd = os.open(${JSON.stringify(device)}, os.O_RDONLY | os.O_EXCL)\nprint("held", flush=True)\ntime.sleep(120)`],
+    { reject: false },
+  );
   await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
   const busy = await flash([`${image}.xz`, device, '--force'], dir).finally(() => holder.kill('SIGTERM'));
   await holder;
   t.is(busy.exitCode, 1);
-  t.deepEqual(busy.stderr.split('\n').filter((l) => l.startsWith('error:')), [`error: ${device} is busy: something holds it (a mounted filesystem, a ZFS pool, LVM, RAID, or another program): stop it first`]);
+  t.deepEqual(
+    busy.stderr.split('\n').filter((l) => l.startsWith('error:')),
+    [`error: ${device} is busy: something holds it (a mounted filesystem, a ZFS pool, LVM, RAID, or another program): stop it first`],
+  );
   t.is(await sha256File(file), before, 'nothing was written');
 });
 
@@ -146,14 +165,39 @@ function settingsInputs(t: ExecutionContext): { dir: string; pub: string; passwo
 }
 
 const BOOT_AT = 8192 * 512; // the tiny image's boot partition
-const mtype = async (device: string, file: string) => (await execa('mtype', ['-i', `${device}@@${BOOT_AT}`, `::/${file}`], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
+const mtype = async (device: string, file: string) =>
+  (await execa('mtype', ['-i', `${device}@@${BOOT_AT}`, `::/${file}`], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
 
-test.serial('flash with settings: firstrun.sh on the card, in Imager\'s format, run from the command line; the image file unchanged', async (t) => {
+test.serial("flash with settings: firstrun.sh on the card, in Imager's format, run from the command line; the image file unchanged", async (t) => {
   const { device } = await loopDisk(t, 160);
   const inputs = settingsInputs(t);
   const before = await sha256File(`${image}.xz`);
-  const r = await flash([`${image}.xz`, device, '--force', '--hostname', 'pi-07', '--user', 'alice', '--password-file', inputs.password, '--ssh-key', join(inputs.dir, 'alice.pub'),
-    '--wifi-ssid', 'lab-uplink', '--wifi-psk-file', inputs.psk, '--wifi-country', 'fr', '--timezone', 'Europe/Paris', '--keymap', 'fr'], dir);
+  const r = await flash(
+    [
+      `${image}.xz`,
+      device,
+      '--force',
+      '--hostname',
+      'pi-07',
+      '--user',
+      'alice',
+      '--password-file',
+      inputs.password,
+      '--ssh-key',
+      join(inputs.dir, 'alice.pub'),
+      '--wifi-ssid',
+      'lab-uplink',
+      '--wifi-psk-file',
+      inputs.psk,
+      '--wifi-country',
+      'fr',
+      '--timezone',
+      'Europe/Paris',
+      '--keymap',
+      'fr',
+    ],
+    dir,
+  );
   t.is(r.exitCode, 0, r.stderr);
   t.regex(r.stdout, new RegExp(`^${device}: first-boot settings \\(init_format systemd\\) in firstrun\\.sh, cmdline\\.txt on its boot partition$`, 'm'));
   t.is(await sha256File(`${image}.xz`), before, 'the image file is unchanged');
@@ -177,9 +221,20 @@ test.serial('flash with settings: firstrun.sh on the card, in Imager\'s format, 
     "sed -i 's| systemd\\.run.*||g' /boot/firmware/cmdline.txt",
   ];
   const at = steps.map((step) => script.indexOf(`${step}\n`));
-  t.deepEqual(at.map((i) => i >= 0), steps.map(() => true), `every step is there:\n${script}`);
-  t.deepEqual([...at].sort((a, b) => a - b), at, 'in order');
-  t.regex(await mtype(device, 'cmdline.txt'), / init=\S+ systemd\.run=\/boot\/firmware\/firstrun\.sh systemd\.run_success_action=reboot systemd\.unit=kernel-command-line\.target$/);
+  t.deepEqual(
+    at.map((i) => i >= 0),
+    steps.map(() => true),
+    `every step is there:\n${script}`,
+  );
+  t.deepEqual(
+    [...at].sort((a, b) => a - b),
+    at,
+    'in order',
+  );
+  t.regex(
+    await mtype(device, 'cmdline.txt'),
+    / init=\S+ systemd\.run=\/boot\/firmware\/firstrun\.sh systemd\.run_success_action=reboot systemd\.unit=kernel-command-line\.target$/,
+  );
 });
 
 test.serial('flash with settings onto a trixie-style card: a cloud-init seed with a fresh instance id named on the command line', async (t) => {
@@ -191,17 +246,50 @@ test.serial('flash with settings onto a trixie-style card: a cloud-init seed wit
   await execa('cp', ['--sparse=always', image, seeded]);
   writeFileSync(join(work, 'meta-data'), 'dsmode: local\ninstance_id: rpios-image\n');
   await execa('mcopy', ['-i', `${seeded}@@${BOOT_AT}`, join(work, 'meta-data'), '::/meta-data'], { env: { MTOOLS_SKIP_CHECK: '1' } });
-  const r = await flash([seeded, device, '--force', '--no-bmap', '--hostname', 'pi-08', '--user', 'alice', '--ssh-key', join(inputs.dir, 'alice.pub'), '--wifi-ssid', 'lab-uplink', '--wifi-psk-file', inputs.psk, '--wifi-country', 'FR', '--wifi-hidden'], work);
+  const r = await flash(
+    [
+      seeded,
+      device,
+      '--force',
+      '--no-bmap',
+      '--hostname',
+      'pi-08',
+      '--user',
+      'alice',
+      '--ssh-key',
+      join(inputs.dir, 'alice.pub'),
+      '--wifi-ssid',
+      'lab-uplink',
+      '--wifi-psk-file',
+      inputs.psk,
+      '--wifi-country',
+      'FR',
+      '--wifi-hidden',
+    ],
+    work,
+  );
   t.is(r.exitCode, 0, r.stderr);
   t.regex(r.stdout, /first-boot settings \(init_format cloudinit-rpi\) in user-data, meta-data, network-config, cmdline\.txt on its boot partition$/m);
   const userData = await mtype(device, 'user-data');
   t.regex(userData, /^#cloud-config\n/);
-  for (const line of ['hostname: pi-08', 'manage_etc_hosts: true', 'user:', '  name: alice', '  lock_passwd: true', `    - ${JSON.stringify(inputs.pub)}`, 'ssh_pwauth: false', '  - [ systemctl, enable, --now, ssh ]']) {
+  for (const line of [
+    'hostname: pi-08',
+    'manage_etc_hosts: true',
+    'user:',
+    '  name: alice',
+    '  lock_passwd: true',
+    `    - ${JSON.stringify(inputs.pub)}`,
+    'ssh_pwauth: false',
+    '  - [ systemctl, enable, --now, ssh ]',
+  ]) {
     t.true(userData.split('\n').includes(line), `user-data has "${line}"`);
   }
   const network = await mtype(device, 'network-config');
   t.regex(network, /ethernets:\n {4}eth0:\n {6}dhcp4: true/, 'eth0 keeps DHCP');
-  t.regex(network, new RegExp(`"lab-uplink":\\n {10}hidden: true\\n {10}password: "${pbkdf2Sync('correct horse battery', 'lab-uplink', 4096, 32, 'sha1').toString('hex')}"`));
+  t.regex(
+    network,
+    new RegExp(`"lab-uplink":\\n {10}hidden: true\\n {10}password: "${pbkdf2Sync('correct horse battery', 'lab-uplink', 4096, 32, 'sha1').toString('hex')}"`),
+  );
   t.regex(network, /regulatory-domain: "FR"/);
   const id = /^instance_id: (\S+)$/m.exec(await mtype(device, 'meta-data'))?.[1];
   t.truthy(id);
@@ -215,12 +303,21 @@ const BAD_SETTINGS: [string[], RegExp][] = [
   [['--user', 'Alice'], /^error: --user "Alice" is invalid: expected a user name/],
   [['--user', 'root'], /^error: --user "root" is invalid: expected a user name: .*not root$/],
   [['--password-hash', '$6$salt$hash'], /^error: --password-hash\/--password-file: give --user NAME too/],
-  [['--user', 'alice', '--password-hash', 'plain-text'], /^error: --password-hash "plain-text" is invalid: expected a crypt\(3\) hash \(make one with: openssl passwd -6\)$/],
+  [
+    ['--user', 'alice', '--password-hash', 'plain-text'],
+    /^error: --password-hash "plain-text" is invalid: expected a crypt\(3\) hash \(make one with: openssl passwd -6\)$/,
+  ],
   [['--user', 'alice', '--password-file', '/no/such/file'], /^error: --password-file "\/no\/such\/file" is invalid: expected an existing file$/],
   [['--ssh-key', '/etc/hostname'], /^error: --ssh-key "\/etc\/hostname" is invalid: expected OpenSSH public keys, one a line/],
   [['--wifi-ssid', 'lab'], /^error: --wifi-ssid: give --wifi-psk-file FILE too/],
-  [['--wifi-ssid', 'x'.repeat(33), '--wifi-psk-file', '/etc/hostname', '--wifi-country', 'FR'], /^error: --wifi-ssid "x+" is invalid: expected an SSID of 1 to 32 bytes/],
-  [['--wifi-ssid', 'lab', '--wifi-psk-file', '/etc/hostname', '--wifi-country', 'FR'], /^error: --wifi-psk-file \/etc\/hostname: a passphrase is 8 to 63 printable ASCII characters/],
+  [
+    ['--wifi-ssid', 'x'.repeat(33), '--wifi-psk-file', '/etc/hostname', '--wifi-country', 'FR'],
+    /^error: --wifi-ssid "x+" is invalid: expected an SSID of 1 to 32 bytes/,
+  ],
+  [
+    ['--wifi-ssid', 'lab', '--wifi-psk-file', '/etc/hostname', '--wifi-country', 'FR'],
+    /^error: --wifi-psk-file \/etc\/hostname: a passphrase is 8 to 63 printable ASCII characters/,
+  ],
   [['--wifi-country', 'XX'], /^error: --wifi-country "XX" is invalid: expected an ISO 3166 country code/],
   [['--timezone', 'Europe/Atlantis'], /^error: --timezone "Europe\/Atlantis" is invalid: expected a time zone: Area\/City, e\.g\. Europe\/Paris$/],
   [['--timezone', '../../etc/passwd'], /^error: --timezone "..\/..\/etc\/passwd" is invalid: expected a time zone/],
@@ -233,7 +330,10 @@ test.serial('bad settings: one line and exit 2 before anything is written to the
   const before = await sha256File(file);
   const json = join(dir, 'settings.json');
   writeFileSync(json, JSON.stringify({ hostname: 'pi-07', wifi: 'lab' }));
-  for (const [args, message] of [...BAD_SETTINGS, [['--settings', json], /^error: --settings \S+: unknown key "wifi" \(keys: hostname, user, /] as [string[], RegExp]]) {
+  for (const [args, message] of [
+    ...BAD_SETTINGS,
+    [['--settings', json], /^error: --settings \S+: unknown key "wifi" \(keys: hostname, user, /] as [string[], RegExp],
+  ]) {
     const r = await flash([`${image}.xz`, device, '--force', ...args], dir);
     t.is(r.exitCode, 2, args.join(' '));
     t.regex(r.stderr, message, args.join(' '));

@@ -4,10 +4,11 @@
  * (inside its root), so the host's files are never written, mounted over, chowned or read. The
  * chroot and verify on such images: test/system/hostile-image-chroot-verify.test.ts.
  */
-import test from 'ava';
+
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
 import { attachStage } from '../../stages/attach.ts';
 import { finalizeStage } from '../../stages/finalize.ts';
@@ -40,7 +41,10 @@ async function plantLinks(image: string, links: Record<string, string>): Promise
   const { stdout: dev } = await execa('losetup', ['--find', '--show', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image]);
   try {
     const requests = Object.entries(links).flatMap(([path, target]) => {
-      const parents = path.split('/').slice(0, -1).map((_, i, all) => `mkdir /${all.slice(0, i + 1).join('/')}`);
+      const parents = path
+        .split('/')
+        .slice(0, -1)
+        .map((_, i, all) => `mkdir /${all.slice(0, i + 1).join('/')}`);
       return [...parents, `rm /${path}`, `rmdir /${path}`, `symlink /${path} ${target}`];
     });
     const file = `${dev.trim().replace(/\//g, '_')}.debugfs`;
@@ -57,11 +61,11 @@ function hostBait(dir: string) {
   const hostDir = join(dir, 'host-dir');
   const hostFile = join(dir, 'host-file.conf');
   mkdirSync(hostDir);
-  writeFileSync(hostFile, 'the host\'s own\n', { mode: 0o600 });
+  writeFileSync(hostFile, "the host's own\n", { mode: 0o600 });
   const untouched = (t: import('ava').ExecutionContext) => {
     t.deepEqual(readdirSync(hostDir), [], 'nothing written into the host directory');
     t.is(statSync(hostDir).uid, 0);
-    t.is(readFileSync(hostFile, 'utf8'), 'the host\'s own\n', 'the host file is unchanged');
+    t.is(readFileSync(hostFile, 'utf8'), "the host's own\n", 'the host file is unchanged');
     t.is(statSync(hostFile).mode & 0o777, 0o600);
   };
   return { hostDir, hostFile, untouched };
@@ -80,7 +84,10 @@ for (const [what, fstabMount, links] of [
     await makeTinyImage(image, { rootFiles: { 'etc/fstab': `/dev/mmcblk0p1 ${fstabMount} vfat defaults 0 2\n/dev/mmcblk0p2 / ext4 defaults 0 1\n` } });
     await plantLinks(image, rootLinks);
     const error = await t.throwsAsync(runStages([attachStage, finalizeStage], testConfig(dir), { image }));
-    t.is(error!.message, `the image's /etc/fstab mounts the boot partition at "${fstabMount}", which is not a directory path inside the image without symbolic links (like /boot/firmware): fix the image's fstab`);
+    t.is(
+      error!.message,
+      `the image's /etc/fstab mounts the boot partition at "${fstabMount}", which is not a directory path inside the image without symbolic links (like /boot/firmware): fix the image's fstab`,
+    );
     t.false(existsSync(join(dir, 'work', 'root', fstabMount)), 'where a plain join would have made it, on the host');
     untouched(t);
     t.deepEqual(await loopsOn(image), []);

@@ -1,22 +1,23 @@
 /** grow, attach, overlay, finalize and shrink on a real image: real loop devices, ext4 and FAT. */
-import test from 'ava';
+
 import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
+import { scoped } from '../../engine/cleanup.ts';
+import type { Stage } from '../../engine/stage.ts';
+import { ext4Geometry, parseExt4Header } from '../../lib/image/ext4-fit.ts';
+import { attachLoop } from '../../lib/image/loop.ts';
+import { partition, readLayout } from '../../lib/image/partitions.ts';
+import { cutTo } from '../../lib/image/shrink.ts';
 import { attachStage } from '../../stages/attach.ts';
 import { finalizeStage } from '../../stages/finalize.ts';
 import { growStage } from '../../stages/grow.ts';
 import { overlayStage } from '../../stages/overlay.ts';
 import { shrinkStage } from '../../stages/shrink.ts';
-import { cutTo } from '../../lib/image/shrink.ts';
-import { ext4Geometry, parseExt4Header } from '../../lib/image/ext4-fit.ts';
-import { scoped } from '../../engine/cleanup.ts';
-import { attachLoop } from '../../lib/image/loop.ts';
-import { partition, readLayout } from '../../lib/image/partitions.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { sha256File } from '../helpers/base-images.ts';
 import { runStages, scratch, smallDisk, testConfig } from '../helpers/build.ts';
-import type { Stage } from '../../engine/stage.ts';
 import { detachLoop, loopsOn, mountsUnder } from '../helpers/leaks.ts';
 
 const MiB = 2 ** 20;
@@ -39,7 +40,12 @@ async function rootFacts(image: string, offset: number, size: number) {
     const fs = parseExt4Header((await execa('dumpe2fs', ['-h', dev.trim()])).stdout);
     const estimate = Number(/minimum size of the filesystem: (\d+)/.exec((await execa('resize2fs', ['-P', dev.trim()])).stdout)![1]);
     const fsck = await execa('e2fsck', ['-f', '-n', dev.trim()], { reject: false });
-    return { bytes: fs.blockCount * fs.blockSize, used: (fs.blockCount - fs.freeBlocks) * fs.blockSize, estimate: estimate * fs.blockSize, fsck: fsck.exitCode };
+    return {
+      bytes: fs.blockCount * fs.blockSize,
+      used: (fs.blockCount - fs.freeBlocks) * fs.blockSize,
+      estimate: estimate * fs.blockSize,
+      fsck: fsck.exitCode,
+    };
   } finally {
     await detachLoop(dev.trim());
   }
@@ -139,7 +145,11 @@ test('a size the data does not fit in is tried on a copy and dropped: the image 
   t.is(await sha256File(image), original, 'the image is as it was');
   await runStages([probe((used) => [2048, used + 1024])], testConfig(dir));
   t.true(outcomes[1]! > 2048, `kept ${outcomes[1]}`);
-  t.deepEqual(readdirSync(dir).filter((f) => f.includes('shrink-try')), [], 'no copy left');
+  t.deepEqual(
+    readdirSync(dir).filter((f) => f.includes('shrink-try')),
+    [],
+    'no copy left',
+  );
   const [, root] = await partitions(image);
   const facts = await rootFacts(image, root!.start * 512, root!.size * 512);
   t.is(facts.fsck, 0, 'e2fsck -fn finds it clean');
@@ -147,7 +157,7 @@ test('a size the data does not fit in is tried on a copy and dropped: the image 
   t.deepEqual(await loopsOn(image), []);
 });
 
-test('a disk without room for a trial copy: the shrink falls back to resize2fs\'s own estimate, in place', async (t) => {
+test("a disk without room for a trial copy: the shrink falls back to resize2fs's own estimate, in place", async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const small = await smallDisk(t, dir, 40);
@@ -158,7 +168,11 @@ test('a disk without room for a trial copy: the shrink falls back to resize2fs\'
   const log = readFileSync(join(config.work, 'logs', '01-shrink.log'), 'utf8');
   t.regex(log, /no room for a trial copy of the image beside it/);
   const estimate = Number(/resize2fs estimates (\d+)/.exec(log)![1]);
-  t.deepEqual(readdirSync(small).filter((f) => f.includes('shrink-try')), [], 'no partial copy left');
+  t.deepEqual(
+    readdirSync(small).filter((f) => f.includes('shrink-try')),
+    [],
+    'no partial copy left',
+  );
   const [, root] = await partitions(image);
   const facts = await rootFacts(image, root!.start * 512, root!.size * 512);
   t.is(facts.fsck, 0);
@@ -219,13 +233,16 @@ test('an unknown template variable is an error naming it; the image is detached'
   t.deepEqual(mountsUnder(dir), []);
 });
 
-test("an image whose os-release names a release that is no name (a path) is refused before it names a cache directory", async (t) => {
+test('an image whose os-release names a release that is no name (a path) is refused before it names a cache directory', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const image = join(dir, 'image.img');
   await makeTinyImage(image, { rootFiles: { 'etc/os-release': 'ID=debian\nVERSION_CODENAME=../../../../tmp/escape\n' } });
   const error = await t.throwsAsync(runStages([attachStage, finalizeStage], testConfig(dir), { image }));
-  t.is(error!.message, 'the image\'s os-release gives the release "../../../../tmp/escape", which is not a release name (lower-case letters, digits, "-"): is this a Raspberry Pi OS or Debian image?');
+  t.is(
+    error!.message,
+    'the image\'s os-release gives the release "../../../../tmp/escape", which is not a release name (lower-case letters, digits, "-"): is this a Raspberry Pi OS or Debian image?',
+  );
   t.deepEqual(await loopsOn(image), []);
   t.deepEqual(mountsUnder(dir), []);
 });
@@ -250,7 +267,7 @@ test('a root filesystem the build damaged (a write gone wrong under it) stops th
   // disk, after a read-only remount so that nothing of the kernel's writes it back.
   const damage: Stage = {
     name: 'damage',
-    describe: () => "zero an inode of the mounted root on disk",
+    describe: () => 'zero an inode of the mounted root on disk',
     options: [],
     async run(ctx) {
       const root = join(ctx.paths.work, 'root');
@@ -258,7 +275,16 @@ test('a root filesystem the build damaged (a write gone wrong under it) stops th
       await execa('mount', ['-o', 'remount,ro', root]);
       const [, rootPart] = await partitions(image);
       const offset = rootPart!.start * 512;
-      const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(rootPart!.size * 512), image]);
+      const { stdout: dev } = await execa('losetup', [
+        '--find',
+        '--show',
+        '--read-only',
+        '--offset',
+        String(offset),
+        '--sizelimit',
+        String(rootPart!.size * 512),
+        image,
+      ]);
       let where: string;
       let blockSize: number;
       try {
@@ -268,11 +294,22 @@ test('a root filesystem the build damaged (a write gone wrong under it) stops th
         await execa('losetup', ['-d', dev.trim()]);
       }
       const [, block, at] = /located at block (\d+), offset (0x[0-9a-f]+)/.exec(where)!;
-      await execa('dd', ['if=/dev/zero', `of=${image}`, 'bs=1', 'count=128', `seek=${offset + Number(block) * blockSize + Number(at)}`, 'conv=notrunc', 'status=none']);
+      await execa('dd', [
+        'if=/dev/zero',
+        `of=${image}`,
+        'bs=1',
+        'count=128',
+        `seek=${offset + Number(block) * blockSize + Number(at)}`,
+        'conv=notrunc',
+        'status=none',
+      ]);
     },
   };
   const error = await t.throwsAsync(runStages([attachStage, damage, finalizeStage], testConfig(dir), { image }));
-  t.regex(error!.message, /^the root filesystem the build wrote had errors \(e2fsck repaired them: .*\): the disk under the work directory may be full or failing; nothing was written to --out \(see the finalize log\)$/);
+  t.regex(
+    error!.message,
+    /^the root filesystem the build wrote had errors \(e2fsck repaired them: .*\): the disk under the work directory may be full or failing; nothing was written to --out \(see the finalize log\)$/,
+  );
   t.deepEqual(await loopsOn(image), []);
   t.deepEqual(mountsUnder(dir), []);
 });
@@ -285,7 +322,12 @@ test('a disk without room for what the build may write into its sparse working i
   await makeTinyImage(image, { payloadMiB: 4 }); // ~104 MiB, sparse: a few MiB on disk
   const before = await sha256File(image);
   const error = await t.throwsAsync(runStages(stages, testConfig(dir, { work: join(small, 'work'), grow: 256 * MiB }), { image }));
-  t.regex(error!.message, new RegExp(`^not enough space in ${small}: the working image may take [\\d.]+ MiB more as the build writes it, and the disk has [\\d.]+ MiB free; free some space or pass --work DIR on a larger disk$`));
+  t.regex(
+    error!.message,
+    new RegExp(
+      `^not enough space in ${small}: the working image may take [\\d.]+ MiB more as the build writes it, and the disk has [\\d.]+ MiB free; free some space or pass --work DIR on a larger disk$`,
+    ),
+  );
   t.is(await sha256File(image), before, 'not grown');
   t.deepEqual(await loopsOn(image), []);
   t.deepEqual(mountsUnder(join(small, 'work')), []);

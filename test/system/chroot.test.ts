@@ -1,20 +1,21 @@
 /** Scripts inside real arm64 and armhf images under qemu-user, with real apt against the Debian mirror. */
-import test from 'ava';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import test from 'ava';
 import { execa } from 'execa';
-import { attachStage } from '../../stages/attach.ts';
 import { processesIn } from '../../lib/chroot/environment.ts';
+import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
+import { attachStage } from '../../stages/attach.ts';
+import { chrootStage } from '../../stages/chroot.ts';
 import { finalizeStage } from '../../stages/finalize.ts';
 import { growStage } from '../../stages/grow.ts';
-import { chrootStage } from '../../stages/chroot.ts';
-import { DEBIAN_MIRROR, debianImage, TEST_CACHE, type FixtureArch } from '../fixtures/debian-image.ts';
+import { DEBIAN_MIRROR, debianImage, type FixtureArch, TEST_CACHE } from '../fixtures/debian-image.ts';
 import { raspiosLite } from '../fixtures/raspios-image.ts';
-import { runStages, scratch, testConfig } from '../helpers/build.ts';
 import { startAptRelay } from '../helpers/apt-relay.ts';
+import { runStages, scratch, testConfig } from '../helpers/build.ts';
 import { loopsOn, mountsUnder } from '../helpers/leaks.ts';
-import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
 
 /**
  * arm64: the plain fixture. armhf: the Raspbian look-alike, whose own archive cannot be reached
@@ -42,7 +43,16 @@ function script(dir: string, name: string, body: string): string {
 async function rootFile(image: string, request: string, write = false): Promise<string> {
   const { stdout } = await execa('sfdisk', ['--json', image]);
   const root = (JSON.parse(stdout) as { partitiontable: { partitions: Array<{ start: number; size: number }> } }).partitiontable.partitions[1]!;
-  const { stdout: dev } = await execa('losetup', ['--find', '--show', ...(write ? [] : ['--read-only']), '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image]);
+  const { stdout: dev } = await execa('losetup', [
+    '--find',
+    '--show',
+    ...(write ? [] : ['--read-only']),
+    '--offset',
+    String(root.start * 512),
+    '--sizelimit',
+    String(root.size * 512),
+    image,
+  ]);
   try {
     const r = await execa('debugfs', [...(write ? ['-w', '-f', '-'] : ['-R', request]), dev.trim()], { reject: false, input: write ? request : undefined });
     return `${r.stdout}\n${r.stderr.replace(/^debugfs [\d.]+ \(.*\)$/m, '')}`;
@@ -51,9 +61,14 @@ async function rootFile(image: string, request: string, write = false): Promise<
   }
 }
 
-const logsOf = (config: PimasterConfig) => readdirSync(join(config.work, 'logs')).filter((f) => f.startsWith('chroot-')).map((f) => readFileSync(join(config.work, 'logs', f), 'utf8')).join('\n');
+const logsOf = (config: PimasterConfig) =>
+  readdirSync(join(config.work, 'logs'))
+    .filter((f) => f.startsWith('chroot-'))
+    .map((f) => readFileSync(join(config.work, 'logs', f), 'utf8'))
+    .join('\n');
 
-const INSTALL = 'apt-get update -q\napt-get install -y -q --no-install-recommends hello\nhello\ncat /etc/resolv.conf | grep -c nameserver\necho "arch=$(dpkg --print-architecture) codename=$BUILD_CODENAME"';
+const INSTALL =
+  'apt-get update -q\napt-get install -y -q --no-install-recommends hello\nhello\ncat /etc/resolv.conf | grep -c nameserver\necho "arch=$(dpkg --print-architecture) codename=$BUILD_CODENAME"';
 
 for (const arch of ['arm64', 'armhf'] as const) {
   test.serial(`${arch}: apt-get install inside the image; the image's own files are as before afterwards`, async (t) => {
@@ -79,7 +94,10 @@ for (const arch of ['arm64', 'armhf'] as const) {
     }
     t.notRegex(await rootFile(image, 'ls /var/cache/apt/archives'), /\.deb/, 'no package stays in the image');
     const caches = readdirSync(join(TEST_CACHE, 'apt')).filter((d) => d.startsWith(`bookworm-${arch}-`));
-    t.true(caches.some((d) => readdirSync(join(TEST_CACHE, 'apt', d)).some((f) => /^hello_.*\.deb$/.test(f))), 'the package is in the host cache, under its archive');
+    t.true(
+      caches.some((d) => readdirSync(join(TEST_CACHE, 'apt', d)).some((f) => /^hello_.*\.deb$/.test(f))),
+      'the package is in the host cache, under its archive',
+    );
   });
 }
 
@@ -100,18 +118,28 @@ test.serial("Python modules are compiled once, at the end, by the host's Python:
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const image = await fixtureCopy(dir, 'arm64');
   const pyc = '/usr/lib/python3/dist-packages/__pycache__/six.cpython-311.pyc';
-  const install = script(dir, '10-six.sh', `apt-get update -q\napt-get install -y -q --no-install-recommends python3-six\ntest -e ${pyc} || echo "no six.pyc while the session lasts"`);
+  const install = script(
+    dir,
+    '10-six.sh',
+    `apt-get update -q\napt-get install -y -q --no-install-recommends python3-six\ntest -e ${pyc} || echo "no six.pyc while the session lasts"`,
+  );
   // The next stage is a new session: it sees what the end of the first one compiled.
   mkdirSync(join(dir, 'check'));
-  script(join(dir, 'check'), '10-check.sh', [
-    'set -e',
-    `python3 -c "import py_compile; py_compile.compile('/usr/lib/python3/dist-packages/six.py', cfile='/tmp/six.pyc', doraise=True)"`,
-    `cmp /tmp/six.pyc ${pyc} && echo "six.pyc: the same bytes as the image's own py_compile"`,
-    `before=$(stat -c %Y ${pyc}); python3 -c 'import six'; [ "$(stat -c %Y ${pyc})" = "$before" ] && echo "six imports without compiling again"`,
-    'ls /usr/share/python3/debpython/__pycache__/version.cpython-311.pyc && echo "python3-minimal\'s private modules compiled"',
-  ].join('\n'));
+  script(
+    join(dir, 'check'),
+    '10-check.sh',
+    [
+      'set -e',
+      `python3 -c "import py_compile; py_compile.compile('/usr/lib/python3/dist-packages/six.py', cfile='/tmp/six.pyc', doraise=True)"`,
+      `cmp /tmp/six.pyc ${pyc} && echo "six.pyc: the same bytes as the image's own py_compile"`,
+      `before=$(stat -c %Y ${pyc}); python3 -c 'import six'; [ "$(stat -c %Y ${pyc})" = "$before" ] && echo "six imports without compiling again"`,
+      'ls /usr/share/python3/debpython/__pycache__/version.cpython-311.pyc && echo "python3-minimal\'s private modules compiled"',
+    ].join('\n'),
+  );
   const config = testConfig(dir, { cache: TEST_CACHE, script: [install] });
-  await runStages([growStage, attachStage, chrootStage(), chrootStage({ name: 'check', scriptsDir: join(dir, 'check'), user: false }), finalizeStage], config, { image });
+  await runStages([growStage, attachStage, chrootStage(), chrootStage({ name: 'check', scriptsDir: join(dir, 'check'), user: false }), finalizeStage], config, {
+    image,
+  });
   const log = logsOf(config);
   t.regex(log, /no six\.pyc while the session lasts/);
   t.regex(log, /python3\.11: \d+ modules of \d+ py3compile calls compiled by the host's Python 3\.11\.\d+/);
@@ -126,25 +154,29 @@ test.serial("dpkg's unpacking helpers run natively in the host's busybox: the sa
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const image = await fixtureCopy(dir, 'arm64');
   const listing = (d: string) => `cd ${d} && find . -printf '%p %m %u %g %s\\n' | sort && cat $(find . -type f | sort) | md5sum`;
-  const install = script(dir, '10-native.sh', [
-    'apt-get update -q',
-    'apt-get install -y -q --no-install-recommends pv',
-    'echo "dpkg-deb is $(command -v dpkg-deb)"',
-    'dpkg --verify pv && echo "pv: every file matches its md5sum"',
-    'deb=$(ls /var/cache/apt/archives/pv_*.deb)',
-    '[ "$(dpkg-deb --fsys-tarfile $deb | md5sum)" = "$(/usr/bin/dpkg-deb --fsys-tarfile $deb | md5sum)" ] && echo "the same tar stream as the image\'s dpkg-deb"',
-    'dpkg-deb --control $deb /tmp/native && /usr/bin/dpkg-deb --control $deb /tmp/emulated',
-    `[ "$(${listing('/tmp/native')})" = "$(${listing('/tmp/emulated')})" ] && echo "the same control files, modes and owners"`,
-    'dpkg-split -Qao /tmp/part $deb || echo "dpkg-split: exit $?"',
-    // Not plain (gzip): the image's own dpkg-deb unpacks it.
-    'mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/share/gz-fixture && echo hello > /tmp/pkg/usr/share/gz-fixture/file',
-    "printf 'Package: gz-fixture\\nVersion: 1\\nArchitecture: all\\nMaintainer: t <t@example.org>\\nDescription: t\\n' > /tmp/pkg/DEBIAN/control",
-    'dpkg-deb -Zgzip --root-owner-group -b /tmp/pkg /tmp/gz.deb >/dev/null && dpkg -i /tmp/gz.deb >/dev/null && echo "gzip package: $(cat /usr/share/gz-fixture/file)"',
-    // Plain but cut short: refused, as the image's dpkg-deb refuses it.
-    'head -c $(($(stat -c %s $deb) - 64)) $deb > /tmp/cut.deb',
-    'dpkg-deb --fsys-tarfile /tmp/cut.deb > /dev/null || echo "a truncated package: dpkg-deb exit $?"',
-    'dpkg -i /tmp/cut.deb || echo "a truncated package: dpkg exit $?"',
-  ].join('\n'));
+  const install = script(
+    dir,
+    '10-native.sh',
+    [
+      'apt-get update -q',
+      'apt-get install -y -q --no-install-recommends pv',
+      'echo "dpkg-deb is $(command -v dpkg-deb)"',
+      'dpkg --verify pv && echo "pv: every file matches its md5sum"',
+      'deb=$(ls /var/cache/apt/archives/pv_*.deb)',
+      '[ "$(dpkg-deb --fsys-tarfile $deb | md5sum)" = "$(/usr/bin/dpkg-deb --fsys-tarfile $deb | md5sum)" ] && echo "the same tar stream as the image\'s dpkg-deb"',
+      'dpkg-deb --control $deb /tmp/native && /usr/bin/dpkg-deb --control $deb /tmp/emulated',
+      `[ "$(${listing('/tmp/native')})" = "$(${listing('/tmp/emulated')})" ] && echo "the same control files, modes and owners"`,
+      'dpkg-split -Qao /tmp/part $deb || echo "dpkg-split: exit $?"',
+      // Not plain (gzip): the image's own dpkg-deb unpacks it.
+      'mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/share/gz-fixture && echo hello > /tmp/pkg/usr/share/gz-fixture/file',
+      "printf 'Package: gz-fixture\\nVersion: 1\\nArchitecture: all\\nMaintainer: t <t@example.org>\\nDescription: t\\n' > /tmp/pkg/DEBIAN/control",
+      'dpkg-deb -Zgzip --root-owner-group -b /tmp/pkg /tmp/gz.deb >/dev/null && dpkg -i /tmp/gz.deb >/dev/null && echo "gzip package: $(cat /usr/share/gz-fixture/file)"',
+      // Plain but cut short: refused, as the image's dpkg-deb refuses it.
+      'head -c $(($(stat -c %s $deb) - 64)) $deb > /tmp/cut.deb',
+      'dpkg-deb --fsys-tarfile /tmp/cut.deb > /dev/null || echo "a truncated package: dpkg-deb exit $?"',
+      'dpkg -i /tmp/cut.deb || echo "a truncated package: dpkg exit $?"',
+    ].join('\n'),
+  );
   const config = testConfig(dir, { cache: TEST_CACHE, script: [install] });
   await runStages([growStage, attachStage, chrootStage(), finalizeStage], config, { image });
   const log = logsOf(config);
@@ -208,14 +240,20 @@ test.serial('--apt-mirror and --apt-proxy: apt goes through them while building;
   const mirror = testConfig(dir, { cache: TEST_CACHE, script: [show], 'apt-mirror': `${relay.origin}/debian` });
   await runStages([growStage, attachStage, chrootStage(), finalizeStage], mirror, { image });
   t.regex(logsOf(mirror), new RegExp(`deb ${relay.origin}/debian bookworm main`));
-  t.true(relay.requests.some((r) => /^\/debian\/dists\/bookworm\/InRelease$/.test(r)), relay.requests.join('\n'));
-  t.is(await rootFile(image, 'cat /etc/apt/sources.list'), before, 'the sources are the image\'s own again');
+  t.true(
+    relay.requests.some((r) => /^\/debian\/dists\/bookworm\/InRelease$/.test(r)),
+    relay.requests.join('\n'),
+  );
+  t.is(await rootFile(image, 'cat /etc/apt/sources.list'), before, "the sources are the image's own again");
 
   relay.requests.length = 0;
   rmSync(join(dir, 'work'), { recursive: true, force: true });
   const proxy = testConfig(dir, { cache: TEST_CACHE, script: [show], 'apt-proxy': relay.origin });
   await runStages([attachStage, chrootStage(), finalizeStage], proxy, { image });
-  t.true(relay.requests.some((r) => /^http:\/\/deb\.debian\.org\/debian\/dists\/bookworm\/InRelease$/.test(r)), relay.requests.join('\n'));
+  t.true(
+    relay.requests.some((r) => /^http:\/\/deb\.debian\.org\/debian\/dists\/bookworm\/InRelease$/.test(r)),
+    relay.requests.join('\n'),
+  );
   t.notRegex(await rootFile(image, 'ls /etc/apt/apt.conf.d'), /zz-build-image/, 'no proxy setting stays');
 });
 
@@ -226,7 +264,10 @@ test.serial('--apt-mirror on an image whose sources name no Debian or Raspbian a
   await rootFile(image, 'cd /etc/apt\nrm sources.list\nwrite /dev/null sources.list\n', true);
   const config = testConfig(dir, { cache: TEST_CACHE, script: [script(dir, '10-true.sh', 'true')], 'apt-mirror': 'http://127.0.0.1:9/debian' });
   const error = await t.throwsAsync(runStages([attachStage, chrootStage(), finalizeStage], config, { image }));
-  t.is(error!.message, "--apt-mirror http://127.0.0.1:9/debian: the image's apt sources name no Debian or Raspbian archive to replace (they name: none); leave --apt-mirror out, or use --apt-proxy");
+  t.is(
+    error!.message,
+    "--apt-mirror http://127.0.0.1:9/debian: the image's apt sources name no Debian or Raspbian archive to replace (they name: none); leave --apt-mirror out, or use --apt-proxy",
+  );
   t.deepEqual(await loopsOn(image), []);
   t.deepEqual(mountsUnder(dir), []);
 });
@@ -241,7 +282,17 @@ test.serial('--shell-on-error opens a shell inside the image where a script fail
   const image = await fixtureCopy(dir, 'arm64');
   const bad = script(dir, '40-broken.sh', 'echo before the failure\nfalse');
   const child = new URL('../fixtures/chroot-child.ts', import.meta.url).pathname;
-  await execa('tmux', ['new-session', '-d', '-s', session, '-x', '160', '-y', '40', `node ${child} ${dir} ${image} ${bad} arm64 --shell-on-error; echo $? > ${dir}/exit`]);
+  await execa('tmux', [
+    'new-session',
+    '-d',
+    '-s',
+    session,
+    '-x',
+    '160',
+    '-y',
+    '40',
+    `node ${child} ${dir} ${image} ${bad} arm64 --shell-on-error; echo $? > ${dir}/exit`,
+  ]);
   const screen = async () => (await execa('tmux', ['capture-pane', '-p', '-t', session], { reject: false })).stdout;
   for (let i = 0; !(await screen()).includes('a shell inside the image follows'); i++) {
     if (i > 600) return t.fail(`no shell:\n${await screen()}`);

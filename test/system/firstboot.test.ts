@@ -3,15 +3,16 @@
  * its first boot would: everything unique to a device is made, differs between the two, and a
  * second run changes nothing. Booting the image itself is the verify tests' job.
  */
-import test from 'ava';
+
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
 import { attachStage } from '../../stages/attach.ts';
+import { chrootStage } from '../../stages/chroot.ts';
 import { finalizeStage } from '../../stages/finalize.ts';
 import { growStage } from '../../stages/grow.ts';
-import { chrootStage } from '../../stages/chroot.ts';
 import { overlayStage } from '../../stages/overlay.ts';
 import { TEST_CACHE } from '../fixtures/debian-image.ts';
 import { ADMIN_HASH } from '../fixtures/piseduce-standin.ts';
@@ -43,9 +44,24 @@ async function secrets(image: string): Promise<Secrets> {
   const tmp = mkdtempSync(join(tmpdir(), 'firstboot-'));
   try {
     const hostKeys = async (root: string) =>
-      (await Promise.all((await r.ls(`${root}/etc/ssh`)).filter((f) => f.endsWith('.pub')).sort().map((f) => r.cat(`${root}/etc/ssh/${f}`)))).join('');
+      (
+        await Promise.all(
+          (
+            await r.ls(`${root}/etc/ssh`)
+          )
+            .filter((f) => f.endsWith('.pub'))
+            .sort()
+            .map((f) => r.cat(`${root}/etc/ssh/${f}`)),
+        )
+      ).join('');
     await r.dump('/root/piseduce_webui/test-ui.db', join(tmp, 'ui.db'));
-    const adminHash = (await execa('python3', ['-c', 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select password from user where email=\'admin@piseduce.fr\'").fetchone()[0])', join(tmp, 'ui.db')])).stdout;
+    const adminHash = (
+      await execa('python3', [
+        '-c',
+        'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select password from user where email=\'admin@piseduce.fr\'").fetchone()[0])',
+        join(tmp, 'ui.db'),
+      ])
+    ).stdout;
     return {
       hostKeys: await hostKeys(''),
       nfsHostKeys: await hostKeys('/nfs/raspi'),
@@ -113,7 +129,12 @@ test('first boot makes every per-device secret, two pimasters share none, and a 
   t.not(one.adminHash, ADMIN_HASH, 'the published default password is gone');
   t.is(one.adminPassword, 'chosen-by-the-site', 'taken from the boot partition');
   t.regex(two.adminPassword, /^\S{12,}$/, 'random when none was given');
-  const check = (hash: string, password: string) => execa('/usr/bin/python3', ['-c', 'import sys; from werkzeug.security import check_password_hash as c; sys.exit(0 if c(sys.argv[1], sys.argv[2]) else 1)', hash, password], { reject: false });
+  const check = (hash: string, password: string) =>
+    execa(
+      '/usr/bin/python3',
+      ['-c', 'import sys; from werkzeug.security import check_password_hash as c; sys.exit(0 if c(sys.argv[1], sys.argv[2]) else 1)', hash, password],
+      { reject: false },
+    );
   t.is((await check(one.adminHash, 'chosen-by-the-site')).exitCode, 0);
   t.is((await check(two.adminHash, two.adminPassword)).exitCode, 0);
   t.is((await check(two.adminHash, 'piseduceadmin')).exitCode, 1);

@@ -1,7 +1,8 @@
 /** The pimasters the suite builds, each flashed by `build-image flash` to a loop device with its .bmap and read back. */
-import test from 'ava';
+
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
 import { scratch } from '../helpers/build.ts';
 import { pimasterBuild } from '../helpers/pimaster-build.ts';

@@ -4,10 +4,11 @@
  * copy in QEMU. Each follows the image's links as the image itself would (inside its root), so the
  * host's files are never written, mounted over, chowned or read.
  */
-import test from 'ava';
+
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
 import { attachStage } from '../../stages/attach.ts';
 import { chrootStage } from '../../stages/chroot.ts';
@@ -38,7 +39,10 @@ async function plantLinks(image: string, links: Record<string, string>): Promise
   const { stdout: dev } = await execa('losetup', ['--find', '--show', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image]);
   try {
     const requests = Object.entries(links).flatMap(([path, target]) => {
-      const parents = path.split('/').slice(0, -1).map((_, i, all) => `mkdir /${all.slice(0, i + 1).join('/')}`);
+      const parents = path
+        .split('/')
+        .slice(0, -1)
+        .map((_, i, all) => `mkdir /${all.slice(0, i + 1).join('/')}`);
       return [...parents, `rm /${path}`, `rmdir /${path}`, `symlink /${path} ${target}`];
     });
     const file = `${dev.trim().replace(/\//g, '_')}.debugfs`;
@@ -55,11 +59,11 @@ function hostBait(dir: string) {
   const hostDir = join(dir, 'host-dir');
   const hostFile = join(dir, 'host-file.conf');
   mkdirSync(hostDir);
-  writeFileSync(hostFile, 'the host\'s own\n', { mode: 0o600 });
+  writeFileSync(hostFile, "the host's own\n", { mode: 0o600 });
   const untouched = (t: import('ava').ExecutionContext) => {
     t.deepEqual(readdirSync(hostDir), [], 'nothing written into the host directory');
     t.is(statSync(hostDir).uid, 0);
-    t.is(readFileSync(hostFile, 'utf8'), 'the host\'s own\n', 'the host file is unchanged');
+    t.is(readFileSync(hostFile, 'utf8'), "the host's own\n", 'the host file is unchanged');
     t.is(statSync(hostFile).mode & 0o777, 0o600);
   };
   return { hostDir, hostFile, untouched };
@@ -105,11 +109,30 @@ test.serial("verify reads the image's facts and authorizes its key inside the im
   await plantLinks(image, { 'home/pi/.ssh': hostDir, 'etc/hostname': hostFile });
   await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'key')]);
   const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
-  const r = await execa('node', [cli, 'verify', image, '--ssh-key', join(dir, 'key'), '--authorize', '--user', 'pi', '--work', join(dir, 'work'), '--cache', TEST_CACHE, '--timeout', '120'], { reject: false, env: { CI: 'true' } });
+  const r = await execa(
+    'node',
+    [
+      cli,
+      'verify',
+      image,
+      '--ssh-key',
+      join(dir, 'key'),
+      '--authorize',
+      '--user',
+      'pi',
+      '--work',
+      join(dir, 'work'),
+      '--cache',
+      TEST_CACHE,
+      '--timeout',
+      '120',
+    ],
+    { reject: false, env: { CI: 'true' } },
+  );
   t.is(r.exitCode, 1, 'the tiny image does not boot');
   t.regex(r.stderr, /has no \/sbin\/init/, 'it got as far as booting the copy');
   t.is(readFileSync(hostFile, 'utf8'), 'host-secret-name\n');
-  writeFileSync(hostFile, 'the host\'s own\n', { mode: 0o600 }); // what untouched() compares
+  writeFileSync(hostFile, "the host's own\n", { mode: 0o600 }); // what untouched() compares
   const prepared = readFileSync(join(dir, 'work', 'verify', 'logs', '02-prepare.log'), 'utf8');
   t.notRegex(`${prepared}${r.stdout}${r.stderr}`, /host-secret-name/, "the host file's content is nowhere in the output");
   t.regex(prepared, /"hostname":"localhost"/, 'the link pointed at nothing inside the image');

@@ -6,14 +6,15 @@
  * booted pimaster must keep its static address and services while honouring the user, the SSH
  * key, the Wi-Fi, the keymap and the time zone.
  */
-import test from 'ava';
+
 import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
 import { TEST_CACHE } from '../fixtures/debian-image.ts';
 import { sha256File } from '../helpers/base-images.ts';
 import { scratch } from '../helpers/build.ts';
-import { pimasterBuild, type PimasterBuild } from '../helpers/pimaster-build.ts';
+import { type PimasterBuild, pimasterBuild } from '../helpers/pimaster-build.ts';
 
 const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
 const mtools = { env: { MTOOLS_SKIP_CHECK: '1' } };
@@ -31,7 +32,10 @@ async function flashedCard(t: import('ava').ExecutionContext, dir: string, build
   const image = `${build.image}.zst`;
   const before = await sha256File(image);
   try {
-    const r = await execa('node', [cli, 'flash', image, device, '--force', ...settings, '--work', join(dir, 'flash-work')], { reject: false, env: { CI: 'true' } });
+    const r = await execa('node', [cli, 'flash', image, device, '--force', ...settings, '--work', join(dir, 'flash-work')], {
+      reject: false,
+      env: { CI: 'true' },
+    });
     t.log(r.stdout);
     t.is(r.exitCode, 0, r.stderr);
     await execa('mcopy', ['-o', '-i', `${device}${BOOT}`, alice.key, '::/alice-test-key'], mtools);
@@ -51,8 +55,24 @@ async function imagerUser(dir: string): Promise<{ key: string; pub: string; hash
 }
 
 const settingsFor = (alice: { pub: string; hash: string; psk: string }) => [
-  '--hostname', 'pimaster', '--user', 'alice', '--password-hash', alice.hash, '--ssh-key', alice.pub,
-  '--wifi-ssid', 'lab-uplink', '--wifi-psk-file', alice.psk, '--wifi-country', 'FR', '--keymap', 'fr', '--timezone', 'Europe/Paris',
+  '--hostname',
+  'pimaster',
+  '--user',
+  'alice',
+  '--password-hash',
+  alice.hash,
+  '--ssh-key',
+  alice.pub,
+  '--wifi-ssid',
+  'lab-uplink',
+  '--wifi-psk-file',
+  alice.psk,
+  '--wifi-country',
+  'FR',
+  '--keymap',
+  'fr',
+  '--timezone',
+  'Europe/Paris',
 ];
 
 /**
@@ -74,30 +94,46 @@ function userChecks(): string {
 
 async function verifyCard(t: import('ava').ExecutionContext, dir: string, image: string, build: PimasterBuild, checks: string) {
   writeFileSync(join(dir, 'checks'), checks);
-  const r = await execa('node', [cli, 'verify', image, '--ssh-key', build.sshKey, '--checks', join(dir, 'checks'), '--work', join(dir, 'work'), '--cache', TEST_CACHE], { reject: false, env: { CI: 'true' } });
+  const r = await execa(
+    'node',
+    [cli, 'verify', image, '--ssh-key', build.sshKey, '--checks', join(dir, 'checks'), '--work', join(dir, 'work'), '--cache', TEST_CACHE],
+    { reject: false, env: { CI: 'true' } },
+  );
   t.log(r.stdout);
   t.is(r.exitCode, 0, `${r.stdout}\n${r.stderr}`);
-  t.regex(r.stdout, /^PASS  eth0 has 48\.48\.0\.254\/24 /m, 'the static address wins');
-  t.regex(r.stdout, /^PASS  dnsmasq active /m);
-  t.regex(r.stdout, /^PASS  systemd: every unit started, none failed /m);
+  t.regex(r.stdout, /^PASS {2}eth0 has 48\.48\.0\.254\/24 /m, 'the static address wins');
+  t.regex(r.stdout, /^PASS {2}dnsmasq active /m);
+  t.regex(r.stdout, /^PASS {2}systemd: every unit started, none failed /m);
   return readFileSync(join(dir, 'work', 'verify', 'logs', '03-boot.log'), 'utf8');
 }
 
-test.serial("bookworm pimaster flashed with settings (firstrun.sh): user renamed from the one made for it, key, Wi-Fi, keymap, time zone; the static address and dnsmasq stay", async (t) => {
-  const build = await pimasterBuild('bookworm-arm64');
-  const dir = scratch();
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const alice = await imagerUser(dir);
-  const card = await flashedCard(t, dir, build, settingsFor(alice), alice);
-  const boot = await verifyCard(t, dir, card, build, `${userChecks()}! test -e /boot/firmware/firstrun.sh\n! grep -q systemd.run /boot/firmware/cmdline.txt\n`);
-  t.regex(boot, /the guest rebooted before SSH answered; boot 2 with: /, 'firstrun.sh ran in a boot of its own, then the Pi rebooted');
-});
+test.serial(
+  'bookworm pimaster flashed with settings (firstrun.sh): user renamed from the one made for it, key, Wi-Fi, keymap, time zone; the static address and dnsmasq stay',
+  async (t) => {
+    const build = await pimasterBuild('bookworm-arm64');
+    const dir = scratch();
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const alice = await imagerUser(dir);
+    const card = await flashedCard(t, dir, build, settingsFor(alice), alice);
+    const boot = await verifyCard(
+      t,
+      dir,
+      card,
+      build,
+      `${userChecks()}! test -e /boot/firmware/firstrun.sh\n! grep -q systemd.run /boot/firmware/cmdline.txt\n`,
+    );
+    t.regex(boot, /the guest rebooted before SSH answered; boot 2 with: /, 'firstrun.sh ran in a boot of its own, then the Pi rebooted');
+  },
+);
 
-test.serial("trixie pimaster flashed with settings (a cloud-init seed): the static address wins over eth0 DHCP; the user, key, Wi-Fi, keymap and time zone are honoured", async (t) => {
-  const build = await pimasterBuild('trixie-arm64');
-  const dir = scratch();
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const alice = await imagerUser(dir);
-  const card = await flashedCard(t, dir, build, settingsFor(alice), alice);
-  await verifyCard(t, dir, card, build, `${userChecks()}cloud-init status --wait | grep -q "status: done"\ngrep -q 'XKBLAYOUT=.*fr' /etc/default/keyboard\n`);
-});
+test.serial(
+  'trixie pimaster flashed with settings (a cloud-init seed): the static address wins over eth0 DHCP; the user, key, Wi-Fi, keymap and time zone are honoured',
+  async (t) => {
+    const build = await pimasterBuild('trixie-arm64');
+    const dir = scratch();
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const alice = await imagerUser(dir);
+    const card = await flashedCard(t, dir, build, settingsFor(alice), alice);
+    await verifyCard(t, dir, card, build, `${userChecks()}cloud-init status --wait | grep -q "status: done"\ngrep -q 'XKBLAYOUT=.*fr' /etc/default/keyboard\n`);
+  },
+);

@@ -5,9 +5,10 @@
  * look-alike), an image customized with every setting boots in `verify` and a check of each setting
  * passes inside it. Bad values and --plan: test/unit/settings-flags.test.ts.
  */
-import test, { type ExecutionContext } from 'ava';
+
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { debianImage, TEST_CACHE } from '../fixtures/debian-image.ts';
 import { raspiosLite } from '../fixtures/raspios-image.ts';
@@ -32,7 +33,10 @@ function overlay(dir: string, key: string): string {
   const site = join(dir, 'site');
   mkdirSync(join(site, 'rootfs/etc/systemd/system'), { recursive: true });
   mkdirSync(join(site, 'rootfs/root'), { recursive: true });
-  writeFileSync(join(site, 'rootfs/etc/systemd/system/hello.service'), '[Unit]\nDescription=A unit of the overlay, enabled by --enable\n\n[Service]\nType=oneshot\nExecStart=/bin/touch /run/hello\n\n[Install]\nWantedBy=multi-user.target\n');
+  writeFileSync(
+    join(site, 'rootfs/etc/systemd/system/hello.service'),
+    '[Unit]\nDescription=A unit of the overlay, enabled by --enable\n\n[Service]\nType=oneshot\nExecStart=/bin/touch /run/hello\n\n[Install]\nWantedBy=multi-user.target\n',
+  );
   writeFileSync(join(site, 'rootfs/root/alice-test-key'), readFileSync(key));
   writeFileSync(join(site, 'modes.txt'), 'rootfs/root/alice-test-key 0600\n');
   return site;
@@ -56,12 +60,15 @@ const RELEASES: Record<string, Release> = {
 
 /** One check per setting, run inside the booted image as root. */
 function settingChecks(release: Release, hash: string): string {
-  const wifi = release.wifi === 'networkmanager'
-    ? [
-        'f=/etc/NetworkManager/system-connections/preconfigured.nmconnection; test "$(stat -c %a $f)" = 600 && grep -qx ssid=lab-uplink $f && grep -qx hidden=true $f',
-        'grep -qw cfg80211.ieee80211_regdom=FR /proc/cmdline',
-      ]
-    : ['f=/etc/wpa_supplicant/wpa_supplicant.conf; test "$(stat -c %a $f)" = 600 && grep -qx country=FR $f && grep -qx \'\tssid="lab-uplink"\' $f && grep -qx \'\tscan_ssid=1\' $f'];
+  const wifi =
+    release.wifi === 'networkmanager'
+      ? [
+          'f=/etc/NetworkManager/system-connections/preconfigured.nmconnection; test "$(stat -c %a $f)" = 600 && grep -qx ssid=lab-uplink $f && grep -qx hidden=true $f',
+          'grep -qw cfg80211.ieee80211_regdom=FR /proc/cmdline',
+        ]
+      : [
+          'f=/etc/wpa_supplicant/wpa_supplicant.conf; test "$(stat -c %a $f)" = 600 && grep -qx country=FR $f && grep -qx \'\tssid="lab-uplink"\' $f && grep -qx \'\tscan_ssid=1\' $f',
+        ];
   return [
     'ssh -i /root/alice-test-key -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null alice@127.0.0.1 id -un | grep -qx alice',
     'test "$(getent passwd 1000 | cut -d: -f1)" = alice && id -nG alice | grep -qw sudo && test -d /home/alice',
@@ -71,7 +78,7 @@ function settingChecks(release: Release, hash: string): string {
     ...wifi,
     'readlink /etc/localtime | grep -q Europe/Paris$ && date +%Z | grep -qE "^CES?T$"',
     'locale -a | grep -qx fr_FR.utf8 && grep -qx LANG=fr_FR.UTF-8 /etc/default/locale',
-    "grep -qx 'XKBLAYOUT=\"fr\"' /etc/default/keyboard",
+    'grep -qx \'XKBLAYOUT="fr"\' /etc/default/keyboard',
     'dpkg-query -W -f=\'${Status}\' tree | grep -qx "install ok installed" && tree -L 1 /',
     'test -e /run/hello && systemctl is-enabled hello.service | grep -qx enabled',
     'systemctl is-enabled apt-daily.timer | grep -qx disabled',
@@ -89,16 +96,58 @@ async function customizeAndBoot(t: ExecutionContext, name: string, release: Rele
   // The Debian one gets the password from a file (hashed by the build), the others a hash.
   const password = release.wifi === 'wpa_supplicant' ? ['--password-file', input.password] : ['--password-hash', input.hash];
   const args = [
-    'customize', '--base', base, '--base-sha256', baseSha, '--overlay', overlay(dir, input.key),
-    '--hostname', 'pi-07', '--user', 'alice', ...password, '--ssh-key', input.pub,
-    '--wifi-ssid', 'lab-uplink', '--wifi-psk-file', input.psk, '--wifi-country', 'fr', '--wifi-hidden',
-    '--timezone', 'Europe/Paris', '--locale', 'fr_FR.UTF-8', '--keymap', 'fr', '--packages', release.packages,
-    '--enable', 'hello', '--disable', 'apt-daily.timer', '--compress', 'none', '--name', 'custom',
-    '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), '--out', join(dir, 'out'),
+    'customize',
+    '--base',
+    base,
+    '--base-sha256',
+    baseSha,
+    '--overlay',
+    overlay(dir, input.key),
+    '--hostname',
+    'pi-07',
+    '--user',
+    'alice',
+    ...password,
+    '--ssh-key',
+    input.pub,
+    '--wifi-ssid',
+    'lab-uplink',
+    '--wifi-psk-file',
+    input.psk,
+    '--wifi-country',
+    'fr',
+    '--wifi-hidden',
+    '--timezone',
+    'Europe/Paris',
+    '--locale',
+    'fr_FR.UTF-8',
+    '--keymap',
+    'fr',
+    '--packages',
+    release.packages,
+    '--enable',
+    'hello',
+    '--disable',
+    'apt-daily.timer',
+    '--compress',
+    'none',
+    '--name',
+    'custom',
+    '--work',
+    join(dir, 'work'),
+    '--cache',
+    join(dir, 'cache'),
+    '--out',
+    join(dir, 'out'),
   ];
   const r = await run(args);
   t.is(r.exitCode, 0, `${name}: ${r.stderr}`);
-  t.log(r.stderr.split('\n').filter((l) => /^\s+(settings|total) /.test(l)).join('\n'));
+  t.log(
+    r.stderr
+      .split('\n')
+      .filter((l) => /^\s+(settings|total) /.test(l))
+      .join('\n'),
+  );
   const image = join(dir, 'out', 'custom.img');
   t.is((await execa('sha256sum', [base])).stdout.split(' ')[0], baseSha, 'the base image is untouched');
   // With a password file, the hash is the build's: read from the image, checked on the host.
@@ -106,11 +155,28 @@ async function customizeAndBoot(t: ExecutionContext, name: string, release: Rele
   const salt = hash.split('$')[2]!;
   t.is((await execa('openssl', ['passwd', '-6', '-salt', salt, 'a-password-of-alice'])).stdout.trim(), hash, "the hash is of alice's password");
   writeFileSync(join(dir, 'checks'), settingChecks(release, hash));
-  const v = await run(['verify', image, '--ssh-key', input.rootKey, '--authorize', '--checks', join(dir, 'checks'), '--work', join(dir, 'vwork'), '--cache', TEST_CACHE]);
-  t.log(v.stdout.split('\n').filter((l) => /^(PASS|FAIL)|checks passed/.test(l)).join('\n'));
+  const v = await run([
+    'verify',
+    image,
+    '--ssh-key',
+    input.rootKey,
+    '--authorize',
+    '--checks',
+    join(dir, 'checks'),
+    '--work',
+    join(dir, 'vwork'),
+    '--cache',
+    TEST_CACHE,
+  ]);
+  t.log(
+    v.stdout
+      .split('\n')
+      .filter((l) => /^(PASS|FAIL)|checks passed/.test(l))
+      .join('\n'),
+  );
   t.is(v.exitCode, 0, `${v.stdout}\n${v.stderr}`);
-  t.regex(v.stdout, /^PASS  hostname is pi-07 /m);
-  t.regex(v.stdout, /^PASS  systemd: every unit started, none failed /m);
+  t.regex(v.stdout, /^PASS {2}hostname is pi-07 /m);
+  t.regex(v.stdout, /^PASS {2}systemd: every unit started, none failed /m);
   t.deepEqual(mountsUnder(dir), []);
   t.deepEqual(await loopsUnder(dir), []);
   return args;
@@ -126,7 +192,10 @@ async function builtHash(image: string): Promise<string> {
   const device = (await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(root.start * 512), image])).stdout.trim();
   try {
     const shadow = (await execa('debugfs', ['-R', 'cat /etc/shadow', device])).stdout;
-    return shadow.split('\n').find((l) => l.startsWith('alice:'))!.split(':')[1]!;
+    return shadow
+      .split('\n')
+      .find((l) => l.startsWith('alice:'))!
+      .split(':')[1]!;
   } finally {
     await execa('losetup', ['-d', device]);
   }

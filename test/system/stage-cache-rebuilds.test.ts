@@ -2,10 +2,11 @@
  * The stage cache in real rebuilds of the Debian fixture by the CLI (scripts under qemu-user), each
  * starting from its snapshots; a build killed while it writes one.
  */
-import test from 'ava';
+
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import test from 'ava';
 import { execa } from 'execa';
 import { debianImage } from '../fixtures/debian-image.ts';
 import { sha256File } from '../helpers/base-images.ts';
@@ -34,10 +35,30 @@ async function site(): Promise<Site> {
   writeFileSync(join(dir, '20-two.sh'), 'echo "two v1" > /root/two\n');
   const cache = join(dir, 'cache');
   const args = (...extra: string[]) => [
-    'customize', '--base', base, '--base-sha256', sha,
-    '--overlay', join(dir, 'site'), '--script', join(dir, '10-one.sh'), '--script', join(dir, '20-two.sh'),
-    '--snapshot-after', '0', '--compress', 'none', '--name', 'site',
-    '--work', join(dir, 'work'), '--cache', cache, '--out', join(dir, 'out'), ...extra,
+    'customize',
+    '--base',
+    base,
+    '--base-sha256',
+    sha,
+    '--overlay',
+    join(dir, 'site'),
+    '--script',
+    join(dir, '10-one.sh'),
+    '--script',
+    join(dir, '20-two.sh'),
+    '--snapshot-after',
+    '0',
+    '--compress',
+    'none',
+    '--name',
+    'site',
+    '--work',
+    join(dir, 'work'),
+    '--cache',
+    cache,
+    '--out',
+    join(dir, 'out'),
+    ...extra,
   ];
   return { dir, args, cache };
 }
@@ -60,7 +81,14 @@ test('rebuilds start from the latest snapshot whose steps did not change, and ma
   const image = join(dir, 'out/site.img');
   const ls = async () => (await run(['cache', 'ls', '--cache', cache])).stdout;
   const contents = (reader: ImageReader) =>
-    Promise.all([reader.cat('/root/runs'), reader.cat('/root/two'), reader.cat('/etc/site'), reader.bootFile('site.txt'), reader.exists('/usr/sbin/policy-rc.d'), reader.cat('/etc/resolv.conf')]);
+    Promise.all([
+      reader.cat('/root/runs'),
+      reader.cat('/root/two'),
+      reader.cat('/etc/site'),
+      reader.bootFile('site.txt'),
+      reader.exists('/usr/sbin/policy-rc.d'),
+      reader.cat('/etc/resolv.conf'),
+    ]);
 
   const first = await run(args());
   t.is(first.exitCode, 0, first.all);
@@ -68,7 +96,8 @@ test('rebuilds start from the latest snapshot whose steps did not change, and ma
   const [runs, two, siteFile, bootFile, policy, resolv] = (await inImage(image, contents)) as [string, string, string, string, boolean, string];
   t.deepEqual([runs, two, siteFile, bootFile, policy], ['one\n', 'two v1\n', 'site v1\n', 'on the boot partition', false]);
   const listing = await ls();
-  for (const label of ['extract: base image extracted', 'overlay: 1 overlay directory copied', 'chroot: after 10-one.sh', 'chroot: after 20-two.sh']) t.regex(listing, new RegExp(label));
+  for (const label of ['extract: base image extracted', 'overlay: 1 overlay directory copied', 'chroot: after 10-one.sh', 'chroot: after 20-two.sh'])
+    t.regex(listing, new RegExp(label));
   t.regex(listing, /^6 snapshots, [\d.]+ [KMG]iB in /m);
 
   // A late script changed: the first script's work comes from the snapshot taken after it.
@@ -76,7 +105,11 @@ test('rebuilds start from the latest snapshot whose steps did not change, and ma
   const late = await run(args());
   t.is(late.exitCode, 0, late.all);
   t.deepEqual(fromCache(late.all), { extract: 'from cache', grow: 'from cache', overlay: 'from cache', settings: 'from cache', chroot: '1 step from cache' });
-  t.deepEqual(await inImage(image, contents), ['one\n', 'two v2\n', 'site v1\n', 'on the boot partition', false, resolv], 'the chroot left no trace in the snapshot: policy-rc.d gone, resolv.conf the image\'s own');
+  t.deepEqual(
+    await inImage(image, contents),
+    ['one\n', 'two v2\n', 'site v1\n', 'on the boot partition', false, resolv],
+    "the chroot left no trace in the snapshot: policy-rc.d gone, resolv.conf the image's own",
+  );
 
   // An overlay file changed: everything from the overlay on is redone on the image before it.
   writeFileSync(join(dir, 'site/rootfs/etc/site'), 'site v2\n');
@@ -92,7 +125,10 @@ test('rebuilds start from the latest snapshot whose steps did not change, and ma
   t.true(existsSync(join(dir, 'out/site.img.zst')));
 
   // --no-cache neither reads nor writes the cache.
-  const snapshots = () => readdirSync(join(cache, 'snapshots')).sort().map((name) => `${name} ${statSync(join(cache, 'snapshots', name, 'meta.json')).mtimeMs}`);
+  const snapshots = () =>
+    readdirSync(join(cache, 'snapshots'))
+      .sort()
+      .map((name) => `${name} ${statSync(join(cache, 'snapshots', name, 'meta.json')).mtimeMs}`);
   const before = snapshots();
   const uncached = await run(args('--no-cache'));
   t.is(uncached.exitCode, 0, uncached.all);

@@ -3,10 +3,11 @@
  * in QEMU and checked; an image that never comes up; Ctrl-C while the guest boots. Each run must
  * leave no QEMU process, loop device, mount or copy behind, and the input image untouched.
  */
-import test from 'ava';
+
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import test from 'ava';
 import { execa } from 'execa';
 import { debianImage, TEST_CACHE } from '../fixtures/debian-image.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
@@ -83,23 +84,59 @@ for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const
 
     const lines = r.stdout.split('\n').filter((l) => /^(PASS|FAIL) /.test(l));
     const failed = lines.filter((l) => l.startsWith('FAIL'));
-    t.deepEqual(failed.map((l) => l.replace(/\s+.*$/, '') + ' ' + l.split(/\s{2,}/)[1]), ['FAIL test -e /no/such/file'], 'only the user\'s failing check fails');
+    t.deepEqual(
+      failed.map((l) => l.replace(/\s+.*$/, '') + ' ' + l.split(/\s{2,}/)[1]),
+      ['FAIL test -e /no/such/file'],
+      "only the user's failing check fails",
+    );
     for (const name of [
-      'systemd: every unit started, none failed', 'hostname is pimaster', 'the root filesystem has room left after the first boot', 'eth0 has 48.48.0.254/24', 'first-boot unit finished', 'sshd: UsePAM no',
-      'sshd: no first-boot rename banner', 'no pi user', 'dnsmasq active', 'TFTP serves /bootcode.bin and rpiboot_uboot/', 'nodes boot without an initramfs, NFS 4.1 root',
-      'NFS exported to 48.48.0.0/24 only', 'NFS root mountable (vers=4.1, tcp)', 'NFS root is the image as shipped', 'NFS root grows nothing, asks nothing, reads no cloud-init seed', 'NFS root hostname is nfspi',
-      'NFS root fstab is empty', "NFS root host keys differ from the pimaster's", "NFS root authorizes the pimaster's root key", 'NFS root unmounts', 'IPv4 forwarding on',
-      'firewall: cluster services on eth0 only, nothing forwarded into the cluster', "the nodes' root key is accepted from 48.48.0.0/24 only",
-      'web UI and agent start only after a successful first boot', 'NFS and rpcbind answer on the cluster network',
-      'NAT to wlan0', 'web UI answers on 9000', 'agent API answers on 8090', 'web UI admin password is not the published one', 'test -d /nfs/raspi/root/fs_dir',
+      'systemd: every unit started, none failed',
+      'hostname is pimaster',
+      'the root filesystem has room left after the first boot',
+      'eth0 has 48.48.0.254/24',
+      'first-boot unit finished',
+      'sshd: UsePAM no',
+      'sshd: no first-boot rename banner',
+      'no pi user',
+      'dnsmasq active',
+      'TFTP serves /bootcode.bin and rpiboot_uboot/',
+      'nodes boot without an initramfs, NFS 4.1 root',
+      'NFS exported to 48.48.0.0/24 only',
+      'NFS root mountable (vers=4.1, tcp)',
+      'NFS root is the image as shipped',
+      'NFS root grows nothing, asks nothing, reads no cloud-init seed',
+      'NFS root hostname is nfspi',
+      'NFS root fstab is empty',
+      "NFS root host keys differ from the pimaster's",
+      "NFS root authorizes the pimaster's root key",
+      'NFS root unmounts',
+      'IPv4 forwarding on',
+      'firewall: cluster services on eth0 only, nothing forwarded into the cluster',
+      "the nodes' root key is accepted from 48.48.0.0/24 only",
+      'web UI and agent start only after a successful first boot',
+      'NFS and rpcbind answer on the cluster network',
+      'NAT to wlan0',
+      'web UI answers on 9000',
+      'agent API answers on 8090',
+      'web UI admin password is not the published one',
+      'test -d /nfs/raspi/root/fs_dir',
       // trixie's build re-arms the release's first-boot growth (--expand-on-boot): the root grows into the larger disk.
       ...(build.release === 'trixie' ? ['the root grew to the end of its disk at the first boot'] : []),
     ]) {
-      t.true(lines.some((l) => l.startsWith(`PASS  ${name} `)), `PASS ${name}`);
+      t.true(
+        lines.some((l) => l.startsWith(`PASS  ${name} `)),
+        `PASS ${name}`,
+      );
     }
-    t.regex(r.stdout, /^PASS  TFTP .* bootcode\.bin \(\d+ B\) and rpiboot_uboot\/cmdline\.txt \(\d+ B\) from 48\.48\.0\.254, as on disk$/m);
-    t.regex(r.stdout, /^PASS  web UI answers on 9000 +HTTP \d{3} /m);
-    t.regex(r.stdout, new RegExp(`^${lines.length - 1} of ${lines.length} checks passed; SSH answered [\\d.]+ s after QEMU started; kernel: Debian's linux-image-6\\S+-${KERNEL[arch]}`, 'm'));
+    t.regex(r.stdout, /^PASS {2}TFTP .* bootcode\.bin \(\d+ B\) and rpiboot_uboot\/cmdline\.txt \(\d+ B\) from 48\.48\.0\.254, as on disk$/m);
+    t.regex(r.stdout, /^PASS {2}web UI answers on 9000 +HTTP \d{3} /m);
+    t.regex(
+      r.stdout,
+      new RegExp(
+        `^${lines.length - 1} of ${lines.length} checks passed; SSH answered [\\d.]+ s after QEMU started; kernel: Debian's linux-image-6\\S+-${KERNEL[arch]}`,
+        'm',
+      ),
+    );
     t.regex(readFileSync(join(dir, 'work', 'verify', 'console.log'), 'utf8'), /pimaster-firstboot: done/, 'the console went to the log file');
 
     await assertNothingLeft(t, dir);
@@ -109,7 +146,7 @@ for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const
   });
 }
 
-test.serial('an image that never comes up: exit 1 with the console\'s last lines, nothing left behind; offline, the cached kernel serves', async (t) => {
+test.serial("an image that never comes up: exit 1 with the console's last lines, nothing left behind; offline, the cached kernel serves", async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const image = join(dir, 'no-init.img');
@@ -128,11 +165,14 @@ test.serial('an image that never comes up: exit 1 with the console\'s last lines
   t.regex(readFileSync(join(dir, 'work', 'verify', 'logs', '02-prepare.log'), 'utf8'), /apt-get update failed: using the cached /);
   const cold = await verify([image, '--ssh-key', key, '--work', join(dir, 'work'), '--cache', join(dir, 'empty-cache'), '--debian-mirror', offline]);
   t.is(cold.exitCode, 1);
-  t.regex(cold.stderr, /^error: cannot reach the Debian mirror http:\/\/127\.0\.0\.1:9\/debian for the kernel verify boots with \(Could not connect to 127\.0\.0\.1:9 .*\): check the network, or pass --debian-mirror$/m);
+  t.regex(
+    cold.stderr,
+    /^error: cannot reach the Debian mirror http:\/\/127\.0\.0\.1:9\/debian for the kernel verify boots with \(Could not connect to 127\.0\.0\.1:9 .*\): check the network, or pass --debian-mirror$/m,
+  );
   await assertNothingLeft(t, dir);
 });
 
-test.serial("an image carrying a kernel that boots under virt (with its initrd and config) is booted with its own", async (t) => {
+test.serial('an image carrying a kernel that boots under virt (with its initrd and config) is booted with its own', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const image = join(dir, 'own-kernel.img');
@@ -143,7 +183,9 @@ test.serial("an image carrying a kernel that boots under virt (with its initrd a
   const initrd = readdirSync(cached).find((f) => /^initrd-.*\.img$/.test(f))!;
   const { stdout } = await execa('sfdisk', ['--json', image]);
   const root = (JSON.parse(stdout) as { partitiontable: { partitions: Array<{ start: number; size: number }> } }).partitiontable.partitions[1]!;
-  const device = (await execa('losetup', ['--find', '--show', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image])).stdout.trim();
+  const device = (
+    await execa('losetup', ['--find', '--show', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image])
+  ).stdout.trim();
   const mnt = join(dir, 'mnt');
   await execa('mkdir', ['-p', mnt]);
   await execa('mount', [device, mnt]);
@@ -157,7 +199,10 @@ test.serial("an image carrying a kernel that boots under virt (with its initrd a
   }
   const r = await verify([image, '--ssh-key', await keyPair(dir), '--work', join(dir, 'work'), '--cache', join(dir, 'no-kernels-here')]);
   t.is(r.exitCode, 1);
-  t.regex(readFileSync(join(dir, 'work', 'verify', 'logs', '02-prepare.log'), 'utf8'), new RegExp(`kernel: the image's own ${version.replaceAll('.', '\\.')};`));
+  t.regex(
+    readFileSync(join(dir, 'work', 'verify', 'logs', '02-prepare.log'), 'utf8'),
+    new RegExp(`kernel: the image's own ${version.replaceAll('.', '\\.')};`),
+  );
   t.regex(r.stderr, /\| verify initrd: \/dev\/vda2 has no \/sbin\/init/, 'it booted as far as its initrd');
   await assertNothingLeft(t, dir);
 });
@@ -172,9 +217,12 @@ test.serial('any image: --authorize lets the key in to a throw-away copy, and th
   t.regex(refused.stderr, /error: (the guest's sshd refuses root|SSH on the guest did not answer within 150 s \(Permission denied)/);
   const r = await verify([fixture, '--ssh-key', key, '--authorize', '--work', join(dir, 'work'), '--cache', TEST_CACHE]);
   t.is(r.exitCode, 0, r.stderr);
-  t.regex(r.stdout, /^PASS  systemd: every unit started, none failed +running$/m);
-  t.regex(r.stdout, /^PASS  hostname is raspberrypi +raspberrypi$/m);
-  t.regex(r.stdout, /^PASS  the root filesystem has room left after the first boot +the first boot wrote -?\d+ MiB: \d+ MiB of the \d+ MiB the image ships free would be left on a card its size$/m);
+  t.regex(r.stdout, /^PASS {2}systemd: every unit started, none failed +running$/m);
+  t.regex(r.stdout, /^PASS {2}hostname is raspberrypi +raspberrypi$/m);
+  t.regex(
+    r.stdout,
+    /^PASS {2}the root filesystem has room left after the first boot +the first boot wrote -?\d+ MiB: \d+ MiB of the \d+ MiB the image ships free would be left on a card its size$/m,
+  );
   t.regex(r.stdout, /^3 of 3 checks passed; /m);
   await assertNothingLeft(t, dir);
 });
@@ -183,7 +231,10 @@ test.serial('Ctrl-C while the guest boots: QEMU is ended, the copy removed, exit
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const fixture = await debianImage('arm64');
-  const child = execa('node', [cli, 'verify', fixture, '--ssh-key', await keyPair(dir), '--work', join(dir, 'work'), '--cache', TEST_CACHE], { reject: false, env: { CI: 'true' } });
+  const child = execa('node', [cli, 'verify', fixture, '--ssh-key', await keyPair(dir), '--work', join(dir, 'work'), '--cache', TEST_CACHE], {
+    reject: false,
+    env: { CI: 'true' },
+  });
   const console = join(dir, 'work', 'verify', 'console.log');
   for (let i = 0; i < 600 && !(existsSync(console) && statSync(console).size > 0); i++) await sleep(500);
   t.true(existsSync(console), 'the guest started');

@@ -1,7 +1,8 @@
 /** The build-image command's arguments as a user gives them: help, version, --plan, bad input. Nothing is built. */
-import test from 'ava';
+
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
 import { scratch } from '../helpers/build.ts';
 
@@ -17,7 +18,10 @@ test('--help lists the commands; --help build and customize list their options w
   const build = await run(['--help', 'build']);
   t.regex(build.stdout, /--arch ARCH\s+architecture of the image: arm64 or armhf \(default: arm64\)/);
   t.regex(build.stdout, /--ip ADDR\/PREFIX\s+.*\(default: 48\.48\.0\.254\/24\)/);
-  t.regex(build.stdout, /Stages: fetch -> files -> extract -> grow -> attach -> overlay -> chroot -> user-overlay -> settings -> user-chroot -> finalize -> shrink -> compress/);
+  t.regex(
+    build.stdout,
+    /Stages: fetch -> files -> extract -> grow -> attach -> overlay -> chroot -> user-overlay -> settings -> user-chroot -> finalize -> shrink -> compress/,
+  );
   t.regex(build.stdout, /--no-cache\s+neither start from nor save snapshots/);
   const cache = await run(['--help', 'cache']);
   t.regex(cache.stdout, /^build-image cache ls \[--cache DIR\]/);
@@ -52,7 +56,10 @@ test('--plan prints every stage with its resolved options and touches nothing', 
 test('--plan --from shows the part of the pipeline that would run', async (t) => {
   const result = await run(['customize', '--plan', '--from', 'overlay', '--until', 'finalize']);
   t.is(result.exitCode, 0, result.stderr);
-  t.deepEqual([...result.stdout.matchAll(/^ *\d+\. (\S+)/gm)].map((m) => m[1]), ['attach', 'overlay', 'settings', 'chroot', 'finalize']);
+  t.deepEqual(
+    [...result.stdout.matchAll(/^ *\d+\. (\S+)/gm)].map((m) => m[1]),
+    ['attach', 'overlay', 'settings', 'chroot', 'finalize'],
+  );
 });
 
 for (const [args, message] of [
@@ -62,12 +69,18 @@ for (const [args, message] of [
   [['--hostname', 'pi_master'], /^error: --hostname "pi_master" is invalid: expected an RFC 1123 host name/],
   [['--interface', 'eth0/1'], /^error: --interface "eth0\/1" is invalid: expected a network interface name/],
   [['--ssh-key', '/nonexistent.pub'], /^error: --ssh-key "\/nonexistent\.pub" is invalid: expected an existing file holding OpenSSH public keys/],
-  [['--piseduce-webui', 'https://example.invalid/x.git#bad..ref'], /^error: --piseduce-webui ".*" is invalid: expected a git URL or directory followed by a valid ref/],
+  [
+    ['--piseduce-webui', 'https://example.invalid/x.git#bad..ref'],
+    /^error: --piseduce-webui ".*" is invalid: expected a git URL or directory followed by a valid ref/,
+  ],
   [['--environment', 'no-equals-sign'], /^error: --environment "no-equals-sign" is invalid: expected NAME=SOURCE/],
   [['--colour', 'blue'], /^error: --colour: unknown option \(see build-image --help build\)$/],
   [['customize', '--ip', '10.0.0.1/24'], /^error: --ip: not an option of `customize` \(see build-image --help customize\)$/],
   [['--user', 'alice'], /^error: --user: not an option of `build` \(see build-image --help build\)$/],
-  [['--from', 'shrnk'], /^error: --from "shrnk": no such stage in the pimaster pipeline \(stages: fetch, files, extract, grow, attach, overlay, chroot, user-overlay, settings, user-chroot, finalize, shrink, compress\)$/],
+  [
+    ['--from', 'shrnk'],
+    /^error: --from "shrnk": no such stage in the pimaster pipeline \(stages: fetch, files, extract, grow, attach, overlay, chroot, user-overlay, settings, user-chroot, finalize, shrink, compress\)$/,
+  ],
   [['--arch'], /^error: --arch: needs a value/],
 ] as const) {
   test(`bad input: ${args.join(' ')} -> one line, exit code 2`, async (t) => {

@@ -6,7 +6,8 @@ import { testConfig } from '../helpers/build.ts';
 test('--plan lists the formats and the output directory', (t) => {
   const config = testConfig('/srv/build', { compress: ['xz', 'zip', 'tar.gz'], name: 'pi' });
   const line = compressStage.describe(config);
-  for (const part of ['pi.img.xz', 'pi.zip', 'pi.img.tar.gz', '/srv/build/out', '.sha256', 'pi.img.bmap', 'pi.manifest.json', 'os-list.json']) t.true(line.includes(part), `${part} in: ${line}`);
+  for (const part of ['pi.img.xz', 'pi.zip', 'pi.img.tar.gz', '/srv/build/out', '.sha256', 'pi.img.bmap', 'pi.manifest.json', 'os-list.json'])
+    t.true(line.includes(part), `${part} in: ${line}`);
   t.false(line.includes('\n'));
   t.regex(compressStage.describe(testConfig('/srv/build', { arch: 'armhf' })), /<pipeline>-<release>-armhf\.img\.xz/);
   t.deepEqual([...compressStage.options], ['compress', 'name', 'release-url', 'out']);

@@ -1,19 +1,18 @@
 /** The engine: clean-up stack, command runner, signals, configuration, stage selection. */
-import test from 'ava';
+
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import test from 'ava';
 import { execa } from 'execa';
 import { CleanupStack, scoped } from '../../engine/cleanup.ts';
-import { parseSize } from '../../engine/options.ts';
 import { ConfigError } from '../../engine/errors.ts';
+import { engineSchema, parseSize, resolveOptions } from '../../engine/options.ts';
 import { selectStages, timingTable } from '../../engine/runner.ts';
 import type { Pipeline, Stage } from '../../engine/stage.ts';
-import { scratch } from '../helpers/build.ts';
 import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
-import { resolveOptions } from '../../engine/options.ts';
 import { pimasterConfigSchema } from '../../pipelines/pimaster/options.ts';
-import { engineSchema } from '../../engine/options.ts';
+import { scratch } from '../helpers/build.ts';
 
 const child = new URL('../fixtures/signal-child.ts', import.meta.url).pathname;
 
@@ -126,7 +125,12 @@ test('a failed command names the stage, the command, its exit code and its last 
 const keys: (keyof PimasterConfig)[] = ['arch', 'base', 'base-sha256', 'grow', 'overlay', 'compress', 'shrink-margin', 'expand-on-boot'];
 
 test('configuration: defaults, then the file, then flags', (t) => {
-  const config = resolveOptions(pimasterConfigSchema, keys, { file: { path: 'c.json', values: { arch: 'armhf', grow: '1G', compress: ['xz', 'zstd'] } }, flags: { grow: '512M', 'expand-on-boot': true } }, 'customize');
+  const config = resolveOptions(
+    pimasterConfigSchema,
+    keys,
+    { file: { path: 'c.json', values: { arch: 'armhf', grow: '1G', compress: ['xz', 'zstd'] } }, flags: { grow: '512M', 'expand-on-boot': true } },
+    'customize',
+  );
   t.is(config.arch, 'armhf');
   t.is(config.grow, 512 * 2 ** 20);
   t.deepEqual(config.compress, ['xz', 'zstd']);
@@ -136,7 +140,9 @@ test('configuration: defaults, then the file, then flags', (t) => {
 
 test('configuration errors name the key, the value and what is allowed', (t) => {
   const bad = (flags: Record<string, unknown>, file?: Record<string, unknown>) =>
-    t.throws(() => resolveOptions(pimasterConfigSchema, keys, { flags, file: file && { path: 'site.json', values: file } }, 'customize'), { instanceOf: ConfigError })!.message;
+    t.throws(() => resolveOptions(pimasterConfigSchema, keys, { flags, file: file && { path: 'site.json', values: file } }, 'customize'), {
+      instanceOf: ConfigError,
+    })!.message;
   t.is(bad({ arch: 'x86' }), '--arch "x86" is invalid: expected one of arm64, armhf');
   t.is(bad({ 'base-sha256': 'abc' }), '--base-sha256 "abc" is invalid: expected 64 hexadecimal digits');
   t.is(bad({ compress: ['xz,rar'] }), '--compress "xz,rar" is invalid: expected a comma-separated list of xz, zstd, gz, zip, tar.gz, none');
@@ -152,9 +158,18 @@ test('--apt-proxy and --apt-mirror: the parsed URL, and no quote, space or line 
   const resolve = (flags: Record<string, unknown>) => resolveOptions(pimasterConfigSchema, apt, { flags }, 'customize');
   t.is(resolve({ 'apt-mirror': 'HTTP://Mirror.Example/debian/' })['apt-mirror'], 'http://mirror.example/debian');
   t.is(resolve({ 'apt-proxy': 'http://127.0.0.1:3142' })['apt-proxy'], 'http://127.0.0.1:3142');
-  for (const value of ['http://p:3142";\nAPT::Update::Pre-Invoke {"touch /tmp/owned";};//', 'http://p:3142/ bookworm main\ndeb [trusted=yes] http://evil/ x', "http://p/'x", 'http://p/a b', 'http://p/\tx']) {
+  for (const value of [
+    'http://p:3142";\nAPT::Update::Pre-Invoke {"touch /tmp/owned";};//',
+    'http://p:3142/ bookworm main\ndeb [trusted=yes] http://evil/ x',
+    "http://p/'x",
+    'http://p/a b',
+    'http://p/\tx',
+  ]) {
     const error = t.throws(() => resolve({ 'apt-proxy': value }), { instanceOf: ConfigError }, value)!;
-    t.regex(error.message, /^--apt-proxy ".*" is invalid: expected an http\(s\) URL such as http:\/\/127\.0\.0\.1:3142 \(no quotes, spaces or control characters\)$/);
+    t.regex(
+      error.message,
+      /^--apt-proxy ".*" is invalid: expected an http\(s\) URL such as http:\/\/127\.0\.0\.1:3142 \(no quotes, spaces or control characters\)$/,
+    );
   }
 });
 
@@ -167,7 +182,12 @@ test('sizes', (t) => {
 });
 
 const stage = (name: string, closedBy?: string): Stage => ({ name, closedBy, options: [], describe: () => name, run: async () => {} });
-const pipeline: Pipeline = { name: 'p', summary: '', schema: engineSchema, stages: [stage('fetch'), stage('attach', 'finalize'), stage('overlay'), stage('finalize'), stage('shrink')] };
+const pipeline: Pipeline = {
+  name: 'p',
+  summary: '',
+  schema: engineSchema,
+  stages: [stage('fetch'), stage('attach', 'finalize'), stage('overlay'), stage('finalize'), stage('shrink')],
+};
 const names = (stages: Stage[]) => stages.map((s) => s.name);
 
 test('--from and --until select a part of the pipeline, reopening what the part needs', (t) => {
@@ -185,7 +205,10 @@ test('an unknown stage in --from is a clear error', (t) => {
 });
 
 test('the timing table adds up', (t) => {
-  const table = timingTable([{ stage: 'fetch', seconds: 1.25, commandSeconds: 1 }, { stage: 'shrink', seconds: 2, commandSeconds: 1.5 }]);
+  const table = timingTable([
+    { stage: 'fetch', seconds: 1.25, commandSeconds: 1 },
+    { stage: 'shrink', seconds: 2, commandSeconds: 1.5 },
+  ]);
   t.regex(table, /fetch\s+1\.3 s\s+1\.0 s/);
   t.regex(table, /total\s+3\.3 s\s+2\.5 s/);
 });

@@ -4,21 +4,20 @@
  * told by its magic bytes, and the sparse writer. Small archives made here: no image, no root.
  */
 import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
-import {  extractStage } from '../../stages/extract.ts';
+import { detectFormat, toolReason } from '../../lib/codec/decode.ts';
 import { SparseWriter } from '../../lib/image/sparse-writer.ts';
 import type { Download } from '../../lib/image/state.ts';
-import { runStages, scratch, testConfig } from '../helpers/build.ts';
-import { assertNoWorkImage, assertUserError, sha256File } from '../helpers/base-images.ts';
-import { detectFormat } from '../../lib/codec/decode.ts';
-import { toolReason } from '../../lib/codec/decode.ts';
 import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
+import { extractStage } from '../../stages/extract.ts';
+import { assertNoWorkImage, assertUserError, sha256File } from '../helpers/base-images.ts';
+import { runStages, scratch, testConfig } from '../helpers/build.ts';
 
 async function setup(t: ExecutionContext): Promise<{ dir: string; config: PimasterConfig }> {
   const dir = scratch();
@@ -92,7 +91,12 @@ test('a zip with no image is refused, saying what it holds', async (t) => {
   const { dir, config } = await setup(t);
   const zip = join(dir, 'none.zip');
   await makeZip(join(dir, 'src'), zip, { 'README.txt': Buffer.from('hello\n'), 'boot/config.txt': Buffer.from('x\n') });
-  await assertRefused(t, config, zip, /^base image none\.zip holds no \.img file \(it holds README\.txt, boot\/config\.txt\): give a zip with exactly one disk image$/);
+  await assertRefused(
+    t,
+    config,
+    zip,
+    /^base image none\.zip holds no \.img file \(it holds README\.txt, boot\/config\.txt\): give a zip with exactly one disk image$/,
+  );
 });
 
 test('a zip with two images is refused, naming them', async (t) => {
@@ -113,7 +117,12 @@ test('a zip entry whose size lies is refused, naming the entry', async (t) => {
   t.is(data.readUInt16LE(header + 10), 8, 'deflated');
   data.writeUInt32LE(data.readUInt32LE(header + 24) - 4096, header + 24);
   writeFileSync(zip, data);
-  await assertRefused(t, config, zip, /^base image lies\.zip is truncated or corrupt \(entry disk\.img is not the size the archive says \(too many bytes in the stream\. expected 1044480\. got at least \d+\)\): download it again$/);
+  await assertRefused(
+    t,
+    config,
+    zip,
+    /^base image lies\.zip is truncated or corrupt \(entry disk\.img is not the size the archive says \(too many bytes in the stream\. expected 1044480\. got at least \d+\)\): download it again$/,
+  );
 });
 
 test('a stored zip entry whose sizes disagree is refused, naming the entry', async (t) => {
@@ -127,14 +136,24 @@ test('a stored zip entry whose sizes disagree is refused, naming the entry', asy
   t.is(data.subarray(header + 46, header + 54).toString(), 'disk.img');
   data.writeUInt32LE(data.readUInt32LE(header + 24) + 4096, header + 24);
   writeFileSync(zip, data);
-  await assertRefused(t, config, zip, /^base image stored-lies\.zip is truncated or corrupt \(entry disk\.img is not the size the archive says \(compressed\/uncompressed size mismatch for stored file: 1048576 != 1052672\)\): download it again$/);
+  await assertRefused(
+    t,
+    config,
+    zip,
+    /^base image stored-lies\.zip is truncated or corrupt \(entry disk\.img is not the size the archive says \(compressed\/uncompressed size mismatch for stored file: 1048576 != 1052672\)\): download it again$/,
+  );
 });
 
 test('a file that is neither an archive nor a disk image is refused', async (t) => {
   const { dir, config } = await setup(t);
   const junk = join(dir, 'junk.img');
   writeFileSync(junk, randomBytes(8192));
-  await assertRefused(t, config, junk, /^base image junk\.img is neither a disk image \(no MBR\/GPT boot signature 0x55AA at byte 510\) nor an xz, gzip, zstd or zip archive: check --base$/);
+  await assertRefused(
+    t,
+    config,
+    junk,
+    /^base image junk\.img is neither a disk image \(no MBR\/GPT boot signature 0x55AA at byte 510\) nor an xz, gzip, zstd or zip archive: check --base$/,
+  );
   const bz = join(dir, 'x.img.bz2');
   writeFileSync(bz, Buffer.concat([Buffer.from('BZh91AY&SY'), randomBytes(1000)]));
   await assertRefused(t, config, bz, /nor an xz, gzip, zstd or zip archive \(it is bzip2\): check --base$/);
@@ -150,13 +169,23 @@ test('a .tar.gz must hold exactly one .img', async (t) => {
   writeFileSync(join(dir, 'b.img'), smallDisk());
   writeFileSync(join(dir, 'notes.txt'), 'hello');
   await execa('tar', ['-czf', join(dir, 'two.img.tar.gz'), '-C', dir, 'a.img', 'b.img']);
-  await assertRefused(t, config, join(dir, 'two.img.tar.gz'), /^base image two\.img\.tar\.gz holds more than one \.img file \(a\.img, b\.img\): give a tar with exactly one disk image$/);
+  await assertRefused(
+    t,
+    config,
+    join(dir, 'two.img.tar.gz'),
+    /^base image two\.img\.tar\.gz holds more than one \.img file \(a\.img, b\.img\): give a tar with exactly one disk image$/,
+  );
   await execa('tar', ['-czf', join(dir, 'none.tar.gz'), '-C', dir, 'notes.txt']);
   await assertRefused(t, config, join(dir, 'none.tar.gz'), /^base image none\.tar\.gz holds no \.img file: give a tar with exactly one disk image$/);
   writeFileSync(join(dir, 'holes.img'), smallDisk().subarray(0, 512));
   truncateSync(join(dir, 'holes.img'), 8 * 1024 * 1024);
   await execa('tar', ['-czSf', join(dir, 'sparse.img.tar.gz'), '-C', dir, 'holes.img']);
-  await assertRefused(t, config, join(dir, 'sparse.img.tar.gz'), /^base image sparse\.img\.tar\.gz: holes\.img is stored sparse \(tar --sparse\), not a plain file: make the tar of the \.img itself, without --sparse$/);
+  await assertRefused(
+    t,
+    config,
+    join(dir, 'sparse.img.tar.gz'),
+    /^base image sparse\.img\.tar\.gz: holes\.img is stored sparse \(tar --sparse\), not a plain file: make the tar of the \.img itself, without --sparse$/,
+  );
 });
 
 test('formats are told by their magic bytes; decompressor messages are shortened', (t) => {
@@ -170,7 +199,10 @@ test('formats are told by their magic bytes; decompressor messages are shortened
   t.is(toolReason('xz: /a/b.img.xz: Unexpected end of input\n', 'xz', '/a/b.img.xz'), 'Unexpected end of input');
   t.is(toolReason('pigz: skipping: /a/b.gz: corrupted -- incomplete deflate data\n', 'pigz', '/a/b.gz'), 'corrupted -- incomplete deflate data');
   t.is(toolReason('/a/b.zst : Read error (39) : premature end \n', 'zstd', '/a/b.zst'), 'Read error (39): premature end');
-  t.is(toolReason('m-arm64-lite.img.zst : Read error (39) : premature end \n', 'zstd', '/a/2024-11-19-raspios-bookworm-arm64-lite.img.zst'), 'Read error (39): premature end');
+  t.is(
+    toolReason('m-arm64-lite.img.zst : Read error (39) : premature end \n', 'zstd', '/a/2024-11-19-raspios-bookworm-arm64-lite.img.zst'),
+    'Read error (39): premature end',
+  );
 });
 
 test('the sparse writer copies any chunking exactly, leaves zero blocks as holes and sets the length', async (t) => {

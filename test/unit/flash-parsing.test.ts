@@ -2,24 +2,30 @@
  * `build-image flash`'s pure pieces: a disk's holders read from a copy of sysfs, the disk the system
  * runs from found under its mounts, the block map parsed. No root, no loop device.
  */
-import test from 'ava';
+
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
 import { execaSync } from 'execa';
-import { parseBmap } from '../../lib/image/bmap.ts';
-import { disksUnder, holdersOf, majorMinor, mountDisks, refusals, systemDisks } from '../../lib/card/target.ts';
 import { parseMountinfo } from '../../engine/mounts.ts';
+import { disksUnder, holdersOf, majorMinor, mountDisks, refusals, systemDisks } from '../../lib/card/target.ts';
+import { parseBmap } from '../../lib/image/bmap.ts';
 import { scratch } from '../helpers/build.ts';
 
 test('holders: device mapper or md on a disk or one of its partitions, read from sysfs (this kernel has neither, so a copy of the layout)', (t) => {
   const sys = scratch();
   t.teardown(() => rmSync(sys, { recursive: true, force: true }));
-  for (const d of ['sdb/holders', 'sdb/sdb1/holders', 'sdb/sdb2/holders/dm-0', 'sdc/holders/md0', 'sdd/holders', 'sdd/queue']) mkdirSync(join(sys, d), { recursive: true });
+  for (const d of ['sdb/holders', 'sdb/sdb1/holders', 'sdb/sdb2/holders/dm-0', 'sdc/holders/md0', 'sdd/holders', 'sdd/queue'])
+    mkdirSync(join(sys, d), { recursive: true });
   for (const p of ['sdb/sdb1', 'sdb/sdb2']) writeFileSync(join(sys, p, 'partition'), '1\n');
   t.deepEqual(holdersOf('sdb', sys), ['dm-0']);
   t.deepEqual(holdersOf('sdc', sys), ['md0']);
   t.deepEqual(holdersOf('sdd', sys), []);
-  t.deepEqual(refusals({ path: '/dev/loop0', name: 'loop0', size: 1, removable: true }, 1, true).filter((r) => r.includes('held by')), [], 'a real loop device has no holders');
+  t.deepEqual(
+    refusals({ path: '/dev/loop0', name: 'loop0', size: 1, removable: true }, 1, true).filter((r) => r.includes('held by')),
+    [],
+    'a real loop device has no holders',
+  );
 });
 
 test('the disk the system runs from is found under its mounts', (t) => {
@@ -30,8 +36,12 @@ test('the disk the system runs from is found under its mounts', (t) => {
   if (stdout.trim().startsWith('0:')) t.deepEqual(rootDisks, []);
   else t.not(rootDisks.length, 0, `the disk under / (${stdout.trim()})`);
   for (const disk of rootDisks) t.true(systemDisks().has(disk), disk);
-  t.deepEqual(parseMountinfo('36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n'), [{ majMin: '98:0', target: '/mnt/a b', source: '/dev/root' }]);
-  t.deepEqual(parseMountinfo('40 1 0:45 / /data rw,relatime shared:1 - btrfs /dev/sdb1 rw,space_cache=v2\n'), [{ majMin: '0:45', target: '/data', source: '/dev/sdb1' }]);
+  t.deepEqual(parseMountinfo('36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n'), [
+    { majMin: '98:0', target: '/mnt/a b', source: '/dev/root' },
+  ]);
+  t.deepEqual(parseMountinfo('40 1 0:45 / /data rw,relatime shared:1 - btrfs /dev/sdb1 rw,space_cache=v2\n'), [
+    { majMin: '0:45', target: '/data', source: '/dev/sdb1' },
+  ]);
   t.is(majorMinor(0x0801), '8:1');
   // A btrfs mount's 0:N names no disk; its source does.
   const dev = execaSync('findmnt', ['-no', 'SOURCE', '/']).stdout.trim();
@@ -40,7 +50,11 @@ test('the disk the system runs from is found under its mounts', (t) => {
 });
 
 test('bmap parsing: ranges in bytes, the last one cut at the image size', (t) => {
-  const xml = '<bmap version="2.0"><ImageSize> 10000 </ImageSize><BlockSize> 4096 </BlockSize><ChecksumType> sha256 </ChecksumType><BlockMap><Range chksum="ab"> 0-1 </Range><Range chksum="cd"> 2 </Range></BlockMap></bmap>';
-  t.deepEqual(parseBmap(xml).ranges, [{ start: 0, end: 8192, sha256: 'ab' }, { start: 8192, end: 10000, sha256: 'cd' }]);
+  const xml =
+    '<bmap version="2.0"><ImageSize> 10000 </ImageSize><BlockSize> 4096 </BlockSize><ChecksumType> sha256 </ChecksumType><BlockMap><Range chksum="ab"> 0-1 </Range><Range chksum="cd"> 2 </Range></BlockMap></bmap>';
+  t.deepEqual(parseBmap(xml).ranges, [
+    { start: 0, end: 8192, sha256: 'ab' },
+    { start: 8192, end: 10000, sha256: 'cd' },
+  ]);
   t.throws(() => parseBmap('<x/>', 'f.bmap'), { message: /f\.bmap is not a bmap \(no <ImageSize>\)/ });
 });

@@ -2,9 +2,10 @@
  * The layers, written down once: each folder imports only from the folders below it, and no stage
  * file imports another. Read from the code's own imports, so a change that points up fails here.
  */
-import test from 'ava';
+
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, normalize, relative } from 'node:path';
+import test from 'ava';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 /** Bottom to top. A folder may import its own files and those of the folders before it. */

@@ -3,13 +3,14 @@
  * checks, agent executor. Needs python3-flask python3-flask-login python3-sqlalchemy
  * python3-cryptography python3-werkzeug (PISEDUCE_TEST_PYTHON picks another interpreter).
  */
-import test, { type ExecutionContext } from 'ava';
+
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import test, { type ExecutionContext } from 'ava';
 import { execa, type ResultPromise } from 'execa';
-import { ADMIN_EMAIL, ADMIN_HASH, ADMIN_PASSWORD, DEFAULT_AGENT_TOKEN, makePiseduceStandins, type PiseduceStandins } from '../fixtures/piseduce-standin.ts';
 import { freePort } from '../../lib/qemu/guest.ts';
+import { ADMIN_EMAIL, ADMIN_HASH, ADMIN_PASSWORD, DEFAULT_AGENT_TOKEN, makePiseduceStandins, type PiseduceStandins } from '../fixtures/piseduce-standin.ts';
 import { scratch } from '../helpers/build.ts';
 
 const PYTHON = process.env.PISEDUCE_TEST_PYTHON ?? (existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3');
@@ -19,7 +20,9 @@ let src: PiseduceStandins;
 test.before(async () => {
   const probe = await execa(PYTHON, ['-c', 'import flask, flask_login, sqlalchemy, cryptography, werkzeug'], { reject: false });
   if (probe.exitCode !== 0) {
-    throw new Error(`${PYTHON} lacks the PiSeduce dependencies (apt-get install python3-flask python3-flask-login python3-sqlalchemy python3-cryptography python3-werkzeug):\n${probe.stderr}`);
+    throw new Error(
+      `${PYTHON} lacks the PiSeduce dependencies (apt-get install python3-flask python3-flask-login python3-sqlalchemy python3-cryptography python3-werkzeug):\n${probe.stderr}`,
+    );
   }
   src = await makePiseduceStandins(join(base, 'src'));
 });
@@ -55,16 +58,24 @@ function start(cwd: string, args: string[]): Running {
   const child = execa(PYTHON, args, { cwd, reject: false, env: { PYTHONUNBUFFERED: '1' } });
   let output = '';
   let done = false;
-  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString(); });
-  child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString(); });
-  void child.then(() => { done = true; });
+  child.stdout.on('data', (chunk: Buffer) => {
+    output += chunk.toString();
+  });
+  child.stderr.on('data', (chunk: Buffer) => {
+    output += chunk.toString();
+  });
+  void child.then(() => {
+    done = true;
+  });
   return {
     child,
     output: () => output,
     exited: () => done,
     async stop() {
       if (!done) child.kill('SIGTERM');
-      const timer = setTimeout(() => { if (!done) child.kill('SIGKILL'); }, 5000);
+      const timer = setTimeout(() => {
+        if (!done) child.kill('SIGKILL');
+      }, 5000);
       await child;
       clearTimeout(timer);
     },
@@ -104,15 +115,46 @@ test('the stand-ins are git repositories with the upstream files, at fixed commi
   t.is((await execa('git', ['rev-parse', 'HEAD'], { cwd: src.webui })).stdout, src.webuiRef);
   t.is((await execa('git', ['rev-parse', 'HEAD'], { cwd: src.agent })).stdout, src.agentRef);
   const files = async (dir: string) => (await execa('git', ['ls-files'], { cwd: dir })).stdout.split('\n');
-  t.deepEqual(await files(src.webui), ['README.md', 'admin/webui.service', 'config_webui.json', 'generate_password_key.py', 'init_database.py', 'standin_db.py', 'webui.py']);
-  t.deepEqual(await files(src.agent), ['README.md', 'admin/agent_api.service', 'admin/agent_exec.service', 'agent_api.py', 'agent_exec.py', 'config_agent.json', 'init_database.py', 'standin_db.py']);
-  t.deepEqual(JSON.parse(readFileSync(join(src.webui, 'config_webui.json'), 'utf8')), { port_number: 9000, pwd_secret_key: 'oneSecretKey', db_url: 'sqlite:///test-ui.db' });
-  t.deepEqual(JSON.parse(readFileSync(join(src.agent, 'config_agent.json'), 'utf8')), {
-    auth_token: [DEFAULT_AGENT_TOKEN], port_number: 8090, node_type: 'raspberry', key_file: 'secret.key', db_url: 'sqlite:///test-agent.db', env_path: '/root/environments/',
+  t.deepEqual(await files(src.webui), [
+    'README.md',
+    'admin/webui.service',
+    'config_webui.json',
+    'generate_password_key.py',
+    'init_database.py',
+    'standin_db.py',
+    'webui.py',
+  ]);
+  t.deepEqual(await files(src.agent), [
+    'README.md',
+    'admin/agent_api.service',
+    'admin/agent_exec.service',
+    'agent_api.py',
+    'agent_exec.py',
+    'config_agent.json',
+    'init_database.py',
+    'standin_db.py',
+  ]);
+  t.deepEqual(JSON.parse(readFileSync(join(src.webui, 'config_webui.json'), 'utf8')), {
+    port_number: 9000,
+    pwd_secret_key: 'oneSecretKey',
+    db_url: 'sqlite:///test-ui.db',
   });
-  t.is(readFileSync(join(src.webui, 'admin/webui.service'), 'utf8'),
-    '[Unit]\nDescription=PiSeduce WebUI\n \n[Service]\nType=simple\nUser=root\nGroup=root\nWorkingDirectory=/root/piseduce_webui\nExecStart=/usr/bin/python3 webui.py config_webui.json\nTimeoutStopSec=20\nRestart=on-failure\n \n[Install]\nWantedBy=multi-user.target\n');
-  t.regex(readFileSync(join(src.agent, 'admin/agent_api.service'), 'utf8'), /^WorkingDirectory=\/root\/piseduce_agent\nExecStart=\/usr\/bin\/python3 agent_api\.py config_agent\.json$/m);
+  t.deepEqual(JSON.parse(readFileSync(join(src.agent, 'config_agent.json'), 'utf8')), {
+    auth_token: [DEFAULT_AGENT_TOKEN],
+    port_number: 8090,
+    node_type: 'raspberry',
+    key_file: 'secret.key',
+    db_url: 'sqlite:///test-agent.db',
+    env_path: '/root/environments/',
+  });
+  t.is(
+    readFileSync(join(src.webui, 'admin/webui.service'), 'utf8'),
+    '[Unit]\nDescription=PiSeduce WebUI\n \n[Service]\nType=simple\nUser=root\nGroup=root\nWorkingDirectory=/root/piseduce_webui\nExecStart=/usr/bin/python3 webui.py config_webui.json\nTimeoutStopSec=20\nRestart=on-failure\n \n[Install]\nWantedBy=multi-user.target\n',
+  );
+  t.regex(
+    readFileSync(join(src.agent, 'admin/agent_api.service'), 'utf8'),
+    /^WorkingDirectory=\/root\/piseduce_agent\nExecStart=\/usr\/bin\/python3 agent_api\.py config_agent\.json$/m,
+  );
   t.regex(readFileSync(join(src.agent, 'admin/agent_exec.service'), 'utf8'), /^ExecStart=\/usr\/bin\/python3 agent_exec\.py config_agent\.json$/m);
   t.regex(readFileSync(join(src.webui, 'README.md'), 'utf8'), /test stand-in/);
   // Same content, author and date: the same commits again.
@@ -126,10 +168,18 @@ test('webui: init_database.py creates the admin user, webui.py checks passwords'
   const init = await execa(PYTHON, ['init_database.py'], { cwd: dir });
   t.regex(init.stdout, /Database initialization complete/);
   const db = join(dir, 'test-ui.db');
-  t.deepEqual((await sqlite(db, "PRAGMA table_info('user')")).map(([, name, type, , , pk]) => [name, type, pk]), [
-    ['email', 'TEXT', 1], ['password', 'VARCHAR', 0], ['ssh_key', 'TEXT', 0], ['email_token', 'TEXT', 0],
-    ['confirmed_email', 'BOOLEAN', 0], ['is_authorized', 'BOOLEAN', 0], ['is_admin', 'BOOLEAN', 0],
-  ]);
+  t.deepEqual(
+    (await sqlite(db, "PRAGMA table_info('user')")).map(([, name, type, , , pk]) => [name, type, pk]),
+    [
+      ['email', 'TEXT', 1],
+      ['password', 'VARCHAR', 0],
+      ['ssh_key', 'TEXT', 0],
+      ['email_token', 'TEXT', 0],
+      ['confirmed_email', 'BOOLEAN', 0],
+      ['is_authorized', 'BOOLEAN', 0],
+      ['is_admin', 'BOOLEAN', 0],
+    ],
+  );
   t.deepEqual(await sqlite(db, 'SELECT email, password, is_authorized, is_admin FROM user'), [[ADMIN_EMAIL, ADMIN_HASH, 1, 1]]);
 
   await execa(PYTHON, ['generate_password_key.py'], { cwd: dir });
@@ -143,10 +193,14 @@ test('webui: init_database.py creates the admin user, webui.py checks passwords'
   const home = await fetch(`${origin}/`);
   t.is(home.status, 200);
   t.regex(await home.text(), /PiSeduce/);
-  const login = (path: string, fields: Record<string, string>) => fetch(`${origin}${path}`, { method: 'POST', body: new URLSearchParams(fields), redirect: 'manual' });
+  const login = (path: string, fields: Record<string, string>) =>
+    fetch(`${origin}${path}`, { method: 'POST', body: new URLSearchParams(fields), redirect: 'manual' });
   const good = await login('/login', { email: ADMIN_EMAIL, password: ADMIN_PASSWORD });
   t.is(good.status, 200);
-  const cookies = good.headers.getSetCookie().map((c) => c.split(';')[0]!).join('; ');
+  const cookies = good.headers
+    .getSetCookie()
+    .map((c) => c.split(';')[0]!)
+    .join('; ');
   t.regex(cookies, /session=/);
   // The session cookie, signed with pwd_secret_key, is accepted back.
   t.regex(await (await fetch(`${origin}/`, { headers: { cookie: cookies } })).text(), /Logged in as admin@piseduce\.fr/);
@@ -171,12 +225,24 @@ test('agent: init_database.py creates the tables, agent_api.py checks its key an
   const db = join(dir, 'test-agent.db');
   const tables = (await sqlite(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")).map(([name]) => name);
   t.deepEqual(tables, ['action', 'action_prop', 'rasp_environment', 'rasp_node', 'rasp_switch', 'schedule']);
-  t.deepEqual((await sqlite(db, "PRAGMA table_info('rasp_environment')")).map(([, name, type, notnull, , pk]) => [name, type, notnull, pk]), [
-    ['name', 'TEXT', 1, 1], ['img_name', 'TEXT', 0, 0], ['img_size', 'INTEGER', 0, 0], ['sector_start', 'INTEGER', 0, 0],
-    ['ssh_user', 'TEXT', 0, 0], ['web', 'BOOLEAN', 0, 0], ['state', 'TEXT', 1, 0],
-  ]);
+  t.deepEqual(
+    (await sqlite(db, "PRAGMA table_info('rasp_environment')")).map(([, name, type, notnull, , pk]) => [name, type, notnull, pk]),
+    [
+      ['name', 'TEXT', 1, 1],
+      ['img_name', 'TEXT', 0, 0],
+      ['img_size', 'INTEGER', 0, 0],
+      ['sector_start', 'INTEGER', 0, 0],
+      ['ssh_user', 'TEXT', 0, 0],
+      ['web', 'BOOLEAN', 0, 0],
+      ['state', 'TEXT', 1, 0],
+    ],
+  );
   // Register an environment the way the pimaster build does (the sqlite() helper does not commit).
-  await execa(PYTHON, ['-c', "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"INSERT INTO rasp_environment VALUES ('raspbian_buster_32bit', '2020-08-20-raspios-buster-armhf-lite.img.tar.gz', 1845493760, 532480, 'root', 0, 'available')\"); c.commit()", db]);
+  await execa(PYTHON, [
+    '-c',
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"INSERT INTO rasp_environment VALUES ('raspbian_buster_32bit', '2020-08-20-raspios-buster-armhf-lite.img.tar.gz', 1845493760, 532480, 'root', 0, 'available')\"); c.commit()",
+    db,
+  ]);
 
   const port = await freePort();
   editJson(join(dir, 'config_agent.json'), { port_number: port });

@@ -3,9 +3,10 @@
  * --locale, --keymap, --packages, --enable, --disable) as flags: a bad value of each is one line and
  * exit 2 before any work; --plan shows what the settings stage applies. Nothing is built.
  */
-import test from 'ava';
+
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
 import { scratch } from '../helpers/build.ts';
 
@@ -15,7 +16,10 @@ const run = (args: string[]) => execa('node', [cli, ...args], { reject: false, e
 const BAD: [string[], RegExp][] = [
   [['--hostname', 'pi_07'], /^error: --hostname "pi_07" is invalid: expected an RFC 1123 host name/],
   [['--user', 'root'], /^error: --user "root" is invalid: expected a user name/],
-  [['--user', 'alice', '--password-hash', 'plain-text'], /^error: --password-hash "plain-text" is invalid: expected a crypt\(3\) hash \(make one with: openssl passwd -6\)$/],
+  [
+    ['--user', 'alice', '--password-hash', 'plain-text'],
+    /^error: --password-hash "plain-text" is invalid: expected a crypt\(3\) hash \(make one with: openssl passwd -6\)$/,
+  ],
   [['--user', 'alice', '--password-file', '/no/such/file'], /^error: --password-file "\/no\/such\/file" is invalid: expected an existing file$/],
   [['--password-hash', '$6$salt$hash'], /^error: --password-hash\/--password-file: give --user NAME too/],
   [['--ssh-key', '/etc/hostname'], /^error: --ssh-key "\/etc\/hostname" is invalid: expected OpenSSH public keys/],
@@ -23,7 +27,10 @@ const BAD: [string[], RegExp][] = [
   [['--ssh', 'off', '--ssh-password-auth'], /^error: --ssh off and --ssh-password-auth: give one or the other$/],
   [['--wifi-ssid', 'x'.repeat(33)], /^error: --wifi-ssid "x+" is invalid: expected an SSID of 1 to 32 bytes/],
   [['--wifi-ssid', 'lab', '--wifi-country', 'FR'], /^error: --wifi-ssid: give --wifi-psk-file FILE too/],
-  [['--wifi-ssid', 'lab', '--wifi-psk-file', '/etc/hostname', '--wifi-country', 'FR'], /^error: --wifi-psk-file \/etc\/hostname: a passphrase is 8 to 63 printable ASCII characters/],
+  [
+    ['--wifi-ssid', 'lab', '--wifi-psk-file', '/etc/hostname', '--wifi-country', 'FR'],
+    /^error: --wifi-psk-file \/etc\/hostname: a passphrase is 8 to 63 printable ASCII characters/,
+  ],
   [['--wifi-country', 'XX'], /^error: --wifi-country "XX" is invalid: expected an ISO 3166 country code/],
   [['--timezone', 'Mars/Olympus_Mons'], /^error: --timezone "Mars\/Olympus_Mons" is invalid: expected a time zone/],
   [['--locale', 'french'], /^error: --locale "french" is invalid: expected a locale such as fr_FR\.UTF-8/],

@@ -8,10 +8,11 @@
  * commands/cli.ts makes of what it throws; the cases marked `spawn` also run `build-image` itself
  * (each process loads the whole CLI, about a quarter of a second of CPU), which must say the same.
  */
-import test from 'ava';
+
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import test from 'ava';
 import { execa } from 'execa';
 import { main } from '../../commands/main.ts';
 import { describeError, exitCodeOf } from '../../engine/errors.ts';
@@ -72,26 +73,82 @@ const GOOD: Case[] = [
   {
     name: 'a label, a one-word key comment, an SSID with a space',
     flag: 'hostname',
-    args: (k) => ['--hostname', 'pi-07', '--user', 'alice', '--ssh-key', k.laptop, ...wifi('lab net'), '--timezone', 'Europe/Paris', '--locale', 'fr_FR.UTF-8', '--keymap', 'fr'],
+    args: (k) => [
+      '--hostname',
+      'pi-07',
+      '--user',
+      'alice',
+      '--ssh-key',
+      k.laptop,
+      ...wifi('lab net'),
+      '--timezone',
+      'Europe/Paris',
+      '--locale',
+      'fr_FR.UTF-8',
+      '--keymap',
+      'fr',
+    ],
     ok: true,
   },
   {
     name: 'upper case, a key with options, a lower-case country',
     flag: 'hostname',
     spawn: true,
-    args: (k) => ['--hostname', 'Pi-07', '--user', '_svc', '--password-hash', '$6$salt$hash', '--ssh-key', k.options, ...wifi("lab", 'fr'), '--timezone', 'UTC', '--locale', 'en_GB.UTF-8', '--keymap', 'gb'],
+    args: (k) => [
+      '--hostname',
+      'Pi-07',
+      '--user',
+      '_svc',
+      '--password-hash',
+      '$6$salt$hash',
+      '--ssh-key',
+      k.options,
+      ...wifi('lab', 'fr'),
+      '--timezone',
+      'UTC',
+      '--locale',
+      'en_GB.UTF-8',
+      '--keymap',
+      'gb',
+    ],
     ok: true,
   },
   {
     name: 'the longest label, user name and SSID; a key without a comment',
     flag: 'hostname',
-    args: (k) => ['--hostname', 'a'.repeat(63), '--user', 'a'.repeat(32), '--ssh-key', k.bare, ...wifi('x'.repeat(32), 'GB'), '--timezone', 'America/Argentina/Buenos_Aires', '--locale', 'sr_RS@latin', '--keymap', 'de'],
+    args: (k) => [
+      '--hostname',
+      'a'.repeat(63),
+      '--user',
+      'a'.repeat(32),
+      '--ssh-key',
+      k.bare,
+      ...wifi('x'.repeat(32), 'GB'),
+      '--timezone',
+      'America/Argentina/Buenos_Aires',
+      '--locale',
+      'sr_RS@latin',
+      '--keymap',
+      'de',
+    ],
     ok: true,
   },
   {
     name: 'a label starting with a digit, a password file, a file of two keys, a UTF-8 SSID, a hidden network',
     flag: 'hostname',
-    args: (k) => ['--hostname', '7pi', '--user', 'bob', '--password-file', password, '--ssh-key', k.two, ...wifi('café', 'US'), '--wifi-hidden', '--ssh-password-auth'],
+    args: (k) => [
+      '--hostname',
+      '7pi',
+      '--user',
+      'bob',
+      '--password-file',
+      password,
+      '--ssh-key',
+      k.two,
+      ...wifi('café', 'US'),
+      '--wifi-hidden',
+      '--ssh-password-auth',
+    ],
     ok: true,
   },
 ];
@@ -191,7 +248,11 @@ for (const c of [...GOOD, ...BAD]) {
     }
     if (!c.spawn) return;
     const [customizeCli, flashCli] = await Promise.all([spawned(customizeArgs(args)), spawned(flashArgs(args))]);
-    t.deepEqual({ exitCode: customizeCli.exitCode, stderr: said(customizeCli) }, { exitCode: customize.exitCode, stderr: said(customize) }, 'build-image customize');
+    t.deepEqual(
+      { exitCode: customizeCli.exitCode, stderr: said(customizeCli) },
+      { exitCode: customize.exitCode, stderr: said(customize) },
+      'build-image customize',
+    );
     t.deepEqual({ exitCode: flashCli.exitCode, stderr: said(flashCli) }, { exitCode: flash.exitCode, stderr: said(flash) }, 'build-image flash');
     if (c.ok) t.regex(customizeCli.stdout, /^ +hostname = pi-07$/m, 'the host name lower-cased');
   });
@@ -202,7 +263,10 @@ test('the first user is renamed by the same lines in the image and at first boot
   const s: Settings = { user: { name: 'alice', passwordHash: hash }, packages: [], enable: [], disable: [] };
   const lines = (script: string) => script.split('\n').map((l) => l.trim());
   const rename = renameFirstUser('alice', hash).map((l) => l.trim());
-  for (const [where, script] of [['in the image', settingsScript(s, { bootMount: '/boot/firmware' })], ['firstrun.sh', firstrunScript(s, '/boot/firmware')]] as const) {
+  for (const [where, script] of [
+    ['in the image', settingsScript(s, { bootMount: '/boot/firmware' })],
+    ['firstrun.sh', firstrunScript(s, '/boot/firmware')],
+  ] as const) {
     const all = lines(script);
     const at = all.indexOf(rename[0]!);
     t.deepEqual(all.slice(at, at + rename.length), rename, where);

@@ -2,18 +2,19 @@
  * The stage cache: its keys, its store (atomic snapshots, least-recently-used pruning), and when the
  * runner takes snapshots, on stages that only record that they ran.
  */
-import test from 'ava';
-import { existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, chmodSync, utimesSync, writeFileSync } from 'node:fs';
+
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
+import { treeDigest } from '../../engine/digest.ts';
+import { engineSchema } from '../../engine/options.ts';
 import { QuietReporter } from '../../engine/report.ts';
 import { runPipeline } from '../../engine/runner.ts';
 import type { BuildState, Pipeline, Stage } from '../../engine/stage.ts';
-import { treeDigest } from '../../engine/digest.ts';
 import { chainKeys, StageCache } from '../../engine/stage-cache.ts';
 import { scriptEnv } from '../../lib/chroot/scripts.ts';
-import { scratch, testConfig } from '../helpers/build.ts';
 import { defaultConfig } from '../../pipelines/pimaster/options.ts';
-import { engineSchema } from '../../engine/options.ts';
+import { scratch, testConfig } from '../helpers/build.ts';
 
 const steps = (inputs: string[]) => inputs.map((input, i) => ({ stage: i < 2 ? 'overlay' : 'chroot', step: i, label: `step ${i}`, input }));
 
@@ -75,7 +76,10 @@ test('a snapshot is trusted only when complete; a failed save leaves nothing; th
   // A snapshot whose file is not the size its meta.json says (cut short on a full disk) is not one.
   writeFileSync(join(store.dir, key('b'), 'image.img'), 'short');
   t.is(store.latest(checkpoints)?.index, 0);
-  t.deepEqual(store.list().map((e) => e.meta.key), [key('a')]);
+  t.deepEqual(
+    store.list().map((e) => e.meta.key),
+    [key('a')],
+  );
 });
 
 test('prune removes the least recently used first, never the one to keep, and what dead builds left', async (t) => {
@@ -94,8 +98,18 @@ test('prune removes the least recently used first, never the one to keep, and wh
   mkdirSync(live);
   const size = store.list()[0]!.diskBytes;
   const removed = store.prune(2 * size, key('b'));
-  t.deepEqual(removed.map((e) => e.meta.key), [key('c'), key('d')], 'oldest first, b kept though older');
-  t.deepEqual(store.list().map((e) => e.meta.key).sort(), [key('a'), key('b')]);
+  t.deepEqual(
+    removed.map((e) => e.meta.key),
+    [key('c'), key('d')],
+    'oldest first, b kept though older',
+  );
+  t.deepEqual(
+    store
+      .list()
+      .map((e) => e.meta.key)
+      .sort(),
+    [key('a'), key('b')],
+  );
   t.false(existsSync(dead), "a dead build's half-written snapshot is removed");
   t.true(existsSync(live), "a running build's is not");
   rmSync(live, { recursive: true });
@@ -162,18 +176,35 @@ test('snapshots are taken after work that took --snapshot-after seconds, and alw
   };
 
   t.deepEqual((await run()).runs, ['a0', 'b0', 'b1', 'c0', 'd0']);
-  t.deepEqual(store.list().map((e) => e.meta.label), ['c: step 0'], 'quick steps: only the stage that asks for it');
+  t.deepEqual(
+    store.list().map((e) => e.meta.label),
+    ['c: step 0'],
+    'quick steps: only the stage that asks for it',
+  );
   t.deepEqual(await run(), { runs: ['a0', 'b0', 'b1', 'c0', 'd0'], notes: { a: 'from cache', b: 'from cache', c: 'from cache', d: '' } });
 
   // Every step snapshotted (a's was not taken before: it is redone after b changed).
   const eager = { ...config, 'snapshot-after': 0 };
   inputs.b = 'b changed';
   const fresh = await runPipeline(recorder(inputs), eager, {}, new QuietReporter());
-  t.deepEqual((fresh.state as { runs?: string[] }).runs, ['a0', 'b0', 'b1', 'c0', 'd0'], 'b changed: no snapshot after it or later is valid; a\'s was never taken');
-  t.deepEqual(store.list().map((e) => e.meta.label).sort(), ['a: step 0', 'b: step 0', 'b: step 1', 'c: step 0', 'c: step 0']);
+  t.deepEqual(
+    (fresh.state as { runs?: string[] }).runs,
+    ['a0', 'b0', 'b1', 'c0', 'd0'],
+    "b changed: no snapshot after it or later is valid; a's was never taken",
+  );
+  t.deepEqual(
+    store
+      .list()
+      .map((e) => e.meta.label)
+      .sort(),
+    ['a: step 0', 'b: step 0', 'b: step 1', 'c: step 0', 'c: step 0'],
+  );
   const { state, timings } = await runPipeline(recorder(inputs), { ...eager, 'no-cache': true }, {}, new QuietReporter());
   t.deepEqual((state as { runs?: string[] }).runs, ['a0', 'b0', 'b1', 'c0', 'd0']);
-  t.true(timings.every((x) => !x.note), '--no-cache');
+  t.true(
+    timings.every((x) => !x.note),
+    '--no-cache',
+  );
 
   inputs.b1 = 'only the second step of b changed';
   t.deepEqual(await run(), { runs: ['a0', 'b0', 'b1', 'c0', 'd0'], notes: { a: 'from cache', b: '1 step from cache', c: '', d: '' } });

@@ -1,28 +1,29 @@
 /** The pure pieces: no root, no image, fast. */
 import test from 'ava';
-import { isPublicKey, parseHostLabel } from '../../settings/rules.ts';
-import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../../lib/image/cmdline.ts';
-import { diffSnapshots } from '../../lib/image/bootfs.ts';
+import { registrationLine } from '../../lib/chroot/emulation.ts';
 import { archivesOf, rewriteSources } from '../../lib/chroot/environment.ts';
-import { guestArgs } from '../../lib/qemu/guest.ts';
-import {  registrationLine } from '../../lib/chroot/emulation.ts';
-import { imageBaseName } from '../../lib/sources/environments.ts';
+import { elfArch } from '../../lib/image/arch.ts';
+import { diffSnapshots } from '../../lib/image/bootfs.ts';
+import { armFirstBoot, disarmFirstBoot, firstBootOf, parseCmdline } from '../../lib/image/cmdline.ts';
+import { type Ext4Geometry, fittingBlocks, metadataBlocks } from '../../lib/image/ext4-fit.ts';
+import { dep5Licenses, parseDpkgStatus } from '../../lib/image/packages.ts';
 import { parseLayout } from '../../lib/image/partitions.ts';
 import { resizeInDump } from '../../lib/image/resize.ts';
 import { shrinkTries } from '../../lib/image/shrink.ts';
-import { dep5Licenses, parseDpkgStatus } from '../../lib/image/packages.ts';
-import { fittingBlocks, metadataBlocks, type Ext4Geometry } from '../../lib/image/ext4-fit.ts';
 import { bootMountOf, parseOsRelease } from '../../lib/image/system.ts';
-import { renderTemplate } from '../../lib/template.ts';
-import { elfHeader } from '../fixtures/tiny-image.ts';
 import { parseIpv4Cidr } from '../../lib/net.ts';
+import { guestArgs } from '../../lib/qemu/guest.ts';
+import { imageBaseName } from '../../lib/sources/environments.ts';
 import { parseGitSource } from '../../lib/sources/git-source.ts';
-import { elfArch } from '../../lib/image/arch.ts';
+import { renderTemplate } from '../../lib/template.ts';
+import { isPublicKey, parseHostLabel } from '../../settings/rules.ts';
+import { elfHeader } from '../fixtures/tiny-image.ts';
 
 test('IPv4 address and prefix', (t) => {
   t.deepEqual(parseIpv4Cidr('48.48.0.254/24'), { address: '48.48.0.254', prefix: 24, network: '48.48.0.0', netmask: '255.255.255.0' });
   t.deepEqual(parseIpv4Cidr('10.1.2.3/16'), { address: '10.1.2.3', prefix: 16, network: '10.1.0.0', netmask: '255.255.0.0' });
-  for (const bad of ['48.48.0.254', '48.48.0.256/24', '48.48.0.1/31', '48.48.0.255/24', '048.48.0.1/24', 'a.b.c.d/24']) t.throws(() => parseIpv4Cidr(bad), { any: true }, bad);
+  for (const bad of ['48.48.0.254', '48.48.0.256/24', '48.48.0.1/31', '48.48.0.255/24', '048.48.0.1/24', 'a.b.c.d/24'])
+    t.throws(() => parseIpv4Cidr(bad), { any: true }, bad);
 });
 
 test('host names (RFC 1123)', (t) => {
@@ -62,30 +63,68 @@ test('cmdline.txt: find, arm and disarm the first-boot resize of each release', 
 });
 
 test('boot partition write-back: what to copy, make and delete', (t) => {
-  const before = new Map([['a.txt', '1:10'], ['dir', 'dir'], ['dir/b', '2:10'], ['old', 'dir'], ['old/c', '3:10'], ['gone.txt', '4:10']]);
-  const after = new Map([['a.txt', '1:20'], ['dir', 'dir'], ['dir/b', '2:10'], ['new', 'dir'], ['new/d', '5:20']]);
+  const before = new Map([
+    ['a.txt', '1:10'],
+    ['dir', 'dir'],
+    ['dir/b', '2:10'],
+    ['old', 'dir'],
+    ['old/c', '3:10'],
+    ['gone.txt', '4:10'],
+  ]);
+  const after = new Map([
+    ['a.txt', '1:20'],
+    ['dir', 'dir'],
+    ['dir/b', '2:10'],
+    ['new', 'dir'],
+    ['new/d', '5:20'],
+  ]);
   t.deepEqual(diffSnapshots(before, after), {
     mkdirs: ['new'],
     copies: ['a.txt', 'new/d'],
-    deletes: [{ path: 'gone.txt', dir: false }, { path: 'old', dir: true }],
+    deletes: [
+      { path: 'gone.txt', dir: false },
+      { path: 'old', dir: true },
+    ],
   });
 });
 
 test("apt sources pointed at a mirror: the image's distribution archive only", (t) => {
   // Raspberry Pi OS arm64 (bookworm): Debian, its security archive, the Raspberry Pi archive.
-  const debian = 'deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian-security/ bookworm-security main\ndeb http://archive.raspberrypi.com/debian/ bookworm main\n';
-  t.is(rewriteSources(debian, 'http://127.0.0.1:3142/debian'), 'deb http://127.0.0.1:3142/debian bookworm main\ndeb http://deb.debian.org/debian-security/ bookworm-security main\ndeb http://archive.raspberrypi.com/debian/ bookworm main\n');
+  const debian =
+    'deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian-security/ bookworm-security main\ndeb http://archive.raspberrypi.com/debian/ bookworm main\n';
+  t.is(
+    rewriteSources(debian, 'http://127.0.0.1:3142/debian'),
+    'deb http://127.0.0.1:3142/debian bookworm main\ndeb http://deb.debian.org/debian-security/ bookworm-security main\ndeb http://archive.raspberrypi.com/debian/ bookworm main\n',
+  );
   t.is(rewriteSources('URIs: https://deb.debian.org/debian\nSuites: bookworm\n', 'http://m/debian'), 'URIs: http://m/debian\nSuites: bookworm\n');
   // Raspberry Pi OS armhf is Raspbian: its own archive is the one to replace.
-  t.is(rewriteSources('deb [arch=armhf] http://raspbian.raspberrypi.com/raspbian/ bookworm main contrib non-free rpi\n', 'http://m/raspbian'), 'deb [arch=armhf] http://m/raspbian bookworm main contrib non-free rpi\n');
-  t.is(rewriteSources('deb http://archive.raspberrypi.com/debian/ bookworm main\n', 'http://m/debian'), 'deb http://archive.raspberrypi.com/debian/ bookworm main\n', 'nothing to replace');
-  t.deepEqual(archivesOf('deb [arch=armhf] http://a/raspbian bookworm main\n# deb http://b/debian x\nTypes: deb\nURIs: http://c/debian http://d/debian\n'), ['http://a/raspbian', 'http://c/debian', 'http://d/debian']);
+  t.is(
+    rewriteSources('deb [arch=armhf] http://raspbian.raspberrypi.com/raspbian/ bookworm main contrib non-free rpi\n', 'http://m/raspbian'),
+    'deb [arch=armhf] http://m/raspbian bookworm main contrib non-free rpi\n',
+  );
+  t.is(
+    rewriteSources('deb http://archive.raspberrypi.com/debian/ bookworm main\n', 'http://m/debian'),
+    'deb http://archive.raspberrypi.com/debian/ bookworm main\n',
+    'nothing to replace',
+  );
+  t.deepEqual(archivesOf('deb [arch=armhf] http://a/raspbian bookworm main\n# deb http://b/debian x\nTypes: deb\nURIs: http://c/debian http://d/debian\n'), [
+    'http://a/raspbian',
+    'http://c/debian',
+    'http://d/debian',
+  ]);
 });
 
 test("verify keeps the image's kernel arguments that user space reads", (t) => {
-  t.deepEqual(guestArgs('console=serial0,115200 console=tty1 root=PARTUUID=5e1d2c3b-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n'), ['fsck.repair=yes']);
   t.deepEqual(
-    guestArgs('console=tty1 root=PARTUUID=x-02 rootfstype=ext4 rootwait resize splash plymouth.ignore-serial-consoles systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target ds=nocloud;i=abc'),
+    guestArgs(
+      'console=serial0,115200 console=tty1 root=PARTUUID=5e1d2c3b-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n',
+    ),
+    ['fsck.repair=yes'],
+  );
+  t.deepEqual(
+    guestArgs(
+      'console=tty1 root=PARTUUID=x-02 rootfstype=ext4 rootwait resize splash plymouth.ignore-serial-consoles systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target ds=nocloud;i=abc',
+    ),
     ['resize', 'systemd.run=/boot/firmware/firstrun.sh', 'systemd.run_success_action=reboot', 'systemd.unit=kernel-command-line.target', 'ds=nocloud;i=abc'],
   );
 });
@@ -94,38 +133,97 @@ test('the emulator comes from the ELF header; binfmt registration carries the F 
   t.is(elfArch(elfHeader('arm64')), 'arm64');
   t.is(elfArch(elfHeader('armhf')), 'armhf');
   t.is(elfArch(Buffer.from('#!/bin/sh\n')), 'unknown');
-  const format = 'package qemu-user-static\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nmagic \\x7f\\x45\\x4c\\x46\noffset 0\nmask \\xff\\xff\\xff\\xff\ncredentials no\nfix_binary yes\npreserve yes\n';
+  const format =
+    'package qemu-user-static\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nmagic \\x7f\\x45\\x4c\\x46\noffset 0\nmask \\xff\\xff\\xff\\xff\ncredentials no\nfix_binary yes\npreserve yes\n';
   t.is(registrationLine('qemu-aarch64', format), ':qemu-aarch64:M:0:\\x7f\\x45\\x4c\\x46:\\xff\\xff\\xff\\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:FP');
 });
 
 test('partition tables: boot and root found, a truncated file and a root that is not last refused', (t) => {
-  const json = (parts: Array<[number, number]>) => ({ partitiontable: { label: 'dos', sectorsize: 512, partitions: parts.map(([start, size], i) => ({ node: `img${i + 1}`, start, size, type: '83' })) } });
+  const json = (parts: Array<[number, number]>) => ({
+    partitiontable: { label: 'dos', sectorsize: 512, partitions: parts.map(([start, size], i) => ({ node: `img${i + 1}`, start, size, type: '83' })) },
+  });
   const fs = (kinds: Record<number, 'vfat' | 'ext4' | 'other'>) => (p: { offset: number }) => kinds[p.offset / 512]!;
-  const layout = parseLayout(json([[8192, 1000], [9192, 2000]]), 11192 * 512, fs({ 8192: 'vfat', 9192: 'ext4' }));
+  const layout = parseLayout(
+    json([
+      [8192, 1000],
+      [9192, 2000],
+    ]),
+    11192 * 512,
+    fs({ 8192: 'vfat', 9192: 'ext4' }),
+  );
   t.like(layout, { label: 'dos', boot: 1, root: 2 });
-  t.throws(() => parseLayout(json([[8192, 1000], [9192, 2000]]), 10000 * 512, fs({ 8192: 'vfat', 9192: 'ext4' })), { message: /partition 2 ends at byte .* past the end of the file/ });
-  t.throws(() => parseLayout(json([[8192, 1000], [9192, 2000], [11192, 100]]), 11292 * 512, fs({ 8192: 'vfat', 9192: 'ext4', 11192: 'other' })), { message: /is not the last partition/ });
+  t.throws(
+    () =>
+      parseLayout(
+        json([
+          [8192, 1000],
+          [9192, 2000],
+        ]),
+        10000 * 512,
+        fs({ 8192: 'vfat', 9192: 'ext4' }),
+      ),
+    { message: /partition 2 ends at byte .* past the end of the file/ },
+  );
+  t.throws(
+    () =>
+      parseLayout(
+        json([
+          [8192, 1000],
+          [9192, 2000],
+          [11192, 100],
+        ]),
+        11292 * 512,
+        fs({ 8192: 'vfat', 9192: 'ext4', 11192: 'other' }),
+      ),
+    { message: /is not the last partition/ },
+  );
 });
 
 test('resizing in an sfdisk dump keeps ids and types, and drops what sfdisk must recompute', (t) => {
-  const dump = 'label: gpt\nlabel-id: X\ndevice: img\nunit: sectors\nfirst-lba: 2048\nlast-lba: 5000\nsector-size: 512\n\nimg1 : start=        8192, size=       81920, type=EBD0, uuid=A\nimg2 : start=       90112, size=      131072, type=0FC6, uuid=B\n';
-  t.is(resizeInDump(dump, 2, 4096), 'label: gpt\nlabel-id: X\nunit: sectors\nfirst-lba: 2048\nsector-size: 512\n\nimg1 : start=        8192, size=       81920, type=EBD0, uuid=A\nimg2 : start=       90112, size=4096, type=0FC6, uuid=B\n');
+  const dump =
+    'label: gpt\nlabel-id: X\ndevice: img\nunit: sectors\nfirst-lba: 2048\nlast-lba: 5000\nsector-size: 512\n\nimg1 : start=        8192, size=       81920, type=EBD0, uuid=A\nimg2 : start=       90112, size=      131072, type=0FC6, uuid=B\n';
+  t.is(
+    resizeInDump(dump, 2, 4096),
+    'label: gpt\nlabel-id: X\nunit: sectors\nfirst-lba: 2048\nsector-size: 512\n\nimg1 : start=        8192, size=       81920, type=EBD0, uuid=A\nimg2 : start=       90112, size=4096, type=0FC6, uuid=B\n',
+  );
 });
 
-test('shrink tries: what the data needs, the blocks in use, then steps to resize2fs\'s estimate; margin added; none for a few MiB', (t) => {
+test("shrink tries: what the data needs, the blocks in use, then steps to resize2fs's estimate; margin added; none for a few MiB", (t) => {
   const margin = 64 * 2 ** 20;
-  t.deepEqual(shrinkTries(1000, 1800, 9000, 100_000, 4096, margin), [1000, 1800, 3600, 5400, 9000].map((b) => b + 16384));
-  t.deepEqual(shrinkTries(undefined, 1800, 9000, 100_000, 4096, margin), [1800, 3600, 5400, 9000].map((b) => b + 16384), 'an unknown layout: from the blocks in use');
-  t.deepEqual(shrinkTries(1000, 9500, 9000, 100_000, 4096, margin), [1000, 9000].map((b) => b + 16384), 'nothing between the estimate and what is in use');
+  t.deepEqual(
+    shrinkTries(1000, 1800, 9000, 100_000, 4096, margin),
+    [1000, 1800, 3600, 5400, 9000].map((b) => b + 16384),
+  );
+  t.deepEqual(
+    shrinkTries(undefined, 1800, 9000, 100_000, 4096, margin),
+    [1800, 3600, 5400, 9000].map((b) => b + 16384),
+    'an unknown layout: from the blocks in use',
+  );
+  t.deepEqual(
+    shrinkTries(1000, 9500, 9000, 100_000, 4096, margin),
+    [1000, 9000].map((b) => b + 16384),
+    'nothing between the estimate and what is in use',
+  );
   t.deepEqual(shrinkTries(1000, 1800, 1000 + 1024, 1000 + 1024 + 16384 + 100, 4096, margin), [1000 + 16384], 'only what gains 4 MiB');
   t.deepEqual(shrinkTries(1000, 1800, 9000, 1000 + 16384 + 100, 4096, margin), [], 'a shrunk image stays as it is');
 });
 
 // dumpe2fs -h of a pimaster's root (1 KiB blocks, as mke2fs makes small filesystems).
 const pimasterRoot: Ext4Geometry = {
-  blockSize: 1024, blockCount: 1433601, freeBlocks: 182420, firstBlock: 1, blocksPerGroup: 8192, inodesPerGroup: 2048,
-  inodeBlocksPerGroup: 512, reservedGdtBlocks: 249, inodeCount: 358400, freeInodes: 312448,
-  features: 'has_journal ext_attr resize_inode dir_index filetype extent 64bit flex_bg sparse_super large_file huge_file dir_nlink extra_isize metadata_csum'.split(' '),
+  blockSize: 1024,
+  blockCount: 1433601,
+  freeBlocks: 182420,
+  firstBlock: 1,
+  blocksPerGroup: 8192,
+  inodesPerGroup: 2048,
+  inodeBlocksPerGroup: 512,
+  reservedGdtBlocks: 249,
+  inodeCount: 358400,
+  freeInodes: 312448,
+  features:
+    'has_journal ext_attr resize_inode dir_index filetype extent 64bit flex_bg sparse_super large_file huge_file dir_nlink extra_isize metadata_csum'.split(
+      ' ',
+    ),
 };
 
 test('what an ext4 filesystem needs: its data plus the metadata of the groups it keeps', (t) => {
@@ -152,13 +250,18 @@ test('dpkg status: installed packages with their source package; DEP-5 copyright
     { name: 'libc6', version: '2.36-9+deb12u4', arch: 'arm64', source: { name: 'glibc', version: '2.36-9+deb12u4' } },
     { name: 'libssl3', version: '3.0.15-1~deb12u1+b1', arch: 'armhf', source: { name: 'openssl', version: '3.0.15-1~deb12u1' } },
   ]);
-  const dep5 = 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: x\n\nFiles: *\nCopyright: 2020 A\nLicense: GPL-2+\n\nFiles: debian/*\nLicense: BSD-3-clause or GPL-2+\n\nLicense: GPL-2+\n On Debian systems, see /usr/share/common-licenses/GPL-2.\n';
+  const dep5 =
+    'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: x\n\nFiles: *\nCopyright: 2020 A\nLicense: GPL-2+\n\nFiles: debian/*\nLicense: BSD-3-clause or GPL-2+\n\nLicense: GPL-2+\n On Debian systems, see /usr/share/common-licenses/GPL-2.\n';
   t.deepEqual(dep5Licenses(dep5), ['GPL-2+', 'BSD-3-clause or GPL-2+']);
   t.deepEqual(dep5Licenses('This package was debianized by someone.\n\nLicense: GPL\n'), [], 'free-form: no names guessed');
 });
 
 test('os-release, fstab, environment names, templates', (t) => {
-  t.like(parseOsRelease('ID=debian\nVERSION_CODENAME=bookworm\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'), { ID: 'debian', VERSION_CODENAME: 'bookworm', PRETTY_NAME: 'Debian GNU/Linux 12 (bookworm)' });
+  t.like(parseOsRelease('ID=debian\nVERSION_CODENAME=bookworm\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'), {
+    ID: 'debian',
+    VERSION_CODENAME: 'bookworm',
+    PRETTY_NAME: 'Debian GNU/Linux 12 (bookworm)',
+  });
   t.is(bootMountOf('proc /proc proc defaults 0 0\nPARTUUID=1-01 /boot/firmware vfat defaults 0 2\n'), '/boot/firmware');
   t.is(bootMountOf('# /boot vfat\nPARTUUID=1-01 /boot vfat defaults 0 2\n'), '/boot');
   t.is(imageBaseName('/c/2020-08-20-raspios-buster-armhf-lite.zip'), '2020-08-20-raspios-buster-armhf-lite');

