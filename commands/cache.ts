@@ -1,9 +1,9 @@
 /** `build-image cache ls` and `build-image cache prune`: the stage cache's snapshots. */
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { ConfigError } from '../engine/errors.ts';
 import { engineSchema, formatBytes, resolveOptions } from '../engine/options.ts';
 import { type SnapshotEntry, StageCache } from '../engine/stage-cache.ts';
+import { parseFlags } from './tool-command.ts';
 
 export function cacheUsage(): string {
   return [
@@ -36,12 +36,10 @@ function table(entries: readonly SnapshotEntry[]): string {
 export async function cacheCommand(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
   if (action !== 'ls' && action !== 'prune') throw new ConfigError(`cache${action ? ` ${action}` : ''}: expected ls or prune (see build-image --help cache)`);
-  let values;
-  try {
-    ({ values } = parseArgs({ args: rest, options: { cache: { type: 'string' }, 'cache-size': { type: 'string' }, all: { type: 'boolean' } }, strict: true }));
-  } catch (error) {
-    throw new ConfigError(`${(error as Error).message.split('\n')[0]} (see build-image --help cache)`);
-  }
+  const { values } = parseFlags(
+    { args: rest, options: { cache: { type: 'string' }, 'cache-size': { type: 'string' }, all: { type: 'boolean' } }, strict: true },
+    'see build-image --help cache',
+  );
   if (action === 'ls' && (values['cache-size'] !== undefined || values.all)) throw new ConfigError('cache ls takes only --cache DIR');
   if (values.all && values['cache-size'] !== undefined) throw new ConfigError('cache prune: give --cache-size SIZE or --all, not both');
   const config = resolveOptions(engineSchema, ['cache-size'], { flags: { cache: values.cache, 'cache-size': values['cache-size'] } }, 'cache');

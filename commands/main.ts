@@ -13,7 +13,7 @@ import { pimaster } from '../pipelines/pimaster/pipeline.ts';
 import { cacheCommand, cacheUsage } from './cache.ts';
 import { formatChecks, runChecks } from './doctor.ts';
 import { flashCommand, flashUsage } from './flash.ts';
-import { flagRows } from './tool-command.ts';
+import { flagRows, parseFlags } from './tool-command.ts';
 import { verifyCommand, verifyUsage } from './verify.ts';
 
 /** The commands that build an image: `build` (the pimaster, the default) and `customize`. */
@@ -130,13 +130,10 @@ function printPlan(pipeline: Pipeline<CustomizeConfig>, config: PimasterConfig, 
 
 /** The list a build writes beside its outputs, for a directory gathering several builds' outputs. */
 function osList(argv: string[]): number {
-  let parsed;
-  try {
-    parsed = parseArgs({ args: argv, options: { 'release-url': { type: 'string' } }, allowPositionals: true, strict: true });
-  } catch (error) {
-    throw new ConfigError(`${(error as Error).message.split('\n')[0]} (usage: build-image os-list DIR [--release-url URL])`);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseFlags(
+    { args: argv, options: { 'release-url': { type: 'string' } }, allowPositionals: true, strict: true },
+    'usage: build-image os-list DIR [--release-url URL]',
+  );
   if (positionals.length !== 1 || !existsSync(positionals[0]!))
     throw new ConfigError('os-list takes the output directory of builds: build-image os-list DIR [--release-url URL]');
   const config = resolveOptions(schema, ['release-url'], { flags: { 'release-url': values['release-url'] } }, 'os-list');

@@ -4,7 +4,7 @@
  * (so a build's state there is left alone) with the same clean-up, signals and logs as a build.
  */
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { ConfigError } from '../engine/errors.ts';
 import { type EngineOptions, engineSchema, resolveOptions } from '../engine/options.ts';
 import { pickReporter } from '../engine/report.ts';
@@ -44,6 +44,15 @@ export function toolUsage(synopsis: readonly string[], flags: Record<string, Too
 
 export type ToolValues = Record<string, string | boolean | string[] | undefined>;
 
+/** node:util's parseArgs, its error as one line with where to look (`hint`). */
+export function parseFlags<T extends ParseArgsConfig>(config: T, hint: string): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (error) {
+    throw new ConfigError(`${(error as Error).message.split('\n')[0]} (${hint})`);
+  }
+}
+
 /** The flags and positionals, or undefined once --help has been answered. */
 export function parseTool(
   argv: string[],
@@ -52,17 +61,15 @@ export function parseTool(
   usage: () => string,
 ): { values: ToolValues; positionals: string[] } | undefined {
   const all: Record<string, ToolFlag> = { ...flags, ...TOOL_FLAGS };
-  let parsed;
-  try {
-    parsed = parseArgs({
+  const parsed = parseFlags(
+    {
       args: argv,
       options: Object.fromEntries(Object.entries(all).map(([k, f]) => [k, { type: f.type, multiple: f.multiple ?? false }])),
       allowPositionals: true,
       strict: true,
-    });
-  } catch (error) {
-    throw new ConfigError(`${(error as Error).message.split('\n')[0]} (see build-image --help ${command})`);
-  }
+    },
+    `see build-image --help ${command}`,
+  );
   if (parsed.values.help) {
     process.stdout.write(`${usage()}\n`);
     return undefined;

@@ -65,6 +65,7 @@ export async function scoped<T>(stack: CleanupStack, signal: AbortSignal, fn: ()
     throw error;
   } finally {
     const errors = await stack.unwindTo(mark, outcome);
+    // biome-ignore lint/correctness/noUnsafeFinally: a failed clean-up after a success is the error to report; after a failure, the first error wins.
     if (errors.length && outcome === 'success') throw errors[0];
   }
 }

@@ -9,7 +9,7 @@ export interface Mount {
   source: string;
 }
 
-const unescape = (field: string) => field.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+const unescapeOctal = (field: string) => field.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 
 /**
  * /proc/self/mountinfo: field 3 is major:minor, field 5 the mount point (octal escapes), and
@@ -20,7 +20,7 @@ export function parseMountinfo(text: string): Mount[] {
     .split('\n')
     .filter(Boolean)
     .map((line) => line.split(' '))
-    .map((f) => ({ majMin: f[2]!, target: unescape(f[4]!), source: unescape(f[f.indexOf('-', 6) + 2] ?? '') }));
+    .map((f) => ({ majMin: f[2]!, target: unescapeOctal(f[4]!), source: unescapeOctal(f[f.indexOf('-', 6) + 2] ?? '') }));
 }
 
 export function currentMounts(): Mount[] {

@@ -205,7 +205,7 @@ export function resolveOptions<T extends EngineOptions>(
       if (raw === undefined) continue;
       if (!keys.has(key)) {
         const known = key in specs ? `not an option of \`${command}\`` : 'unknown option';
-        throw new ConfigError(`${sourceOf(key)}: ${known} (see \`build-image ${command === 'build' ? '' : command + ' '}--help\`)`);
+        throw new ConfigError(`${sourceOf(key)}: ${known} (see \`build-image ${command === 'build' ? '' : `${command} `}--help\`)`);
       }
       options[key] = convert(specs[key]!, raw, sourceOf(key));
     }

@@ -19,6 +19,8 @@ export interface BuildState {
  * needs, such as the attach stage's clean-up mark that finalize unwinds to.
  */
 export class Resource<T> {
+  /** Never set: it makes Resource<A> and Resource<B> different types. */
+  declare readonly valueType?: T;
   readonly name: string;
   constructor(name: string) {
     this.name = name;

@@ -1,5 +1,5 @@
 import { CACHE_KEYS, COMMON_KEYS } from '../engine/options.ts';
-import type { Pipeline, Stage } from '../engine/stage.ts';
+import type { Pipeline } from '../engine/stage.ts';
 import { type BuildConfig, buildConfigSchema } from '../lib/build-options.ts';
 import { imageSnapshots } from '../lib/image/snapshot.ts';
 import { type PiSettings, settingsSchema } from '../settings/options.ts';
@@ -29,6 +29,9 @@ export const customize: Pipeline<CustomizeConfig> = {
 };
 
 /** The option keys a pipeline accepts: the common ones and those its stages read. */
-export function optionsOf<C extends object>(pipeline: { stages: readonly Stage<any>[]; snapshots?: unknown }): (keyof C & string)[] {
+export function optionsOf<C extends object>(pipeline: {
+  stages: readonly { readonly options: readonly string[] }[];
+  snapshots?: unknown;
+}): (keyof C & string)[] {
   return [...new Set([...pipeline.stages.flatMap((s) => s.options), ...(pipeline.snapshots ? CACHE_KEYS : []), ...COMMON_KEYS])] as (keyof C & string)[];
 }

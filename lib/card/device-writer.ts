@@ -70,7 +70,8 @@ export class DeviceWriter extends Writable {
     // With a block map its image size was checked against the device before anything was written.
     if (!this.#ranges && position + chunk.length > this.#deviceSize) throw new Error(`the image is larger than the device (${this.#deviceSize} bytes)`);
     if (!this.#ranges) {
-      (this.#hash ??= createHash('sha256')).update(chunk);
+      this.#hash ??= createHash('sha256');
+      this.#hash.update(chunk);
       await this.#write(chunk, position);
       return;
     }
@@ -82,7 +83,8 @@ export class DeviceWriter extends Writable {
       const to = Math.min(range.end, end);
       if (to > from) {
         const part = chunk.subarray(from - position, to - position);
-        (this.#hash ??= createHash('sha256')).update(part);
+        this.#hash ??= createHash('sha256');
+        this.#hash.update(part);
         await this.#write(part, from);
       }
       if (range.end > end) return;

@@ -3,7 +3,7 @@
  * the running system is on, a disk with a mounted partition (or swap), a partition rather than a
  * disk, a non-removable disk unless forced, a disk smaller than the image.
  */
-import { constants, existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { constants, existsSync, readdirSync, readFileSync, realpathSync, type Stats, statSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { UserError } from '../../engine/errors.ts';
@@ -104,7 +104,7 @@ export async function openExclusive(path: string): Promise<FileHandle> {
 
 /** The target as a whole disk, or a one-line refusal. */
 export function inspectTarget(path: string): Disk {
-  let info;
+  let info: Stats;
   try {
     info = statSync(path);
   } catch {

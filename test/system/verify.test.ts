@@ -85,7 +85,7 @@ for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const
     const lines = r.stdout.split('\n').filter((l) => /^(PASS|FAIL) /.test(l));
     const failed = lines.filter((l) => l.startsWith('FAIL'));
     t.deepEqual(
-      failed.map((l) => l.replace(/\s+.*$/, '') + ' ' + l.split(/\s{2,}/)[1]),
+      failed.map((l) => `${l.replace(/\s+.*$/, '')} ${l.split(/\s{2,}/)[1]}`),
       ['FAIL test -e /no/such/file'],
       "only the user's failing check fails",
     );

@@ -9,7 +9,7 @@ import test from 'ava';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 /** Bottom to top. A folder may import its own files and those of the folders before it. */
-export const LAYERS = ['engine', 'lib', 'settings', 'stages', 'pipelines', 'commands'] as const;
+const LAYERS = ['engine', 'lib', 'settings', 'stages', 'pipelines', 'commands'] as const;
 /** Inside lib/ and pipelines/, subfolders import each other only in this order (bottom first). */
 const SUBLAYERS: Record<string, readonly string[]> = {
   lib: ['lib', 'lib/image', 'lib/sources', 'lib/codec', 'lib/chroot', 'lib/publish', 'lib/card', 'lib/qemu'],
@@ -19,13 +19,13 @@ const SUBLAYERS: Record<string, readonly string[]> = {
 /** `import x from './a.ts'`, `export { y } from './b.ts'`, `import './c.ts'`, `import('./d.ts')`. */
 const IMPORT = /(?:^|\n)\s*(?:import|export)\s(?:[^'"]*?from\s+)?['"](\.[^'"]+)['"]|import\(\s*['"](\.[^'"]+)['"]\s*\)/g;
 
-export interface Edge {
+interface Edge {
   from: string;
   to: string;
 }
 
 /** Every relative import between the layers' files, as repository paths. */
-export function importsOf(root: string): Edge[] {
+function importsOf(root: string): Edge[] {
   const edges: Edge[] = [];
   for (const layer of LAYERS) {
     for (const entry of readdirSync(join(root, layer), { recursive: true, withFileTypes: true })) {
@@ -43,7 +43,7 @@ const layerOf = (file: string) => LAYERS.indexOf(file.split('/')[0] as (typeof L
 const folderOf = (file: string) => dirname(file);
 
 /** Why an import breaks the rule, or undefined when it points down or stays in its folder. */
-export function violation({ from, to }: Edge): string | undefined {
+function violation({ from, to }: Edge): string | undefined {
   const a = layerOf(from);
   const b = layerOf(to);
   if (b < 0) return `${from} imports ${to}, outside the layers (${LAYERS.join(', ')})`;
