@@ -17,27 +17,17 @@ import { ConfigError } from '../engine/errors.ts';
 import { quote as q } from '../engine/exec.ts';
 import { engineSchema, resolveOptions, type Schema } from '../engine/options.ts';
 import { anySettings, readSettings, type Settings } from './model.ts';
-import { type PiSettings, settingsSchema } from './options.ts';
+import { type PiSettings, SETTING_KEYS, settingsSchema } from './options.ts';
 import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 export type InitFormat = 'systemd' | 'cloudinit-rpi';
 
-/** The settings a card takes at its first boot (not --ssh, --packages, --enable, --disable: those need a build). */
-export const FIRST_BOOT_KEYS = [
-  'hostname',
-  'user',
-  'password-hash',
-  'password-file',
-  'ssh-key',
-  'ssh-password-auth',
-  'wifi-ssid',
-  'wifi-psk-file',
-  'wifi-country',
-  'wifi-hidden',
-  'timezone',
-  'locale',
-  'keymap',
-] as const satisfies readonly (keyof PiSettings)[];
+/** What needs a build: a card's first boot does not switch SSH by itself, install packages or switch units. */
+const BUILD_ONLY = ['ssh', 'packages', 'enable', 'disable'] as const;
+type FirstBootKey = Exclude<keyof PiSettings, (typeof BUILD_ONLY)[number]>;
+
+/** The settings a card takes at its first boot: every setting but those that need a build. */
+export const FIRST_BOOT_KEYS = SETTING_KEYS.filter((key): key is FirstBootKey => !(BUILD_ONLY as readonly string[]).includes(key));
 
 /** A flag in node:util's terms, with its --help line. */
 interface Flag {
@@ -56,8 +46,8 @@ const flagOf = (spec: Schema<PiSettings>[keyof PiSettings]): Flag => ({
 });
 
 /** The flags flash takes for them, made from their specs, and --settings FILE. */
-export const FIRST_BOOT_FLAGS: Record<(typeof FIRST_BOOT_KEYS)[number] | 'settings', Flag> = {
-  ...(Object.fromEntries(FIRST_BOOT_KEYS.map((key) => [key, flagOf(settingsSchema[key])])) as Record<(typeof FIRST_BOOT_KEYS)[number], Flag>),
+export const FIRST_BOOT_FLAGS: Record<FirstBootKey | 'settings', Flag> = {
+  ...(Object.fromEntries(FIRST_BOOT_KEYS.map((key) => [key, flagOf(settingsSchema[key])])) as Record<FirstBootKey, Flag>),
   settings: { type: 'string', placeholder: 'FILE', help: 'the settings above as JSON ({"hostname": "pi-07", ...}); flags win' },
 };
 
