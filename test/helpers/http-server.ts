@@ -3,12 +3,15 @@
  * tests: Range requests (206/416), redirects, failures on demand (a connection cut after N bytes,
  * an error status, a server that ignores Range), and a log of every request.
  */
-import { createReadStream, statSync } from 'node:fs';
+import { createReadStream, mkdirSync, rmSync, statSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join, normalize } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import type { ExecutionContext } from 'ava';
+import { populate } from './base-images.ts';
+import { scratch } from './build.ts';
 
 export interface LoggedRequest {
   method: string;
@@ -138,4 +141,18 @@ export async function startServer(root: string): Promise<TestServer> {
         server.close(() => resolve());
       }),
   };
+}
+
+/** A scratch directory whose `www/` holds `files`, served on 127.0.0.1 until the test ends. */
+export async function serveFiles(t: ExecutionContext, files: Record<string, string | Buffer | { copy: string }>): Promise<{ dir: string; server: TestServer }> {
+  const dir = scratch();
+  const www = join(dir, 'www');
+  mkdirSync(www);
+  populate(www, files);
+  const server = await startServer(www);
+  t.teardown(async () => {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, server };
 }

@@ -6,15 +6,13 @@
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { execa } from 'execa';
 import { MARKER } from '../../engine/work-dir.ts';
-import type { Download } from '../../lib/image/state.ts';
-import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
-import { extractStage } from '../../stages/extract.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
-import { assertNoWorkImage, assertSameSparseImage, assertUserError, type BaseImages, IMAGE_NAME, makeBaseImages, sha256File } from '../helpers/base-images.ts';
-import { runStages, scratch, smallDisk as smallFilesystem, testConfig } from '../helpers/build.ts';
+import { assertSameSparseImage, type BaseImages, IMAGE_NAME, makeBaseImages, sha256File } from '../helpers/base-images.ts';
+import { scratch, smallDisk as smallFilesystem, testConfig } from '../helpers/build.ts';
+import { assertRefused, bootSignedDisk, extract, makeZip, setup } from '../helpers/extract.ts';
 
 let base: BaseImages;
 const fixtures = scratch('extract-fixtures-');
@@ -27,45 +25,6 @@ test.before(async () => {
   await execa('tar', ['-czf', `${base.img}.tar.gz`, '-C', fixtures, '--transform', 's,.*,disk.img,', base.img.slice(fixtures.length + 1)]);
 });
 test.after.always(() => rmSync(fixtures, { recursive: true, force: true }));
-
-async function setup(t: ExecutionContext): Promise<{ dir: string; config: PimasterConfig }> {
-  const dir = scratch();
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return { dir, config: testConfig(dir) };
-}
-
-async function extract(config: PimasterConfig, path: string, extra: Partial<Download> = {}) {
-  return runStages([extractStage], config, { download: { path, sha256: await sha256File(path), source: path, ...extra } });
-}
-
-/** The extract fails with one line matching `pattern`, leaves no image and does not touch its input. */
-async function assertRefused(t: ExecutionContext, config: PimasterConfig, input: string, pattern: RegExp, extra: Partial<Download> = {}) {
-  const before = await sha256File(input);
-  const mtime = statSync(input).mtimeMs;
-  const error = await assertUserError(t, extract(config, input, extra), pattern);
-  assertNoWorkImage(t, config.work);
-  t.is(await sha256File(input), before);
-  t.is(statSync(input).mtimeMs, mtime);
-  return error;
-}
-
-/** A 1 MiB "disk" with a boot signature: enough for zip tests that never get as far as the data. */
-function smallDisk(): Buffer {
-  const disk = Buffer.alloc(1024 * 1024);
-  randomBytes(64 * 1024).copy(disk, 8192);
-  disk[510] = 0x55;
-  disk[511] = 0xaa;
-  return disk;
-}
-
-/** Build a zip of the given files with the `zip` command (names stored as given, relative to `dir`). */
-async function makeZip(dir: string, zip: string, files: Record<string, Buffer>): Promise<void> {
-  for (const [name, content] of Object.entries(files)) {
-    mkdirSync(join(dir, name, '..'), { recursive: true });
-    writeFileSync(join(dir, name), content);
-  }
-  await execa('zip', ['-q', zip, ...Object.keys(files)], { cwd: dir });
-}
 
 for (const [format, file] of [
   ['raw', () => base.img],
@@ -169,7 +128,7 @@ test('a truncated zip, and a zip whose data is damaged, are refused', async (t) 
 
   const damaged = join(dir, 'damaged.zip');
   const zip = join(dir, 'stored.zip');
-  await makeZip(join(dir, 'src'), zip, { 'disk.img': smallDisk() });
+  await makeZip(join(dir, 'src'), zip, { 'disk.img': bootSignedDisk() });
   await execa('zip', ['-q', '-0', damaged, 'disk.img'], { cwd: join(dir, 'src') });
   const data = readFileSync(damaged);
   data[100_000] ^= 0xff; // inside the random bytes of the stored entry

@@ -3,11 +3,11 @@
  * redirects, https to http refused, resumed and retried downloads, the OS list), from file:// and
  * from a local file, each verified. Pieces that need no image: test/unit/fetch-parsing.test.ts.
  */
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { execa } from 'execa';
 import { UserError } from '../../engine/errors.ts';
 import { downloadPolicy, downloadToPartial } from '../../lib/sources/download.ts';
@@ -29,7 +29,9 @@ import {
   sidecarFor,
 } from '../helpers/base-images.ts';
 import { runStages, scratch, testConfig } from '../helpers/build.ts';
-import { startServer, type TestServer } from '../helpers/http-server.ts';
+import { serveFiles, type TestServer } from '../helpers/http-server.ts';
+
+const build = (config: PimasterConfig) => runStages([fetchStage, extractStage], config);
 
 downloadPolicy.baseDelayMs = 20;
 
@@ -48,23 +50,9 @@ test.after.always(() => rmSync(fixtures, { recursive: true, force: true }));
 const XZ_PATH = `/raspios_lite_arm64/images/raspios_lite_arm64-2024-11-19/${IMAGE_NAME}.xz`;
 
 /** A scratch dir and a server for one test. */
-async function setup(t: ExecutionContext, files: Record<string, string | Buffer | { copy: string }>): Promise<{ dir: string; server: TestServer }> {
-  const dir = scratch();
-  const www = join(dir, 'www');
-  mkdirSync(www);
-  populate(www, files);
-  const server = await startServer(www);
-  t.teardown(async () => {
-    await server.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return { dir, server };
-}
-
-const build = (config: PimasterConfig) => runStages([fetchStage, extractStage], config);
 
 test('an .img.xz over HTTP with its .sha256 sidecar: cached, extracted identical and sparse; a second build downloads nothing', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   const config = testConfig(dir, { base: server.url(XZ_PATH) });
   const { state } = await build(config);
 
@@ -91,7 +79,7 @@ test('an .img.xz over HTTP with its .sha256 sidecar: cached, extracted identical
 
 test('a .zip over HTTP with its .sha256 sidecar is extracted identical and sparse', async (t) => {
   const path = `/raspios_lite_armhf/images/x/${IMAGE_NAME.replace('.img', '.zip')}`;
-  const { dir, server } = await setup(t, { [path]: { copy: base.zip }, [`${path}.sha256`]: sidecarFor(base.zip, zipSha) });
+  const { dir, server } = await serveFiles(t, { [path]: { copy: base.zip }, [`${path}.sha256`]: sidecarFor(base.zip, zipSha) });
   const config = testConfig(dir, { base: server.url(path), arch: 'armhf' });
   const { state } = await build(config);
   t.is(state.download?.sha256, zipSha);
@@ -102,7 +90,7 @@ test('a .zip over HTTP with its .sha256 sidecar is extracted identical and spars
 });
 
 test('a zip whose URL does not say so is extracted once it is all here (it is read from its end)', async (t) => {
-  const { dir, server } = await setup(t, { '/raspios_lite_latest': { copy: base.zip } });
+  const { dir, server } = await serveFiles(t, { '/raspios_lite_latest': { copy: base.zip } });
   server.pace('/raspios_lite_latest', statSync(base.zip).size / 2);
   const config = testConfig(dir, { base: server.url('/raspios_lite_latest'), 'base-sha256': zipSha });
   const { state } = await build(config);
@@ -112,7 +100,7 @@ test('a zip whose URL does not say so is extracted once it is all here (it is re
 
 test("a redirect to a mirror is followed; the checksum is the origin's sidecar, never the mirror's", async (t) => {
   const mirror = `/mirror${XZ_PATH}`;
-  const { dir, server } = await setup(t, { [mirror]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const { dir, server } = await serveFiles(t, { [mirror]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   server.redirect(XZ_PATH, mirror);
   const config = testConfig(dir, { base: server.url(XZ_PATH) });
   const { state } = await build(config);
@@ -126,7 +114,7 @@ test("a redirect to a mirror is followed; the checksum is the origin's sidecar, 
   await assertSameSparseImage(t, state.image!, base);
 
   // A mirror that offers its own sidecar (it could say anything) while the origin has none: no checksum.
-  const other = await setup(t, { [mirror]: { copy: base.xz }, [`${mirror}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const other = await serveFiles(t, { [mirror]: { copy: base.xz }, [`${mirror}.sha256`]: sidecarFor(base.xz, xzSha) });
   other.server.redirect(XZ_PATH, mirror);
   await assertUserError(
     t,
@@ -139,7 +127,7 @@ test("a redirect to a mirror is followed; the checksum is the origin's sidecar, 
 });
 
 test('a damaged download in the cache is found by hashing it again: removed, downloaded again', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   const config = testConfig(dir, { base: server.url(XZ_PATH) });
   const { state } = await build(config);
   const cached = state.download!.path;
@@ -154,7 +142,7 @@ test('a damaged download in the cache is found by hashing it again: removed, dow
 });
 
 test('https that redirects to plain http is refused, nothing downloaded', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   // A real TLS server on 127.0.0.1 with a certificate made for it, trusted by the build through NODE_EXTRA_CA_CERTS.
   const [key, cert] = [join(dir, 'key.pem'), join(dir, 'cert.pem')];
   await execa('openssl', [
@@ -198,7 +186,7 @@ test('https that redirects to plain http is refused, nothing downloaded', async 
 });
 
 test('a download cut half way is resumed with Range', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   const size = statSync(base.xz).size;
   const half = Math.floor(size / 2);
   server.cutAfter(XZ_PATH, half);
@@ -216,7 +204,7 @@ test('a download cut half way is resumed with Range', async (t) => {
 });
 
 test('extraction starts with the first bytes of a download, and counts only once the download is verified', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   const size = statSync(base.xz).size;
   server.pace(XZ_PATH, size / 2); // two seconds
   const config = testConfig(dir, { base: server.url(XZ_PATH) });
@@ -240,7 +228,7 @@ test('extraction starts with the first bytes of a download, and counts only once
 });
 
 test('a server answering a Range request with 200 makes the download start over', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   server.ignoreRange = true;
   server.cutAfter(XZ_PATH, Math.floor(statSync(base.xz).size / 2));
   const config = testConfig(dir, { base: server.url(XZ_PATH) });
@@ -254,7 +242,7 @@ test('a server answering a Range request with 200 makes the download start over'
 });
 
 test('a build that runs out of attempts keeps the part, and the next build resumes it', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   const size = statSync(base.xz).size;
   server.cutAfter(XZ_PATH, Math.floor(size / 10), downloadPolicy.attempts);
   const config = testConfig(dir, { base: server.url(XZ_PATH) });
@@ -276,7 +264,7 @@ test('a build that runs out of attempts keeps the part, and the next build resum
 });
 
 test('a 503 is retried with backoff', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz } });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz } });
   server.failWith(XZ_PATH, 503, 2);
   const config = testConfig(dir, { base: server.url(XZ_PATH), 'base-sha256': xzSha });
   const { state } = await build(config);
@@ -288,7 +276,7 @@ test('a 503 is retried with backoff', async (t) => {
 });
 
 test('a wrong --base-sha256: expected and got in the error, nothing kept in the cache', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   const wrong = 'ab'.repeat(32);
   const config = testConfig(dir, { base: server.url(XZ_PATH), 'base-sha256': wrong });
   await assertUserError(t, build(config), new RegExp(`expected sha256 ${wrong} \\(from --base-sha256\\), got ${xzSha}: nothing was kept; check --base-sha256`));
@@ -299,7 +287,7 @@ test('a wrong --base-sha256: expected and got in the error, nothing kept in the 
 
 test('a sidecar that does not match: expected and got, nothing kept', async (t) => {
   const wrong = 'cd'.repeat(32);
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, wrong) });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, wrong) });
   const config = testConfig(dir, { base: server.url(XZ_PATH) });
   const error = await assertUserError(t, build(config), new RegExp(`expected sha256 ${wrong} \\(from ${server.url(XZ_PATH)}\\.sha256\\), got ${xzSha}`));
   t.regex(error.message, /run the build again$/);
@@ -308,7 +296,7 @@ test('a sidecar that does not match: expected and got, nothing kept', async (t) 
 });
 
 test('no checksum anywhere is an error before downloading; --insecure-no-verify downloads it', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz } });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz } });
   const config = testConfig(dir, { base: server.url(XZ_PATH) });
   await assertUserError(
     t,
@@ -383,7 +371,7 @@ function osList(server: TestServer, imageSha: string, extractSha: string) {
 }
 
 test("a release name is resolved through the OS list and its subitems_url, verified with the list's checksums", async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz } });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz } });
   populate(join(dir, 'www'), osList(server, xzSha, base.imgSha));
   const config = testConfig(dir, { base: 'bookworm', 'os-list': server.url('/os_list_imagingutility_v4.json') });
   const { state } = await build(config);
@@ -415,7 +403,7 @@ test("a release name is resolved through the OS list and its subitems_url, verif
 });
 
 test("the OS list's checksum comes before the origin's sidecar (a stale or forged sidecar does not count)", async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: `${'0'.repeat(64)}  ${IMAGE_NAME}.xz\n` });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: `${'0'.repeat(64)}  ${IMAGE_NAME}.xz\n` });
   populate(join(dir, 'www'), osList(server, xzSha, base.imgSha));
   const { state } = await build(testConfig(dir, { base: 'bookworm', 'os-list': server.url('/os_list_imagingutility_v4.json') }));
   t.is(state.download?.sha256, xzSha);
@@ -426,7 +414,7 @@ test("the OS list's checksum comes before the origin's sidecar (a stale or forge
 });
 
 test('a release whose OS-list checksum does not match fails with expected and got', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz } });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz } });
   populate(join(dir, 'www'), osList(server, 'ef'.repeat(32), base.imgSha));
   const config = testConfig(dir, { base: 'bookworm', 'os-list': server.url('/os_list_imagingutility_v4.json') });
   await assertUserError(t, build(config), new RegExp(`expected sha256 ${'ef'.repeat(32)} \\(from the OS list .*\\), got ${xzSha}`));
@@ -435,7 +423,7 @@ test('a release whose OS-list checksum does not match fails with expected and go
 });
 
 test('a file:// OS list works too', async (t) => {
-  const { dir, server } = await setup(t, {});
+  const { dir, server } = await serveFiles(t, {});
   const lists = osList(server, xzSha, base.imgSha);
   const listDir = join(dir, 'lists-root');
   populate(listDir, lists);
@@ -496,7 +484,7 @@ test('a local file without a checksum, or with the wrong one, is refused and lef
 });
 
 test('an abort of the build stops a download at once, keeps its part, and does not retry', async (t) => {
-  const { dir, server } = await setup(t, { [XZ_PATH]: { copy: base.xz } });
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz } });
   const reason = new Error('stopped');
   const controller = new AbortController();
   let updates = 0;

@@ -5,8 +5,7 @@
  * host's files are never written, mounted over, chowned or read.
  */
 
-import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { execa } from 'execa';
@@ -16,58 +15,10 @@ import { finalizeStage } from '../../stages/finalize.ts';
 import { TEST_CACHE } from '../fixtures/debian-image.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { runStages, scratch, testConfig } from '../helpers/build.ts';
-import { ImageReader } from '../helpers/image-reader.ts';
-import { detachLoop, loopsOn, mountsUnder } from '../helpers/leaks.ts';
+import { hostBait, inImage, plantLinks } from '../helpers/hostile-image.ts';
+import { loopsOn, mountsUnder } from '../helpers/leaks.ts';
 
 /** Run `read` on the image's root filesystem (debugfs: what the image holds, links unfollowed). */
-async function inImage<T>(image: string, read: (r: ImageReader) => Promise<T>): Promise<T> {
-  const reader = await ImageReader.open(image);
-  try {
-    return await read(reader);
-  } finally {
-    await reader.close();
-  }
-}
-
-/**
- * Plant symbolic links in an image's root filesystem (what a hostile image holds), replacing what
- * is at those paths: debugfs writes the filesystem without mounting it.
- */
-async function plantLinks(image: string, links: Record<string, string>): Promise<void> {
-  const { stdout } = await execa('sfdisk', ['--json', image]);
-  const root = (JSON.parse(stdout) as { partitiontable: { partitions: Array<{ start: number; size: number }> } }).partitiontable.partitions[1]!;
-  const { stdout: dev } = await execa('losetup', ['--find', '--show', '--offset', String(root.start * 512), '--sizelimit', String(root.size * 512), image]);
-  try {
-    const requests = Object.entries(links).flatMap(([path, target]) => {
-      const parents = path
-        .split('/')
-        .slice(0, -1)
-        .map((_, i, all) => `mkdir /${all.slice(0, i + 1).join('/')}`);
-      return [...parents, `rm /${path}`, `rmdir /${path}`, `symlink /${path} ${target}`];
-    });
-    const file = `${dev.trim().replace(/\//g, '_')}.debugfs`;
-    writeFileSync(join(tmpdir(), file), `${requests.join('\n')}\n`);
-    await execa('debugfs', ['-w', '-f', join(tmpdir(), file), dev.trim()]);
-    rmSync(join(tmpdir(), file));
-  } finally {
-    await detachLoop(dev.trim());
-  }
-}
-
-/** A host directory and file the image's links point at, with what they hold now. */
-function hostBait(dir: string) {
-  const hostDir = join(dir, 'host-dir');
-  const hostFile = join(dir, 'host-file.conf');
-  mkdirSync(hostDir);
-  writeFileSync(hostFile, "the host's own\n", { mode: 0o600 });
-  const untouched = (t: import('ava').ExecutionContext) => {
-    t.deepEqual(readdirSync(hostDir), [], 'nothing written into the host directory');
-    t.is(statSync(hostDir).uid, 0);
-    t.is(readFileSync(hostFile, 'utf8'), "the host's own\n", 'the host file is unchanged');
-    t.is(statSync(hostFile).mode & 0o777, 0o600);
-  };
-  return { hostDir, hostFile, untouched };
-}
 
 test("the chroot's mounts and swapped files stay inside the image: a `run -> /run` link is refused, a link to a host directory is followed inside the image", async (t) => {
   const dir = scratch();

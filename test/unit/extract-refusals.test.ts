@@ -4,59 +4,16 @@
  * told by its magic bytes, and the sparse writer. Small archives made here: no image, no root.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { execa } from 'execa';
 import { detectFormat, toolReason } from '../../lib/codec/decode.ts';
 import { SparseWriter } from '../../lib/image/sparse-writer.ts';
-import type { Download } from '../../lib/image/state.ts';
-import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
-import { extractStage } from '../../stages/extract.ts';
-import { assertNoWorkImage, assertUserError, sha256File } from '../helpers/base-images.ts';
-import { runStages, scratch, testConfig } from '../helpers/build.ts';
-
-async function setup(t: ExecutionContext): Promise<{ dir: string; config: PimasterConfig }> {
-  const dir = scratch();
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return { dir, config: testConfig(dir) };
-}
-
-async function extract(config: PimasterConfig, path: string, extra: Partial<Download> = {}) {
-  return runStages([extractStage], config, { download: { path, sha256: await sha256File(path), source: path, ...extra } });
-}
-
-/** The extract fails with one line matching `pattern`, leaves no image and does not touch its input. */
-async function assertRefused(t: ExecutionContext, config: PimasterConfig, input: string, pattern: RegExp, extra: Partial<Download> = {}) {
-  const before = await sha256File(input);
-  const mtime = statSync(input).mtimeMs;
-  const error = await assertUserError(t, extract(config, input, extra), pattern);
-  assertNoWorkImage(t, config.work);
-  t.is(await sha256File(input), before);
-  t.is(statSync(input).mtimeMs, mtime);
-  return error;
-}
-
-/** A 1 MiB "disk" with a boot signature: enough for zip tests that never get as far as the data. */
-function smallDisk(): Buffer {
-  const disk = Buffer.alloc(1024 * 1024);
-  randomBytes(64 * 1024).copy(disk, 8192);
-  disk[510] = 0x55;
-  disk[511] = 0xaa;
-  return disk;
-}
-
-/** Build a zip of the given files with the `zip` command (names stored as given, relative to `dir`). */
-async function makeZip(dir: string, zip: string, files: Record<string, Buffer>): Promise<void> {
-  for (const [name, content] of Object.entries(files)) {
-    mkdirSync(join(dir, name, '..'), { recursive: true });
-    writeFileSync(join(dir, name), content);
-  }
-  await execa('zip', ['-q', zip, ...Object.keys(files)], { cwd: dir });
-}
+import { assertRefused, bootSignedDisk, makeZip, setup } from '../helpers/extract.ts';
 
 /** Replace every occurrence of a byte string (same length) in a file: the names in a zip's headers. */
 function patchBytes(path: string, from: string, to: string): number {
@@ -74,7 +31,7 @@ function patchBytes(path: string, from: string, to: string): number {
 test('a zip with a ../ entry is refused, naming the entry', async (t) => {
   const { dir, config } = await setup(t);
   const zip = join(dir, 'evil.zip');
-  await makeZip(join(dir, 'src'), zip, { 'xxxevil.img': smallDisk() });
+  await makeZip(join(dir, 'src'), zip, { 'xxxevil.img': bootSignedDisk() });
   t.is(patchBytes(zip, 'xxxevil.img', '../evil.img'), 2); // the local header and the central directory
   await assertRefused(t, config, zip, /^base image evil\.zip holds an entry with an unsafe path \(\.\.\/evil\.img\): refusing to use it$/);
 });
@@ -82,7 +39,7 @@ test('a zip with a ../ entry is refused, naming the entry', async (t) => {
 test('a zip with an absolute entry is refused', async (t) => {
   const { dir, config } = await setup(t);
   const zip = join(dir, 'abs.zip');
-  await makeZip(join(dir, 'src'), zip, { 'xabs.img': smallDisk() });
+  await makeZip(join(dir, 'src'), zip, { 'xabs.img': bootSignedDisk() });
   t.is(patchBytes(zip, 'xabs.img', '/abs.img'), 2);
   await assertRefused(t, config, zip, /holds an entry with an unsafe path \(\/abs\.img\)/);
 });
@@ -102,14 +59,14 @@ test('a zip with no image is refused, saying what it holds', async (t) => {
 test('a zip with two images is refused, naming them', async (t) => {
   const { dir, config } = await setup(t);
   const zip = join(dir, 'two.zip');
-  await makeZip(join(dir, 'src'), zip, { 'a.img': smallDisk(), 'b/b.img': smallDisk() });
+  await makeZip(join(dir, 'src'), zip, { 'a.img': bootSignedDisk(), 'b/b.img': bootSignedDisk() });
   await assertRefused(t, config, zip, /^base image two\.zip holds 2 \.img files \(a\.img, b\/b\.img\): give a zip with exactly one disk image$/);
 });
 
 test('a zip entry whose size lies is refused, naming the entry', async (t) => {
   const { dir, config } = await setup(t);
   const zip = join(dir, 'lies.zip');
-  await makeZip(join(dir, 'src'), zip, { 'disk.img': smallDisk() });
+  await makeZip(join(dir, 'src'), zip, { 'disk.img': bootSignedDisk() });
   // The central directory's uncompressed size (offset 24 of its header) now says 4 KiB less.
   const data = readFileSync(zip);
   const header = data.lastIndexOf(Buffer.from([0x50, 0x4b, 0x01, 0x02]));
@@ -128,7 +85,7 @@ test('a zip entry whose size lies is refused, naming the entry', async (t) => {
 test('a stored zip entry whose sizes disagree is refused, naming the entry', async (t) => {
   const { dir, config } = await setup(t);
   const zip = join(dir, 'stored-lies.zip');
-  await makeZip(join(dir, 'src'), join(dir, 'unused.zip'), { 'readme.txt': Buffer.from('hi\n'), 'disk.img': smallDisk() });
+  await makeZip(join(dir, 'src'), join(dir, 'unused.zip'), { 'readme.txt': Buffer.from('hi\n'), 'disk.img': bootSignedDisk() });
   await execa('zip', ['-q', '-0', zip, 'readme.txt', 'disk.img'], { cwd: join(dir, 'src') });
   const data = readFileSync(zip);
   const header = data.lastIndexOf(Buffer.from([0x50, 0x4b, 0x01, 0x02]));
@@ -165,8 +122,8 @@ test('a file that is neither an archive nor a disk image is refused', async (t) 
 
 test('a .tar.gz must hold exactly one .img', async (t) => {
   const { dir, config } = await setup(t);
-  writeFileSync(join(dir, 'a.img'), smallDisk());
-  writeFileSync(join(dir, 'b.img'), smallDisk());
+  writeFileSync(join(dir, 'a.img'), bootSignedDisk());
+  writeFileSync(join(dir, 'b.img'), bootSignedDisk());
   writeFileSync(join(dir, 'notes.txt'), 'hello');
   await execa('tar', ['-czf', join(dir, 'two.img.tar.gz'), '-C', dir, 'a.img', 'b.img']);
   await assertRefused(
@@ -177,7 +134,7 @@ test('a .tar.gz must hold exactly one .img', async (t) => {
   );
   await execa('tar', ['-czf', join(dir, 'none.tar.gz'), '-C', dir, 'notes.txt']);
   await assertRefused(t, config, join(dir, 'none.tar.gz'), /^base image none\.tar\.gz holds no \.img file: give a tar with exactly one disk image$/);
-  writeFileSync(join(dir, 'holes.img'), smallDisk().subarray(0, 512));
+  writeFileSync(join(dir, 'holes.img'), bootSignedDisk().subarray(0, 512));
   truncateSync(join(dir, 'holes.img'), 8 * 1024 * 1024);
   await execa('tar', ['-czSf', join(dir, 'sparse.img.tar.gz'), '-C', dir, 'holes.img']);
   await assertRefused(
@@ -189,7 +146,7 @@ test('a .tar.gz must hold exactly one .img', async (t) => {
 });
 
 test('formats are told by their magic bytes; decompressor messages are shortened', (t) => {
-  const disk = smallDisk();
+  const disk = bootSignedDisk();
   t.is(detectFormat(disk.subarray(0, 512)), 'raw');
   t.is(detectFormat(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 1])), 'xz');
   t.is(detectFormat(Buffer.from([0x1f, 0x8b, 8])), 'gzip');

@@ -2,9 +2,7 @@
  * fetch's pieces that need no image: a missing file on a local HTTP server on 127.0.0.1, sha256sum
  * files, Raspberry Pi Imager's OS-list entries, and each stage's --plan line. No root.
  */
-import { mkdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { UserError } from '../../engine/errors.ts';
 import { downloadPolicy } from '../../lib/sources/download.ts';
 import { fileNameOf, parseSha256File } from '../../lib/sources/fetch.ts';
@@ -12,30 +10,18 @@ import { classify, osListItems, pickRelease, walkOsList } from '../../lib/source
 import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
 import { extractStage } from '../../stages/extract.ts';
 import { fetchStage } from '../../stages/fetch.ts';
-import { assertCacheHasOnlyParts, assertNoWorkImage, assertUserError, populate } from '../helpers/base-images.ts';
-import { runStages, scratch, testConfig } from '../helpers/build.ts';
-import { startServer, type TestServer } from '../helpers/http-server.ts';
+import { assertCacheHasOnlyParts, assertNoWorkImage, assertUserError } from '../helpers/base-images.ts';
+import { runStages, testConfig } from '../helpers/build.ts';
+import { serveFiles } from '../helpers/http-server.ts';
+
+const build = (config: PimasterConfig) => runStages([fetchStage, extractStage], config);
 
 downloadPolicy.baseDelayMs = 20;
 
 /** A scratch dir and a server for one test. */
-async function setup(t: ExecutionContext, files: Record<string, string | Buffer | { copy: string }>): Promise<{ dir: string; server: TestServer }> {
-  const dir = scratch();
-  const www = join(dir, 'www');
-  mkdirSync(www);
-  populate(www, files);
-  const server = await startServer(www);
-  t.teardown(async () => {
-    await server.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return { dir, server };
-}
-
-const build = (config: PimasterConfig) => runStages([fetchStage, extractStage], config);
 
 test('a missing file fails at once with one line', async (t) => {
-  const { dir, server } = await setup(t, {});
+  const { dir, server } = await serveFiles(t, {});
   const config = testConfig(dir, { base: server.url('/nothing.img.xz') });
   await assertUserError(t, build(config), /^cannot reach http:\/\/127\.0\.0\.1:\d+\/nothing\.img\.xz: HTTP 404/);
   t.is(server.requests.length, 1);
