@@ -71,8 +71,10 @@ test('SIGINT stops the running command and unwinds the whole stack in reverse or
   const build = spawnChild(work);
   let output = '';
   build.stdout!.on('data', (chunk: Buffer) => (output += chunk));
-  await waitFor(() => output.includes('ready') && existsSync(join(work, 'sleeper.pid')), 'the child to start its command');
-  const sleeper = Number(readFileSync(join(work, 'sleeper.pid'), 'utf8'));
+  // The pid file exists before the shell has written the pid into it: wait for the number.
+  const pid = () => (existsSync(join(work, 'sleeper.pid')) ? Number(readFileSync(join(work, 'sleeper.pid'), 'utf8')) : 0);
+  await waitFor(() => output.includes('ready') && pid() > 0, 'the child to start its command');
+  const sleeper = pid();
   t.true(alive(sleeper));
   build.kill('SIGINT');
   const result = await build;
