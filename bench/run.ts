@@ -9,8 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 
 const dir = fileURLToPath(new URL('.', import.meta.url));
-/** Modules that are not benchmarks: this one, and what the benchmarks share. */
-const HELPERS = ['run.ts', 'measure.ts'];
+/** Modules that are not benchmarks: this one, what the benchmarks share, the pimaster bench's child build. */
+const HELPERS = ['run.ts', 'measure.ts', 'pimaster-child.ts'];
 const modules = readdirSync(dir)
   .filter((f) => f.endsWith('.ts') && !HELPERS.includes(f))
   .sort();
