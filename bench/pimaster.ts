@@ -7,7 +7,7 @@
  * The builds run a copy of this toolkit (so a pimaster script can be changed without touching the
  * repository) in Node processes of their own (bench/pimaster-child.ts: they load what the CLI loads,
  * so their peak RSS is a build's own), with a user layer on top (one overlay file, one
- * script), the fixture served over HTTP on 127.0.0.1 and stand-in PiSeduce repositories. Downloads
+ * script), the fixture served over HTTP on 127.0.0.1 and the real PiSeduce repositories. Downloads
  * and apt archives are kept in ~/.cache/build-image-bench (the first run fills them); the stage
  * cache starts empty. Needs root; about a quarter of an hour on two cores.
  *
@@ -22,7 +22,7 @@ import { execa } from 'execa';
 import { formatBytes } from '../engine/options.ts';
 import { defaultConfig } from '../pipelines/pimaster/options.ts';
 import { debianImage } from '../test/fixtures/debian-image.ts';
-import { makePiseduceStandins } from '../test/fixtures/piseduce-standin.ts';
+import { piseduceRepos } from '../test/fixtures/piseduce-repos.ts';
 import { startServer } from '../test/helpers/http-server.ts';
 import { formatTable, inUseImageSize, minimumImageSize, rootDifferences, xzUncompressedSize } from './measure.ts';
 import type { Build } from './pimaster-child.ts';
@@ -58,7 +58,7 @@ async function bench(keep: boolean): Promise<string> {
     // A copy of the toolkit whose pimaster scripts this bench may change.
     const toolkit = join(dir, 'toolkit');
     mkdirSync(toolkit);
-    for (const entry of ['package.json', 'pipeline', 'stages', 'flash', 'verify', 'overlays', 'scripts', 'bench', 'test'])
+    for (const entry of ['package.json', 'engine', 'lib', 'settings', 'stages', 'pipelines', 'commands', 'overlays', 'scripts', 'bench', 'test'])
       await execa('cp', ['-a', join(repo, entry), toolkit]);
     symlinkSync(join(repo, 'node_modules'), join(toolkit, 'node_modules'));
 
@@ -70,7 +70,7 @@ async function bench(keep: boolean): Promise<string> {
     writeFileSync(join(serve, `${basename(fixture)}.sha256`), `${sha}  ${basename(fixture)}\n`);
     const started = await startServer(serve);
     server.close = () => started.close();
-    const standins = await makePiseduceStandins(join(dir, 'standins'));
+    const piseduce = await piseduceRepos();
     await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'id_ed25519')]);
 
     // The user's layer on top of the pimaster: one overlay file, one script.
@@ -81,8 +81,8 @@ async function bench(keep: boolean): Promise<string> {
     const flags = {
       arch: 'arm64',
       base: started.url(basename(fixture)),
-      'piseduce-webui': `${standins.webui}#${standins.webuiRef}`,
-      'piseduce-agent': `${standins.agent}#${standins.agentRef}`,
+      'piseduce-webui': `${piseduce.webui}#${piseduce.webuiRef}`,
+      'piseduce-agent': `${piseduce.agent}#${piseduce.agentRef}`,
       'ssh-key': join(dir, 'id_ed25519.pub'),
       overlay: join(dir, 'site'),
       script: join(dir, 'site.sh'),

@@ -1,7 +1,7 @@
 /**
  * One pimaster build per Raspberry Pi OS Lite look-alike (bookworm arm64 and armhf, trixie arm64),
  * shared by every test that inspects or boots it: made by the real CLI from the fixture served
- * over HTTP on 127.0.0.1, with stand-in PiSeduce repositories, and kept in the test cache under a
+ * over HTTP on 127.0.0.1, with the real PiSeduce repositories at their pinned refs, and kept in the test cache under a
  * key that hashes the code that made it.
  */
 import { createHash } from 'node:crypto';
@@ -10,7 +10,7 @@ import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { withLock } from '../../engine/lock.ts';
 import { DEBIAN_MIRROR, TEST_CACHE } from '../fixtures/debian-image.ts';
-import { makePiseduceStandins } from '../fixtures/piseduce-standin.ts';
+import { piseduceRepos } from '../fixtures/piseduce-repos.ts';
 import { type LiteRelease, raspiosLite } from '../fixtures/raspios-image.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { startServer } from './http-server.ts';
@@ -47,11 +47,13 @@ function filesUnder(dir: string): string[] {
 
 /**
  * A hash of everything a build's result depends on: the code, the overlays, the scripts, the
- * stand-in repositories and environment image it is given (the base image by its file name, which
+ * PiSeduce refs and environment image it is given (the base image by its file name, which
  * holds the hash of its recipe).
  */
 function codeKey(base: string, fixture: string): string {
   const hash = createHash('sha256').update(`${base}\n${basename(fixture)}\n`);
+  // What boots, checks or writes an image (verify, flash) does not make it: a change there keeps the build.
+  const notBuild = ['lib/qemu/', 'lib/card/', 'pipelines/verify.ts', 'pipelines/flash.ts', 'pipelines/pimaster/checks.ts'];
   for (const dir of [
     'engine',
     'lib',
@@ -60,12 +62,15 @@ function codeKey(base: string, fixture: string): string {
     'pipelines',
     'overlays',
     'scripts',
-    'test/fixtures/piseduce-standin.ts',
+    'test/fixtures/piseduce-repos.ts',
     'test/fixtures/tiny-image.ts',
     'test/helpers/pimaster-build.ts',
   ]) {
     const path = join(repo, dir);
-    for (const file of statSync(path).isDirectory() ? filesUnder(path) : [path]) hash.update(file.slice(repo.length)).update(readFileSync(file));
+    for (const file of statSync(path).isDirectory() ? filesUnder(path) : [path]) {
+      const name = file.slice(repo.length);
+      if (!notBuild.some((prefix) => name.startsWith(prefix))) hash.update(name).update(readFileSync(file));
+    }
   }
   return hash.digest('hex').slice(0, 16);
 }
@@ -101,7 +106,7 @@ export async function pimasterBuild(base: PimasterBase): Promise<PimasterBuild> 
     await makeTinyImage(envImg, { payloadMiB: 2, arch });
     await execa('xz', ['-T0', '-1', '-k', envImg]);
     writeFileSync(`${envImg}.xz.sha256`, `${(await execa('sha256sum', [`${envImg}.xz`])).stdout.split(' ')[0]}  tiny-env.img.xz\n`);
-    const standins = await makePiseduceStandins(join(tmp, 'standins'));
+    const piseduce = await piseduceRepos();
     await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'build-image-test', '-f', join(tmp, 'id_ed25519')]);
     const bootcode = (await execa('sh', ['-c', `MTOOLS_SKIP_CHECK=1 mtype -i ${fixture}@@${16384 * 512} ::/bootcode.bin | sha256sum`])).stdout.split(' ')[0]!;
 
@@ -117,9 +122,9 @@ export async function pimasterBuild(base: PimasterBase): Promise<PimasterBuild> 
           '--base',
           server.url(basename(fixture)),
           '--piseduce-webui',
-          `${standins.webui}#${standins.webuiRef}`,
+          `${piseduce.webui}#${piseduce.webuiRef}`,
           '--piseduce-agent',
-          `${standins.agent}#${standins.agentRef}`,
+          `${piseduce.agent}#${piseduce.agentRef}`,
           '--ssh-key',
           join(tmp, 'id_ed25519.pub'),
           '--environment',
@@ -162,8 +167,8 @@ export async function pimasterBuild(base: PimasterBase): Promise<PimasterBuild> 
       image: join(out, `${name}.img`),
       manifest: JSON.parse(readFileSync(join(out, `${name}.manifest.json`), 'utf8')) as Record<string, unknown>,
       sshKey: join(dir, 'id_ed25519'),
-      webuiRef: standins.webuiRef,
-      agentRef: standins.agentRef,
+      webuiRef: piseduce.webuiRef,
+      agentRef: piseduce.agentRef,
       baseBootcodeSha256: bootcode,
       environment: { name: 'tiny_env', img: join(dir, 'serve', 'tiny-env.img') },
       log: join(dir, 'build.log'),

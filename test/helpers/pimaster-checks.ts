@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
-import { ADMIN_HASH } from '../fixtures/piseduce-standin.ts';
+import { ADMIN_HASH } from '../fixtures/piseduce-repos.ts';
 import { ImageReader } from './image-reader.ts';
 import { type PimasterBase, type PimasterBuild, pimasterBuild } from './pimaster-build.ts';
 import { sbomErrors } from './sbom.ts';

@@ -15,7 +15,7 @@ import { finalizeStage } from '../../stages/finalize.ts';
 import { growStage } from '../../stages/grow.ts';
 import { overlayStage } from '../../stages/overlay.ts';
 import { TEST_CACHE } from '../fixtures/debian-image.ts';
-import { ADMIN_HASH } from '../fixtures/piseduce-standin.ts';
+import { ADMIN_HASH } from '../fixtures/piseduce-repos.ts';
 import { runStages, scratch, testConfig } from '../helpers/build.ts';
 import { ImageReader } from '../helpers/image-reader.ts';
 import { pimasterBuild } from '../helpers/pimaster-build.ts';
