@@ -38,6 +38,8 @@ export const HOST_TOOLS: ReadonlyArray<{ command: string; apt: string; use: stri
   { command: 'qemu-system-aarch64', apt: 'qemu-system-arm', use: 'build-image verify: booting arm64 images', optional: true },
   { command: 'qemu-system-arm', apt: 'qemu-system-arm', use: 'build-image verify: booting armhf images', optional: true },
   { command: 'mkimage', apt: 'u-boot-tools', use: "build-image verify --node: the node's U-Boot script", optional: true },
+  { command: 'ip', apt: 'iproute2', use: "build-image verify --node: the cluster link's namespace, bridge and taps", optional: true },
+  { command: 'snmpd', apt: 'snmpd', use: 'build-image verify --node: the PoE switch stand-in', optional: true },
   { command: 'ssh', apt: 'openssh-client', use: 'build-image verify: the checks', optional: true },
   { command: 'modprobe', apt: 'kmod', use: "build-image verify: the initrd's modules", optional: true },
   { command: 'cpio', apt: 'cpio', use: 'build-image verify: the initrd', optional: true },

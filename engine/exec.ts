@@ -125,11 +125,16 @@ export class CommandRunner {
    * caller must consume `subprocess.stdout`, then await the subprocess and look at `failed`,
    * `exitCode` and `stderr` (kept, and copied to the log) itself.
    */
-  spawn(file: string, args: readonly string[], options: { cwd?: string; uncancellable?: boolean; stdin?: 'ignore' | 'pipe' } = {}) {
+  spawn(
+    file: string,
+    args: readonly string[],
+    options: { cwd?: string; env?: Record<string, string>; uncancellable?: boolean; stdin?: 'ignore' | 'pipe' } = {},
+  ) {
     this.#log.line(`$ ${commandLine(file, args)}`);
     const started = performance.now();
     const subprocess = execa(file, args, {
       cwd: options.cwd,
+      env: options.env,
       extendEnv: true,
       stdin: options.stdin ?? 'ignore',
       stdout: 'pipe',
