@@ -16,7 +16,7 @@ import { type PimasterBase, type PimasterBuild, pimasterBuild } from './pimaster
 import { sbomErrors } from './sbom.ts';
 
 const PACKAGES =
-  'dnsmasq git sqlite3 nfs-kernel-server python3-pip pv snmp vim iptables rsyslog parted rsync python3-flask python3-flask-login python3-sqlalchemy python3-cryptography python3-paramiko python3-influxdb python3-requests'.split(
+  'dnsmasq git sqlite3 nfs-kernel-server python3-pip pv snmp vim iptables rsyslog parted rsync iputils-ping python3-flask python3-flask-login python3-sqlalchemy python3-cryptography python3-paramiko python3-influxdb python3-requests'.split(
     ' ',
   );
 const NFS_CMDLINE =
