@@ -14,6 +14,11 @@ const FLAGS = {
   authorize: { type: 'boolean', help: 'authorize the key for the user in the throw-away copy (an image built without one, such as a release image)' },
   checks: { type: 'string', placeholder: 'FILE', help: 'more checks: one shell command a line, run on the guest, each must exit 0' },
   node: { type: 'boolean', help: 'a pimaster (arm64): also boot a cluster node from it over the network (DHCP, TFTP, NFS root) and check it' },
+  deploy: {
+    type: 'string',
+    placeholder: 'ENV',
+    help: 'with --node: then deploy the image ENV onto the node through PiSeduce (reserve, deploy, boot from its SD card, destroy)',
+  },
   timeout: { type: 'string', placeholder: 'SECONDS', help: 'how long to wait for SSH after QEMU starts', default: '600' },
   memory: { type: 'string', placeholder: 'MIB', help: "the guest's memory", default: '2048' },
   'debian-mirror': {
@@ -31,7 +36,8 @@ export function verifyUsage(): string {
       'build-image verify IMAGE --ssh-key FILE [options]: boot a throw-away copy of IMAGE (.img, .img.xz, .img.zst, .img.gz,',
       '.zip or .img.tar.gz) in QEMU, wait for SSH, run the checks (the built-in ones, more for a pimaster, and yours),',
       'print one PASS/FAIL line per check, power it off. Exits 1 if a check failed or the image never came up.',
-      'With --node, a cluster node then boots from the pimaster over a link the two guests share, and is checked.',
+      'With --node, a cluster node then boots from the pimaster over the cluster link, powered by the agent through a',
+      'PoE switch stand-in, and is checked; with --deploy ENV as well, a user deploys ENV onto it through the agent.',
     ],
     FLAGS,
   );
@@ -48,6 +54,10 @@ export async function verifyCommand(argv: string[]): Promise<number> {
   if (typeof key !== 'string') throw new ConfigError('--ssh-key FILE is needed: the private key that logs in to the image');
   if (!existsSync(key)) throw new ConfigError(`--ssh-key ${key}: no such file (the private key that logs in to the image)`);
   const checksFile = typeof values.checks === 'string' ? resolve(values.checks) : undefined;
+  const deploy = typeof values.deploy === 'string' ? values.deploy : undefined;
+  if (deploy !== undefined && !existsSync(deploy)) throw new ConfigError(`--deploy ${deploy}: no such file (the environment image the node deploys)`);
+  if (deploy !== undefined && values.node !== true)
+    throw new ConfigError('--deploy needs --node: the environment is deployed onto the node that boots from the pimaster');
   const number = (name: 'timeout' | 'memory', min: number) => {
     const raw = String(values[name] ?? FLAGS[name].default);
     if (!/^\d+$/.test(raw) || Number(raw) < min)
@@ -65,6 +75,7 @@ export async function verifyCommand(argv: string[]): Promise<number> {
     memoryMiB: number('memory', 256),
     debianMirror: String(values['debian-mirror'] ?? FLAGS['debian-mirror'].default).replace(/\/+$/, ''),
     node: values.node === true,
+    deploy: deploy === undefined ? undefined : resolve(deploy),
   });
   const { state, timings, config } = await runTool(pipeline, values);
   const v = state.verify!;

@@ -9,7 +9,7 @@
  *
  * The copy, QEMU and every mount are undone by the clean-up stack, whatever happens.
  */
-import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync, statfsSync, statSync, truncateSync } from 'node:fs';
+import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync, statfsSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { scoped } from '../engine/cleanup.ts';
 import { UserError } from '../engine/errors.ts';
@@ -23,9 +23,12 @@ import { inRoot } from '../lib/image/in-root.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { type Check, type CheckResult, lastLine, systemChecks } from '../lib/qemu/checks.ts';
+import { type ClusterLink, createClusterLink } from '../lib/qemu/cluster-link.ts';
+import { DEPLOY_USER, runDeploy } from '../lib/qemu/deploy.ts';
+import { type DeployEnvironment, prepareEnvironment } from '../lib/qemu/environment.ts';
 import { type GuestFacts, readFacts } from '../lib/qemu/facts.ts';
-import { freePort, type Guest, type GuestSpec, guestArgs, type SshTarget, shutDown, sshArgs, startGuest, waitForSsh } from '../lib/qemu/guest.ts';
-import { debianKernel, type GuestArch, type GuestKernel, guestBusybox, ownKernel } from '../lib/qemu/kernel.ts';
+import { type Guest, type GuestSpec, guestArgs, type SshTarget, shutDown, sshArgs, startGuest, waitForSsh } from '../lib/qemu/guest.ts';
+import { debianKernel, type GuestArch, type GuestKernel, guestBusybox, nodeKernel, ownKernel } from '../lib/qemu/kernel.ts';
 import { NODE, prepareNodeBoot, runNode } from '../lib/qemu/node.ts';
 import { GUEST_BUSYBOX, PIMASTER_PORTS, pimasterChecks } from './pimaster/checks.ts';
 
@@ -44,10 +47,14 @@ export interface VerifyOptions {
   memoryMiB: number;
   /** Boot a cluster node from the pimaster too (see node.ts). */
   node: boolean;
+  /** Then deploy this environment image onto the node through PiSeduce (see deploy.ts). */
+  deploy?: string;
 }
 
 /** The booted image, from boot to shut-down. */
 const GUEST = new Resource<Guest>('guest');
+/** --node: the cluster's Ethernet, from the pimaster's boot to the end. */
+const LINK = new Resource<ClusterLink>('cluster link');
 
 /** The guest the boot stage started: the stages after it need it. */
 function running(ctx: BuildContext): Guest {
@@ -71,9 +78,10 @@ declare module '../engine/stage.ts' {
       expands: boolean;
       bootSeconds?: number;
       boots?: number;
-      /** --node: the port on 127.0.0.1 of the cluster link the pimaster listens on. */
-      clusterPort?: number;
       results?: CheckResult[];
+      /** --deploy: the environment as the pimaster's copy holds it, and the node's SD card. */
+      environment?: DeployEnvironment;
+      sdCard?: string;
     };
   }
 }
@@ -156,7 +164,9 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
       if (opts.node) {
         if (!state.facts.pimaster || arch !== 'arm64')
           throw new UserError(`--node boots a cluster node from an arm64 pimaster: ${opts.image} is ${state.facts.pimaster ? `an ${arch}` : 'not a'} pimaster`);
-        await prepareNodeBoot(ctx, dir, state.kernel.modules ? state.kernel : await debianKernel(ctx, arch, opts.debianMirror));
+        const node = await nodeKernel(ctx, opts.debianMirror);
+        await prepareNodeBoot(ctx, dir, node);
+        if (opts.deploy) state.environment = await prepareEnvironment(ctx, opts.deploy, dir, node);
       }
       if (!state.expands) {
         const fs = statfsSync(dir);
@@ -172,10 +182,11 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
  * works; with --node the cluster interface is on the link to the node instead, and the user
  * network (the pimaster's uplink, eth1) gets its address by DHCP.
  */
-function guestNetworks(state: NonNullable<BuildState['verify']>, opts: VerifyOptions): Pick<GuestSpec, 'user' | 'cluster'> {
+function guestNetworks(ctx: BuildContext, state: NonNullable<BuildState['verify']>): Pick<GuestSpec, 'user' | 'cluster'> {
   const ports = [22, ...(state.facts.pimaster ? PIMASTER_PORTS : [])];
-  if (!opts.node) return { user: { address: state.facts.address, ports } };
-  return { cluster: { port: state.clusterPort!, listen: true, mac: NODE.mac0 }, user: { ports } };
+  const link = ctx.resources.get(LINK);
+  if (!link) return { user: { address: state.facts.address, ports } };
+  return { cluster: { link, mac: NODE.mac0 }, user: { ports } };
 }
 
 /** The kernel arguments of the image's cmdline.txt that the boot keeps (none without one). */
@@ -221,7 +232,7 @@ const bootStage = (opts: VerifyOptions): Stage => ({
     const console = join(ctx.paths.work, 'console.log');
     rmSync(console, { force: true });
     ctx.status(`kernel: ${state.kernel.source}`);
-    if (opts.node) state.clusterPort = await freePort();
+    if (opts.node) ctx.resources.set(LINK, await createClusterLink(ctx, state.facts.address!));
     const started = performance.now();
     const deadline = Date.now() + opts.timeoutS * 1000;
     for (let boot = 1; ; boot++) {
@@ -230,7 +241,7 @@ const bootStage = (opts: VerifyOptions): Stage => ({
         boot: { image: state.copy, rootPartition: state.rootPartition, kernel: state.kernel, bootArgs: state.bootArgs },
         console,
         memoryMiB: opts.memoryMiB,
-        ...guestNetworks(state, opts),
+        ...guestNetworks(ctx, state),
       });
       ctx.resources.set(GUEST, guest);
       ctx.status(`console: ${console}${boot > 1 ? ` (boot ${boot})` : ''}`);
@@ -299,9 +310,31 @@ async function powerOff(ctx: BuildContext, opts: VerifyOptions): Promise<void> {
   if (!(await shutDown(ctx, running(ctx), target(ctx, opts)))) ctx.log.line('the guest did not power off in time: QEMU is stopped');
 }
 
+/** How long a deploy may take, then its destroy: the agent's own timeouts add up to about this. */
+const DEPLOY_TIMEOUT_S = 1800;
+
+/**
+ * The node's SD card: an empty sparse file, at least twice the environment and 1 GiB, in a power
+ * of two (QEMU's sd-card takes no other size), so the agent has a partition to grow.
+ */
+async function makeSdCard(ctx: BuildContext, imgSize: number): Promise<string> {
+  const card = join(ctx.paths.work, 'node-sd-card.img');
+  let size = 2 ** 30;
+  while (size < imgSize * 2) size *= 2;
+  rmSync(card, { force: true });
+  ctx.defer(`remove ${card}`, () => rmSync(card, { force: true }));
+  writeFileSync(card, '');
+  truncateSync(card, size);
+  ctx.log.line(`node: an SD card of ${size / 2 ** 30} GiB (${card})`);
+  return card;
+}
+
 const nodeStage = (opts: VerifyOptions): Stage => ({
   name: 'node',
-  describe: () => 'boot a cluster node from the pimaster (U-Boot, DHCP, TFTP, NFS root) on a link of their own, check it, boot it again',
+  describe: () =>
+    opts.deploy
+      ? `boot a cluster node from the pimaster (U-Boot, DHCP, TFTP, NFS root), check it, then deploy ${opts.deploy} onto its SD card through PiSeduce and destroy it`
+      : 'boot a cluster node from the pimaster (U-Boot, DHCP, TFTP, NFS root) on the cluster link, check it, boot it again',
   options: [],
   async run(ctx) {
     const state = verifyState(ctx);
@@ -310,21 +343,34 @@ const nodeStage = (opts: VerifyOptions): Stage => ({
     const console = join(ctx.paths.work, 'node-console.log');
     rmSync(console, { force: true });
     ctx.status(`node console: ${console}`);
+    const environment = state.environment;
+    const sdCard = environment ? await makeSdCard(ctx, environment.imgSize) : undefined;
+    const userKey = join(ctx.paths.work, 'verify-user-key');
+    if (environment) {
+      rmSync(userKey, { force: true });
+      rmSync(`${userKey}.pub`, { force: true });
+      ctx.defer('remove the deploying user key', () => {
+        for (const file of [userKey, `${userKey}.pub`]) rmSync(file, { force: true });
+      });
+      await ctx.run('ssh-keygen', ['-q', '-t', 'rsa', '-b', '3072', '-N', '', '-C', DEPLOY_USER, '-f', userKey]);
+    }
     const results = await runNode(
       ctx,
       {
         pimaster,
         agentPort: guest.hostPort.get(8090)!,
         facts: state.facts,
-        clusterPort: state.clusterPort!,
+        link: ctx.resources.get(LINK)!,
         console,
         timeoutS: opts.timeoutS,
+        sdCard,
         run: async (command, timeoutMs = 120_000) => {
           const r = await ctx.run('ssh', sshArgs(pimaster, command), { reject: false, timeoutMs });
           return { ok: r.exitCode === 0, out: r.exitCode === 0 ? r.stdout : lastLine(r.stdout.trim() ? r.stdout : r.stderr) };
         },
       },
       (check) => runCheck(ctx, opts, check),
+      environment ? (session) => runDeploy(ctx, session, { environment, userKey, timeoutS: DEPLOY_TIMEOUT_S }) : undefined,
     );
     for (const result of results) ctx.log.line(`${result.ok ? 'PASS' : 'FAIL'} ${result.name}: ${result.saw}`);
     state.results = [...(state.results ?? []), ...results];

@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../engine/errors.ts';
 import type { BuildContext } from '../../engine/stage.ts';
 import { intToIpv4, ipv4ToInt } from '../net.ts';
+import type { ClusterLink } from './cluster-link.ts';
 import type { StaticAddress } from './facts.ts';
 import type { GuestArch, GuestKernel } from './kernel.ts';
 
@@ -28,8 +29,10 @@ export interface GuestSpec {
    * image's own interface is on it.
    */
   user?: { address?: StaticAddress; ports: readonly number[] };
-  /** A private link between two guests only (QEMU socket networking on 127.0.0.1): the first NIC. */
-  cluster?: { port: number; listen: boolean; mac: string };
+  /** The cluster's Ethernet (a bridge in a namespace of its own, see cluster-link.ts): the first NIC. */
+  cluster?: { link: ClusterLink; mac: string };
+  /** A raw image the guest sees as its SD card, /dev/mmcblk0 (sdhci-pci and sd-card, as on a Pi). */
+  sdCard?: string;
 }
 
 export interface Guest {
@@ -41,6 +44,8 @@ export interface Guest {
   pid: number;
   /** Where this boot's output starts in the console file. */
   consoleFrom: number;
+  /** Cut the power: QEMU ends at once. */
+  stop(): Promise<void>;
 }
 
 const MACHINE: Record<GuestArch, { qemu: string; args: string[] }> = {
@@ -124,14 +129,9 @@ export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Gu
   const { qemu, args: machine } = MACHINE[spec.arch];
   const nics: string[] = [];
   // No option ROM on any NIC: the kernel or U-Boot is loaded directly, and the ROMs' package (ipxe-qemu) may be absent.
+  const tap = spec.cluster?.link.tapName();
   if (spec.cluster) {
-    const { port, listen, mac } = spec.cluster;
-    nics.push(
-      '-netdev',
-      `socket,id=cluster,${listen ? 'listen' : 'connect'}=127.0.0.1:${port}`,
-      '-device',
-      `virtio-net-pci,netdev=cluster,mac=${mac},romfile=`,
-    );
+    nics.push('-netdev', `tap,id=cluster,ifname=${tap},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=cluster,mac=${spec.cluster.mac},romfile=`);
   }
   if (spec.user) {
     const guestIp = spec.user.address?.address ?? '';
@@ -179,6 +179,7 @@ export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Gu
     '-serial',
     'chardev:console',
     ...boot,
+    ...(spec.sdCard ? ['-device', 'sdhci-pci', '-drive', `file=${spec.sdCard},format=raw,if=none,id=sd,cache=unsafe`, '-device', 'sd-card,drive=sd'] : []),
     ...nics,
     '-device',
     'virtio-rng-pci',
@@ -190,16 +191,18 @@ export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Gu
     pid: subprocess.pid ?? 0,
     stopped: Promise.resolve(),
     consoleFrom: existsSync(spec.console) ? statSync(spec.console).size : 0,
+    async stop() {
+      if (guest.exit) return;
+      subprocess.kill('SIGTERM');
+      await guest.stopped;
+    },
   };
   guest.stopped = subprocess.then((result) => {
     guest.exit = result.exitCode !== undefined ? `exit code ${result.exitCode}` : `signal ${result.signal}`;
     if (result.exitCode) guest.exit += `: ${String(result.stderr).trim().split('\n').at(-1)}`;
   });
-  ctx.defer(`stop the guest (QEMU pid ${guest.pid})`, async () => {
-    if (guest.exit) return;
-    subprocess.kill('SIGTERM');
-    await guest.stopped;
-  });
+  ctx.defer(`stop the guest (QEMU pid ${guest.pid})`, () => guest.stop());
+  if (spec.cluster && tap) await spec.cluster.link.join(ctx, tap, () => !guest.exit);
   return guest;
 }
 

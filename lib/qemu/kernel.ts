@@ -12,7 +12,7 @@
  */
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { UserError } from '../../engine/errors.ts';
 import { withLock } from '../../engine/lock.ts';
 import type { BuildContext } from '../../engine/stage.ts';
@@ -33,6 +33,8 @@ export interface GuestKernel {
 }
 
 const FLAVOUR: Record<GuestArch, string> = { arm64: 'linux-image-cloud-arm64', armhf: 'linux-image-armmp-lpae' };
+/** A node's kernel: Debian's generic arm64 one, which has the SD card's drivers (the cloud one has none). */
+const NODE_FLAVOUR = 'linux-image-arm64';
 
 /** Config lines a kernel needs to boot under `-M virt` from a virtio disk with a PL011 console. */
 const VIRT_NEEDS = [
@@ -171,6 +173,15 @@ for m in $(cat /modules.order); do insmod "/modules/$m"; done
 for arg in $(cat /proc/cmdline); do
   case "$arg" in root=*) root=\${arg#root=} ;; nfsroot=*) nfsroot=\${arg#nfsroot=} ;; rw) mode=rw ;; esac
 done
+# root=PARTUUID=<MBR disk id>-<partition>, as on a Pi's SD card: the disk whose MBR has that id.
+partuuid() {
+  id=\${1%-*}; n=$(expr "\${1##*-}" + 0)
+  for disk in /sys/block/*; do
+    d=/dev/\${disk##*/}
+    [ "$(od -An -tx4 -j440 -N4 "$d" 2>/dev/null | tr -d ' ')" = "$id" ] || continue
+    case "$d" in *[0-9]) echo "\${d}p$n" ;; *) echo "$d$n" ;; esac
+  done
+}
 handover() {
   if [ -e /newroot/sbin/init ] || [ -L /newroot/sbin/init ]; then
     umount /proc /sys
@@ -189,8 +200,12 @@ if [ "$root" = /dev/nfs ]; then
   fi
 else
   i=0
-  while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-  if mount -t ext4 -o ro "$root" /newroot; then handover "$root"; else echo "verify initrd: cannot mount $root"; fi
+  while [ $i -lt 100 ]; do
+    case "$root" in PARTUUID=*) device=$(partuuid "\${root#PARTUUID=}") ;; *) device=$root ;; esac
+    [ -b "$device" ] && break
+    sleep 0.1; i=$((i + 1))
+  done
+  if mount -t ext4 -o ro "$device" /newroot; then handover "$root ($device)"; else echo "verify initrd: cannot mount $root"; fi
 fi
 poweroff -f
 `;
@@ -209,15 +224,17 @@ exit 0
 
 /** Modules the initrd loads (with their dependencies): a virtio disk holding ext4, or a virtio NIC and NFS 4. */
 const INITRD_MODULES = ['virtio_pci', 'virtio_blk', 'ext4', 'virtio_net', 'nfsv4'];
+/** And on a node: its SD card and the FAT boot partition on it, which a deploy mounts. */
+const NODE_MODULES = [...INITRD_MODULES, 'sdhci_pci', 'mmc_block', 'vfat', 'nls_cp437', 'nls_ascii', 'nls_utf8'];
 
-async function makeInitrd(ctx: BuildContext, tree: string, version: string, output: string): Promise<void> {
+async function makeInitrd(ctx: BuildContext, tree: string, version: string, modules: readonly string[], output: string): Promise<void> {
   const staging = `${output}.d`;
   rmSync(staging, { recursive: true, force: true });
   for (const d of ['bin', 'dev', 'proc', 'sys', 'newroot', 'modules']) mkdirSync(join(staging, d), { recursive: true });
   ctx.defer(`remove ${staging}`, () => rmSync(staging, { recursive: true, force: true }));
   copyFileSync(join(tree, 'bin/busybox'), join(staging, 'bin/busybox'));
   const order: string[] = [];
-  for (const name of INITRD_MODULES) {
+  for (const name of modules) {
     // "insmod PATH" per module, dependencies first; "builtin NAME" when it is in the kernel.
     const { stdout } = await ctx.run('modprobe', ['--dirname', tree, '--set-version', version, '--show-depends', name]);
     for (const path of stdout.split('\n').flatMap((l) => /^insmod (\S+)/.exec(l)?.[1] ?? [])) {
@@ -234,8 +251,23 @@ async function makeInitrd(ctx: BuildContext, tree: string, version: string, outp
 }
 
 /** Debian's generic kernel for `arch`, its modules, and an initrd for it (all cached). */
-export async function debianKernel(ctx: BuildContext, arch: GuestArch, mirror: string): Promise<GuestKernel> {
-  const { dir, versions } = await debianPackages(ctx, arch, mirror, [FLAVOUR[arch], 'busybox-static']);
+export function debianKernel(ctx: BuildContext, arch: GuestArch, mirror: string): Promise<GuestKernel> {
+  return kernelWith(ctx, arch, mirror, FLAVOUR[arch], INITRD_MODULES);
+}
+
+/**
+ * The kernel and initrd a QEMU node boots in a Pi's place: they know its SD card (arm64). The
+ * kernel gzip'd, as U-Boot's booti takes it: a node fetches it over TFTP at each power-on.
+ */
+export async function nodeKernel(ctx: BuildContext, mirror: string): Promise<GuestKernel> {
+  const kernel = await kernelWith(ctx, 'arm64', mirror, NODE_FLAVOUR, NODE_MODULES);
+  const gzipped = join(dirname(kernel.initrd), `vmlinuz-${kernel.version}.gz`);
+  if (!existsSync(gzipped)) await ctx.run('sh', ['-c', 'gzip -9 -c "$1" > "$2.part" && mv "$2.part" "$2"', 'sh', kernel.kernel, gzipped]);
+  return { ...kernel, kernel: gzipped };
+}
+
+async function kernelWith(ctx: BuildContext, arch: GuestArch, mirror: string, flavour: string, initrdModules: readonly string[]): Promise<GuestKernel> {
+  const { dir, versions } = await debianPackages(ctx, arch, mirror, [flavour, 'busybox-static']);
   const tree = join(dir, 'root');
   const version = readdirSync(join(tree, 'lib/modules'))[0];
   if (!version) throw new UserError(`${dir} holds no kernel modules: remove it and run verify again`);
@@ -244,13 +276,13 @@ export async function debianKernel(ctx: BuildContext, arch: GuestArch, mirror: s
   const initrd = join(
     dir,
     `initrd-${createHash('sha256')
-      .update(INIT + UDHCPC + INITRD_MODULES.join())
+      .update(INIT + UDHCPC + initrdModules.join())
       .digest('hex')
       .slice(0, 12)}.img`,
   );
   if (!existsSync(initrd)) {
     if (!existsSync(join(modules, 'modules.dep'))) await ctx.run('depmod', ['--basedir', tree, version]);
-    await makeInitrd(ctx, tree, version, initrd);
+    await makeInitrd(ctx, tree, version, initrdModules, initrd);
   }
   return {
     source: `Debian's ${versions.split(', ')[0]} (the image has no kernel that boots under QEMU's virt machine)`,

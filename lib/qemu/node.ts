@@ -1,17 +1,19 @@
 /**
  * `verify --node`: a cluster node boots from the pimaster under test, as a Raspberry Pi without an
- * SD card does, on a link that only the two guests share (QEMU socket networking on 127.0.0.1):
+ * SD card does, on the cluster's Ethernet (cluster-link.ts), powered by the agent through the PoE
+ * switch stand-in (poe-switch.ts):
  *
  *   prepare  the pimaster's throw-away copy gets what QEMU can boot in the node's place: Debian's
  *            kernel and verify's initrd in /tftpboot/rpiboot_uboot/ (the Raspberry Pi kernel does
  *            not run on QEMU's virt machine), and /tftpboot/boot.scr.uimg, the script U-Boot runs
- *            after its DHCP: it fetches the kernel and initrd over TFTP from the node's directory
- *            and boots them with rpiboot_uboot/cmdline.txt, unchanged, plus a console QEMU has.
- *   node     the node registered through the agent's API (POST /v1/admin/add/client: its name, IP
- *            and MAC become a dhcp-host line, dnsmasq restarts), its TFTP directory made as the
- *            agent's deploy makes it (/tftpboot/<serial>/ links to rpiboot_uboot/), the node
- *            powered on (U-Boot, no disk), reached over SSH from the pimaster with the pimaster's
- *            root key, as the agent does, checked, booted a second time, checked again.
+ *            after its DHCP: it fetches the kernel, the initrd and cmdline.txt over TFTP from the
+ *            node's directory and boots them with that cmdline.txt, plus a console QEMU has.
+ *   node     through the agent's API: the node's DHCP entry (add/client: a dhcp-host line,
+ *            dnsmasq restarts), the switch (add/switch: the agent walks its PoE ports), the node on
+ *            its port (add/node); its TFTP directory made as the agent's deploy makes it
+ *            (/tftpboot/<serial>/ links to rpiboot_uboot/); the node powered on by the agent
+ *            (U-Boot, no disk), reached over SSH from the pimaster with the pimaster's root key, as
+ *            the agent does, checked, powered off and on again by the agent, checked again.
  *
  * The initrd does with root=/dev/nfs, nfsroot= and ip=dhcp what the Raspberry Pi kernel does
  * itself: the address from DHCP, then the NFS root with the options of cmdline.txt.
@@ -25,9 +27,11 @@ import type { BuildContext } from '../../engine/stage.ts';
 import { entryInRoot, inRoot } from '../image/in-root.ts';
 import { intToIpv4, ipv4ToInt } from '../net.ts';
 import type { Check, CheckResult } from './checks.ts';
+import type { ClusterLink } from './cluster-link.ts';
 import type { GuestFacts } from './facts.ts';
 import { type Guest, type SshTarget, startGuest } from './guest.ts';
 import type { GuestKernel } from './kernel.ts';
+import { type PoeSwitch, startPoeSwitch } from './poe-switch.ts';
 
 /**
  * The node QEMU boots: a made-up serial (a Pi's is in its OTP) and MAC. Debian's U-Boot for QEMU
@@ -37,8 +41,9 @@ import type { GuestKernel } from './kernel.ts';
  */
 export const NODE = { name: 'verify-node', serial: '0e5a1c1d', mac: '52:52:52:52:52:52', mac0: '52:54:00:4e:00:01' } as const;
 export const U_BOOT = '/usr/lib/u-boot/qemu_arm64/u-boot.bin';
-const KERNEL_FILE = 'vmlinuz-verify';
-const INITRD_FILE = 'initrd-verify.img';
+/** The node's kernel and initrd in /tftpboot/<serial>/ (a deployed environment's boot partition has them too). */
+export const NODE_KERNEL_FILE = 'vmlinuz-verify';
+export const NODE_INITRD_FILE = 'initrd-verify.img';
 
 /** The node's address: the tenth of the pimaster's subnet (never the pimaster's own). */
 export function nodeAddress(facts: GuestFacts): string {
@@ -49,17 +54,27 @@ export function nodeAddress(facts: GuestFacts): string {
   return intToIpv4(ip);
 }
 
-/** The U-Boot script the node runs after its DHCP: the kernel and initrd over TFTP, booted with `cmdline`. */
-export function nodeBootScript(cmdline: string): string {
-  const args = `${cmdline.trim()} console=ttyAMA0`;
-  if (/["\\$]/.test(args))
-    throw new UserError(`--node: rpiboot_uboot/cmdline.txt holds a quote, backslash or $ that U-Boot would read otherwise: ${cmdline.trim()}`);
+/**
+ * The U-Boot script the node runs after its DHCP, in the place of a Pi's network boot: the kernel,
+ * the initrd and cmdline.txt from the node's own TFTP directory, /tftpboot/<serial>/, booted with
+ * that cmdline.txt as it is there now (the NFS root's until a deploy replaces the directory with
+ * the environment's boot files), plus a console QEMU has. The file is read into zeroed memory and
+ * made the boot arguments with `setexpr.s`.
+ */
+export function nodeBootScript(): string {
   return [
     `echo build-image verify: node ${NODE.serial} boots from \${serverip}`,
-    `tftpboot \${kernel_addr_r} ${NODE.serial}/${KERNEL_FILE}`,
-    `tftpboot \${ramdisk_addr_r} ${NODE.serial}/${INITRD_FILE}`,
+    // The kernel is gzip'd (a third of the bytes over a slow TFTP): booti unpacks it via kernel_comp_addr_r.
+    `tftpboot \${kernel_addr_r} ${NODE.serial}/${NODE_KERNEL_FILE}`,
+    'setenv kernel_comp_addr_r 0x50000000',
+    'setenv kernel_comp_size ${filesize}',
+    `tftpboot \${ramdisk_addr_r} ${NODE.serial}/${NODE_INITRD_FILE}`,
     'setenv initrd_size ${filesize}',
-    `setenv bootargs "${args}"`,
+    'mw.b ${pxefile_addr_r} 0 0x10000',
+    `tftpboot \${pxefile_addr_r} ${NODE.serial}/cmdline.txt`,
+    'setexpr.s bootargs *${pxefile_addr_r}',
+    'setenv bootargs "${bootargs} console=ttyAMA0"',
+    'echo build-image verify: bootargs ${bootargs}',
     'booti ${kernel_addr_r} ${ramdisk_addr_r}:${initrd_size} ${fdtcontroladdr}',
     '',
   ].join('\n');
@@ -69,25 +84,28 @@ export function nodeBootScript(cmdline: string): string {
 export async function prepareNodeBoot(ctx: BuildContext, root: string, kernel: GuestKernel): Promise<void> {
   if (!existsSync(U_BOOT) || !findOnPath('mkimage'))
     throw new UserError(`--node needs U-Boot for QEMU (${U_BOOT}) and mkimage: apt-get install u-boot-qemu u-boot-tools`);
+  if (!findOnPath('snmpd') || !findOnPath('ip'))
+    throw new UserError("--node needs net-snmp's snmpd (the PoE switch stand-in) and ip (the cluster link): apt-get install snmpd iproute2");
   const cmdline = readFileSync(inRoot(root, 'tftpboot/rpiboot_uboot/cmdline.txt'), 'utf8');
+  if (cmdline.length > 4096) throw new UserError('--node: rpiboot_uboot/cmdline.txt is longer than a kernel command line can be');
   // Written into the image's copy: a link already at one of these names is replaced, never followed.
   const into = (name: string) => {
     const file = entryInRoot(root, `tftpboot/rpiboot_uboot/${name}`);
     rmSync(file, { force: true });
     return file;
   };
-  cpSync(kernel.kernel, into(KERNEL_FILE), { dereference: true });
-  cpSync(kernel.initrd, into(INITRD_FILE), { dereference: true });
+  cpSync(kernel.kernel, into(NODE_KERNEL_FILE), { dereference: true });
+  cpSync(kernel.initrd, into(NODE_INITRD_FILE), { dereference: true });
   const script = join(ctx.paths.work, 'node-boot.txt');
-  writeFileSync(script, nodeBootScript(cmdline));
+  writeFileSync(script, nodeBootScript());
   const uimg = entryInRoot(root, 'tftpboot/boot.scr.uimg');
   rmSync(uimg, { force: true });
   await ctx.run('mkimage', ['-A', 'arm64', '-O', 'linux', '-T', 'script', '-C', 'none', '-n', 'build-image verify node', '-d', script, uimg]);
-  ctx.log.line(`node: boots ${KERNEL_FILE} and ${INITRD_FILE} from /tftpboot/${NODE.serial}/ with: ${cmdline.trim()} console=ttyAMA0`);
+  ctx.log.line(`node: boots ${NODE_KERNEL_FILE} and ${NODE_INITRD_FILE} from /tftpboot/${NODE.serial}/ with: ${cmdline.trim()} console=ttyAMA0`);
 }
 
 /** Shell run on the pimaster that runs `command` on the node, as the agent reaches nodes. */
-function onNode(ip: string, command: string): string {
+export function onNode(ip: string, command: string): string {
   return `ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10 root@${ip} ${quote(command)}`;
 }
 
@@ -96,38 +114,154 @@ export interface NodeRun {
   /** The pimaster's forwarded agent API port on 127.0.0.1. */
   agentPort: number;
   facts: GuestFacts;
-  /** The socket the pimaster listens on for the cluster link. */
-  clusterPort: number;
+  /** The cluster's Ethernet, which the pimaster's cluster NIC is on. */
+  link: ClusterLink;
   console: string;
   timeoutS: number;
+  /** The node's SD card (a raw file), for --deploy. */
+  sdCard?: string;
   /** Run a shell command on the pimaster. */
   run(command: string, timeoutMs?: number): Promise<{ ok: boolean; out: string }>;
 }
 
-/** Register the node through the agent's API, with the token the pimaster's first boot made. */
-async function register(ctx: BuildContext, node: NodeRun, ip: string): Promise<CheckResult> {
+/** The PoE switch stand-in as the agent knows it: the pimaster on port 1, the node on port 2. */
+export const SWITCH = { name: 'verify-switch', community: 'verify', ports: 4, masterPort: 1, nodePort: 2 } as const;
+
+/** The agent's HTTP API on the pimaster (its port forwarded to 127.0.0.1), with its token. */
+export interface Agent {
+  post(path: string, body: Record<string, unknown>): Promise<{ ok: boolean; text: string; json?: Record<string, unknown> }>;
+}
+
+async function agentOf(ctx: BuildContext, node: NodeRun): Promise<Agent | string> {
   const token = await node.run(`python3 -c 'import json; print(json.load(open("/root/piseduce_agent/config_agent.json"))["auth_token"][0])'`);
-  if (!token.ok) return { name: 'node registered through the agent API', ok: false, saw: `no agent token: ${token.out}` };
-  const body = { token: token.out.trim(), name: NODE.name, ip, mac_address: NODE.mac };
-  let answer: string;
-  try {
-    const response = await fetch(`http://127.0.0.1:${node.agentPort}/v1/admin/add/client`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-      signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(60_000)]),
-    });
-    answer = (await response.text()).trim();
-  } catch (error) {
-    return { name: 'node registered through the agent API', ok: false, saw: `no answer from the agent: ${(error as Error).message}` };
-  }
+  if (!token.ok) return `no agent token: ${token.out}`;
+  return {
+    async post(path, body) {
+      try {
+        const response = await fetch(`http://127.0.0.1:${node.agentPort}${path}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ token: token.out.trim(), ...body }),
+          signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(120_000)]),
+        });
+        const text = (await response.text()).trim();
+        let json: Record<string, unknown> | undefined;
+        try {
+          json = JSON.parse(text) as Record<string, unknown>;
+        } catch {}
+        return { ok: response.ok && json !== undefined, text: `HTTP ${response.status} ${text.slice(0, 200)}`, json };
+      } catch (error) {
+        ctx.signal.throwIfAborted();
+        return { ok: false, text: `no answer from the agent: ${(error as Error).message}` };
+      }
+    },
+  };
+}
+
+/** Register the node's DHCP entry through the agent's API. */
+async function register(agent: Agent, node: NodeRun, ip: string): Promise<CheckResult> {
+  const answer = await agent.post('/v1/admin/add/client', { name: NODE.name, ip, mac_address: NODE.mac });
   const line = await node.run(`grep -x 'dhcp-host=${NODE.mac},${NODE.name},${ip}' /etc/dnsmasq.conf && systemctl is-active dnsmasq`);
   return {
     name: 'node registered through the agent API',
-    ok: /"client"/.test(answer) && line.ok,
-    saw: `${answer}; dnsmasq.conf: ${line.out.split('\n')[0] || 'no dhcp-host line'}`,
+    ok: answer.ok && 'client' in (answer.json ?? {}) && line.ok,
+    saw: `${answer.text}; dnsmasq.conf: ${line.out.split('\n')[0] || 'no dhcp-host line'}`,
   };
 }
+
+/** The switch and the node, added through the agent's API as an administrator adds them. */
+async function addSwitchAndNode(agent: Agent, sw: PoeSwitch, ip: string): Promise<CheckResult[]> {
+  // The agent pings the switch, walks the PoE column above the OID and keeps what it found.
+  const added = await agent.post('/v1/admin/add/switch', {
+    name: SWITCH.name,
+    ip: sw.address,
+    community: sw.community,
+    master_port: SWITCH.masterPort,
+    poe_oid: sw.firstPortOid,
+    power_oid: sw.firstPortOid,
+  });
+  const switches = await agent.post('/v1/user/switch/list', {});
+  const switchResult: CheckResult = {
+    name: `PoE switch ${sw.address} added through the agent API (it walks the switch's PoE ports itself)`,
+    ok: added.ok && added.json?.switch === SWITCH.name,
+    saw: `${added.text}; ${switches.text}`,
+  };
+  const node = await agent.post('/v1/admin/add/node', {
+    name: NODE.name,
+    ip,
+    switch: SWITCH.name,
+    port_number: SWITCH.nodePort,
+    model: 'QEMU',
+    serial: NODE.serial,
+  });
+  return [
+    switchResult,
+    {
+      name: `node added through the agent API on the switch's port ${SWITCH.nodePort}, serial ${NODE.serial}`,
+      ok: node.ok && node.json?.node === NODE.name,
+      saw: node.text,
+    },
+  ];
+}
+
+/**
+ * The node's power, as the PoE switch stand-in sets its port: on boots a QEMU node from cold, off
+ * ends it at once. Steps run in order. A node that reboots itself (QEMU ends) starts again after a
+ * pause while its port is on: a Pi's boot ROM and bootloader take seconds to bring its Ethernet
+ * back, and the agent's boot_files waits for the rebooted node to stop answering ping, which
+ * U-Boot, busy with its TFTP, would do at once.
+ */
+export class NodePower {
+  guest?: Guest;
+  /** Set when a power step failed (QEMU would not start). */
+  error?: string;
+  /** Reboots the node did itself. */
+  reboots = 0;
+  #on = false;
+  #chain: Promise<void> = Promise.resolve();
+  readonly #start: () => Promise<Guest>;
+  readonly #console: string;
+  readonly #signal: AbortSignal;
+  constructor(start: () => Promise<Guest>, console: string, signal: AbortSignal) {
+    this.#start = start;
+    this.#console = console;
+    this.#signal = signal;
+  }
+  set(on: boolean): void {
+    this.#on = on;
+    this.#chain = this.#chain.then(async () => {
+      try {
+        if (on && (!this.guest || this.guest.exit)) {
+          this.guest = await this.#start();
+          this.#watch(this.guest);
+        }
+        if (!on && this.guest) await this.guest.stop();
+      } catch (error) {
+        this.error = (error as Error).message;
+      }
+    });
+  }
+  /** Until every power step asked so far is done. */
+  settled(): Promise<void> {
+    return this.#chain;
+  }
+  #watch(guest: Guest): void {
+    void guest.stopped.then(async () => {
+      const output = existsSync(this.#console) ? readFileSync(this.#console).subarray(guest.consoleFrom).toString('utf8') : '';
+      if (!this.#on || this.guest !== guest || !/reboot: Restarting system/.test(output)) return;
+      this.reboots++;
+      try {
+        await sleep(RESTART_PAUSE_MS, undefined, { signal: this.#signal });
+      } catch {
+        return;
+      }
+      if (this.#on && this.guest === guest) this.set(true);
+    });
+  }
+}
+
+/** A Pi 4's reboot until its bootloader asks DHCP again: several seconds (more than the agent's ping period). */
+const RESTART_PAUSE_MS = 10_000;
 
 /** Wait until the node answers SSH from the pimaster; false when QEMU stopped or time ran out. */
 async function waitForNode(ctx: BuildContext, node: NodeRun, guest: Guest, ip: string): Promise<boolean> {
@@ -196,11 +330,58 @@ export function nodeChecks(ip: string, facts: GuestFacts, environment: string | 
   ];
 }
 
-/** Boot the node, run its checks, boot it again and check its keys stayed; power it off. */
-export async function runNode(ctx: BuildContext, node: NodeRun, runCheck: (check: Check) => Promise<CheckResult>): Promise<CheckResult[]> {
+/**
+ * Add the switch and the node through the agent, power the node on through the agent's API (an
+ * SNMP set on the stand-in, which boots the node), run its checks, power it off and on again and
+ * check its keys stayed; power it off.
+ */
+/** What a deploy (deploy.ts) goes on with once the node booted and was checked. */
+export interface NodeSession {
+  node: NodeRun;
+  agent: Agent;
+  power: NodePower;
+  sw: PoeSwitch;
+  ip: string;
+  /** The node's SSH host keys at its first boot. */
+  firstKeys: string;
+}
+
+export async function runNode(
+  ctx: BuildContext,
+  node: NodeRun,
+  runCheck: (check: Check) => Promise<CheckResult>,
+  /** Run after the first boot in the place of the second (verify --deploy). */
+  deploy?: (session: NodeSession) => Promise<CheckResult[]>,
+): Promise<CheckResult[]> {
   const ip = nodeAddress(node.facts);
-  const results: CheckResult[] = [await register(ctx, node, ip)];
+  const agent = await agentOf(ctx, node);
+  if (typeof agent === 'string') return [{ name: 'node registered through the agent API', ok: false, saw: agent }];
+  const results: CheckResult[] = [await register(agent, node, ip)];
   if (!results[0]!.ok) return results;
+  const power = new NodePower(
+    () =>
+      startGuest(ctx, {
+        arch: 'arm64',
+        boot: { firmware: U_BOOT },
+        console: node.console,
+        memoryMiB: 1024,
+        cluster: { link: node.link, mac: NODE.mac },
+        sdCard: node.sdCard,
+      }),
+    node.console,
+    ctx.signal,
+  );
+  const sw = await startPoeSwitch(ctx, {
+    link: node.link,
+    community: SWITCH.community,
+    ports: SWITCH.ports,
+    onPower: (port, on) => {
+      if (port === SWITCH.nodePort) power.set(on);
+    },
+  });
+  sw.table.ports[SWITCH.masterPort - 1] = true;
+  results.push(...(await addSwitchAndNode(agent, sw, ip)));
+  if (!results.every((r) => r.ok)) return results;
   const dir = await node.run(
     `rm -rf /tftpboot/${NODE.serial} && mkdir /tftpboot/${NODE.serial} && for f in /tftpboot/rpiboot_uboot/*; do ln -s "$f" /tftpboot/${NODE.serial}/; done && ls /tftpboot/${NODE.serial} | wc -l`,
   );
@@ -210,27 +391,31 @@ export async function runNode(ctx: BuildContext, node: NodeRun, runCheck: (check
     saw: dir.ok ? `${dir.out.trim()} links` : dir.out,
   });
   if (!dir.ok) return results;
+  const switchPorts = `/v1/admin/switch/ports/${SWITCH.name}`;
   let firstKeys = '';
-  for (const boot of [1, 2]) {
+  for (const boot of deploy ? [1] : [1, 2]) {
     const started = performance.now();
-    const guest = await startGuest(ctx, {
-      arch: 'arm64',
-      boot: { firmware: U_BOOT },
-      console: node.console,
-      memoryMiB: 1024,
-      cluster: { port: node.clusterPort, listen: false, mac: NODE.mac },
-    });
-    const up = await waitForNode(ctx, node, guest, ip);
+    const from = sw.events.length;
+    const on = await agent.post(`/v1/admin/switch/turn_on/${SWITCH.name}`, { ports: [SWITCH.nodePort] });
+    await power.settled();
+    const guest = power.guest;
+    const up = on.ok && !power.error && guest !== undefined && !guest.exit && (await waitForNode(ctx, node, guest, ip));
     const seconds = Math.round((performance.now() - started) / 100) / 10;
     results.push({
-      name: `node boot ${boot}: U-Boot, DHCP, TFTP, NFS root, SSH from the pimaster`,
+      name: `node boot ${boot}: powered on by the agent over SNMP, U-Boot, DHCP, TFTP, NFS root, SSH from the pimaster`,
       ok: up,
       saw: up
-        ? `SSH answered ${seconds} s after power-on`
-        : `no SSH within ${node.timeoutS} s${guest.exit ? ` (QEMU ${guest.exit})` : ''}: see ${node.console}`,
+        ? `SSH answered ${seconds} s after the agent's turn_on`
+        : `${on.ok ? '' : `turn_on: ${on.text}; `}${power.error ?? ''}no SSH within ${node.timeoutS} s${guest?.exit ? ` (QEMU ${guest.exit})` : ''}: see ${node.console}`,
     });
     if (!up) break;
     if (boot === 1) {
+      const ports = await agent.post(switchPorts, {});
+      results.push({
+        name: `the agent reads the node's port ${SWITCH.nodePort} as on from the switch`,
+        ok: ports.ok && (ports.json?.[SWITCH.name] as string[] | undefined)?.[SWITCH.nodePort - 1] === 'on',
+        saw: ports.text,
+      });
       for (const check of nodeChecks(ip, node.facts, await firstEnvironment(node))) results.push(await runCheck(check));
       firstKeys = (await node.run(onNode(ip, 'cat /etc/ssh/ssh_host_*_key.pub | sort'))).out;
     } else {
@@ -241,10 +426,16 @@ export async function runNode(ctx: BuildContext, node: NodeRun, runCheck: (check
         saw: keys === firstKeys ? `${keys.trim().split('\n').length} keys unchanged` : 'the keys changed',
       });
     }
-    await node.run(onNode(ip, 'systemctl poweroff --no-block'));
-    if (!(await Promise.race([guest.stopped.then(() => true), sleep(120_000, false, { signal: ctx.signal })])))
-      ctx.log.line('the node did not power off in time: its QEMU is stopped');
+    const off = await agent.post(`/v1/admin/switch/turn_off/${SWITCH.name}`, { ports: [SWITCH.nodePort] });
+    await power.settled();
+    const sets = sw.events.slice(from).map((e) => `port ${e.port} ${e.on ? 'on' : 'off'}`);
+    results.push({
+      name: `power cycle ${boot}: the agent's SNMP sets on the switch stand-in turned the node on, then off`,
+      ok: off.ok && sets.join() === `port ${SWITCH.nodePort} on,port ${SWITCH.nodePort} off` && guest.exit !== undefined,
+      saw: `${sets.join(', ') || 'no SNMP set'}; QEMU ${guest.exit ?? 'still running'}`,
+    });
   }
+  if (deploy && results.every((r) => r.ok)) results.push(...(await deploy({ node, agent, power, sw, ip, firstKeys })));
   return results;
 }
 

@@ -50,7 +50,7 @@ function filesUnder(dir: string): string[] {
  * PiSeduce refs and environment image it is given (the base image by its file name, which
  * holds the hash of its recipe).
  */
-function codeKey(base: string, fixture: string): string {
+export function codeKey(base: string, fixture: string): string {
   const hash = createHash('sha256').update(`${base}\n${basename(fixture)}\n`);
   // What boots, checks or writes an image (verify, flash) does not make it: a change there keeps the build.
   const notBuild = ['lib/qemu/', 'lib/card/', 'pipelines/verify.ts', 'pipelines/flash.ts', 'pipelines/pimaster/checks.ts'];

@@ -5,9 +5,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { formatResults, lastLine, readChecksFile, systemChecks } from '../../lib/qemu/checks.ts';
+import { DEPLOY_STATES, statesFromLog } from '../../lib/qemu/deploy.ts';
 import { dhcpcdStatic, natUplink, nmStatic, readFacts } from '../../lib/qemu/facts.ts';
 import { userNetwork } from '../../lib/qemu/guest.ts';
 import { bootsUnderVirt, ownKernel } from '../../lib/qemu/kernel.ts';
+import { nodeBootScript } from '../../lib/qemu/node.ts';
 
 const temp = (t: { teardown(fn: () => void): void }) => {
   const dir = mkdtempSync(join(tmpdir(), 'verify-units-'));
@@ -101,4 +103,32 @@ test('checks: the address check is there only for a static address; results one 
     ]),
     'PASS  one    x\nFAIL  three  y',
   );
+});
+
+test("the agent's log gives the deploy's states in order, with their times; other nodes' lines are not its", (t) => {
+  const log = [
+    '2026-12-06 18:01:02 INFO     [verify-node] starts the deploy process (start date: 2026-12-06 18:00:00)',
+    "2026-12-06 18:01:02 INFO     [verify-node] changes to the 'boot_conf' state",
+    "2026-12-06 18:01:05 INFO     [other-node] changes to the 'turn_off' state",
+    "2026-12-06 18:01:05 INFO     [verify-node] changes to the 'turn_off' state",
+    "2026-12-06 18:01:08 INFO     [verify-node] successfully executes 'turn_off_exec'",
+    "2026-12-06 18:01:08 INFO     [verify-node] changes to the 'turn_on' state",
+    "2026-12-06 18:02:00 INFO     [verify-node] successfully executes 'destroying_exec'",
+    "2026-12-06 18:02:03 INFO     [verify-node] changes to the 'turn_off' state",
+  ].join('\n');
+  t.deepEqual(statesFromLog(log, 'verify-node'), [
+    { state: 'boot_conf', at: '2026-12-06 18:01:02' },
+    { state: 'turn_off', at: '2026-12-06 18:01:05' },
+    { state: 'turn_on', at: '2026-12-06 18:01:08' },
+    { state: 'destroying', at: '2026-12-06 18:02:00' },
+    { state: 'turn_off', at: '2026-12-06 18:02:03' },
+  ]);
+  t.is(DEPLOY_STATES.indexOf('env_copy'), 4, "the agent's order (raspberry/states.py)");
+});
+
+test("the node's U-Boot script boots the kernel, initrd and cmdline.txt of the node's own TFTP directory", (t) => {
+  const script = nodeBootScript();
+  t.regex(script, /^tftpboot \$\{kernel_addr_r\} 0e5a1c1d\/vmlinuz-verify$/m);
+  t.regex(script, /^tftpboot \$\{pxefile_addr_r\} 0e5a1c1d\/cmdline\.txt\nsetexpr\.s bootargs \*\$\{pxefile_addr_r\}$/m);
+  t.regex(script, /^booti /m);
 });
