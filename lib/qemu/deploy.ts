@@ -23,6 +23,7 @@ import type { BuildContext } from '../../engine/stage.ts';
 import type { CheckResult } from './checks.ts';
 import type { DeployEnvironment } from './environment.ts';
 import { NODE, type NodeSession, onNode, SWITCH } from './node.ts';
+import { powerSteps } from './poe-switch.ts';
 
 /** The deploy's states in the agent's order (raspberry/states.py), and destroy's. */
 export const DEPLOY_STATES = [
@@ -166,7 +167,7 @@ export async function runDeploy(ctx: BuildContext, session: NodeSession, spec: D
           `the node's console (${node.console}):\n${tail(node.console, 15)}\nthe switch stand-in's log (${sw.log}):\n${tail(sw.log, 6)}\n` +
           `the pimaster's console: ${join(dirname(node.console), 'console.log')}`,
   });
-  const sets = sw.events.slice(from).map((e) => `port ${e.port} ${e.on ? 'on' : 'off'}`);
+  const sets = powerSteps(sw.events, from);
   // turn_off then turn_on; again for each hard reboot the agent chose (a node slow to answer ping).
   const cycle = [`port ${SWITCH.nodePort} off`, `port ${SWITCH.nodePort} on`];
   results.push({
@@ -218,7 +219,7 @@ export async function runDeploy(ctx: BuildContext, session: NodeSession, spec: D
   const destroyStates = statesFromLog((await node.run(`tail -n +${destroyLog + 1} /root/piseduce_agent/info_exec.log`)).out, NODE.name);
   const dir = await node.run(`test -e /tftpboot/${NODE.serial} && echo present || echo removed`);
   await power.settled();
-  const offSets = sw.events.slice(destroyFrom).map((e) => `port ${e.port} ${e.on ? 'on' : 'off'}`);
+  const offSets = powerSteps(sw.events, destroyFrom);
   results.push({
     name: "destroy: the agent's states in order, the node's port off, its TFTP directory removed (its next deploy boots NFS again)",
     ok:

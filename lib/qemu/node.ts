@@ -31,7 +31,7 @@ import type { ClusterLink } from './cluster-link.ts';
 import type { GuestFacts } from './facts.ts';
 import { type Guest, type SshTarget, startGuest } from './guest.ts';
 import type { GuestKernel } from './kernel.ts';
-import { type PoeSwitch, startPoeSwitch } from './poe-switch.ts';
+import { type PoeSwitch, powerSteps, startPoeSwitch } from './poe-switch.ts';
 
 /**
  * The node QEMU boots: a made-up serial (a Pi's is in its OTP) and MAC. Debian's U-Boot for QEMU
@@ -428,7 +428,7 @@ export async function runNode(
     }
     const off = await agent.post(`/v1/admin/switch/turn_off/${SWITCH.name}`, { ports: [SWITCH.nodePort] });
     await power.settled();
-    const sets = sw.events.slice(from).map((e) => `port ${e.port} ${e.on ? 'on' : 'off'}`);
+    const sets = powerSteps(sw.events, from);
     results.push({
       name: `power cycle ${boot}: the agent's SNMP sets on the switch stand-in turned the node on, then off`,
       ok: off.ok && sets.join() === `port ${SWITCH.nodePort} on,port ${SWITCH.nodePort} off` && guest.exit !== undefined,

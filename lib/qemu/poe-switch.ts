@@ -27,6 +27,20 @@ export interface PowerEvent {
   request: string;
 }
 
+/**
+ * The power steps that `events` since index `from` made: `port N on|off`, a set that repeats the
+ * one before it left out (snmpset sends a set again when the answer is slow, and a repeated set
+ * changes nothing).
+ */
+export function powerSteps(events: readonly PowerEvent[], from = 0): string[] {
+  const steps: string[] = [];
+  for (const e of events.slice(from)) {
+    const step = `port ${e.port} ${e.on ? 'on' : 'off'}`;
+    if (steps.at(-1) !== step) steps.push(step);
+  }
+  return steps;
+}
+
 function parseOid(oid: string): number[] {
   return oid.replace(/^\./, '').split('.').filter(Boolean).map(Number);
 }

@@ -1,6 +1,6 @@
 /** The PoE switch stand-in's table and snmpd's pass_persist protocol, without snmpd. */
 import test from 'ava';
-import { PassPersist, POE_COLUMN, PoeTable } from '../../lib/qemu/poe-switch.ts';
+import { PassPersist, POE_COLUMN, PoeTable, powerSteps } from '../../lib/qemu/poe-switch.ts';
 
 const port = (n: number) => `.${POE_COLUMN}.1.${n}`;
 
@@ -38,4 +38,12 @@ test('sets the switch refuses: another OID, a port it does not have, a wrong typ
   t.is(session.feed(`set\n${port(1)}\nstring "1"\n`), 'wrong-type\n');
   t.is(session.feed(`set\n${port(1)}\ninteger 3\n`), 'wrong-value\n');
   t.deepEqual(power, []);
+});
+
+test('power steps: a set snmpset sent again (a slow answer) is one step; an off after an on is another', (t) => {
+  const at = new Date();
+  const events = [true, false, false, true, true, false].map((on) => ({ at, port: 2, on, request: '' }));
+  t.deepEqual(powerSteps(events), ['port 2 on', 'port 2 off', 'port 2 on', 'port 2 off']);
+  t.deepEqual(powerSteps(events, 2), ['port 2 off', 'port 2 on', 'port 2 off']);
+  t.deepEqual(powerSteps([]), []);
 });
