@@ -310,6 +310,11 @@ export function pimasterChecks(base: PimasterBase): void {
       /WorkingDirectory=\/root\/piseduce_webui\nExecStart=\/usr\/bin\/python3 webui\.py config_webui\.json/,
     );
     t.regex(await image.cat('/etc/systemd/system/pimaster-firstboot.service'), /^Before=.*webui\.service agent_api\.service agent_exec\.service/m);
+    t.regex(
+      await image.cat('/etc/systemd/system/pimaster-firstboot.service'),
+      /^After=.*regenerate_ssh_host_keys\.service/m,
+      "not beside the release's own key regeneration",
+    );
   });
 
   it('the environment is stored as <image>.img.tar.gz and registered with its real size and second partition', async (t) => {
