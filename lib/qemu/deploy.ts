@@ -16,12 +16,13 @@
  * streams the environment onto /dev/mmcblk0, repartitions and resizes it, edits cmdline.txt,
  * copies the boot files into /tftpboot/<serial>/ and reboots the node into its SD card.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { BuildContext } from '../../engine/stage.ts';
 import type { CheckResult } from './checks.ts';
 import type { DeployEnvironment } from './environment.ts';
+import { consoleTail } from './guest.ts';
 import { NODE, type NodeSession, onNode, SWITCH } from './node.ts';
 import { powerSteps } from './poe-switch.ts';
 
@@ -164,7 +165,7 @@ export async function runDeploy(ctx: BuildContext, session: NodeSession, spec: D
         ? timeline(states)
         : `${deployed.state} after ${deployed.seconds} s in ${states.at(-1)?.state ?? 'no state'}; the agent's log:\n${agentLines(log)}\n` +
           `the node's power: ${power.error ? `failed: ${power.error}` : `QEMU ${power.guest?.exit ?? 'running'}`}, ${power.reboots} reboots of its own\n` +
-          `the node's console (${node.console}):\n${tail(node.console, 15)}\nthe switch stand-in's log (${sw.log}):\n${tail(sw.log, 6)}\n` +
+          `the node's console (${node.console}):\n${consoleTail(node.console, 0, 15)}\nthe switch stand-in's log (${sw.log}):\n${consoleTail(sw.log, 0, 6)}\n` +
           `the pimaster's console: ${join(dirname(node.console), 'console.log')}`,
   });
   const sets = powerSteps(sw.events, from);
@@ -259,18 +260,6 @@ async function pollState(
     await sleep(2000, undefined, { signal: ctx.signal });
   }
   return { state: `no end within ${timeoutS} s (last: ${last ?? 'none'})`, seconds: timeoutS };
-}
-
-/** The last lines of a log file, without colours. */
-function tail(file: string, lines: number): string {
-  if (!existsSync(file)) return '  (none)';
-  return readFileSync(file, 'utf8')
-    .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
-    .split(/\r?\n/)
-    .filter((l) => l.trim())
-    .slice(-lines)
-    .map((l) => `  | ${l}`)
-    .join('\n');
 }
 
 /** The agent's log lines about the node, the last 30 (what a failing deploy shows). */

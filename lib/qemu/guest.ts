@@ -90,7 +90,7 @@ export function guestArgs(cmdline: string): string[] {
     .filter((arg) => arg && !dropped.test(arg));
 }
 
-function consoleTail(file: string, from = 0, lines = 25): string {
+export function consoleTail(file: string, from = 0, lines = 25): string {
   if (!existsSync(file)) return '(no console output)';
   // Without colours and hyperlinks (systemd's status lines have both).
   const text = readFileSync(file)
