@@ -205,7 +205,8 @@ else
     [ -b "$device" ] && break
     sleep 0.1; i=$((i + 1))
   done
-  if mount -t ext4 -o ro "$device" /newroot; then handover "$root ($device)"; else echo "verify initrd: cannot mount $root"; fi
+  label=$root; [ "$device" = "$root" ] || label="$root ($device)"
+  if mount -t ext4 -o ro "$device" /newroot; then handover "$label"; else echo "verify initrd: cannot mount $label"; fi
 fi
 poweroff -f
 `;
