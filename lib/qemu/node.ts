@@ -416,7 +416,7 @@ export async function runNode(
         ok: ports.ok && (ports.json?.[SWITCH.name] as string[] | undefined)?.[SWITCH.nodePort - 1] === 'on',
         saw: ports.text,
       });
-      for (const check of nodeChecks(ip, node.facts, await firstEnvironment(node))) results.push(await runCheck(check));
+      for (const check of nodeChecks(ip, node.facts, await smallestEnvironment(node))) results.push(await runCheck(check));
       firstKeys = (await node.run(onNode(ip, 'cat /etc/ssh/ssh_host_*_key.pub | sort'))).out;
     } else {
       const keys = (await node.run(onNode(ip, 'cat /etc/ssh/ssh_host_*_key.pub | sort'))).out;
@@ -439,7 +439,8 @@ export async function runNode(
   return results;
 }
 
-async function firstEnvironment(node: NodeRun): Promise<string | undefined> {
-  const r = await node.run('ls /root/environments | head -n1');
+/** The smallest environment the pimaster holds: the stream check proves rsh, not the bandwidth. */
+async function smallestEnvironment(node: NodeRun): Promise<string | undefined> {
+  const r = await node.run('ls -Sr /root/environments | head -n1');
   return r.ok && r.out.trim() ? r.out.trim() : undefined;
 }
