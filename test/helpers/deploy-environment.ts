@@ -21,9 +21,12 @@ export const ENVIRONMENT_MARK = 'deployed by build-image verify --deploy';
  */
 const SETTINGS = ['--ssh', 'on', '--shrink-margin', '0'];
 
+/** A script of the user's that slims it: nobody reads manuals on a test node, and each byte is written under emulation. */
+const SLIM = 'rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/*\n';
+
 export async function deployEnvironment(): Promise<string> {
   const base = await debianImage('arm64');
-  const dir = join(TEST_CACHE, 'environments', `debian-arm64-${codeKey(`environment ${SETTINGS.join(' ')} ${ENVIRONMENT_MARK}`, base)}`);
+  const dir = join(TEST_CACHE, 'environments', `debian-arm64-${codeKey(`environment ${SETTINGS.join(' ')} ${SLIM} ${ENVIRONMENT_MARK}`, base)}`);
   const image = join(dir, 'out', 'verify-environment.img');
   if (existsSync(image)) return image;
   mkdirSync(join(TEST_CACHE, 'environments'), { recursive: true });
@@ -33,13 +36,14 @@ export async function deployEnvironment(): Promise<string> {
     await execa('rm', ['-rf', '--one-file-system', tmp]);
     mkdirSync(join(tmp, 'overlay', 'rootfs', 'etc'), { recursive: true });
     writeFileSync(join(tmp, 'overlay', 'rootfs', 'etc', 'verify-environment'), `${ENVIRONMENT_MARK}\n`);
+    writeFileSync(join(tmp, 'slim.sh'), SLIM);
     const sha = (await execa('sha256sum', [base])).stdout.split(' ')[0]!;
     const r = await execa(
       'node',
       [
         cli,
         'customize',
-        ...['--base', base, '--base-sha256', sha, '--overlay', join(tmp, 'overlay'), ...SETTINGS],
+        ...['--base', base, '--base-sha256', sha, '--overlay', join(tmp, 'overlay'), '--script', join(tmp, 'slim.sh'), ...SETTINGS],
         ...['--compress', 'none', '--name', 'verify-environment', '--no-cache'],
         ...['--work', join(tmp, 'work'), '--cache', TEST_CACHE, '--out', join(tmp, 'out')],
       ],
