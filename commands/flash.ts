@@ -13,6 +13,7 @@ const FLAGS = {
   force: { type: 'boolean', help: 'write a disk that is not removable (never the system disk, a mounted one, or a too small one)' },
   bmap: { type: 'string', placeholder: 'FILE', help: 'the block map (default: NAME.img.bmap beside the image, when there is one)' },
   'no-bmap': { type: 'boolean', help: 'write every byte of the image, even with a .bmap beside it' },
+  expand: { type: 'boolean', help: "after the read-back, grow the root partition and its ext4 filesystem to the card's end" },
   ...FIRST_BOOT_FLAGS,
 } as const satisfies Record<string, ToolFlag>;
 
@@ -27,6 +28,8 @@ export function flashUsage(): string {
       'card gets them at its first boot: written to its boot partition, in the format Raspberry Pi Imager writes for the',
       'image (firstrun.sh, or a cloud-init seed on trixie), after the read-back. The image file is never changed. Each',
       "setting is checked by customize's rule for it, before any work.",
+      'With --expand, the root partition (the last, ext4) and its filesystem are then grown to the end of the card, offline',
+      '(sfdisk, e2fsck, resize2fs): the first boot has nothing to grow.',
     ],
     FLAGS,
   );
@@ -44,12 +47,24 @@ export async function flashCommand(argv: string[]): Promise<number> {
   if (typeof values.bmap === 'string' && values['no-bmap']) throw new ConfigError('--bmap and --no-bmap: give one or the other');
   if (typeof values.bmap === 'string' && !existsSync(values.bmap)) throw new ConfigError(`--bmap ${values.bmap}: no such file`);
   const bmap = values['no-bmap'] ? undefined : typeof values.bmap === 'string' ? values.bmap : bmapBeside(resolve(image));
-  const pipeline = flashPipeline({ image: resolve(image), device, bmap: bmap && resolve(bmap), force: values.force === true, settings });
+  const pipeline = flashPipeline({
+    image: resolve(image),
+    device,
+    bmap: bmap && resolve(bmap),
+    force: values.force === true,
+    expand: values.expand === true,
+    settings,
+  });
   const { state, timings, config } = await runTool(pipeline, values);
   const f = state.flash!;
   process.stdout.write(
     `${device}: wrote ${formatBytes(f.deviceBytes!)} of the ${formatBytes(f.bytes!)} image${bmap ? ` (only what ${basename(bmap)} maps)` : ''}; read back ${formatBytes(f.verified!)} and it matches\n`,
   );
+  if (f.expanded) {
+    const { before, after } = f.expanded;
+    const grown = after > before ? `grown from ${formatBytes(before)} to ${formatBytes(after)}, to` : `of ${formatBytes(after)} already reaches`;
+    process.stdout.write(`${device}: root filesystem ${grown} the card's end\n`);
+  }
   if (f.settings)
     process.stdout.write(`${device}: first-boot settings (init_format ${f.settings.format}) in ${f.settings.files.join(', ')} on its boot partition\n`);
   if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);

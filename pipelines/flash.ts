@@ -5,6 +5,7 @@
  *   check      the target is a whole, removable, unused disk, not the system's, large enough
  *   write      the image decoded straight onto the device (no temporary copy), synced
  *   read-back  the kernel's cache of the device dropped, every written range read and hashed
+ *   expand     (with --expand) the root partition and its ext4 filesystem grown to the card's end
  *   settings   (with --hostname, --user, --wifi-...) the card's first-boot settings written to its
  *              boot partition in the release's own format, then read back
  */
@@ -18,6 +19,7 @@ import { engineSchema } from '../engine/options.ts';
 import { Progress } from '../engine/progress.ts';
 import type { BuildContext, Pipeline, Stage } from '../engine/stage.ts';
 import { DeviceWriter, type Written } from '../lib/card/device-writer.ts';
+import { type Expanded, expandRoot } from '../lib/card/expand.ts';
 import { inspectTarget, openExclusive, refusals } from '../lib/card/target.ts';
 import { decodeImage, imageFormat } from '../lib/codec/decode.ts';
 import { type Bmap, imageStem, readBmap } from '../lib/image/bmap.ts';
@@ -33,13 +35,22 @@ export interface FlashOptions {
   /** The block map: found beside the image, given, or none (every byte written). */
   bmap?: string;
   force: boolean;
+  /** Grow the root to the card's end after the read-back. */
+  expand?: boolean;
   /** First-boot settings for this card (the image file is never changed). */
   settings?: Settings;
 }
 
 declare module '../engine/stage.ts' {
   interface BuildState {
-    flash?: { written?: Written[]; bytes?: number; deviceBytes?: number; verified?: number; settings?: { format: InitFormat; files: string[] } };
+    flash?: {
+      written?: Written[];
+      bytes?: number;
+      deviceBytes?: number;
+      verified?: number;
+      expanded?: Expanded;
+      settings?: { format: InitFormat; files: string[] };
+    };
   }
 }
 
@@ -136,6 +147,17 @@ const readBackStage = (opts: FlashOptions): Stage => ({
   },
 });
 
+const expandStage = (opts: FlashOptions): Stage => ({
+  name: 'expand',
+  describe: () => `grow the root partition of ${opts.device} and its filesystem to the card's end`,
+  options: [],
+  async run(ctx) {
+    const expanded = await expandRoot(ctx, opts.device, inspectTarget(opts.device).size);
+    ctx.state.flash = { ...ctx.state.flash, expanded };
+    ctx.log.line(`root filesystem: ${expanded.before} bytes, now ${expanded.after}`);
+  },
+});
+
 /** How the release takes first-boot settings: the build's manifest says; else a cloud-init seed on the boot partition does. */
 function initFormatOf(image: string, bootFiles: string[]): InitFormat {
   const manifest = `${imageStem(image)}.manifest.json`;
@@ -179,6 +201,12 @@ export function flashPipeline(opts: FlashOptions): Pipeline {
     name: 'flash',
     schema: engineSchema,
     summary: 'write an image to a disk and verify it',
-    stages: [checkStage(opts, bmap), writeStage(opts, bmap), readBackStage(opts), ...(opts.settings ? [settingsStage(opts, opts.settings)] : [])],
+    stages: [
+      checkStage(opts, bmap),
+      writeStage(opts, bmap),
+      readBackStage(opts),
+      ...(opts.expand ? [expandStage(opts)] : []),
+      ...(opts.settings ? [settingsStage(opts, opts.settings)] : []),
+    ],
   };
 }

@@ -5,7 +5,7 @@ import { readLayout } from './partitions.ts';
 import type { Layout, Partition } from './state.ts';
 
 /** Sectors a GPT keeps after the last partition for its backup header and entries. */
-const GPT_TAIL = 33;
+export const GPT_TAIL = 33;
 
 /**
  * An `sfdisk --dump` with one partition's size changed, ready to be written back. The device and

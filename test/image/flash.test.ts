@@ -341,3 +341,60 @@ test.serial('bad settings: one line and exit 2 before anything is written to the
   }
   t.is(await sha256File(file), before, 'the card is untouched');
 });
+
+/** The card's root as a read-only loop device of its own (by offset), detached at the end of the test. */
+async function rootOf(t: ExecutionContext, card: string): Promise<{ device: string; end: number; size: number }> {
+  const table = JSON.parse((await execa('sfdisk', ['--json', card])).stdout) as { partitiontable: { partitions: Array<{ start: number; size: number }> } };
+  const root = table.partitiontable.partitions.at(-1)!;
+  const { stdout } = await execa('losetup', ['--find', '--show', '--read-only', '-o', String(root.start * 512), '--sizelimit', String(root.size * 512), card]);
+  t.teardown(() => execa('losetup', ['-d', stdout.trim()], { reject: false }));
+  return { device: stdout.trim(), end: root.start + root.size, size: root.size * 512 };
+}
+
+/** Loop devices whose backing file is `path` (a loop over a loop device names the device). */
+async function loopsOver(path: string): Promise<string[]> {
+  const { stdout } = await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
+  return stdout
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .filter(([, back]) => back === path)
+    .map(([name]) => name!);
+}
+
+for (const label of ['dos', 'gpt'] as const) {
+  test.serial(`--expand (${label}): the root partition and its filesystem fill the card, and e2fsck -fn passes`, async (t) => {
+    const source = join(dir, `expand-${label}.img`);
+    await makeTinyImage(source, { label, payloadMiB: 6 });
+    const { device, file } = await loopDisk(t, 256);
+    const r = await flash([source, device, '--force', '--expand'], dir);
+    t.is(r.exitCode, 0, r.stderr);
+    t.regex(r.stdout, new RegExp(`^${device}: root filesystem grown from [\\d.]+ MiB to [\\d.]+ MiB, to the card's end$`, 'm'));
+    const sectors = (256 * 2 ** 20) / 512;
+    const root = await rootOf(t, file);
+    t.true(root.end <= sectors - (label === 'gpt' ? 33 : 0) && root.end > sectors - 41, `the root ends at sector ${root.end} of ${sectors}`);
+    const verified = await execa('sfdisk', ['--verify', file], { reject: false });
+    t.is(verified.exitCode, 0, `the partition table is sound (a GPT's backup header at the card's end): ${verified.stdout}`);
+    const fsck = await execa('e2fsck', ['-fn', root.device], { reject: false });
+    t.is(fsck.exitCode, 0, fsck.stdout);
+    const head = (await execa('dumpe2fs', ['-h', root.device])).stdout;
+    const blocks = Number(/^Block count:\s+(\d+)/m.exec(head)![1]) * Number(/^Block size:\s+(\d+)/m.exec(head)![1]);
+    t.true(root.size - blocks < 4096, `the filesystem (${blocks} bytes) fills its partition (${root.size})`);
+    t.deepEqual(await loopsOver(device), [], 'no loop device of the expand is left on the card');
+  });
+}
+
+test.serial('--expand of an image whose root is not ext4: one line, and the card keeps the image as written', async (t) => {
+  const source = join(dir, 'fat-root.img');
+  await makeTinyImage(source, { rootFs: 'vfat', payloadMiB: 1 });
+  const { device, file } = await loopDisk(t, 160);
+  const r = await flash([source, device, '--force', '--expand'], dir);
+  t.is(r.exitCode, 1);
+  t.deepEqual(
+    r.stderr.split('\n').filter((l) => l.startsWith('error:')),
+    [
+      `error: ${device} holds the image, written and read back, but --expand cannot grow it: ${device}: expected one ext4 root partition, found 0 (partitions: 1:vfat, 2:vfat); only ext4 roots are supported`,
+    ],
+  );
+  const compared = await execa('cmp', ['-n', String(statSync(source).size), file, source], { reject: false });
+  t.is(compared.exitCode, 0, 'the card holds the image, byte for byte');
+});

@@ -1,6 +1,7 @@
 /**
  * `build-image flash`'s pure pieces: a disk's holders read from a copy of sysfs, the disk the system
- * runs from found under its mounts, the block map parsed. No root, no loop device.
+ * runs from found under its mounts, the block map parsed, the size --expand gives the root. No root,
+ * no loop device.
  */
 
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -8,6 +9,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { execaSync } from 'execa';
 import { parseMountinfo } from '../../engine/mounts.ts';
+import { sectorsToEnd } from '../../lib/card/expand.ts';
 import { disksUnder, holdersOf, majorMinor, mountDisks, refusals, systemDisks } from '../../lib/card/target.ts';
 import { parseBmap } from '../../lib/image/bmap.ts';
 import { scratch } from '../helpers/build.ts';
@@ -57,4 +59,23 @@ test('bmap parsing: ranges in bytes, the last one cut at the image size', (t) =>
     { start: 8192, end: 10000, sha256: 'cd' },
   ]);
   t.throws(() => parseBmap('<x/>', 'f.bmap'), { message: /f\.bmap is not a bmap \(no <ImageSize>\)/ });
+});
+
+test("--expand: the root to the card's end in whole 4 KiB, less a GPT's backup; an MBR's entry caps it", (t) => {
+  const layout = (label: 'dos' | 'gpt') => ({
+    label,
+    sectorSize: 512,
+    fileSize: 0,
+    boot: 1,
+    root: 2,
+    partitions: [
+      { number: 1, startSector: 8192, sectors: 524288, type: 'c', fs: 'vfat' as const, offset: 0, size: 0 },
+      { number: 2, startSector: 532480, sectors: 4000000, type: '83', fs: 'ext4' as const, offset: 0, size: 0 },
+    ],
+  });
+  const card = 7_948_206_080; // a "8 GB" card: 15523840 sectors
+  t.is(sectorsToEnd(layout('dos'), card), 15523840 - 532480);
+  t.is(sectorsToEnd(layout('gpt'), card), 15523840 - 33 - 532480 - ((15523840 - 33 - 532480) % 8));
+  t.is(sectorsToEnd(layout('dos'), card + 512), 15523840 - 532480, 'a sector that makes no whole 4 KiB is left');
+  t.is(sectorsToEnd(layout('dos'), 4 * 2 ** 40), 2 ** 32 - 1 - 532480 - ((2 ** 32 - 1 - 532480) % 8), 'MBR: 2 TiB at most');
 });

@@ -1,0 +1,70 @@
+/**
+ * `flash --expand`: the card's root partition (the last) and its ext4 filesystem grown to the end
+ * of the card, offline, after the read-back. The first boot then has nothing to grow, whatever the
+ * image's own first-boot resize does (a pimaster's is disarmed).
+ */
+import { scoped } from '../../engine/cleanup.ts';
+import { UserError } from '../../engine/errors.ts';
+import type { BuildContext } from '../../engine/stage.ts';
+import { fsck } from '../image/fsck.ts';
+import { attachLoop } from '../image/loop.ts';
+import { partition, readLayout } from '../image/partitions.ts';
+import { GPT_TAIL, resizeInDump } from '../image/resize.ts';
+import type { Layout } from '../image/state.ts';
+
+/** An MBR entry counts sectors in 32 bits. */
+const MBR_LIMIT = 2 ** 32 - 1;
+
+/** The root partition's new size in sectors: to the card's end (less a GPT's backup), in whole 4 KiB. */
+export function sectorsToEnd(layout: Layout, diskBytes: number): number {
+  const root = partition(layout, layout.root);
+  const end = Math.floor(diskBytes / layout.sectorSize) - (layout.label === 'gpt' ? GPT_TAIL : 0);
+  const sectors = Math.min(end, layout.label === 'dos' ? MBR_LIMIT : end) - root.startSector;
+  const perBlock = 4096 / layout.sectorSize;
+  return sectors - (sectors % perBlock);
+}
+
+export interface Expanded {
+  /** The root filesystem's size in bytes before and after. */
+  before: number;
+  after: number;
+}
+
+/** Grow the root of the image just written to `device` (`diskBytes` long) to the device's end. */
+export async function expandRoot(ctx: BuildContext, device: string, diskBytes: number): Promise<Expanded> {
+  let layout: Layout;
+  try {
+    layout = await readLayout(ctx, device);
+  } catch (error) {
+    if (!(error instanceof UserError)) throw error;
+    throw new UserError(`${device} holds the image, written and read back, but --expand cannot grow it: ${error.message}`);
+  }
+  const root = partition(layout, layout.root);
+  const before = await filesystemBytes(ctx, device, root);
+  const sectors = sectorsToEnd(layout, diskBytes);
+  if (sectors <= root.sectors) {
+    ctx.log.line(`${device}: the root partition already ends at the card's end: nothing to grow`);
+    return { before, after: before };
+  }
+  const { stdout: dump } = await ctx.run('sfdisk', ['--dump', device]);
+  const table = resizeInDump(dump, root.number, sectors);
+  await ctx.run('sfdisk', ['--no-reread', '--no-tell-kernel', '--quiet', '--wipe', 'never', '--wipe-partitions', 'never', device], {
+    input: table,
+    uncancellable: true,
+  });
+  await ctx.run('blockdev', ['--rereadpt', device], { reject: false });
+  const grown = { ...root, sectors, size: sectors * layout.sectorSize };
+  await scoped(ctx.cleanup, ctx.signal, async () => {
+    const loop = await attachLoop(ctx, device, grown);
+    await fsck(ctx, loop);
+    await ctx.run('resize2fs', [loop]);
+  });
+  return { before, after: await filesystemBytes(ctx, device, grown) };
+}
+
+/** An ext4 filesystem's size from its superblock (dumpe2fs reads a partition at an offset). */
+async function filesystemBytes(ctx: BuildContext, device: string, part: { offset: number }): Promise<number> {
+  const { stdout } = await ctx.run('dumpe2fs', ['-h', `${device}?offset=${part.offset}`]);
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(stdout)?.[1]);
+  return field('Block count') * field('Block size');
+}
