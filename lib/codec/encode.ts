@@ -11,10 +11,9 @@
  */
 import { createHash } from 'node:crypto';
 import { type EventEmitter, once } from 'node:events';
-import { constants, mkdtempSync, openSync, rmSync, type Stats, statSync } from 'node:fs';
+import { constants, mkdirSync, openSync, rmSync, type Stats, statSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
@@ -259,7 +258,10 @@ export async function encodeImage(
   const size = info.size;
   for (const format of formats) partial(path(FORMATS[format].ext));
   const piped = formats.filter((f) => f !== 'none');
-  const fifos = mkdtempSync(join(tmpdir(), 'build-image-compress-'));
+  // In the work directory, not /tmp: what a build killed outright leaves, the next one replaces.
+  const fifos = join(ctx.paths.work, 'compress-fifos');
+  rmSync(fifos, { recursive: true, force: true });
+  mkdirSync(fifos);
   ctx.defer(`remove ${fifos}`, () => rmSync(fifos, { recursive: true, force: true }));
   const fifo = (format: Compression) => join(fifos, `${format}.fifo`);
   if (piped.length) await ctx.run('mkfifo', piped.map(fifo));
