@@ -74,7 +74,8 @@ export function nodeBootScript(): string {
     `tftpboot \${pxefile_addr_r} ${NODE.serial}/cmdline.txt`,
     'setexpr.s bootargs *${pxefile_addr_r}',
     'setenv bootargs "${bootargs} console=ttyAMA0"',
-    'echo build-image verify: bootargs ${bootargs}',
+    // Quoted: one argument, as U-Boot's echo takes 16 at most and an NFS command line has more words.
+    'echo "build-image verify: bootargs ${bootargs}"',
     'booti ${kernel_addr_r} ${ramdisk_addr_r}:${initrd_size} ${fdtcontroladdr}',
     '',
   ].join('\n');
