@@ -6,6 +6,7 @@
 import { scoped } from '../../engine/cleanup.ts';
 import { UserError } from '../../engine/errors.ts';
 import type { BuildContext } from '../../engine/stage.ts';
+import { ext4Geometry } from '../image/ext4-fit.ts';
 import { fsck } from '../image/fsck.ts';
 import { attachLoop } from '../image/loop.ts';
 import { partition, readLayout } from '../image/partitions.ts';
@@ -40,11 +41,15 @@ export async function expandRoot(ctx: BuildContext, device: string, diskBytes: n
     throw new UserError(`${device} holds the image, written and read back, but --expand cannot grow it: ${error.message}`);
   }
   const root = partition(layout, layout.root);
-  const before = await filesystemBytes(ctx, device, root);
+  const bytes = async (device: string) => {
+    const fs = await ext4Geometry(ctx, device);
+    return fs.blockCount * fs.blockSize;
+  };
   const sectors = sectorsToEnd(layout, diskBytes);
   if (sectors <= root.sectors) {
     ctx.log.line(`${device}: the root partition already ends at the card's end: nothing to grow`);
-    return { before, after: before };
+    const same = await bytes(`${device}?offset=${root.offset}`);
+    return { before: same, after: same };
   }
   const { stdout: dump } = await ctx.run('sfdisk', ['--dump', device]);
   const table = resizeInDump(dump, root.number, sectors);
@@ -53,18 +58,11 @@ export async function expandRoot(ctx: BuildContext, device: string, diskBytes: n
     uncancellable: true,
   });
   await ctx.run('blockdev', ['--rereadpt', device], { reject: false });
-  const grown = { ...root, sectors, size: sectors * layout.sectorSize };
-  await scoped(ctx.cleanup, ctx.signal, async () => {
-    const loop = await attachLoop(ctx, device, grown);
+  return scoped(ctx.cleanup, ctx.signal, async () => {
+    const loop = await attachLoop(ctx, device, { offset: root.offset, size: sectors * layout.sectorSize });
     await fsck(ctx, loop);
+    const before = await bytes(loop);
     await ctx.run('resize2fs', [loop]);
+    return { before, after: await bytes(loop) };
   });
-  return { before, after: await filesystemBytes(ctx, device, grown) };
-}
-
-/** An ext4 filesystem's size from its superblock (dumpe2fs reads a partition at an offset). */
-async function filesystemBytes(ctx: BuildContext, device: string, part: { offset: number }): Promise<number> {
-  const { stdout } = await ctx.run('dumpe2fs', ['-h', `${device}?offset=${part.offset}`]);
-  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(stdout)?.[1]);
-  return field('Block count') * field('Block size');
 }

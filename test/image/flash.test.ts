@@ -383,6 +383,13 @@ for (const label of ['dos', 'gpt'] as const) {
   });
 }
 
+test.serial('--expand onto a card the size of the image: nothing to grow, said so', async (t) => {
+  const { device } = await loopDisk(t, statSync(image).size / 2 ** 20);
+  const r = await flash([image, device, '--force', '--expand'], dir);
+  t.is(r.exitCode, 0, r.stderr);
+  t.regex(r.stdout, new RegExp(`^${device}: root filesystem of [\\d.]+ MiB already reaches the card's end$`, 'm'));
+});
+
 test.serial('--expand of an image whose root is not ext4: one line, and the card keeps the image as written', async (t) => {
   const source = join(dir, 'fat-root.img');
   await makeTinyImage(source, { rootFs: 'vfat', payloadMiB: 1 });
