@@ -10,7 +10,7 @@ import { ext4Geometry } from '../image/ext4-fit.ts';
 import { fsck } from '../image/fsck.ts';
 import { attachLoop } from '../image/loop.ts';
 import { partition, readLayout } from '../image/partitions.ts';
-import { GPT_TAIL, resizeInDump } from '../image/resize.ts';
+import { GPT_TAIL, resizeRootPartition } from '../image/resize.ts';
 import type { Layout } from '../image/state.ts';
 
 /** An MBR entry counts sectors in 32 bits. */
@@ -51,12 +51,7 @@ export async function expandRoot(ctx: BuildContext, device: string, diskBytes: n
     const same = await bytes(`${device}?offset=${root.offset}`);
     return { before: same, after: same };
   }
-  const { stdout: dump } = await ctx.run('sfdisk', ['--dump', device]);
-  const table = resizeInDump(dump, root.number, sectors);
-  await ctx.run('sfdisk', ['--no-reread', '--no-tell-kernel', '--quiet', '--wipe', 'never', '--wipe-partitions', 'never', device], {
-    input: table,
-    uncancellable: true,
-  });
+  await resizeRootPartition(ctx, device, layout, root, sectors);
   await ctx.run('blockdev', ['--rereadpt', device], { reject: false });
   return scoped(ctx.cleanup, ctx.signal, async () => {
     const loop = await attachLoop(ctx, device, { offset: root.offset, size: sectors * layout.sectorSize });

@@ -1,5 +1,5 @@
 /** Moving the end of the root partition (the last one) and of the image file. */
-import { truncateSync } from 'node:fs';
+import { statSync, truncateSync } from 'node:fs';
 import type { BuildContext } from '../../engine/stage.ts';
 import { readLayout } from './partitions.ts';
 import type { Layout, Partition } from './state.ts';
@@ -28,13 +28,17 @@ export function resizeInDump(dump: string, number: number, sectors: number): str
 }
 
 /**
- * Set the root partition's size and make the file end right after it: the table is rewritten
- * whole from its own dump, which works the same for MBR and GPT, growing or shrinking.
+ * Set the root partition's size and make an image file end right after it (a card keeps its size):
+ * the table is rewritten whole from its own dump, which works the same for MBR and GPT, growing or
+ * shrinking.
  */
 export async function resizeRootPartition(ctx: BuildContext, image: string, layout: Layout, root: Partition, sectors: number): Promise<Layout> {
   const { stdout: dump } = await ctx.run('sfdisk', ['--dump', image]);
   const table = resizeInDump(dump, root.number, sectors);
-  truncateSync(image, (root.startSector + sectors + (layout.label === 'gpt' ? GPT_TAIL : 0)) * layout.sectorSize);
-  await ctx.run('sfdisk', ['--no-reread', '--no-tell-kernel', '--quiet', '--wipe', 'never', '--wipe-partitions', 'never', image], { input: table });
+  if (statSync(image).isFile()) truncateSync(image, (root.startSector + sectors + (layout.label === 'gpt' ? GPT_TAIL : 0)) * layout.sectorSize);
+  await ctx.run('sfdisk', ['--no-reread', '--no-tell-kernel', '--quiet', '--wipe', 'never', '--wipe-partitions', 'never', image], {
+    input: table,
+    uncancellable: true,
+  });
   return readLayout(ctx, image);
 }
