@@ -18,7 +18,7 @@ export const ENVIRONMENT_MARK = 'deployed by build-image verify --deploy';
 /**
  * Its settings: no room left in its root (the agent grows it to the card; every byte of the image
  * is streamed, unpacked and written under emulation, within the agent's 400 s), and none added
- * first (the block groups growth adds cost the shrink more than they hold: 342 MB, not 294).
+ * first (the shrink cannot give back all the block groups growth adds: 342 MB with it, 294 without).
  */
 const SETTINGS = ['--ssh', 'on', '--grow', '0', '--shrink-margin', '0'];
 
