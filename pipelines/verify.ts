@@ -27,7 +27,7 @@ import { type ClusterLink, createClusterLink } from '../lib/qemu/cluster-link.ts
 import { DEPLOY_USER, runDeploy } from '../lib/qemu/deploy.ts';
 import { type DeployEnvironment, prepareEnvironment } from '../lib/qemu/environment.ts';
 import { type GuestFacts, readFacts } from '../lib/qemu/facts.ts';
-import { type Guest, type GuestSpec, guestArgs, type SshTarget, shutDown, sshArgs, startGuest, waitForSsh } from '../lib/qemu/guest.ts';
+import { consoleTail, type Guest, type GuestSpec, guestArgs, type SshTarget, shutDown, sshArgs, startGuest, waitForSsh } from '../lib/qemu/guest.ts';
 import { debianKernel, type GuestArch, type GuestKernel, guestBusybox, nodeKernel, ownKernel } from '../lib/qemu/kernel.ts';
 import { NODE, prepareNodeBoot, runNode } from '../lib/qemu/node.ts';
 import { GUEST_BUSYBOX, PIMASTER_PORTS, pimasterChecks } from './pimaster/checks.ts';
@@ -269,10 +269,41 @@ async function runCheck(ctx: BuildContext, opts: VerifyOptions, check: Check): P
     }
   }
   const timeoutMs = (check.timeoutS ?? 120) * 1000;
-  const r = await ctx.run('ssh', sshArgs(target(ctx, opts), check.command!), { reject: false, timeoutMs });
+  let r = await ctx.run('ssh', sshArgs(target(ctx, opts), check.command!), { reject: false, timeoutMs });
+  // 255 is ssh's own failure, or a check's: the check runs again once SSH answers again.
+  if (r.exitCode === 255 && (await regainSsh(ctx, opts, check.name)) === 'regained') {
+    r = await ctx.run('ssh', sshArgs(target(ctx, opts), check.command!), { reject: false, timeoutMs });
+  }
   // What it printed; its error output only when it printed nothing (warnings are not what it saw).
   const saw = r.exitCode === -1 && r.durationMs >= timeoutMs ? `no answer within ${timeoutMs / 1000} s` : lastLine(r.stdout.trim() ? r.stdout : r.stderr);
   return { name: check.name, ok: r.exitCode === 0, saw: r.exitCode === 0 || r.exitCode === 1 || r.exitCode === -1 ? saw : `exit code ${r.exitCode}: ${saw}` };
+}
+
+/** How long the checks wait for an SSH server that stopped answering (sshd restarted, the network reconfigured). */
+const SSH_LOST_S = 180;
+
+/**
+ * After an exit code 255: 'answers' when SSH lets the key in at once (the check itself ended so),
+ * 'regained' when it does so again within SSH_LOST_S. Fails with the console's last lines when the
+ * guest stopped, rebooted or stays silent: every later check would fail the same way.
+ */
+async function regainSsh(ctx: BuildContext, opts: VerifyOptions, checkName: string): Promise<'answers' | 'regained'> {
+  const ssh = target(ctx, opts);
+  if ((await ctx.run('ssh', sshArgs(ssh, 'true'), { reject: false, timeoutMs: 60_000 })).exitCode === 0) return 'answers';
+  const guest = running(ctx);
+  const console = join(ctx.paths.work, 'console.log');
+  const started = performance.now();
+  const lost = `SSH to the guest stopped answering during the check "${checkName}"`;
+  const outcome = await waitForSsh(ctx, guest, ssh, { deadline: Date.now() + SSH_LOST_S * 1000, timeoutS: SSH_LOST_S }, console).catch(() => {
+    ctx.signal.throwIfAborted();
+    return 'silent' as const;
+  });
+  if (outcome !== 'up') {
+    const why = outcome === 'rebooted' ? 'the guest rebooted itself' : guest.exit ? `QEMU ${guest.exit}` : `no answer within ${SSH_LOST_S} s`;
+    throw new UserError(`${lost} (${why}); its console's last lines:\n${consoleTail(console, guest.consoleFrom)}`);
+  }
+  ctx.log.line(`${lost} and answered again ${Math.round((performance.now() - started) / 1000)} s later: the check runs again`);
+  return 'regained';
 }
 
 const checkStage = (opts: VerifyOptions): Stage => ({
