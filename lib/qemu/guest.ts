@@ -76,19 +76,25 @@ export function userNetwork(address: StaticAddress | undefined): string[] {
   return [`net=${address.network}/${address.prefix}`, `host=${intToIpv4(host)}`, `dns=${intToIpv4(dns)}`];
 }
 
+/** Raspberry Pi OS bookworm's first boot: verify's initrd grows the root for it, as the Pi's initramfs does. */
+export const FIRSTBOOT_INIT = 'init=/usr/lib/raspberrypi-sys-mods/firstboot';
+
 /**
  * The image's kernel arguments that the boot under QEMU keeps: those user space reads
- * (`systemd.run=` of Raspberry Pi Imager, `ds=nocloud`, `resize`, ...). Not where the root is,
- * the consoles, init= (the Raspberry Pi first-boot script reboots into itself; QEMU boots the
- * system) nor quiet/splash (the console log is what tells what happened).
+ * (`systemd.run=` of Raspberry Pi Imager, `ds=nocloud`, `resize`, ...) and bookworm's first-boot
+ * init. Not where the root is, the consoles, another init= (buster's init_resize.sh needs the
+ * Pi's firmware), nor quiet/splash (the console log is what tells what happened).
  */
 export function guestArgs(cmdline: string): string[] {
   const dropped = /^(root|rootfstype|console|init|plymouth\.[^=]*)=|^(quiet|splash|rootwait|ro|rw|plymouth\.ignore-serial-consoles)$/;
   return cmdline
     .trim()
     .split(/\s+/)
-    .filter((arg) => arg && !dropped.test(arg));
+    .filter((arg) => arg && (arg === FIRSTBOOT_INIT || !dropped.test(arg)));
 }
+
+/** Whether the image grows its root at the first boot, by its release's own mechanism. */
+export const growsAtFirstBoot = (args: readonly string[]) => args.includes('resize') || args.includes(FIRSTBOOT_INIT);
 
 export function consoleTail(file: string, from = 0, lines = 25): string {
   if (!existsSync(file)) return '(no console output)';

@@ -171,7 +171,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /modules.order); do insmod "/modules/$m"; done
 for arg in $(cat /proc/cmdline); do
-  case "$arg" in root=*) root=\${arg#root=} ;; nfsroot=*) nfsroot=\${arg#nfsroot=} ;; rw) mode=rw ;; esac
+  case "$arg" in root=*) root=\${arg#root=} ;; nfsroot=*) nfsroot=\${arg#nfsroot=} ;; init=*) init=\${arg#init=} ;; rw) mode=rw ;; esac
 done
 # root=PARTUUID=<MBR disk id>-<partition>, as on a Pi's SD card: the disk whose MBR has that id.
 partuuid() {
@@ -182,13 +182,36 @@ partuuid() {
     case "$d" in *[0-9]) echo "\${d}p$n" ;; *) echo "$d$n" ;; esac
   done
 }
+# The links a Pi's initramfs has from udev: bookworm's firstboot mounts PARTUUID= before udev runs.
+partuuid_links() {
+  mkdir -p /dev/disk/by-partuuid
+  for disk in /sys/block/*; do
+    d=\${disk##*/}; id=$(od -An -tx4 -j440 -N4 "/dev/$d" 2>/dev/null | tr -d ' ')
+    [ -n "$id" ] && [ "$id" != 00000000 ] || continue
+    for p in "$disk/$d"*; do
+      [ -e "$p/partition" ] && ln -sf "../../\${p##*/}" "/dev/disk/by-partuuid/$id-$(printf %02x "$(cat "$p/partition")")"
+    done
+  done
+}
 handover() {
+  partuuid_links
   if [ -e /newroot/sbin/init ] || [ -L /newroot/sbin/init ]; then
     umount /proc /sys
     mount --move /dev /newroot/dev
-    exec switch_root /newroot /sbin/init
+    exec switch_root /newroot "\${init:-/sbin/init}"
   fi
   echo "verify initrd: $1 has no /sbin/init"
+}
+# Raspberry Pi OS bookworm's first boot (init=.../firstboot): its initramfs grows the root partition
+# to the end of the disk and the filesystem into it. This initrd stands in for that initramfs, with
+# the image's own sfdisk, partx and resize2fs.
+firstboot_growth() {
+  part=\${1##*/}; n=$(cat "/sys/class/block/$part/partition"); disk=/dev/$(basename "$(readlink -f "/sys/class/block/$part/..")")
+  mount -t ext4 "$1" /newroot || return 1
+  mount --bind /dev /newroot/dev && mount -t proc proc /newroot/proc && mount -t sysfs sysfs /newroot/sys &&
+    chroot /newroot sh -c "echo ', +' | sfdisk --no-reread --no-tell-kernel -q -N $n $disk && partx -u --nr $n $disk && resize2fs $1" &&
+    echo "verify initrd: grew $1 to the end of $disk (the release's first-boot growth)"
+  umount /newroot/sys /newroot/proc /newroot/dev /newroot
 }
 if [ "$root" = /dev/nfs ]; then
   ip link set eth0 up
@@ -206,6 +229,7 @@ else
     sleep 0.1; i=$((i + 1))
   done
   label=$root; [ "$device" = "$root" ] || label="$root ($device)"
+  [ "$init" = /usr/lib/raspberrypi-sys-mods/firstboot ] && firstboot_growth "$device"
   if mount -t ext4 -o ro "$device" /newroot; then handover "$label"; else echo "verify initrd: cannot mount $label"; fi
 fi
 poweroff -f

@@ -12,7 +12,7 @@ import { resizeInDump } from '../../lib/image/resize.ts';
 import { shrinkTries } from '../../lib/image/shrink.ts';
 import { bootMountOf, parseOsRelease } from '../../lib/image/system.ts';
 import { parseIpv4Cidr } from '../../lib/net.ts';
-import { guestArgs } from '../../lib/qemu/guest.ts';
+import { growsAtFirstBoot, guestArgs } from '../../lib/qemu/guest.ts';
 import { imageBaseName } from '../../lib/sources/environments.ts';
 import { parseGitSource } from '../../lib/sources/git-source.ts';
 import { renderTemplate } from '../../lib/template.ts';
@@ -114,13 +114,17 @@ test("apt sources pointed at a mirror: the image's distribution archive only", (
   ]);
 });
 
-test("verify keeps the image's kernel arguments that user space reads", (t) => {
+test("verify keeps the image's kernel arguments that user space reads, and bookworm's first-boot init", (t) => {
   t.deepEqual(
     guestArgs(
       'console=serial0,115200 console=tty1 root=PARTUUID=5e1d2c3b-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n',
     ),
-    ['fsck.repair=yes'],
+    ['fsck.repair=yes', 'init=/usr/lib/raspberrypi-sys-mods/firstboot'],
   );
+  t.deepEqual(guestArgs('root=/dev/mmcblk0p2 init=/usr/lib/raspi-config/init_resize.sh init=/bin/sh'), []);
+  t.true(growsAtFirstBoot(['fsck.repair=yes', 'init=/usr/lib/raspberrypi-sys-mods/firstboot']));
+  t.true(growsAtFirstBoot(['resize']));
+  t.false(growsAtFirstBoot(['fsck.repair=yes']));
   t.deepEqual(
     guestArgs(
       'console=tty1 root=PARTUUID=x-02 rootfstype=ext4 rootwait resize splash plymouth.ignore-serial-consoles systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target ds=nocloud;i=abc',
