@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ConfigError } from '../engine/errors.ts';
-import { engineSchema } from '../engine/options.ts';
+import { engineSchema, parseSize } from '../engine/options.ts';
 import { timingTable } from '../engine/runner.ts';
 import { formatResults, readChecksFile } from '../lib/qemu/checks.ts';
 import { verifyPipeline } from '../pipelines/verify.ts';
@@ -18,6 +18,11 @@ const FLAGS = {
     type: 'string',
     placeholder: 'ENV',
     help: 'with --node: then deploy the image ENV onto the node through PiSeduce (reserve, deploy, boot from its SD card, destroy)',
+  },
+  'card-size': {
+    type: 'string',
+    placeholder: 'SIZE',
+    help: 'boot the copy as a card of SIZE (8G): the image must grow its root into it, its swap must start (a pimaster: room for a 1G environment)',
   },
   timeout: { type: 'string', placeholder: 'SECONDS', help: 'how long to wait for SSH after QEMU starts', default: '600' },
   memory: { type: 'string', placeholder: 'MIB', help: "the guest's memory", default: '2048' },
@@ -41,6 +46,15 @@ export function verifyUsage(): string {
     ],
     FLAGS,
   );
+}
+
+function cardSize(raw: unknown): number | undefined {
+  if (raw === undefined) return undefined;
+  try {
+    return parseSize(String(raw));
+  } catch (expected) {
+    throw new ConfigError(`--card-size ${String(raw)}: expected ${expected}`);
+  }
 }
 
 export async function verifyCommand(argv: string[]): Promise<number> {
@@ -76,6 +90,7 @@ export async function verifyCommand(argv: string[]): Promise<number> {
     debianMirror: String(values['debian-mirror'] ?? FLAGS['debian-mirror'].default).replace(/\/+$/, ''),
     node: values.node === true,
     deploy: deploy === undefined ? undefined : resolve(deploy),
+    cardSize: cardSize(values['card-size']),
   });
   const { state, timings, config } = await runTool(pipeline, values);
   const v = state.verify!;

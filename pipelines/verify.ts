@@ -13,7 +13,7 @@ import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, 
 import { dirname, join } from 'node:path';
 import { scoped } from '../engine/cleanup.ts';
 import { UserError } from '../engine/errors.ts';
-import { engineSchema } from '../engine/options.ts';
+import { engineSchema, formatBytes } from '../engine/options.ts';
 import { type BuildContext, type BuildState, type Pipeline, Resource, type Stage } from '../engine/stage.ts';
 import { extractImage } from '../lib/codec/decode.ts';
 import { imageArch } from '../lib/image/arch.ts';
@@ -27,7 +27,18 @@ import { type ClusterLink, createClusterLink } from '../lib/qemu/cluster-link.ts
 import { DEPLOY_USER, runDeploy } from '../lib/qemu/deploy.ts';
 import { type DeployEnvironment, prepareEnvironment } from '../lib/qemu/environment.ts';
 import { type GuestFacts, readFacts } from '../lib/qemu/facts.ts';
-import { consoleTail, type Guest, type GuestSpec, guestArgs, type SshTarget, shutDown, sshArgs, startGuest, waitForSsh } from '../lib/qemu/guest.ts';
+import {
+  consoleTail,
+  type Guest,
+  type GuestSpec,
+  growsAtFirstBoot,
+  guestArgs,
+  type SshTarget,
+  shutDown,
+  sshArgs,
+  startGuest,
+  waitForSsh,
+} from '../lib/qemu/guest.ts';
 import { debianKernel, type GuestArch, type GuestKernel, guestBusybox, nodeKernel, ownKernel } from '../lib/qemu/kernel.ts';
 import { NODE, prepareNodeBoot, runNode } from '../lib/qemu/node.ts';
 import { GUEST_BUSYBOX, PIMASTER_PORTS, pimasterChecks } from './pimaster/checks.ts';
@@ -49,6 +60,8 @@ export interface VerifyOptions {
   node: boolean;
   /** Then deploy this environment image onto the node through PiSeduce (see deploy.ts). */
   deploy?: string;
+  /** Boot the copy as a card of this many bytes: the image must grow into it itself. */
+  cardSize?: number;
 }
 
 /** The booted image, from boot to shut-down. */
@@ -74,7 +87,7 @@ declare module '../engine/stage.ts' {
       /** Byte offset of the boot partition (its cmdline.txt is read again after a reboot). */
       bootOffset?: number;
       bootArgs: string[];
-      /** The image grows its own root at the first boot (`resize`) into the copy's larger disk. */
+      /** The image grows its own root at the first boot (`resize`, bookworm's firstboot) into the copy's larger disk. */
       expands: boolean;
       bootSeconds?: number;
       boots?: number;
@@ -107,7 +120,7 @@ const copyStage = (opts: VerifyOptions): Stage => ({
       copy,
       arch: 'arm64',
       rootPartition: 0,
-      facts: { hostname: '' },
+      facts: { hostname: '', swap: [] },
       kernel: { source: '', version: '', kernel: '', initrd: '' },
       bootArgs: [],
       expands: false,
@@ -124,15 +137,22 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
     let layout = await readLayout(ctx, state.copy);
     state.bootOffset = layout.boot ? partition(layout, layout.boot).offset : undefined;
     state.bootArgs = await bootArgsOf(ctx, state.copy, state.bootOffset);
-    // An image that grows its root at the first boot gets a larger disk and grows into it itself
-    // (its root grown by half as much first: a shrunk root may not hold the modules copied in).
-    state.expands = state.bootArgs.includes('resize');
+    // An image that grows its root at the first boot gets a larger disk (or --card-size) and grows
+    // into it itself (its root grown by half as much first: a shrunk root may not hold the modules
+    // copied in). Other images get their root grown by verify.
+    state.expands = growsAtFirstBoot(state.bootArgs);
     const shippedFree = await scoped(ctx.cleanup, ctx.signal, async () => {
       const fs = await ext4Geometry(ctx, await attachLoop(ctx, state.copy, partition(layout, layout.root)));
       return fs.freeBlocks * fs.blockSize;
     });
-    layout = await growRoot(ctx, state.copy, layout, state.expands ? ROOM / 2 : ROOM);
-    if (state.expands) truncateSync(state.copy, statSync(state.copy).size + ROOM);
+    const imageSize = statSync(state.copy).size;
+    if (opts.cardSize !== undefined && opts.cardSize < imageSize + ROOM / 2)
+      throw new UserError(
+        `--card-size ${formatBytes(opts.cardSize)}: the card must hold the image (${formatBytes(imageSize)}) and the ${formatBytes(ROOM / 2)} verify adds to its root: pass a larger size`,
+      );
+    const card = opts.cardSize !== undefined || state.expands;
+    layout = await growRoot(ctx, state.copy, layout, card ? ROOM / 2 : ROOM);
+    if (card) truncateSync(state.copy, opts.cardSize ?? statSync(state.copy).size + ROOM);
     state.rootPartition = layout.root;
     const dir = join(ctx.paths.work, 'root');
     mkdirSync(dir, { recursive: true });
@@ -314,8 +334,8 @@ const checkStage = (opts: VerifyOptions): Stage => ({
     const state = verifyState(ctx);
     const facts = state.facts;
     const checks = [
-      ...systemChecks(facts, state.expands),
-      ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }, opts.node) : []),
+      ...systemChecks(facts, state.expands || opts.cardSize !== undefined),
+      ...(facts.pimaster ? pimasterChecks({ ...facts, pimaster: facts.pimaster }, { fromUplink: opts.node, card: opts.cardSize !== undefined }) : []),
       ...opts.checks,
     ];
     if (facts.pimaster) {

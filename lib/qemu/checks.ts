@@ -25,10 +25,11 @@ export interface CheckResult {
 }
 
 /**
- * Checks for any image: it booted cleanly, and is what its files said it would be; when it grows
- * its root at the first boot (`expands`), that it did, into the disk larger than the image.
+ * Checks for any image: it booted cleanly, and is what its files said it would be. On a disk
+ * larger than the image (`grown`: the image grows its root at the first boot, or --card-size),
+ * that the root filled it, and that the image's swap started.
  */
-export function systemChecks(facts: GuestFacts, expands = false): Check[] {
+export function systemChecks(facts: GuestFacts, grown = false): Check[] {
   const checks: Check[] = [
     {
       // First: the checks after it see a system that has finished starting.
@@ -56,7 +57,7 @@ export function systemChecks(facts: GuestFacts, expands = false): Check[] {
       command: `ip -4 -o addr show dev ${quote(a.interface)} | awk '{print $4}' | paste -sd" "; ip -4 -o addr show dev ${quote(a.interface)} | grep -qF ${quote(` ${want} `)}`,
     });
   }
-  if (expands) {
+  if (grown) {
     checks.push({
       name: 'the root grew to the end of its disk at the first boot',
       command:
@@ -65,6 +66,11 @@ export function systemChecks(facts: GuestFacts, expands = false): Check[] {
         'echo "partition ends $(( (total - end) / 1048576 )) MiB before the end of the ${total}-byte disk; filesystem ${fs} bytes of ${size}"; ' +
         '[ $((total - end)) -lt 16777216 ] && [ "$fs" -gt $((size * 9 / 10)) ]',
     });
+    if (facts.swap.length > 0)
+      checks.push({
+        name: `swap is on (${facts.swap.join(', ')})`,
+        command: 'swapon --noheadings --show=NAME,TYPE,SIZE | tr -s " " | paste -sd";" | sed "s/;/; /g"; [ -n "$(swapon --noheadings --show=NAME)" ]',
+      });
   }
   return checks;
 }

@@ -25,7 +25,27 @@ export interface GuestFacts {
    * is measured against the first. Unset for an image that grows its root at the first boot.
    */
   room?: { shippedFree: number; preparedUsed: number };
+  /** The swap the image sets up at boot (dphys-swapfile, zram-generator, rpi-swap, fstab): none is []. */
+  swap: string[];
 }
+
+/** The swap arrangements an image's files set up at boot, by name. */
+export function swapOf(root: string): string[] {
+  const has = (path: string) => existsSync(inRoot(root, path));
+  const generator = (name: string) => has(`usr/lib/systemd/system-generators/${name}`) || has(`lib/systemd/system-generators/${name}`);
+  const swap: string[] = [];
+  if (
+    has('etc/systemd/system/multi-user.target.wants/dphys-swapfile.service') ||
+    readdirSafe(inRoot(root, 'etc/rc2.d')).some((f) => /^S\d*dphys-swapfile$/.test(f))
+  )
+    swap.push('dphys-swapfile');
+  if (generator('zram-generator') && (has('etc/systemd/zram-generator.conf') || has('usr/lib/systemd/zram-generator.conf'))) swap.push('zram-generator');
+  if (generator('rpi-swap-generator')) swap.push('rpi-swap');
+  if (/^\s*[^#\s]\S*\s+\S+\s+swap\s/m.test(readInRoot(root, 'etc/fstab'))) swap.push('fstab');
+  return swap;
+}
+
+const readdirSafe = (dir: string) => (existsSync(dir) ? readdirSync(dir) : []);
 
 /** The last `interface X` block of a dhcpcd.conf with a `static ip_address=`. */
 export function dhcpcdStatic(text: string): StaticAddress | undefined {
@@ -67,5 +87,5 @@ export function readFacts(root: string): GuestFacts {
   }
   const nat = readInRoot(root, 'etc/systemd/system/pimaster-nat.service');
   const pimaster = existsSync(inRoot(root, 'usr/local/sbin/pimaster-firstboot')) ? { uplink: natUplink(nat) ?? 'wlan0' } : undefined;
-  return { hostname, address, pimaster };
+  return { hostname, address, pimaster, swap: swapOf(root) };
 }

@@ -13,11 +13,16 @@ const MNT = '/run/verify-nfs';
 /** The static busybox the verifier copies to the guest before the checks (its TFTP client). */
 export const GUEST_BUSYBOX = '/run/build-image-verify/busybox'; // busybox picks the applet from argv[1] only under this name
 
+/** The environment (GiB) a pimaster on a card (verify --card-size) must have room for: PiSeduce's images are about this size. */
+const ENVIRONMENT_ROOM = 1;
+
 /**
  * `fromUplink`: the host reaches the guest through the pimaster's uplink (verify --node), not
- * through its cluster interface, and so must not reach the cluster's services.
+ * through its cluster interface, and so must not reach the cluster's services. `card`: booted as
+ * a card larger than the image (verify --card-size), it has room for an environment.
  */
-export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string } }, fromUplink = false): Check[] {
+export function pimasterChecks(facts: GuestFacts & { pimaster: { uplink: string } }, how: { fromUplink?: boolean; card?: boolean } = {}): Check[] {
+  const { fromUplink = false } = how;
   const ip = facts.address?.address ?? '127.0.0.1';
   const cluster = facts.address ? `${facts.address.network}/${facts.address.prefix}` : '';
   const iface = facts.address?.interface ?? 'eth0';
@@ -130,6 +135,15 @@ if check_password_hash(row[0], "${PUBLISHED_ADMIN_PASSWORD}"):
 print("admin@piseduce.fr has a password of its own")
 PY`,
     },
+    ...(how.card
+      ? [
+          {
+            // fallocate reserves the blocks for real (ext4), then the file is removed.
+            name: `room for a ${ENVIRONMENT_ROOM} GiB environment in /root/environments`,
+            command: `f=/root/environments/.verify-room; fallocate -l ${ENVIRONMENT_ROOM}G $f; ok=$?; rm -f $f; echo "$(df -h --output=avail /root/environments | tail -n1 | tr -d " ") available"; [ $ok = 0 ]`,
+          },
+        ]
+      : []),
   ];
 }
 

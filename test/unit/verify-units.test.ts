@@ -44,10 +44,28 @@ test('facts from an image tree: host name, address, pimaster or not', (t) => {
     hostname: 'node7',
     address: { address: '192.168.5.2', prefix: 24, network: '192.168.5.0', netmask: '255.255.255.0', interface: 'eth0' },
     pimaster: undefined,
+    swap: [],
   });
   mkdirSync(join(root, 'usr/local/sbin'), { recursive: true });
   writeFileSync(join(root, 'usr/local/sbin/pimaster-firstboot'), '');
   t.deepEqual(readFacts(root).pimaster, { uplink: 'wlan0' });
+});
+
+test('facts: the swap an image sets up at boot, by what its files enable', (t) => {
+  const root = temp(t);
+  const put = (path: string, text = '') => {
+    mkdirSync(join(root, path, '..'), { recursive: true });
+    writeFileSync(join(root, path), text);
+  };
+  put('etc/fstab', '# /swapfile none swap sw 0 0\nPARTUUID=1-02 / ext4 defaults 0 1\n');
+  put('etc/dphys-swapfile', 'CONF_SWAPSIZE=512\n');
+  put('usr/lib/systemd/system-generators/zram-generator');
+  t.deepEqual(readFacts(root).swap, [], 'installed but not enabled, or no config: none');
+  put('etc/rc2.d/S01dphys-swapfile');
+  put('usr/lib/systemd/zram-generator.conf', '[zram0]\n');
+  put('lib/systemd/system-generators/rpi-swap-generator');
+  put('etc/fstab', '/swapfile none swap sw 0 0\n');
+  t.deepEqual(readFacts(root).swap, ['dphys-swapfile', 'zram-generator', 'rpi-swap', 'fstab']);
 });
 
 const VIRT = 'CONFIG_PCI_HOST_GENERIC=y\nCONFIG_VIRTIO_PCI=m\nCONFIG_VIRTIO_BLK=y\nCONFIG_VIRTIO_NET=m\nCONFIG_SERIAL_AMBA_PL011_CONSOLE=y\n';
@@ -88,12 +106,19 @@ test('a --checks file: one command a line, comments and blank lines skipped; an 
   t.throws(() => readChecksFile(join(dir, 'missing')), { message: /cannot read it \(ENOENT\)/ });
 });
 
-test('checks: the address check is there only for a static address; results one line each', (t) => {
-  t.is(systemChecks({ hostname: 'h' }).length, 3);
+test('checks: the address check is there only for a static address; growth and swap only on a larger disk; results one line each', (t) => {
+  t.is(systemChecks({ hostname: 'h', swap: ['dphys-swapfile'] }).length, 3);
   t.regex(
-    systemChecks({ hostname: 'h', address: { address: '1.2.3.4', prefix: 8, network: '1.0.0.0', netmask: '', interface: 'eth0' } })[3]!.name,
+    systemChecks({ hostname: 'h', swap: [], address: { address: '1.2.3.4', prefix: 8, network: '1.0.0.0', netmask: '', interface: 'eth0' } })[3]!.name,
     /eth0 has 1\.2\.3\.4\/8/,
   );
+  t.deepEqual(
+    systemChecks({ hostname: 'h', swap: ['dphys-swapfile', 'zram-generator'] }, true)
+      .slice(3)
+      .map((c) => c.name),
+    ['the root grew to the end of its disk at the first boot', 'swap is on (dphys-swapfile, zram-generator)'],
+  );
+  t.is(systemChecks({ hostname: 'h', swap: [] }, true).length, 4, 'no swap check for an image without swap');
   t.is(lastLine('a\nb\n\n'), 'b');
   t.is(lastLine(''), '(no output)');
   t.is(
