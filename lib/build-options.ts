@@ -10,6 +10,7 @@ export interface BuildOptions {
   grow: number | 'auto';
   overlay: string[];
   'expand-on-boot': boolean;
+  'fixed-size': boolean;
   script: string[];
   'apt-proxy': string | undefined;
   'apt-mirror': string | undefined;
@@ -103,7 +104,13 @@ export const buildSchema: Schema<BuildOptions> = {
   },
   'expand-on-boot': {
     kind: 'switch',
-    help: "re-arm the release's own first-boot expansion of the root filesystem",
+    help: "re-arm the release's own first-boot expansion of the root filesystem (a pimaster's default)",
+    default: false,
+    outputOnly: true,
+  },
+  'fixed-size': {
+    kind: 'switch',
+    help: "keep the root at its built size on the card: disarm the release's first-boot expansion",
     default: false,
     outputOnly: true,
   },

@@ -1,5 +1,5 @@
 import { scoped } from '../engine/cleanup.ts';
-import { UserError } from '../engine/errors.ts';
+import { ConfigError, UserError } from '../engine/errors.ts';
 import { formatBytes } from '../engine/options.ts';
 import type { Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
@@ -15,15 +15,19 @@ import { cutTo, minimumBlocks, shrinkTries } from '../lib/image/shrink.ts';
 /**
  * fsck, the root filesystem cut to its minimum plus a margin, its free blocks zeroed and turned
  * into holes (so the image compresses well and copies skip them), then the last partition and the
- * file cut to size. --expand-on-boot re-arms the release's own first-boot expansion; otherwise a
- * pipeline may ask for it to be disarmed (the pimaster install guide does), or leave it as it is.
+ * file cut to size. The release's own first-boot expansion is then armed (--expand-on-boot, or a
+ * pipeline's default: the pimaster grows to its card), disarmed (--fixed-size), or left as it is.
  */
-export function shrink(options: { disarmFirstBoot?: boolean } = {}): Stage<BuildConfig> {
+export function shrink(options: { armFirstBoot?: boolean } = {}): Stage<BuildConfig> {
+  const firstBoot = (config: BuildConfig) => (config['fixed-size'] ? 'disarm' : config['expand-on-boot'] || options.armFirstBoot ? 'arm' : undefined);
   return {
     name: 'shrink',
     describe: (config) =>
-      `cut the root filesystem to what it holds + ${formatBytes(config['shrink-margin'])}, zero free blocks${config['expand-on-boot'] ? ', re-arm first-boot expansion' : options.disarmFirstBoot ? ', disarm first-boot expansion' : ''}`,
-    options: ['shrink-margin', 'expand-on-boot'],
+      `cut the root filesystem to what it holds + ${formatBytes(config['shrink-margin'])}, zero free blocks${{ arm: ', arm first-boot expansion', disarm: ', disarm first-boot expansion', none: '' }[firstBoot(config) ?? 'none']}`,
+    options: ['shrink-margin', 'expand-on-boot', 'fixed-size'],
+    async check(config) {
+      if (config['expand-on-boot'] && config['fixed-size']) throw new ConfigError('--expand-on-boot and --fixed-size: give one or the other');
+    },
     async run(ctx) {
       const image = ctx.state.image;
       if (!image) throw new UserError('shrink: no working image; run the pipeline from its start');
@@ -57,14 +61,18 @@ export function shrink(options: { disarmFirstBoot?: boolean } = {}): Stage<Build
       }
       // Zeroed blocks become holes: smaller copies, faster reads, and a bmap of the used blocks only.
       await ctx.run('fallocate', ['--dig-holes', image]);
-      if (ctx.config['expand-on-boot'] || options.disarmFirstBoot) {
+      const firstBootEdit = firstBoot(ctx.config);
+      if (firstBootEdit) {
         const boot = partition(layout, layout.boot);
         const mechanism = ctx.state.system?.firstBoot ?? firstBootFor(ctx.state.system?.codename ?? '');
-        if (ctx.config['expand-on-boot'] && mechanism === 'none')
-          throw new UserError(`--expand-on-boot: release "${ctx.state.system?.codename}" has no first-boot expansion this tool knows`);
+        if (firstBootEdit === 'arm' && mechanism === 'none')
+          throw new UserError(
+            `${ctx.config['expand-on-boot'] ? '--expand-on-boot' : 'the root grows to its card at the first boot'}: release "${ctx.state.system?.codename}" has no first-boot expansion this tool knows (pass --fixed-size)`,
+          );
         const cmdline = parseCmdline(await readBootFile(ctx, image, boot.offset, 'cmdline.txt'));
-        const edited = ctx.config['expand-on-boot'] ? armFirstBoot(cmdline, mechanism) : disarmFirstBoot(cmdline);
+        const edited = firstBootEdit === 'arm' ? armFirstBoot(cmdline, mechanism) : disarmFirstBoot(cmdline);
         await writeBootFile(ctx, image, boot.offset, 'cmdline.txt', formatCmdline(edited));
+        ctx.log.line(`first-boot expansion ${firstBootEdit === 'arm' ? `armed (${mechanism})` : 'disarmed'}: ${formatCmdline(edited).trim()}`);
       }
       ctx.state.layout = layout;
     },

@@ -57,8 +57,8 @@ export const pimaster: Pipeline<PimasterConfig> = {
     settingsStage(['wifi-ssid', 'wifi-psk-file', 'wifi-country', 'wifi-hidden', 'timezone', 'locale', 'keymap', 'packages', 'enable', 'disable']),
     chrootStage({ name: 'user-chroot' }),
     finalizeStage,
-    // The install guide removes the Raspberry Pi first-boot resize; --expand-on-boot keeps it.
-    shrink({ disarmFirstBoot: true }),
+    // Grown to its card at the first boot (room for environments, swap); --fixed-size keeps the built size.
+    shrink({ armFirstBoot: true }),
     compressStage,
   ],
   snapshots: imageSnapshots,

@@ -14,7 +14,7 @@ import { attachStage } from '../../stages/attach.ts';
 import { finalizeStage } from '../../stages/finalize.ts';
 import { growStage } from '../../stages/grow.ts';
 import { overlayStage } from '../../stages/overlay.ts';
-import { shrinkStage } from '../../stages/shrink.ts';
+import { shrink, shrinkStage } from '../../stages/shrink.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { sha256File } from '../helpers/base-images.ts';
 import { runStages, scratch, smallDisk, testConfig } from '../helpers/build.ts';
@@ -119,6 +119,27 @@ test('grow, overlay, shrink: files land with their modes, boot is written back, 
   t.true(fsBytes < 96 * MiB + 200 * MiB - 64 * MiB, 'smaller than it was grown to');
   const { stdout: du } = await execa('du', ['--block-size=1', image]);
   t.true(Number(du.split('\t')[0]) < statSync(image).size, 'sparse');
+});
+
+test("first-boot expansion: a pipeline's default arms it, --fixed-size disarms it, both flags are refused", async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 4, rootMiB: 64 });
+  const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' };
+  const cmdline = async () => {
+    const [boot] = await partitions(image);
+    return (await execa('mtype', ['-i', `${image}@@${boot!.start * 512}`, '::/cmdline.txt'], { env })).stdout;
+  };
+  const growing = shrink({ armFirstBoot: true });
+  await runStages([attachStage, growing], testConfig(dir, { 'fixed-size': true }), { image });
+  t.notRegex(await cmdline(), /init=/, '--fixed-size');
+  await runStages([attachStage, growing], testConfig(dir, {}), { image });
+  t.regex(await cmdline(), / init=\/usr\/lib\/raspberrypi-sys-mods\/firstboot$/, "armed by default, with bookworm's own mechanism");
+  await t.throwsAsync(growing.check!(testConfig(dir, { 'fixed-size': true, 'expand-on-boot': true })), {
+    message: '--expand-on-boot and --fixed-size: give one or the other',
+  });
+  t.deepEqual(await loopsOn(image), []);
 });
 
 test('a size the data does not fit in is tried on a copy and dropped: the image stays as it was, or the next size that holds it is kept', async (t) => {
