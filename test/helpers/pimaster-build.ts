@@ -136,8 +136,6 @@ export async function pimasterBuild(base: PimasterBase): Promise<PimasterBuild> 
           // The distribution archive (Debian's, or on armhf Raspbian's, unreachable here) at the test mirror.
           '--apt-mirror',
           DEBIAN_MIRROR,
-          // trixie's build keeps the release's first-boot growth: verify then sees it grow the root.
-          ...(release === 'trixie' ? ['--expand-on-boot'] : []),
           // Build-time settings on a pimaster (its user layer): checked by pimaster-checks.
           ...(base === 'bookworm-arm64' ? PIMASTER_SETTINGS : []),
           // The suite's builds are made once per code change: snapshots would only fill the disk.

@@ -147,19 +147,22 @@ export function pimasterChecks(base: PimasterBase): void {
     t.true(await enabled(image, '', 'pimaster-nat.service'));
   });
 
-  if (release === 'trixie') {
-    it("--expand-on-boot: the release's first-boot growth is re-armed (resize on the command line), nothing else", async (t) => {
-      const cmdline = await image.bootFile('cmdline.txt');
+  it("the root grows to its card at the first boot, by the release's own mechanism, nothing else", async (t) => {
+    const cmdline = await image.bootFile('cmdline.txt');
+    t.regex(cmdline, /root=PARTUUID=\S+ rootfstype=ext4/);
+    if (release === 'trixie') {
       t.regex(cmdline, /(^| )resize( |$)/);
       t.notRegex(cmdline, /init=/);
-    });
-  } else {
-    it('the first-boot resize is disarmed', async (t) => {
-      const cmdline = await image.bootFile('cmdline.txt');
-      t.notRegex(cmdline, /init=|(^| )resize( |$)/);
-      t.regex(cmdline, /root=PARTUUID=\S+ rootfstype=ext4/);
-    });
-  }
+    } else {
+      t.regex(cmdline, / init=\/usr\/lib\/raspberrypi-sys-mods\/firstboot( |$)/);
+      t.notRegex(cmdline, /(^| )resize( |$)/);
+    }
+  });
+
+  it('dphys-swapfile is skipped, not failed, on a root without room for its swap file', async (t) => {
+    t.regex(await image.cat('/etc/systemd/system/dphys-swapfile.service.d/pimaster.conf'), /^ExecCondition=\/usr\/local\/sbin\/pimaster-swap-room$/m);
+    t.like(await image.stat('/usr/local/sbin/pimaster-swap-room'), { mode: 0o755 });
+  });
 
   it(`clean: no wifi network, no host keys, no key pairs, no known_hosts, no leases, no logs, machine-id as the release ships it (${release === 'trixie' ? 'uninitialized' : 'empty'})`, async (t) => {
     t.notRegex(await catOr(image, '/etc/wpa_supplicant/wpa_supplicant.conf'), /network=|psk=/);

@@ -4,7 +4,7 @@
  * pimaster's DHCP and TFTP, the NFS root), is reached from the pimaster with its root key as the
  * agent does, and is checked; then a user deploys an environment made by `customize` onto its SD
  * card through the agent's API, the node boots it, and the user destroys it. One pimaster boot for
- * all of it. No QEMU process, snmpd, network namespace, loop device or copy is left, and the
+ * all of it, as an 8 GB card. No QEMU process, snmpd, network namespace, loop device or copy is left, and the
  * image is untouched.
  */
 
@@ -47,7 +47,23 @@ test.serial('a node boots from the arm64 pimaster, then a user deploys an enviro
   });
   const r = await execa(
     'node',
-    [cli, 'verify', image, '--node', '--deploy', environment, '--ssh-key', build.sshKey, '--work', join(dir, 'work'), '--cache', TEST_CACHE],
+    // The pimaster boots as an 8 GB card: it grows to it, starts its swap, has room for environments.
+    [
+      cli,
+      'verify',
+      image,
+      '--node',
+      '--deploy',
+      environment,
+      '--card-size',
+      '8G',
+      '--ssh-key',
+      build.sshKey,
+      '--work',
+      join(dir, 'work'),
+      '--cache',
+      TEST_CACHE,
+    ],
     {
       reject: false,
       env: { CI: 'true' },
@@ -56,6 +72,10 @@ test.serial('a node boots from the arm64 pimaster, then a user deploys an enviro
   t.log(r.stdout);
   t.is(r.exitCode, 0, `${r.stdout}\n${r.stderr}`);
   for (const name of [
+    'systemd: every unit started, none failed',
+    'the root grew to the end of its disk at the first boot',
+    'swap is on (dphys-swapfile)',
+    'room for a 1 GiB environment in /root/environments',
     'node registered through the agent API',
     'PoE switch 48.48.0.253 added through the agent API',
     "node added through the agent API on the switch's port 2, serial 0e5a1c1d",

@@ -56,6 +56,7 @@ test('verify refuses bad arguments with one line and exit code 2', async (t) => 
     [[image, '--ssh-key', image, '--timeout', 'soon'], /--timeout soon: expected a whole number of seconds/],
     [[image, image, '--ssh-key', image], /verify takes one IMAGE/],
     [[image, '--ssh-key', image, '--bogus'], /Unknown option '--bogus'/],
+    [[image, '--ssh-key', image, '--card-size', 'big'], /--card-size big: expected a size such as 512M, 2G/],
   ];
   for (const [args, message] of cases) {
     const r = await verify([...args, '--work', join(dir, 'work')]);
@@ -120,8 +121,9 @@ for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const
       'agent API answers on 8090',
       'web UI admin password is not the published one',
       'test -d /nfs/raspi/root/fs_dir',
-      // trixie's build re-arms the release's first-boot growth (--expand-on-boot): the root grows into the larger disk.
-      ...(build.release === 'trixie' ? ['the root grew to the end of its disk at the first boot'] : []),
+      // The pimaster grows to its disk at the first boot (verify's is 1 GiB larger), and its swap starts.
+      'the root grew to the end of its disk at the first boot',
+      build.release === 'trixie' ? 'swap is on (zram-generator)' : 'swap is on (dphys-swapfile)',
     ]) {
       t.true(
         lines.some((l) => l.startsWith(`PASS  ${name} `)),
