@@ -70,7 +70,7 @@ test('verify refuses bad arguments with one line and exit code 2', async (t) => 
 const KERNEL = { arm64: 'cloud-arm64', armhf: 'armmp-lpae' } as const;
 
 for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const) {
-  test.serial(`${base} pimaster: boots in QEMU and passes every built-in check; a failing check of the user's fails the run`, async (t) => {
+  test.serial(`${base} pimaster: boots in QEMU as an 8 GB card and passes every built-in check; a failing check of the user's fails the run`, async (t) => {
     const build = await pimasterBuild(base);
     const arch = build.arch;
     const image = `${build.image}.zst`;
@@ -79,7 +79,8 @@ for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     const checks = join(dir, 'checks');
     writeFileSync(checks, '# the node root is there\ntest -d /nfs/raspi/root/fs_dir\n# and this one must fail\ntest -e /no/such/file\n');
-    const r = await verify([image, '--ssh-key', build.sshKey, '--checks', checks, '--work', join(dir, 'work'), '--cache', TEST_CACHE]);
+    // As an 8 GB card: the pimaster grows to it at the first boot and starts its swap.
+    const r = await verify([image, '--ssh-key', build.sshKey, '--card-size', '8G', '--checks', checks, '--work', join(dir, 'work'), '--cache', TEST_CACHE]);
     t.log(r.stdout);
     t.is(r.exitCode, 1, r.stderr);
 
@@ -121,9 +122,9 @@ for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const
       'agent API answers on 8090',
       'web UI admin password is not the published one',
       'test -d /nfs/raspi/root/fs_dir',
-      // The pimaster grows to its disk at the first boot (verify's is 1 GiB larger), and its swap starts.
       'the root grew to the end of its disk at the first boot',
       build.release === 'trixie' ? 'swap is on (zram-generator)' : 'swap is on (dphys-swapfile)',
+      'room for a 1 GiB environment in /root/environments',
     ]) {
       t.true(
         lines.some((l) => l.startsWith(`PASS  ${name} `)),
