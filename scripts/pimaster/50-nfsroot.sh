@@ -47,11 +47,12 @@ fi
 
 # The node runs sshd by itself (the boot-partition ssh switch never fires over the network) and
 # none of the pimaster's services; its host keys are not regenerated at each node's boot; nothing
-# that grows a root filesystem (a node's is NFS), asks for a user, or reads a cloud-init seed.
+# that grows a root filesystem (a node's is NFS), asks for a user, or reads a cloud-init seed; no
+# swap file (it would be on the NFS root all nodes share, where the kernel does not swap).
 systemctl --root="$nfs" enable ssh.service
 for unit in dnsmasq.service nfs-server.service pimaster-firstboot.service pimaster-first-user.service pimaster-nat.service pimaster-firewall.service \
             webui.service agent_api.service agent_exec.service regenerate_ssh_host_keys.service \
-            sshswitch.service rpi-resize.service userconfig.service; do
+            sshswitch.service rpi-resize.service userconfig.service dphys-swapfile.service; do
   systemctl --root="$nfs" disable "$unit" 2>/dev/null || true
   systemctl --root="$nfs" mask "$unit" 2>/dev/null || true
 done

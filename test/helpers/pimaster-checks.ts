@@ -226,14 +226,15 @@ export function pimasterChecks(base: PimasterBase): void {
     t.false(await image.exists('/nfs/raspi/tftpboot'));
   });
 
-  it('the NFS root is the image as shipped: its own DNS file and preload, no build files; nothing grows it, asks for a user, or runs cloud-init', async (t) => {
+  it('the NFS root is the image as shipped: its own DNS file and preload, no build files; nothing grows it, swaps on it, asks for a user, or runs cloud-init', async (t) => {
     t.is(await image.cat('/nfs/raspi/etc/resolv.conf'), await image.cat('/etc/resolv.conf'), "the image's resolv.conf, not the build host's");
     t.is(await catOr(image, '/nfs/raspi/etc/ld.so.preload', 'none'), await catOr(image, '/etc/ld.so.preload', 'none'));
     if (arch === 'armhf') t.regex(await image.cat('/nfs/raspi/etc/ld.so.preload'), /libarmmem/);
     t.false(await image.exists('/nfs/raspi/etc/init.d/resize2fs_once'), 'resize2fs_once would fail at every node boot');
     if (release === 'bookworm') t.true(await image.exists('/etc/init.d/resize2fs_once'), 'the pimaster keeps it (it grows its own root once)');
-    for (const unit of ['rpi-resize.service', 'userconfig.service', 'regenerate_ssh_host_keys.service'])
+    for (const unit of ['rpi-resize.service', 'userconfig.service', 'regenerate_ssh_host_keys.service', 'dphys-swapfile.service'])
       t.false(await enabled(image, '/nfs/raspi', unit), unit);
+    if (release === 'bookworm') t.true(await enabled(image, '', 'dphys-swapfile.service'), 'the pimaster keeps its swap file');
     if (release === 'trixie') t.true(await image.exists('/nfs/raspi/etc/cloud/cloud-init.disabled'));
   });
 
