@@ -9,7 +9,7 @@
  *
  * The copy, QEMU and every mount are undone by the clean-up stack, whatever happens.
  */
-import { appendFileSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync, statfsSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chownSync, cpSync, mkdirSync, rmdirSync, rmSync, statfsSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { scoped } from '../engine/cleanup.ts';
 import { UserError } from '../engine/errors.ts';
@@ -19,7 +19,7 @@ import { extractImage } from '../lib/codec/decode.ts';
 import { imageArch } from '../lib/image/arch.ts';
 import { ext4Geometry } from '../lib/image/ext4-fit.ts';
 import { growRoot } from '../lib/image/grow-root.ts';
-import { inRoot } from '../lib/image/in-root.ts';
+import { inRoot, readInRoot } from '../lib/image/in-root.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { type Check, type CheckResult, lastLine, systemChecks } from '../lib/qemu/checks.ts';
@@ -164,7 +164,7 @@ const prepareStage = (opts: VerifyOptions): Stage => ({
     await scoped(ctx.cleanup, ctx.signal, async () => {
       ctx.defer(`remove ${dir}`, () => rmdirSync(dir)); // after the unmount; never recursive
       const device = await attachLoop(ctx, state.copy, partition(layout, layout.root));
-      await mount(ctx, device, dir, ['-t', 'ext4']);
+      await mount(ctx, device, dir, ['-t', 'ext4', '-o', 'nodev,nosuid']);
       const arch = imageArch(dir);
       if (arch !== 'arm64' && arch !== 'armhf') throw new UserError(`the image's /bin/sh is for ${arch}: verify boots arm64 and armhf images`);
       state.arch = arch;
@@ -222,7 +222,7 @@ const MAX_BOOTS = 3;
 /** Add the public half of --ssh-key to the user's authorized_keys in the copy (never the image). */
 async function authorizeKey(ctx: BuildContext, root: string, opts: VerifyOptions): Promise<void> {
   const { stdout } = await ctx.run('ssh-keygen', ['-y', '-f', opts.sshKey]);
-  const entry = readFileSync(inRoot(root, 'etc/passwd'), 'utf8')
+  const entry = readInRoot(root, 'etc/passwd')
     .split('\n')
     .map((l) => l.split(':'))
     .find((f) => f[0] === opts.user);

@@ -18,7 +18,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, 
 import { join } from 'node:path';
 import { ConfigError } from '../engine/errors.ts';
 import { quote as q } from '../engine/exec.ts';
-import { inRoot } from '../lib/image/in-root.ts';
+import { inRoot, readInRoot, readRegular } from '../lib/image/in-root.ts';
 import type { Settings } from './model.ts';
 import { given, type PiSettings } from './options.ts';
 import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
@@ -51,7 +51,7 @@ export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, '
     throw new ConfigError(`--timezone ${s.timezone}: the image has no such zone in /usr/share/zoneinfo (is tzdata installed? add --packages tzdata)`);
   if (s.locale) {
     if (!has('usr/share/i18n/SUPPORTED')) throw new ConfigError(`--locale ${s.locale}: the image has no locales package (add --packages locales)`);
-    const line = readFileSync(inRoot(root, 'usr/share/i18n/SUPPORTED'), 'utf8')
+    const line = readInRoot(root, 'usr/share/i18n/SUPPORTED')
       .split('\n')
       .find((l) => l.split(' ')[0] === s.locale);
     if (!line) throw new ConfigError(`--locale ${s.locale}: not one of the image's supported locales (/usr/share/i18n/SUPPORTED, e.g. en_GB.UTF-8)`);
@@ -78,7 +78,7 @@ export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, '
   if (
     s.sshKeys &&
     !s.user &&
-    !readFileSync(inRoot(root, 'etc/passwd'), 'utf8')
+    !readInRoot(root, 'etc/passwd')
       .split('\n')
       .some((l) => l.split(':')[2] === '1000')
   ) {
@@ -180,7 +180,7 @@ export function settingsScript(s: Settings, facts: ImageFacts): string {
 export function asShipped(root: string): { restore(): void } {
   const ids = ['etc/machine-id', 'var/lib/dbus/machine-id'].map((path) => {
     const file = inRoot(root, path);
-    return { file, shipped: existsSync(file) ? readFileSync(file) : undefined };
+    return { file, shipped: readRegular(file, path) };
   });
   const logDir = inRoot(root, 'var/log');
   const logs = () =>
@@ -194,7 +194,7 @@ export function asShipped(root: string): { restore(): void } {
     restore() {
       for (const { file, shipped } of ids) {
         if (shipped === undefined) rmSync(file, { force: true });
-        else if (!existsSync(file) || !readFileSync(file).equals(shipped)) writeFileSync(file, shipped);
+        else if (!readRegular(file, file)?.equals(shipped)) writeFileSync(file, shipped);
       }
       for (const file of logs()) {
         const size = logSizes.get(file);

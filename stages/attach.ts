@@ -32,7 +32,8 @@ export const attachStage: Stage<BuildConfig> = {
     const boot = bootDir(ctx.paths.work);
     mkdirSync(root, { recursive: true });
     const device = await attachLoop(ctx, image, partition(layout, layout.root));
-    await mount(ctx, device, root, ['-t', 'ext4']);
+    // nodev: a device node in a downloaded image opens nothing of the host's; nosuid: the build is root already.
+    await mount(ctx, device, root, ['-t', 'ext4', '-o', 'nodev,nosuid']);
 
     rmSync(boot, { recursive: true, force: true });
     mkdirSync(boot);

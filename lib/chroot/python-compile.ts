@@ -100,7 +100,7 @@ function exclusions(root: string, versions: string[]): Exclusion[] | undefined {
   const found: Exclusion[] = [];
   try {
     for (const name of readdirSync(dir).filter((n) => !n.startsWith('.'))) {
-      for (const line of readFileSync(inRoot(root, `/usr/share/python3/bcep/${name}`), 'utf8').split('\n')) {
+      for (const line of readInRoot(root, `/usr/share/python3/bcep/${name}`).split('\n')) {
         if (line === '' || line.startsWith('#')) continue;
         const [type = '', range = '', path = '', ...rest] = line.split('|');
         const applies = inRange(range, versions);

@@ -24,7 +24,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../engine/errors.ts';
 import { findOnPath, quote } from '../../engine/exec.ts';
 import type { BuildContext } from '../../engine/stage.ts';
-import { entryInRoot, inRoot } from '../image/in-root.ts';
+import { entryInRoot, readInRoot } from '../image/in-root.ts';
 import { intToIpv4, ipv4ToInt } from '../net.ts';
 import type { Check, CheckResult } from './checks.ts';
 import type { ClusterLink } from './cluster-link.ts';
@@ -87,7 +87,7 @@ export async function prepareNodeBoot(ctx: BuildContext, root: string, kernel: G
     throw new UserError(`--node needs U-Boot for QEMU (${U_BOOT}) and mkimage: apt-get install u-boot-qemu u-boot-tools`);
   if (!findOnPath('snmpd') || !findOnPath('ip'))
     throw new UserError("--node needs net-snmp's snmpd (the PoE switch stand-in) and ip (the cluster link): apt-get install snmpd iproute2");
-  const cmdline = readFileSync(inRoot(root, 'tftpboot/rpiboot_uboot/cmdline.txt'), 'utf8');
+  const cmdline = readInRoot(root, 'tftpboot/rpiboot_uboot/cmdline.txt');
   if (cmdline.length > 4096) throw new UserError('--node: rpiboot_uboot/cmdline.txt is longer than a kernel command line can be');
   // Written into the image's copy: a link already at one of these names is replaced, never followed.
   const into = (name: string) => {

@@ -5,17 +5,18 @@
  * chroot and verify on such images: test/system/hostile-image-chroot-verify.test.ts.
  */
 
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
+import { execa } from 'execa';
 import { attachStage } from '../../stages/attach.ts';
 import { finalizeStage } from '../../stages/finalize.ts';
 import { growStage } from '../../stages/grow.ts';
 import { overlayStage } from '../../stages/overlay.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { runStages, scratch, testConfig } from '../helpers/build.ts';
-import { hostBait, inImage, plantLinks } from '../helpers/hostile-image.ts';
-import { loopsOn, mountsUnder } from '../helpers/leaks.ts';
+import { hostBait, inImage, plantLinks, plantNode } from '../helpers/hostile-image.ts';
+import { detachLoop, loopsOn, mountsUnder } from '../helpers/leaks.ts';
 
 const MiB = 2 ** 20;
 
@@ -44,6 +45,28 @@ for (const [what, fstabMount, links] of [
     t.deepEqual(mountsUnder(dir), []);
   });
 }
+
+test('an os-release that is a device node naming a host disk is refused at attach: nothing of the disk is read', async (t) => {
+  const dir = scratch();
+  const disk = join(dir, 'host-disk');
+  writeFileSync(disk, 'PRETTY_NAME="the host disk\'s secret"\n'.padEnd(4096, '\n'));
+  const { stdout: device } = await execa('losetup', ['--find', '--show', disk]);
+  t.teardown(async () => {
+    await detachLoop(device);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const { stdout: numbers } = await execa('stat', ['-c', '%t %T', device]);
+  const [major, minor] = numbers.split(' ').map((hex) => Number.parseInt(hex, 16));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image);
+  await plantNode(image, 'etc/os-release', `b ${major} ${minor}`);
+  const error = await t.throwsAsync(runStages([attachStage, finalizeStage], testConfig(dir), { image }));
+  t.is(error!.message, "the image's /etc/os-release is not a regular file: the image is damaged or hostile, and is not read");
+  const logs = readdirSync(join(dir, 'work', 'logs')).map((f) => readFileSync(join(dir, 'work', 'logs', f), 'utf8'));
+  t.notRegex(logs.join('\n'), /secret/, "the disk's content is in no log");
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(mountsUnder(dir), []);
+});
 
 test("an overlay writes through none of the image's links to the host: templates, files and directories land inside the image", async (t) => {
   const dir = scratch();
