@@ -30,6 +30,7 @@ export const HOST_TOOLS: ReadonlyArray<{ command: string; apt: string; use: stri
   { command: 'rsync', apt: 'rsync', use: 'copying trees' },
   { command: 'zerofree', apt: 'zerofree', use: 'zeroing free blocks before compression' },
   { command: 'bmaptool', apt: 'bmap-tools', use: '.bmap files' },
+  { command: 'bwrap', apt: 'bubblewrap', use: "the sandbox the image's own programs run in" },
   { command: 'qemu-aarch64-static', apt: 'qemu-user-static', use: 'running arm64 code in the image' },
   { command: 'qemu-arm-static', apt: 'qemu-user-static', use: 'running armhf code in the image' },
   { command: 'git', apt: 'git', use: 'cloning the PiSeduce sources' },

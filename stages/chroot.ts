@@ -5,6 +5,7 @@ import { CommandError } from '../engine/errors.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
 import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
+import { SANDBOX } from '../lib/chroot/sandbox.ts';
 import { scriptEnv, scriptList } from '../lib/chroot/scripts.ts';
 import { rootDir } from '../lib/image/attached.ts';
 import { inRoot } from '../lib/image/in-root.ts';
@@ -45,7 +46,7 @@ async function runScript(ctx: BuildContext<BuildConfig>, script: string, index: 
     });
     if (ctx.config['shell-on-error'] && process.stdin.isTTY) {
       process.stderr.write(`\nscript ${name} failed (exit code ${error.exitCode}); a shell inside the image follows. Exit it to clean up.\n`);
-      await ctx.commands.interactive('chroot', chrootArgs(ctx, ['/bin/bash', '-i'], { ...env, TERM: process.env.TERM ?? 'xterm' }));
+      await ctx.commands.interactive(SANDBOX, chrootArgs(ctx, ['/bin/bash', '-i'], { ...env, TERM: process.env.TERM ?? 'xterm' }, true));
     }
     throw failed;
   }
@@ -70,7 +71,7 @@ export function chrootStage<C extends BuildConfig>(options: ChrootStageOptions<C
     snapshotAtEnd: options.snapshotAtEnd,
     describe: (config) => {
       const n = scripts(config).length;
-      return n ? `run ${n} script${n > 1 ? 's' : ''} inside the image (qemu-user, apt cache bound in)` : 'no scripts to run (--script FILE)';
+      return n ? `run ${n} script${n > 1 ? 's' : ''} inside the image (a sandbox, qemu-user, apt cache bound in)` : 'no scripts to run (--script FILE)';
     },
     options: [...(user ? (['script'] as const) : []), 'apt-proxy', 'apt-mirror', 'shell-on-error', ...(options.keys ?? [])],
     async grows(ctx, rootUsed) {

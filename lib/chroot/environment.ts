@@ -1,13 +1,13 @@
 /**
- * The environment for running code inside the attached image under qemu-user: kernel file
- * systems bound in, DNS from the host, no service starting, no libarmmem preload flooding qemu,
+ * The environment for running code inside the attached image, in a sandbox (sandbox.ts), under
+ * qemu-user where the host does not run its programs: DNS from the host, no service starting, no libarmmem preload flooding qemu,
  * dpkg's unsafe-io, Python byte-compilation held to the end, dpkg's unpacking helpers run natively,
  * the host's apt archive cache, an optional apt proxy or mirror. Every change to the image's own
  * files is undone on the way out, so none of it stays in the finished image.
  */
 
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../engine/errors.ts';
@@ -15,11 +15,12 @@ import { quote, type RunOptions, type RunResult } from '../../engine/exec.ts';
 import { type BuildContext, Resource } from '../../engine/stage.ts';
 import type { Arch } from '../image/arch.ts';
 import { rootDir } from '../image/attached.ts';
-import { entryInRoot, inRoot } from '../image/in-root.ts';
+import { entryInRoot, inRoot, readInRoot } from '../image/in-root.ts';
 import { mount } from '../image/loop.ts';
 import { ensureBinfmt } from './emulation.ts';
 import { unpackNatively } from './native-unpack.ts';
 import { compileHeldPython, holdPythonCompile } from './python-compile.ts';
+import { SANDBOX, sandboxArgs } from './sandbox.ts';
 
 const SAVED = '.build-image-saved';
 /** Inside the image, on a tmpfs: scripts and files staged for them, gone after the build. */
@@ -146,14 +147,19 @@ export function archivesOf(text: string): string[] {
   return urls;
 }
 
-/** Processes whose root directory is inside the image (daemons a package started anyway). */
+/**
+ * Processes whose root directory is the image's (a sandbox's processes all die with it; this is
+ * for the one moment a command is being ended). Compared by device and inode: a process in the
+ * sandbox's mount namespace names its root `/`.
+ */
 export function processesIn(root: string): number[] {
   const pids: number[] = [];
+  const image = statSync(root);
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      const r = readlinkSync(`/proc/${entry}/root`);
-      if (r === root || r.startsWith(`${root}/`)) pids.push(Number(entry));
+      const r = statSync(`/proc/${entry}/root`);
+      if (r.dev === image.dev && r.ino === image.ino) pids.push(Number(entry));
     } catch {}
   }
   return pids;
@@ -249,17 +255,14 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
     mkdirSync(target, { recursive: true });
     return target;
   };
-  await mount(ctx, '/dev', at('dev'), ['--bind']);
-  await mount(ctx, '/dev/pts', at('dev/pts'), ['--bind']);
-  await mount(ctx, 'proc', at('proc'), ['-t', 'proc']);
-  await mount(ctx, '/sys', at('sys'), ['--bind']);
-  await mount(ctx, 'tmpfs', at('run'), ['-t', 'tmpfs', '-o', 'mode=0755']);
+  // /dev, /proc and /sys are the sandbox's own (sandbox.ts); /run and the binds below are in it.
+  await mount(ctx, 'tmpfs', at('run'), ['-t', 'tmpfs', '-o', 'mode=0755,nodev,nosuid']);
 
   // The apt sources as the build's apt will see them: the distribution archive at --apt-mirror.
   const lists = ['etc/apt/sources.list', ...listDir(root, 'etc/apt/sources.list.d').filter((f) => /\.(list|sources)$/.test(f))].filter((f) =>
     existsSync(inRoot(root, f)),
   );
-  const sources = new Map(lists.map((list) => [list, readFileSync(inRoot(root, list), 'utf8')]));
+  const sources = new Map(lists.map((list) => [list, readInRoot(root, list)]));
   const archivesNamed = () => [...new Set([...sources.values()].flatMap(archivesOf))];
   if (options.aptMirror) {
     let matched = false;
@@ -327,13 +330,12 @@ function listDir(root: string, dir: string): string[] {
   return existsSync(full) ? readdirSync(full).map((f) => `${dir}/${f}`) : [];
 }
 
-/** `chroot` arguments running `args` inside the image with the chroot's clean environment plus `env`. */
-export function chrootArgs(ctx: BuildContext, args: readonly string[], env: Record<string, string> = {}): string[] {
-  const vars = Object.entries({ ...CHROOT_ENV, ...env }).map(([k, v]) => `${k}=${v}`);
-  return [rootDir(ctx.paths.work), '/usr/bin/env', '-i', ...vars, ...args];
+/** Sandbox arguments running `args` inside the image with the chroot's clean environment plus `env`. */
+export function chrootArgs(ctx: BuildContext, args: readonly string[], env: Record<string, string> = {}, interactive = false): string[] {
+  return sandboxArgs(rootDir(ctx.paths.work), args, { env: { ...CHROOT_ENV, ...env }, interactive });
 }
 
 /** Run one command inside the image (after enterChroot). */
 export function chrootRun(ctx: BuildContext, args: readonly string[], options: RunOptions & { env?: Record<string, string> } = {}): Promise<RunResult> {
-  return ctx.run('chroot', chrootArgs(ctx, args, options.env), { ...options, env: undefined });
+  return ctx.run(SANDBOX, chrootArgs(ctx, args, options.env), { ...options, env: undefined });
 }

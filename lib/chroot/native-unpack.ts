@@ -16,6 +16,7 @@ import { findOnPath } from '../../engine/exec.ts';
 import type { BuildContext } from '../../engine/stage.ts';
 import { rootDir } from '../image/attached.ts';
 import { inRoot } from '../image/in-root.ts';
+import { SANDBOX, sandboxArgs } from './sandbox.ts';
 
 /** True when `DEB` (argument 1) is a plain package; busybox's `ar` reads the member list. */
 const isPlain = (bb: string) =>
@@ -60,7 +61,7 @@ export async function unpackNatively(ctx: BuildContext, dir: string): Promise<vo
   const bb = `${dir}/busybox`; // named so: busybox takes the applet from argv[1] only under this name
   copyFileSync(host, inRoot(root, bb));
   // A busybox linked to the host's libraries finds none of them in the image.
-  const tried = await ctx.run('chroot', [root, bb, 'true'], { reject: false });
+  const tried = await ctx.run(SANDBOX, sandboxArgs(root, [bb, 'true'], { env: {} }), { reject: false });
   if (tried.exitCode !== 0) return off(`${host} does not run inside the image (not statically linked)`);
   writeFileSync(inRoot(root, `${dir}/dpkg-deb`), dpkgDeb(bb), { mode: 0o755 });
   writeFileSync(inRoot(root, `${dir}/dpkg-split`), dpkgSplit(bb), { mode: 0o755 });

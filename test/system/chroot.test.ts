@@ -298,13 +298,15 @@ test.serial('--shell-on-error opens a shell inside the image where a script fail
     if (i > 600) return t.fail(`no shell:\n${await screen()}`);
     await sleep(100);
   }
-  await execa('tmux', ['send-keys', '-t', session, 'echo "inside $BUILD_ARCH $(uname -m)" > /root/shell-was-here; exit', 'Enter']);
+  await execa('tmux', ['send-keys', '-t', session, 'echo "inside $BUILD_ARCH $(uname -m) $(ls /proc | grep -c \'^[0-9]\')" > /root/shell-was-here; exit', 'Enter']);
   for (let i = 0; !existsSync(join(dir, 'exit')); i++) {
     if (i > 600) return t.fail(`the build did not end:\n${await screen()}`);
     await sleep(100);
   }
   t.is(readFileSync(join(dir, 'exit'), 'utf8').trim(), '1', 'the build still fails after the shell');
-  t.regex(await rootFile(image, 'cat /root/shell-was-here'), /^inside arm64 aarch64$/m, 'the shell ran inside the image, under emulation');
+  const was = await rootFile(image, 'cat /root/shell-was-here');
+  t.regex(was, /^inside arm64 aarch64 \d+$/m, 'the shell ran inside the image, under emulation');
+  t.true(Number(/^inside arm64 aarch64 (\d+)$/m.exec(was)?.[1]) < 10, "in the sandbox: its own few processes, not the host's");
   t.deepEqual(await loopsOn(image), []);
   t.deepEqual(mountsUnder(dir), []);
 });
