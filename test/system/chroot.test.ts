@@ -298,7 +298,13 @@ test.serial('--shell-on-error opens a shell inside the image where a script fail
     if (i > 600) return t.fail(`no shell:\n${await screen()}`);
     await sleep(100);
   }
-  await execa('tmux', ['send-keys', '-t', session, 'echo "inside $BUILD_ARCH $(uname -m) $(ls /proc | grep -c \'^[0-9]\')" > /root/shell-was-here; exit', 'Enter']);
+  await execa('tmux', [
+    'send-keys',
+    '-t',
+    session,
+    'echo "inside $BUILD_ARCH $(uname -m) $(ls /proc | grep -c \'^[0-9]\')" > /root/shell-was-here; exit',
+    'Enter',
+  ]);
   for (let i = 0; !existsSync(join(dir, 'exit')); i++) {
     if (i > 600) return t.fail(`the build did not end:\n${await screen()}`);
     await sleep(100);
