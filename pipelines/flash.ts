@@ -24,6 +24,7 @@ import { inspectTarget, openExclusive, refusals } from '../lib/card/target.ts';
 import { decodeImage, imageFormat } from '../lib/codec/decode.ts';
 import { type Bmap, imageStem, readBmap } from '../lib/image/bmap.ts';
 import { bootFileNames, readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
+import { withArguments } from '../lib/image/cmdline.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { bootMountOf } from '../lib/image/system.ts';
 import { cloudInitSeed, cmdlineArguments, firstrunScript, type InitFormat, newInstanceId } from '../settings/first-boot.ts';
@@ -182,8 +183,8 @@ const settingsStage = (opts: FlashOptions, settings: Settings): Stage => ({
     const bootMount = bootMountOf(fstab.stdout) ?? '/boot/firmware';
     const instance = newInstanceId();
     const files = format === 'systemd' ? { 'firstrun.sh': firstrunScript(settings, bootMount) } : cloudInitSeed(settings, instance);
-    const cmdline = (await readBootFile(ctx, opts.device, boot.offset, 'cmdline.txt')).trim();
-    const written = { ...files, 'cmdline.txt': `${cmdline}${cmdlineArguments(format, bootMount, instance)}\n` };
+    const cmdline = await readBootFile(ctx, opts.device, boot.offset, 'cmdline.txt');
+    const written = { ...files, 'cmdline.txt': withArguments(cmdline, cmdlineArguments(format, bootMount, instance)) };
     for (const [name, content] of Object.entries(written)) await writeBootFile(ctx, opts.device, boot.offset, name, content);
     await ctx.run('blockdev', ['--flushbufs', opts.device]);
     for (const [name, content] of Object.entries(written)) {

@@ -1,0 +1,14 @@
+/**
+ * What flash writes for a card's first boot, and what it refuses before writing anything: a boot
+ * mount point from the card's fstab that is no plain path, SSH keys past the argument limit, a
+ * malformed manifest beside the image; and where the arguments go in a multi-line cmdline.txt.
+ */
+
+import test from 'ava';
+import { withArguments } from '../../lib/image/cmdline.ts';
+
+test('the arguments go on the first line of cmdline.txt, the only one the firmware reads', (t) => {
+  t.is(withArguments('console=tty1 root=PARTUUID=1-02 rootwait\n', ' a=1'), 'console=tty1 root=PARTUUID=1-02 rootwait a=1\n');
+  t.is(withArguments('console=tty1 rootwait\n# a comment the firmware ignores\n\n', ' a=1'), 'console=tty1 rootwait a=1\n# a comment the firmware ignores\n');
+  t.is(withArguments('console=tty1 rootwait\r\nsecond\r\n', ' a=1'), 'console=tty1 rootwait a=1\nsecond\n');
+});
