@@ -16,6 +16,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError } from '../engine/errors.ts';
 import { quote as q } from '../engine/exec.ts';
 import { engineSchema, resolveOptions, type Schema } from '../engine/options.ts';
+import { plainBootMount } from '../lib/image/system.ts';
 import { anySettings, readSettings, type Settings } from './model.ts';
 import { type PiSettings, SETTING_KEYS, settingsSchema } from './options.ts';
 import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
@@ -82,7 +83,8 @@ export async function firstBootSettings(flags: Record<string, string | boolean |
 const CUSTOM = '/usr/lib/raspberrypi-sys-mods/imager_custom';
 
 /** firstrun.sh for init_format `systemd`: what it does, in the order Imager's does it. */
-export function firstrunScript(s: Settings, bootMount: string): string {
+export function firstrunScript(s: Settings, mount: string): string {
+  const bootMount = plainBootMount(mount); // the card's fstab: it goes into shell lines unquoted
   const out = ['#!/bin/sh', "# First-boot settings written by build-image flash (Raspberry Pi Imager's format): run once, then removed.", '', 'set +e', ''];
   if (s.hostname) {
     out.push(
@@ -145,7 +147,7 @@ export function firstrunScript(s: Settings, bootMount: string): string {
 /** What the kernel command line gets for each format. */
 export function cmdlineArguments(format: InitFormat, bootMount: string, instanceId: string): string {
   return format === 'systemd'
-    ? ` systemd.run=${bootMount}/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target`
+    ? ` systemd.run=${plainBootMount(bootMount)}/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target`
     : ` ds=nocloud;i=${instanceId}`;
 }
 

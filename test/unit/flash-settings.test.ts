@@ -6,9 +6,20 @@
 
 import test from 'ava';
 import { withArguments } from '../../lib/image/cmdline.ts';
+import { cmdlineArguments, firstrunScript } from '../../settings/first-boot.ts';
 
 test('the arguments go on the first line of cmdline.txt, the only one the firmware reads', (t) => {
   t.is(withArguments('console=tty1 root=PARTUUID=1-02 rootwait\n', ' a=1'), 'console=tty1 root=PARTUUID=1-02 rootwait a=1\n');
   t.is(withArguments('console=tty1 rootwait\n# a comment the firmware ignores\n\n', ' a=1'), 'console=tty1 rootwait a=1\n# a comment the firmware ignores\n');
   t.is(withArguments('console=tty1 rootwait\r\nsecond\r\n', ' a=1'), 'console=tty1 rootwait a=1\nsecond\n');
+});
+
+test("a boot mount point from the card's fstab that is no plain path is refused, never put in firstrun.sh or cmdline.txt", (t) => {
+  const s = { hostname: 'pi-07', packages: [], enable: [], disable: [] };
+  for (const mount of ['/boot/firmware;reboot', '/boot/$(reboot)', '/boot/../etc', 'boot', '/', "/boot/it's"]) {
+    t.throws(() => firstrunScript(s, mount), { message: /fstab mounts the boot partition at .*fix the image's fstab/ }, mount);
+    t.throws(() => cmdlineArguments('systemd', mount, 'id'), { message: /fstab mounts the boot partition at/ }, mount);
+  }
+  t.notThrows(() => firstrunScript(s, '/boot/firmware'));
+  t.notThrows(() => firstrunScript(s, '/boot'));
 });
