@@ -69,6 +69,13 @@ function settingsFile(path: string): Record<string, unknown> {
 }
 
 /**
+ * firstrun.sh hands the keys to imager_custom as arguments, and Linux refuses to run a program with
+ * one argument over MAX_ARG_STRLEN (128 KiB) or all of them over ARG_MAX (a quarter of the stack
+ * limit): the first boot would fail. All the keys together stay under the first, so under both.
+ */
+const ARG_LIMIT = 131072;
+
+/**
  * The flags (and --settings FILE's keys, which the flags override) through the settings' specs,
  * then checked together: the card's settings, or undefined when none is given.
  */
@@ -77,6 +84,12 @@ export async function firstBootSettings(flags: Record<string, string | boolean |
   const given = Object.fromEntries(FIRST_BOOT_KEYS.filter((key) => flags[key] !== undefined).map((key) => [key, flags[key]]));
   const values = resolveOptions({ ...engineSchema, ...settingsSchema }, FIRST_BOOT_KEYS, { file, flags: given }, 'flash');
   const settings = await readSettings(values);
+  const keyBytes = (settings.sshKeys ?? []).reduce((n, key) => n + Buffer.byteLength(key) + 1, 0);
+  if (keyBytes > ARG_LIMIT) {
+    throw new ConfigError(
+      `--ssh-key: the keys come to ${keyBytes} bytes, over the ${ARG_LIMIT} bytes (Linux's MAX_ARG_STRLEN) firstrun.sh may pass to imager_custom as arguments: give fewer keys`,
+    );
+  }
   return anySettings(settings) ? settings : undefined;
 }
 

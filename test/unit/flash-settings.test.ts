@@ -4,9 +4,13 @@
  * malformed manifest beside the image; and where the arguments go in a multi-line cmdline.txt.
  */
 
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import test from 'ava';
+import { execaSync } from 'execa';
 import { withArguments } from '../../lib/image/cmdline.ts';
-import { cmdlineArguments, firstrunScript } from '../../settings/first-boot.ts';
+import { cmdlineArguments, firstBootSettings, firstrunScript } from '../../settings/first-boot.ts';
+import { scratch } from '../helpers/build.ts';
 
 test('the arguments go on the first line of cmdline.txt, the only one the firmware reads', (t) => {
   t.is(withArguments('console=tty1 root=PARTUUID=1-02 rootwait\n', ' a=1'), 'console=tty1 root=PARTUUID=1-02 rootwait a=1\n');
@@ -22,4 +26,15 @@ test("a boot mount point from the card's fstab that is no plain path is refused,
   }
   t.notThrows(() => firstrunScript(s, '/boot/firmware'));
   t.notThrows(() => firstrunScript(s, '/boot'));
+});
+
+test('SSH keys past the limit of one argument (MAX_ARG_STRLEN) are refused before anything is written', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  execaSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'k', '-f', join(dir, 'k')]);
+  const key = readFileSync(join(dir, 'k.pub'), 'utf8').trim();
+  writeFileSync(join(dir, 'few.pub'), `${key}\n`.repeat(10));
+  writeFileSync(join(dir, 'many.pub'), Array.from({ length: 1600 }, (_, i) => `${key}-${i}`).join('\n'));
+  t.truthy((await firstBootSettings({ 'ssh-key': [join(dir, 'few.pub')] }))?.sshKeys);
+  await t.throwsAsync(firstBootSettings({ 'ssh-key': [join(dir, 'many.pub')] }), { message: /^--ssh-key: .* over the 131072 bytes .*MAX_ARG_STRLEN/ });
 });
