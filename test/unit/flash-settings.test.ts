@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { execaSync } from 'execa';
 import { withArguments } from '../../lib/image/cmdline.ts';
+import { flashPipeline } from '../../pipelines/flash.ts';
 import { cmdlineArguments, firstBootSettings, firstrunScript } from '../../settings/first-boot.ts';
 import { scratch } from '../helpers/build.ts';
 
@@ -37,4 +38,23 @@ test('SSH keys past the limit of one argument (MAX_ARG_STRLEN) are refused befor
   writeFileSync(join(dir, 'many.pub'), Array.from({ length: 1600 }, (_, i) => `${key}-${i}`).join('\n'));
   t.truthy((await firstBootSettings({ 'ssh-key': [join(dir, 'few.pub')] }))?.sshKeys);
   await t.throwsAsync(firstBootSettings({ 'ssh-key': [join(dir, 'many.pub')] }), { message: /^--ssh-key: .* over the 131072 bytes .*MAX_ARG_STRLEN/ });
+});
+
+test('a malformed manifest beside the image is refused before the card is written', (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'pi.img.xz');
+  writeFileSync(image, '');
+  const settings = { hostname: 'pi-07', packages: [], enable: [], disable: [] };
+  const pipeline = () => flashPipeline({ image, device: '/dev/null', force: false, settings });
+  for (const text of ['{"init_format": "systemd",', '[]', '{"init_format": "upstart"}', '{"init_format": 3}']) {
+    writeFileSync(join(dir, 'pi.manifest.json'), text);
+    t.throws(pipeline, { message: /pi\.manifest\.json/ }, text);
+  }
+  for (const text of ['{"init_format": "systemd"}', '{"init_format": "cloudinit-rpi"}', '{"name": "pi"}']) {
+    writeFileSync(join(dir, 'pi.manifest.json'), text);
+    t.notThrows(pipeline, text);
+  }
+  rmSync(join(dir, 'pi.manifest.json'));
+  t.notThrows(pipeline, 'no manifest');
 });
