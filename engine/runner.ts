@@ -8,7 +8,7 @@ import type { EngineOptions } from './options.ts';
 import type { Reporter } from './report.ts';
 import { type BuildContext, type BuildState, type Pipeline, Resources, type Stage } from './stage.ts';
 import { type Checkpoint, chainKeys, StageCache, toolkitVersion } from './stage-cache.ts';
-import { claimWorkDir } from './work-dir.ts';
+import { claimWorkDir, privateDir } from './work-dir.ts';
 
 export interface Range {
   from?: string;
@@ -193,6 +193,7 @@ export async function runPipeline<C extends EngineOptions>(
   const stages = selectStages(pipeline, range);
   await checkSettings(stages, config);
   const release = await claimWorkDir(config.work, (line) => reporter.info(line));
+  privateDir(config.cache);
   try {
     return await runStagesIn(pipeline, stages, config, range, reporter, initialState);
   } finally {

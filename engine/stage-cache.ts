@@ -10,11 +10,12 @@
  * snapshots are removed when the cache outgrows its size limit.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { treeDigest } from './digest.ts';
 import { processAlive, withLock } from './lock.ts';
 import type { BuildState } from './stage.ts';
+import { privateDir } from './work-dir.ts';
 
 export interface SnapshotMeta {
   key: string;
@@ -105,7 +106,7 @@ export class StageCache {
 
   /** Restoring and pruning take turns between builds sharing the cache: none removes what another copies. */
   locked<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    mkdirSync(this.dir, { recursive: true });
+    privateDir(this.dir);
     return withLock(join(this.dir, '.lock'), fn, signal);
   }
 
@@ -129,12 +130,14 @@ export class StageCache {
    * meta.json is written last and the directory renamed into place. On any error nothing is left.
    */
   async save(meta: Omit<SnapshotMeta, 'files' | 'created'>, fill: (dir: string) => Promise<string[]>): Promise<SnapshotEntry> {
-    mkdirSync(this.dir, { recursive: true });
+    privateDir(this.dir);
     const tmp = join(this.dir, `${meta.key}.tmp-${process.pid}`);
     rmSync(tmp, { recursive: true, force: true });
-    mkdirSync(tmp);
+    mkdirSync(tmp, { mode: 0o700 });
     try {
       const names = await fill(tmp);
+      // A snapshot is a copy of the image, secrets and all: its owner's alone.
+      for (const name of names) chmodSync(join(tmp, name), 0o600);
       const files = Object.fromEntries(names.map((name) => [name, statSync(join(tmp, name)).size]));
       writeFileSync(join(tmp, META), `${JSON.stringify({ ...meta, files, created: new Date().toISOString() }, null, 2)}\n`);
       const dir = join(this.dir, meta.key);

@@ -5,7 +5,7 @@
  * What a build killed with SIGKILL left mounted or attached under it is undone before the next
  * build uses it: otherwise a later `rm -rf` goes through the host's /dev bind-mounted there.
  */
-import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { execa } from 'execa';
 import { ConfigError } from './errors.ts';
@@ -66,6 +66,16 @@ export function undoCommands({ mounts, loops }: ReturnType<typeof leftovers>): s
 }
 
 /**
+ * A directory only its owner can enter (0700), made so or tightened if it was there: the work dir
+ * and the cache hold images with Wi-Fi keys and password hashes, which any user could read in a
+ * 0755 tree with debugfs.
+ */
+export function privateDir(path: string): void {
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  chmodSync(path, 0o700);
+}
+
+/**
  * Make or take `work` for this process; returns the release. Refuses (exit 2) a directory with
  * files the tool did not make, and one another live build holds.
  */
@@ -83,12 +93,13 @@ export async function claimWorkDir(work: string, note: (line: string) => void): 
     }
   } else {
     // Every directory made here is the tool's own (`work/verify` may make `work` too).
-    const first = mkdirSync(target, { recursive: true })!;
+    const first = mkdirSync(target, { recursive: true, mode: 0o700 })!;
     for (let dir = target; ; dir = dirname(dir)) {
       writeFileSync(join(dir, MARKER), '');
       if (dir === first || relative(first, dir).startsWith('..')) break;
     }
   }
+  chmodSync(target, 0o700);
   const lock = join(target, LOCK);
   const mine = `${process.pid} ${startTime(process.pid)}\n`;
   const tmp = `${lock}.${process.pid}`;

@@ -14,7 +14,7 @@ import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { UserError } from '../engine/errors.ts';
+import { ConfigError, UserError } from '../engine/errors.ts';
 import { engineSchema } from '../engine/options.ts';
 import { Progress } from '../engine/progress.ts';
 import type { BuildContext, Pipeline, Stage } from '../engine/stage.ts';
@@ -24,6 +24,7 @@ import { inspectTarget, openExclusive, refusals } from '../lib/card/target.ts';
 import { decodeImage, imageFormat } from '../lib/codec/decode.ts';
 import { type Bmap, imageStem, readBmap } from '../lib/image/bmap.ts';
 import { bootFileNames, readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
+import { withArguments } from '../lib/image/cmdline.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { bootMountOf } from '../lib/image/system.ts';
 import { cloudInitSeed, cmdlineArguments, firstrunScript, type InitFormat, newInstanceId } from '../settings/first-boot.ts';
@@ -158,17 +159,33 @@ const expandStage = (opts: FlashOptions): Stage => ({
   },
 });
 
-/** How the release takes first-boot settings: the build's manifest says; else a cloud-init seed on the boot partition does. */
-function initFormatOf(image: string, bootFiles: string[]): InitFormat {
+/**
+ * The init_format the build's manifest beside the image gives, if there is one: read before the
+ * card is written, so that a malformed one stops flash with nothing done.
+ */
+function manifestInitFormat(image: string): InitFormat | undefined {
   const manifest = `${imageStem(image)}.manifest.json`;
-  if (existsSync(manifest)) {
-    const format = (JSON.parse(readFileSync(manifest, 'utf8')) as { init_format?: string }).init_format;
-    if (format === 'systemd' || format === 'cloudinit-rpi') return format;
+  if (!existsSync(manifest)) return undefined;
+  const bad = (why: string) => new ConfigError(`${manifest}: ${why}: fix it or remove it (without it, the card's boot partition says which format)`);
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(manifest, 'utf8'));
+  } catch (error) {
+    throw bad(`not readable JSON (${(error as Error).message.split('\n')[0]})`);
   }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('not a JSON object');
+  const format = (value as { init_format?: unknown }).init_format;
+  if (format === undefined || format === 'systemd' || format === 'cloudinit-rpi') return format;
+  throw bad(`init_format ${JSON.stringify(format)} is neither systemd nor cloudinit-rpi`);
+}
+
+/** How the release takes first-boot settings: the build's manifest says; else a cloud-init seed on the boot partition does. */
+function initFormatOf(fromManifest: InitFormat | undefined, bootFiles: string[]): InitFormat {
+  if (fromManifest) return fromManifest;
   return bootFiles.includes('meta-data') || bootFiles.includes('user-data') ? 'cloudinit-rpi' : 'systemd';
 }
 
-const settingsStage = (opts: FlashOptions, settings: Settings): Stage => ({
+const settingsStage = (opts: FlashOptions, settings: Settings, fromManifest: InitFormat | undefined): Stage => ({
   name: 'settings',
   describe: () => `write the card's first-boot settings to the boot partition of ${opts.device}`,
   options: [],
@@ -176,14 +193,14 @@ const settingsStage = (opts: FlashOptions, settings: Settings): Stage => ({
     const layout = await readLayout(ctx, opts.device);
     const boot = partition(layout, layout.boot);
     const root = partition(layout, layout.root);
-    const format = initFormatOf(opts.image, await bootFileNames(ctx, opts.device, boot.offset));
+    const format = initFormatOf(fromManifest, await bootFileNames(ctx, opts.device, boot.offset));
     // Where the system mounts the boot partition, from the card's own fstab (debugfs reads it without mounting).
     const fstab = await ctx.run('debugfs', ['-R', 'cat /etc/fstab', `${opts.device}?offset=${root.offset}`], { reject: false });
     const bootMount = bootMountOf(fstab.stdout) ?? '/boot/firmware';
     const instance = newInstanceId();
     const files = format === 'systemd' ? { 'firstrun.sh': firstrunScript(settings, bootMount) } : cloudInitSeed(settings, instance);
-    const cmdline = (await readBootFile(ctx, opts.device, boot.offset, 'cmdline.txt')).trim();
-    const written = { ...files, 'cmdline.txt': `${cmdline}${cmdlineArguments(format, bootMount, instance)}\n` };
+    const cmdline = await readBootFile(ctx, opts.device, boot.offset, 'cmdline.txt');
+    const written = { ...files, 'cmdline.txt': withArguments(cmdline, cmdlineArguments(format, bootMount, instance)) };
     for (const [name, content] of Object.entries(written)) await writeBootFile(ctx, opts.device, boot.offset, name, content);
     await ctx.run('blockdev', ['--flushbufs', opts.device]);
     for (const [name, content] of Object.entries(written)) {
@@ -206,7 +223,7 @@ export function flashPipeline(opts: FlashOptions): Pipeline {
       writeStage(opts, bmap),
       readBackStage(opts),
       ...(opts.expand ? [expandStage(opts)] : []),
-      ...(opts.settings ? [settingsStage(opts, opts.settings)] : []),
+      ...(opts.settings ? [settingsStage(opts, opts.settings, manifestInitFormat(opts.image))] : []),
     ],
   };
 }

@@ -16,6 +16,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError } from '../engine/errors.ts';
 import { quote as q } from '../engine/exec.ts';
 import { engineSchema, resolveOptions, type Schema } from '../engine/options.ts';
+import { plainBootMount } from '../lib/image/system.ts';
 import { anySettings, readSettings, type Settings } from './model.ts';
 import { type PiSettings, SETTING_KEYS, settingsSchema } from './options.ts';
 import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
@@ -68,6 +69,13 @@ function settingsFile(path: string): Record<string, unknown> {
 }
 
 /**
+ * firstrun.sh hands the keys to imager_custom as arguments, and Linux refuses to run a program with
+ * one argument over MAX_ARG_STRLEN (128 KiB) or all of them over ARG_MAX (a quarter of the stack
+ * limit): the first boot would fail. All the keys together stay under the first, so under both.
+ */
+const ARG_LIMIT = 131072;
+
+/**
  * The flags (and --settings FILE's keys, which the flags override) through the settings' specs,
  * then checked together: the card's settings, or undefined when none is given.
  */
@@ -76,13 +84,20 @@ export async function firstBootSettings(flags: Record<string, string | boolean |
   const given = Object.fromEntries(FIRST_BOOT_KEYS.filter((key) => flags[key] !== undefined).map((key) => [key, flags[key]]));
   const values = resolveOptions({ ...engineSchema, ...settingsSchema }, FIRST_BOOT_KEYS, { file, flags: given }, 'flash');
   const settings = await readSettings(values);
+  const keyBytes = (settings.sshKeys ?? []).reduce((n, key) => n + Buffer.byteLength(key) + 1, 0);
+  if (keyBytes > ARG_LIMIT) {
+    throw new ConfigError(
+      `--ssh-key: the keys come to ${keyBytes} bytes, over the ${ARG_LIMIT} bytes (Linux's MAX_ARG_STRLEN) firstrun.sh may pass to imager_custom as arguments: give fewer keys`,
+    );
+  }
   return anySettings(settings) ? settings : undefined;
 }
 
 const CUSTOM = '/usr/lib/raspberrypi-sys-mods/imager_custom';
 
 /** firstrun.sh for init_format `systemd`: what it does, in the order Imager's does it. */
-export function firstrunScript(s: Settings, bootMount: string): string {
+export function firstrunScript(s: Settings, mount: string): string {
+  const bootMount = plainBootMount(mount); // the card's fstab: it goes into shell lines unquoted
   const out = ['#!/bin/sh', "# First-boot settings written by build-image flash (Raspberry Pi Imager's format): run once, then removed.", '', 'set +e', ''];
   if (s.hostname) {
     out.push(
@@ -145,7 +160,7 @@ export function firstrunScript(s: Settings, bootMount: string): string {
 /** What the kernel command line gets for each format. */
 export function cmdlineArguments(format: InitFormat, bootMount: string, instanceId: string): string {
   return format === 'systemd'
-    ? ` systemd.run=${bootMount}/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target`
+    ? ` systemd.run=${plainBootMount(bootMount)}/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target`
     : ` ds=nocloud;i=${instanceId}`;
 }
 

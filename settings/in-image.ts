@@ -234,3 +234,12 @@ ExecStart=/usr/bin/ssh-keygen -A
 [Install]
 WantedBy=multi-user.target
 `;
+
+/**
+ * `apt-get install` of exact package names: after `--`, so none is an option; Pattern-Only so a
+ * name is never widened to a glob or a regular expression (apt's fallback when no package has it);
+ * --no-remove so apt stops rather than remove a package to make room for another.
+ */
+export function aptInstallArgs(names: readonly string[]): string[] {
+  return ['apt-get', 'install', '-y', '-q', '--no-remove', '-o', 'APT::Cmd::Pattern-Only=true', '--', ...names];
+}

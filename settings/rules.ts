@@ -113,13 +113,21 @@ export function parseKeymap(raw: string): string {
   return raw;
 }
 
-/** `a,b,c`: Debian package names (optionally `:arch`). */
+/**
+ * `a,b,c`: Debian package names (policy 5.6.7) and nothing of apt's own syntax: apt reads a trailing
+ * `-` as "remove" and `+` as "install", `=`, `/` and `:` as a version, release and architecture.
+ */
 export function parsePackages(raw: string): string[] {
   const names = raw
     .split(',')
     .map((n) => n.trim())
     .filter(Boolean);
-  if (names.length === 0 || !names.every((n) => /^[a-z0-9][a-z0-9+.-]+(?::[a-z0-9]+)?$/.test(n))) throw 'Debian package names, comma-separated (tree,htop)';
+  const expected = 'Debian package names, comma-separated (tree,htop)';
+  if (names.length === 0) throw expected;
+  for (const name of names) {
+    if (/[-+]$/.test(name)) throw `${expected}: "${name}" ends in ${name.at(-1)}, which apt reads as remove or install (drop it)`;
+    if (!/^[a-z0-9][a-z0-9+.-]+$/.test(name)) throw `${expected}: "${name}" is not one (lower-case letters, digits, + - .; no version, release or :arch)`;
+  }
   return names;
 }
 

@@ -4,12 +4,14 @@
  * runs, then applied inside the image (settings/in-image.ts): packages first, then a script.
  */
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { UserError } from '../engine/errors.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
 import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
 import { rootDir } from '../lib/image/attached.ts';
-import { inRoot } from '../lib/image/in-root.ts';
-import { aptIndexes, asShipped, checkAgainstImage, HOST_KEYS_UNIT, hostKeys, settingsKey, settingsScript } from '../settings/in-image.ts';
+import { inRoot, readInRoot } from '../lib/image/in-root.ts';
+import { removedPackages } from '../lib/image/packages.ts';
+import { aptIndexes, aptInstallArgs, asShipped, checkAgainstImage, HOST_KEYS_UNIT, hostKeys, settingsKey, settingsScript } from '../settings/in-image.ts';
 import { readSettings } from '../settings/model.ts';
 import { given, only, type PiSettings, SETTING_KEYS } from '../settings/options.ts';
 
@@ -58,8 +60,15 @@ async function applySettings(ctx: BuildContext<SettingsConfig>, config: Settings
     ctx.status(`installing ${settings.packages.join(', ')}`);
     const keysBefore = hostKeys(root);
     const hadIndexes = aptIndexes(root).length > 0;
+    const statusBefore = readInRoot(root, 'var/lib/dpkg/status');
     await chrootRun(ctx, [APT_UPDATE]);
-    await chrootRun(ctx, ['apt-get', 'install', '-y', '-q', ...settings.packages]);
+    await chrootRun(ctx, aptInstallArgs(settings.packages));
+    // apt's --no-remove should stop it first; dpkg's own list says what really happened.
+    const removed = removedPackages(statusBefore, readInRoot(root, 'var/lib/dpkg/status'));
+    if (removed.length)
+      throw new UserError(
+        `--packages: installing ${settings.packages.join(',')} removed ${removed.join(', ')} from the image (a conflict): leave out the package that conflicts with it`,
+      );
     // Released images carry no package indexes (pi-gen deletes them): they would be stale anyway.
     if (!hadIndexes) for (const file of aptIndexes(root)) rmSync(inRoot(root, `var/lib/apt/lists/${file}`));
     const made = hostKeys(root).filter((key) => !keysBefore.includes(key));

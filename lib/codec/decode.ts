@@ -358,7 +358,9 @@ export async function extractImage(
   const hash = download.extractSha256 ? createHash('sha256') : undefined;
   const zipCrc = { crc: 0 };
   const progress = new Progress(ctx.status, 'extract', download.extractSize ?? (format === 'raw' ? info?.size : undefined));
-  const file = await open(part, 'w');
+  // The working image will hold the build's secrets: its owner's alone (0600), whatever was there before.
+  const file = await open(part, 'w', 0o600);
+  await file.chmod(0o600);
   const writer = new SparseWriter(file, (chunk) => {
     hash?.update(chunk);
     if (format === 'zip') zipCrc.crc = crc32(chunk, zipCrc.crc);

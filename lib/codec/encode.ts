@@ -115,7 +115,11 @@ async function push(stream: Input, chunk: Buffer, signal: AbortSignal): Promise<
 
 async function openPartial(path: string): Promise<FileHandle> {
   try {
-    return await open(path, 'w');
+    // Every copy of the image is 0600: the tool cannot tell whether an overlay, a script or a
+    // setting put a secret in it. Publishing one is a chmod away.
+    const handle = await open(path, 'w', 0o600);
+    await handle.chmod(0o600);
+    return handle;
   } catch (error) {
     throw new UserError(`compress: cannot write ${path}: ${errnoReason(error)}`);
   }
@@ -146,7 +150,7 @@ async function commandSink(
   let input: Input = socket;
   const tar = FORMATS[format].tar ? pack() : undefined;
   if (tar) {
-    const entry = tar.entry({ name: `${name}.img`, size: image.size, mode: 0o644, mtime: image.mtime, type: 'file' }, (error) => {
+    const entry = tar.entry({ name: `${name}.img`, size: image.size, mode: 0o600, mtime: image.mtime, type: 'file' }, (error) => {
       if (error) tar.destroy(error);
       else tar.finalize();
     });

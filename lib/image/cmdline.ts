@@ -12,6 +12,15 @@ export function formatCmdline(args: readonly string[]): string {
   return `${args.join(' ')}\n`;
 }
 
+/**
+ * A card's cmdline.txt with `extra` (" a=b c=d") appended to its arguments: to the first line, the
+ * only one the firmware reads; the lines after it are kept as they were.
+ */
+export function withArguments(text: string, extra: string): string {
+  const [first = '', ...rest] = text.replace(/\r\n/g, '\n').split('\n');
+  return `${[`${first.trim()}${extra}`, ...rest].join('\n').trimEnd()}\n`;
+}
+
 function isFirstBootArg(arg: string): boolean {
   return arg === INIT_RESIZE || arg === FIRSTBOOT || arg === 'resize';
 }

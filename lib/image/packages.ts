@@ -55,3 +55,10 @@ export function installedPackages(root: string): Package[] {
     return licenses.length ? { ...p, licenses } : p;
   });
 }
+
+/** The packages an install removed, from dpkg's status before and after it. */
+export function removedPackages(before: string, after: string): string[] {
+  const names = (status: string) => new Set(parseDpkgStatus(status).map((p) => p.name));
+  const now = names(after);
+  return [...names(before)].filter((name) => !now.has(name));
+}

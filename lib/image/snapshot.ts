@@ -3,6 +3,7 @@
  * (the root filesystem frozen while it is copied, the boot partition's copied-out files written
  * into the copy), so that restoring is copying it back and attaching it as usual.
  */
+import { chmodSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { scoped } from '../../engine/cleanup.ts';
 import { formatBytes } from '../../engine/options.ts';
@@ -51,6 +52,7 @@ async function restore(ctx: BuildContext<BuildConfig>, entry: SnapshotEntry, sta
   const image = join(ctx.paths.work, basename(entry.meta.state.image ?? IMAGE));
   ctx.state = { ...entry.meta.state, ...ctx.state, image };
   await copy(ctx, join(entry.dir, IMAGE), image);
+  chmodSync(image, 0o600); // cp onto an earlier build's image keeps that one's mode
   const layout = ctx.state.layout;
   const names = ctx.stages.map((s) => s.name);
   if (!layout || ctx.config.grow !== 'auto' || !(names.indexOf('grow') < names.indexOf(stage))) return;

@@ -26,18 +26,30 @@ export function bootMountOf(fstab: string): string | undefined {
   return undefined;
 }
 
+const notPlain = (mount: string) =>
+  new UserError(
+    `the image's /etc/fstab mounts the boot partition at ${JSON.stringify(mount)}, which is not a plain directory path inside the image (like /boot/firmware: letters, digits, . _ + - and /, no .., no symbolic link): fix the image's fstab`,
+  );
+
+/**
+ * The boot mount point from an image's (or a card's) fstab as a plain absolute path: no `..`, not
+ * `/`, and nothing a shell or the kernel command line reads specially, since firstrun.sh and
+ * cmdline.txt name it and the build binds the boot partition there.
+ */
+export function plainBootMount(mount: string): string {
+  const plain = posix.normalize(mount).replace(/\/$/, '');
+  if (!/^\/[A-Za-z0-9._+/-]+$/.test(mount) || mount.split('/').includes('..') || plain === '') throw notPlain(mount);
+  return plain;
+}
+
 /**
  * The boot partition is bound at this path of the image on the host: a plain directory path inside
  * the image (`/../../tmp/x` or a path through a symbolic link is the image's fstab lying).
  */
 function checkedBootMount(root: string, mount: string): string {
-  const plain = posix.normalize(mount);
-  if (!mount.startsWith('/') || mount.split('/').includes('..') || plain === '/' || resolveInRoot(root, plain) !== plain.replace(/\/$/, '')) {
-    throw new UserError(
-      `the image's /etc/fstab mounts the boot partition at ${JSON.stringify(mount)}, which is not a directory path inside the image without symbolic links (like /boot/firmware): fix the image's fstab`,
-    );
-  }
-  return plain.replace(/\/$/, '');
+  const plain = plainBootMount(mount);
+  if (resolveInRoot(root, plain) !== plain) throw notPlain(mount);
+  return plain;
 }
 
 export function detectSystem(root: string, cmdline: string): SystemInfo {

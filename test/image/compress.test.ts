@@ -187,6 +187,16 @@ test('each output has a sha256sum sidecar, and nothing partial is left', async (
   );
 });
 
+test('every copy of the image is 0600 (it may hold a secret); the sidecars, which hold none, are not', async (t) => {
+  const { out, state } = await built();
+  const mode = (file: string) => statSync(file).mode & 0o777;
+  t.is(state.outputs!.length, ALL.length);
+  for (const output of state.outputs!) t.is(mode(output.path), 0o600, output.path);
+  for (const file of readdirSync(out).filter((f) => f.endsWith('.sha256') || f.endsWith('.bmap') || f.endsWith('.json'))) {
+    t.is(mode(join(out, file)) & 0o044, 0o044, file);
+  }
+});
+
 test('bmaptool copy with the bmap reproduces the image, from the .img and from the .img.xz', async (t) => {
   const { dir, out, image, imageSha256 } = await built();
   const bmap = join(out, 'pi.img.bmap');

@@ -162,3 +162,12 @@ test('a stale image.img from an earlier build is replaced', async (t) => {
   const { state } = await extract(config, base.xz);
   await assertSameSparseImage(t, state.image!, base);
 });
+
+test('the working image is 0600, even where an earlier one was not', async (t) => {
+  const { config } = await setup(t);
+  mkdirSync(config.work, { recursive: true });
+  writeFileSync(join(config.work, MARKER), '');
+  writeFileSync(join(config.work, 'image.img.part'), randomBytes(1000), { mode: 0o644 });
+  const { state } = await extract(config, base.xz);
+  t.is(statSync(state.image!).mode & 0o777, 0o600);
+});

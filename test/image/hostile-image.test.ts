@@ -37,7 +37,7 @@ for (const [what, fstabMount, links] of [
     const error = await t.throwsAsync(runStages([attachStage, finalizeStage], testConfig(dir), { image }));
     t.is(
       error!.message,
-      `the image's /etc/fstab mounts the boot partition at "${fstabMount}", which is not a directory path inside the image without symbolic links (like /boot/firmware): fix the image's fstab`,
+      `the image's /etc/fstab mounts the boot partition at "${fstabMount}", which is not a plain directory path inside the image (like /boot/firmware: letters, digits, . _ + - and /, no .., no symbolic link): fix the image's fstab`,
     );
     t.false(existsSync(join(dir, 'work', 'root', fstabMount)), 'where a plain join would have made it, on the host');
     untouched(t);

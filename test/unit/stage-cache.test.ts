@@ -3,7 +3,7 @@
  * runner takes snapshots, on stages that only record that they ran.
  */
 
-import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { treeDigest } from '../../engine/digest.ts';
@@ -208,4 +208,26 @@ test('snapshots are taken after work that took --snapshot-after seconds, and alw
 
   inputs.b1 = 'only the second step of b changed';
   t.deepEqual(await run(), { runs: ['a0', 'b0', 'b1', 'c0', 'd0'], notes: { a: 'from cache', b: '1 step from cache', c: '', d: '' } });
+});
+
+test('secrets at rest: the work and cache directories are 0700, even made before; snapshots are 0600 in 0700 directories', async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const config = { ...testConfig(dir), 'snapshot-after': 0 };
+  mkdirSync(config.cache, { mode: 0o755 });
+  chmodSync(config.cache, 0o755);
+  mkdirSync(config.work, { mode: 0o755 });
+  chmodSync(config.work, 0o755);
+  await runPipeline(recorder({ a: 'a', b: 'b', c: 'c', d: 'd' }), config, {}, new QuietReporter());
+  const mode = (path: string) => statSync(path).mode & 0o777;
+  t.is(mode(config.work), 0o700, 'work');
+  t.is(mode(config.cache), 0o700, 'cache');
+  const snapshots = join(config.cache, 'snapshots');
+  t.is(mode(snapshots), 0o700);
+  const entries = new StageCache(snapshots).list();
+  t.true(entries.length > 0);
+  for (const entry of entries) {
+    t.is(mode(entry.dir), 0o700, entry.dir);
+    t.is(mode(join(entry.dir, 'image.img')), 0o600, entry.dir);
+  }
 });
