@@ -1,0 +1,81 @@
+/**
+ * Issue 30, settings that mean what they say: a value is taken as the user meant it, or refused
+ * in one line naming the flag, what is wrong and the fix, before anything is changed; a refusal
+ * never prints a secret or a file's content. Everything runs through the CLI's main() in this
+ * process (customize --plan, or flash up to its missing image), or renders a script: no root needed.
+ */
+
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { main } from '../../commands/main.ts';
+import { describeError, exitCodeOf } from '../../engine/errors.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'build-image-meaning-'));
+test.after.always(() => rmSync(dir, { recursive: true, force: true }));
+
+const file = (name: string, text: string) => {
+  writeFileSync(join(dir, name), text);
+  return join(dir, name);
+};
+
+// customize --plan prints its plan: not in the test's output.
+const write = process.stdout.write;
+test.before(() => {
+  process.stdout.write = () => true;
+});
+test.after.always(() => {
+  process.stdout.write = write;
+});
+
+/** What `build-image ARGS` says: its exit code and its error line. */
+async function cli(args: string[]): Promise<{ exitCode: number; said: string }> {
+  try {
+    return { exitCode: await main(args), said: '' };
+  } catch (error) {
+    return { exitCode: exitCodeOf(error), said: describeError(error) };
+  }
+}
+const customize = (...args: string[]) => cli(['customize', '--plan', '--work', join(dir, 'work'), '--cache', join(dir, 'cache'), ...args]);
+const image = join(dir, 'no-such.img.xz');
+const flash = (...args: string[]) => cli(['flash', image, join(dir, 'no-such-device'), '--work', join(dir, 'work'), ...args]);
+/** What flash says once the settings pass: the image is the next thing it checks. */
+const NO_IMAGE = `error: ${image}: no such file (the image to write)`;
+
+/** Refused by customize and flash alike, in one line naming the flag; returns the line. */
+async function refused(t: import('ava').ExecutionContext, flag: string, args: string[], forFlash = true): Promise<string> {
+  const c = await customize(...args);
+  t.is(c.exitCode, 2, `customize ${args.join(' ')}: ${c.said}`);
+  t.regex(c.said, new RegExp(`^error: [^\\n]*--${flag}\\b[^\\n]*$`), 'one line naming the flag');
+  if (forFlash) {
+    const f = await flash(...args);
+    t.is(f.said, c.said, `flash ${args.join(' ')}: the same line`);
+    t.not(f.said, NO_IMAGE);
+  }
+  return c.said;
+}
+
+test('1. a malformed --password-hash is refused without printing it', async (t) => {
+  const hash = '$6$salt$not a hash: my-Secret-Passw0rd';
+  const line = await refused(t, 'password-hash', ['--user', 'alice', '--password-hash', hash]);
+  t.false(line.includes('Secret-Passw0rd'), line);
+  t.regex(line, /openssl passwd -6/, 'says how to make one');
+  const settings = file('hash.json', JSON.stringify({ user: 'alice', 'password-hash': hash }));
+  const f = await flash('--settings', settings);
+  t.is(f.exitCode, 2);
+  t.false(f.said.includes('Secret-Passw0rd'), f.said);
+});
+
+test('1. a bad --ssh-key file, or /etc/shadow named in --settings, is named, its content never printed', async (t) => {
+  const key = file('bad.pub', 'ssh-ed25519 AAAASECRETSECRETSECRETSECRETSECRET laptop\n');
+  const line = await refused(t, 'ssh-key', ['--ssh-key', key]);
+  t.false(line.includes('SECRET'), line);
+  t.true(line.includes(key), 'names the file');
+  const shadow = file('shadow.pub', 'root:$6$SECRETHASH:19000:0:99999:7:::\n');
+  const settings = file('shadow.json', JSON.stringify({ 'ssh-key': [shadow, '/etc/shadow'] }));
+  const f = await flash('--settings', settings);
+  t.is(f.exitCode, 2);
+  t.regex(f.said, /^error: --settings [^\n]*"ssh-key"[^\n]*$/);
+  t.false(/SECRETHASH|root:/.test(f.said), f.said);
+});
