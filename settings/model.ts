@@ -40,6 +40,9 @@ function readInput(flag: string, path: string): string {
   }
 }
 
+/** The longest line `openssl passwd -6 -stdin` hashes in full (OpenSSL 3: a longer one is cut). */
+const OPENSSL_PASSWD_MAX = 256;
+
 const firstLine = (flag: string, path: string) => readInput(flag, path).split(/\r?\n/)[0]!;
 
 /** The settings (each already through its spec's rule) checked together, with the files they name read. */
@@ -53,6 +56,11 @@ export async function readSettings(values: PiSettings): Promise<Settings> {
   if (passwordFile !== undefined) {
     const password = firstLine('password-file', passwordFile);
     if (password === '') throw new ConfigError(`--password-file ${passwordFile}: its first line is empty`);
+    // `openssl passwd -stdin` silently hashes only the first 256 bytes of a line: refuse more than it takes.
+    if (Buffer.byteLength(password) > OPENSSL_PASSWD_MAX)
+      throw new ConfigError(
+        `--password-file ${passwordFile}: its first line is longer than the ${OPENSSL_PASSWD_MAX} bytes openssl passwd hashes; use a shorter password, or give --password-hash (mkpasswd -m sha-512)`,
+      );
     passwordHash = (await execa('openssl', ['passwd', '-6', '-stdin'], { input: password })).stdout.trim();
   }
   if (values.user !== undefined) s.user = { name: values.user, ...(passwordHash !== undefined ? { passwordHash } : {}) };

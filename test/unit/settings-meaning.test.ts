@@ -79,3 +79,12 @@ test('1. a bad --ssh-key file, or /etc/shadow named in --settings, is named, its
   t.regex(f.said, /^error: --settings [^\n]*"ssh-key"[^\n]*$/);
   t.false(/SECRETHASH|root:/.test(f.said), f.said);
 });
+
+test('2. a --password-file longer than openssl passwd hashes is refused, not cut', async (t) => {
+  const long = file('long-password', `${'correct horse battery staple '.repeat(10)}\n`);
+  const line = await refused(t, 'password-file', ['--user', 'alice', '--password-file', long]);
+  t.regex(line, /256/, 'says the limit');
+  t.false(line.includes('horse'), line);
+  const longest = file('longest-password', `${'x'.repeat(256)}\n`);
+  t.is((await customize('--user', 'alice', '--password-file', longest)).exitCode, 0, '256 bytes are hashed in full');
+});
