@@ -21,6 +21,7 @@ import { quote as q } from '../engine/exec.ts';
 import { inRoot } from '../lib/image/in-root.ts';
 import type { Settings } from './model.ts';
 import { given, type PiSettings } from './options.ts';
+import { isZoneFile } from './rules.ts';
 import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
@@ -47,7 +48,7 @@ export interface ImageFacts {
 /** How the image takes the settings; a setting it lacks the means of is one line, before anything is changed. */
 export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, 'bootMount'> {
   const has = (path: string) => existsSync(inRoot(root, path));
-  if (s.timezone && !has(`usr/share/zoneinfo/${s.timezone}`))
+  if (s.timezone && !isZoneFile(inRoot(root, `usr/share/zoneinfo/${s.timezone}`)))
     throw new ConfigError(`--timezone ${s.timezone}: the image has no such zone in /usr/share/zoneinfo (is tzdata installed? add --packages tzdata)`);
   if (s.locale) {
     if (!has('usr/share/i18n/SUPPORTED')) throw new ConfigError(`--locale ${s.locale}: the image has no locales package (add --packages locales)`);

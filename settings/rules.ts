@@ -2,7 +2,7 @@
  * Checks of values users type: each returns the normalised value or throws a string that says
  * what is allowed (the config schema turns it into an error naming the key and the value).
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 
 /** One DNS label (RFC 1123): letters, digits and inner hyphens, 1 to 63 of them. */
@@ -90,13 +90,35 @@ export function parseCountry(raw: string): string {
   return code;
 }
 
-/** A time zone name the tz database knows (the host's, or the ICU data Node carries). */
+/**
+ * A time zone name the tz database knows (the ICU data Node carries, or a zone file of the host's).
+ * Zone names start each part with a capital (Europe/Paris, UTC, Etc/GMT+1); what else is in
+ * /usr/share/zoneinfo is not one: its folders (Europe), the right/ and posix/ copies, localtime,
+ * posixrules, leapseconds, the .tab files. A zone file starts with the magic "TZif".
+ */
 export function isTimezone(zone: string): boolean {
-  if (!/^[A-Za-z0-9_+-]+(?:\/[A-Za-z0-9_+-]+)*$/.test(zone)) return false;
-  return Intl.supportedValuesOf('timeZone').includes(zone) || zone === 'UTC' || existsSync(`/usr/share/zoneinfo/${zone}`);
+  if (!/^[A-Z][A-Za-z0-9_+-]*(?:\/[A-Z][A-Za-z0-9_+-]*)*$/.test(zone)) return false;
+  return Intl.supportedValuesOf('timeZone').includes(zone) || zone === 'UTC' || isZoneFile(`/usr/share/zoneinfo/${zone}`);
+}
+
+/** A TZif file (a link to one followed), not a folder or another file. */
+export function isZoneFile(path: string): boolean {
+  try {
+    if (!statSync(path).isFile()) return false;
+    const fd = openSync(path, 'r');
+    try {
+      const magic = Buffer.alloc(4);
+      readSync(fd, magic, 0, 4, 0);
+      return magic.toString('latin1') === 'TZif';
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
 }
 export function parseTimezone(raw: string): string {
-  if (!isTimezone(raw)) throw 'a time zone: Area/City, e.g. Europe/Paris';
+  if (!isTimezone(raw)) throw 'a time zone: Area/City, e.g. Europe/Paris, or UTC (a zone, not a folder such as Europe, nor right/..., posix/..., localtime)';
   return raw;
 }
 

@@ -319,7 +319,10 @@ const BAD_SETTINGS: [string[], RegExp][] = [
     /^error: --wifi-psk-file \/etc\/hostname: a passphrase is 8 to 63 printable ASCII characters/,
   ],
   [['--wifi-country', 'XX'], /^error: --wifi-country "XX" is invalid: expected an ISO 3166 country code/],
-  [['--timezone', 'Europe/Atlantis'], /^error: --timezone "Europe\/Atlantis" is invalid: expected a time zone: Area\/City, e\.g\. Europe\/Paris$/],
+  [
+    ['--timezone', 'Europe/Atlantis'],
+    /^error: --timezone "Europe\/Atlantis" is invalid: expected a time zone: Area\/City, e\.g\. Europe\/Paris, or UTC \(a zone, not a folder/,
+  ],
   [['--timezone', '../../etc/passwd'], /^error: --timezone "..\/..\/etc\/passwd" is invalid: expected a time zone/],
   [['--keymap', 'fr; reboot'], /^error: --keymap "fr; reboot" is invalid: expected a keyboard layout/],
   [['--settings', '/etc/hostname'], /^error: --settings \/etc\/hostname: not a readable JSON object/],

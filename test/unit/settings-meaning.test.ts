@@ -5,12 +5,13 @@
  * process (customize --plan, or flash up to its missing image), or renders a script: no root needed.
  */
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { main } from '../../commands/main.ts';
 import { describeError, exitCodeOf } from '../../engine/errors.ts';
+import { checkAgainstImage } from '../../settings/in-image.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'build-image-meaning-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -87,4 +88,41 @@ test('2. a --password-file longer than openssl passwd hashes is refused, not cut
   t.false(line.includes('horse'), line);
   const longest = file('longest-password', `${'x'.repeat(256)}\n`);
   t.is((await customize('--user', 'alice', '--password-file', longest)).exitCode, 0, '256 bytes are hashed in full');
+});
+
+/** Taken by customize and flash alike. */
+async function taken(t: import('ava').ExecutionContext, args: string[], forFlash = true): Promise<void> {
+  const c = await customize(...args);
+  t.is(c.exitCode, 0, `customize ${args.join(' ')}: ${c.said}`);
+  if (forFlash) t.is((await flash(...args)).said, NO_IMAGE, `flash ${args.join(' ')}`);
+}
+
+test("3. --timezone takes a zone, not a folder of zones nor the tz database's other files", async (t) => {
+  for (const zone of [
+    'Europe',
+    'America/Argentina',
+    'Etc',
+    'right',
+    'posix',
+    'localtime',
+    'leapseconds',
+    'posixrules',
+    'zone.tab',
+    'right/Europe/Paris',
+    'posix/UTC',
+  ]) {
+    const line = await refused(t, 'timezone', ['--timezone', zone]);
+    t.regex(line, /Area\/City/, `${zone}: says what is expected`);
+  }
+  for (const zone of ['Europe/Paris', 'UTC', 'Etc/UTC', 'America/Argentina/Buenos_Aires', 'GMT']) await taken(t, ['--timezone', zone]);
+});
+
+test('3. --timezone against the image: a zone file there, not a folder', (t) => {
+  const root = join(dir, 'root-tz');
+  mkdirSync(join(root, 'usr/share/zoneinfo/Europe/Paris'), { recursive: true });
+  const settings = { timezone: 'Europe/Paris', packages: [], enable: [], disable: [] };
+  t.throws(() => checkAgainstImage(root, settings), { message: /^--timezone Europe\/Paris: the image has no such zone/ });
+  rmSync(join(root, 'usr/share/zoneinfo/Europe/Paris'), { recursive: true });
+  writeFileSync(join(root, 'usr/share/zoneinfo/Europe/Paris'), 'TZif2...');
+  t.notThrows(() => checkAgainstImage(root, settings));
 });
