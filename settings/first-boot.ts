@@ -149,26 +149,29 @@ export function cmdlineArguments(format: InitFormat, bootMount: string, instance
     : ` ds=nocloud;i=${instanceId}`;
 }
 
-/** A YAML double-quoted scalar (JSON's escaping is valid YAML). */
+/**
+ * A YAML double-quoted scalar (JSON's escaping is valid YAML). Every string the seed holds is one:
+ * cloud-init's YAML 1.1 reads a bare 0777 as 511, no as false, null as nothing.
+ */
 const y = (s: string) => JSON.stringify(s);
 
 /** The cloud-init seed for init_format `cloudinit-rpi`: user-data, network-config (only with Wi-Fi), meta-data. */
 export function cloudInitSeed(s: Settings, instanceId: string): Record<string, string> {
   const user: string[] = ['#cloud-config', "# First-boot settings written by build-image flash (Raspberry Pi Imager's format)."];
-  if (s.hostname) user.push(`hostname: ${s.hostname}`, 'manage_etc_hosts: true');
-  if (s.timezone) user.push(`timezone: ${s.timezone}`);
-  if (s.locale) user.push(`locale: ${s.locale}`);
-  if (s.keymap) user.push('keyboard:', '  model: pc105', `  layout: ${y(s.keymap)}`);
+  if (s.hostname) user.push(`hostname: ${y(s.hostname)}`, 'manage_etc_hosts: true');
+  if (s.timezone) user.push(`timezone: ${y(s.timezone)}`);
+  if (s.locale) user.push(`locale: ${y(s.locale)}`);
+  if (s.keymap) user.push('keyboard:', '  model: "pc105"', `  layout: ${y(s.keymap)}`);
   if (s.user || s.sshKeys) {
-    user.push('user:', `  name: ${s.user?.name ?? 'pi'}`, '  shell: /bin/bash');
+    user.push('user:', `  name: ${y(s.user?.name ?? 'pi')}`, '  shell: "/bin/bash"');
     if (s.user?.passwordHash) user.push('  lock_passwd: false', `  passwd: ${y(s.user.passwordHash)}`);
     else user.push('  lock_passwd: true');
     if (s.sshKeys) user.push('  ssh_authorized_keys:', ...s.sshKeys.map((k) => `    - ${y(k)}`));
     user.push('  sudo: null');
   }
   const ssh = Boolean(s.sshKeys || s.sshPasswordAuth);
-  if (ssh) user.push(`ssh_pwauth: ${s.sshKeys ? 'false' : 'true'}`, 'runcmd:', '  - [ systemctl, enable, --now, ssh ]');
-  const seed: Record<string, string> = { 'user-data': `${user.join('\n')}\n`, 'meta-data': `instance_id: ${instanceId}\n` };
+  if (ssh) user.push(`ssh_pwauth: ${s.sshKeys ? 'false' : 'true'}`, 'runcmd:', '  - [ "systemctl", "enable", "--now", "ssh" ]');
+  const seed: Record<string, string> = { 'user-data': `${user.join('\n')}\n`, 'meta-data': `instance_id: ${y(instanceId)}\n` };
   if (s.wifi) {
     const w = s.wifi;
     // eth0 keeps DHCP: a network-config replaces the release's default for every interface.

@@ -11,7 +11,9 @@ import { join } from 'node:path';
 import test from 'ava';
 import { main } from '../../commands/main.ts';
 import { describeError, exitCodeOf } from '../../engine/errors.ts';
+import { cloudInitSeed } from '../../settings/first-boot.ts';
 import { checkAgainstImage } from '../../settings/in-image.ts';
+import type { Settings } from '../../settings/model.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'build-image-meaning-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -125,4 +127,33 @@ test('3. --timezone against the image: a zone file there, not a folder', (t) => 
   rmSync(join(root, 'usr/share/zoneinfo/Europe/Paris'), { recursive: true });
   writeFileSync(join(root, 'usr/share/zoneinfo/Europe/Paris'), 'TZif2...');
   t.notThrows(() => checkAgainstImage(root, settings));
+});
+
+test('4. the cloud-init seed quotes every string it writes: 0777, no and null stay names', (t) => {
+  const s: Settings = {
+    hostname: '0777',
+    user: { name: 'null', passwordHash: '$6$salt$hash' },
+    sshKeys: ['ssh-ed25519 AAAAC3 me'],
+    wifi: { ssid: 'yes', psk: '0'.repeat(64), country: 'NO', hidden: false },
+    timezone: 'UTC',
+    locale: 'en_GB.UTF-8',
+    keymap: 'no',
+    packages: [],
+    enable: [],
+    disable: [],
+  };
+  const seed = cloudInitSeed(s, 'build-image-1-abcd');
+  t.regex(seed['user-data']!, /^hostname: "0777"$/m);
+  t.regex(seed['user-data']!, /^ {2}name: "null"$/m);
+  // What is not a string is meant: switches, a version, sudo's null (the default user's groups kept).
+  const meant =
+    /^(manage_etc_hosts|lock_passwd|ssh_pwauth|dhcp4|dhcp6|optional|hidden|version|sudo|network|ethernets|eth0|wifis|wlan0|access-points|user|keyboard|ssh_authorized_keys|runcmd)$/;
+  for (const [name, text] of Object.entries(seed)) {
+    for (const line of text.split('\n')) {
+      const scalar = /^\s*(?:- )?([^:"]+|"[^"]*"): (.*)$/.exec(line);
+      if (scalar && !meant.test(scalar[1]!.trim())) t.regex(scalar[2]!, /^"([^"\\]|\\.)*"$/, `${name}: ${line}`);
+      const item = /^\s*- (.*)$/.exec(line);
+      if (item) t.regex(item[1]!, /^"([^"\\]|\\.)*"$|^\[( "[^"]*",?)+ \]$/, `${name}: ${line}`);
+    }
+  }
 });
