@@ -22,7 +22,7 @@ import { inRoot } from '../lib/image/in-root.ts';
 import type { Settings } from './model.ts';
 import { given, type PiSettings } from './options.ts';
 import { isZoneFile } from './rules.ts';
-import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
+import { authorizedKeys, FIRST_USER, indent, localeLines, nmSsid, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
@@ -133,7 +133,7 @@ export function settingsScript(s: Settings, facts: ImageFacts): string {
         '',
         '[wifi]',
         'mode=infrastructure',
-        `ssid=${w.ssid}`,
+        `ssid=${nmSsid(w.ssid)}`,
         `hidden=${w.hidden}`,
         '',
         '[wifi-security]',

@@ -12,8 +12,9 @@ import test from 'ava';
 import { main } from '../../commands/main.ts';
 import { describeError, exitCodeOf } from '../../engine/errors.ts';
 import { cloudInitSeed } from '../../settings/first-boot.ts';
-import { checkAgainstImage } from '../../settings/in-image.ts';
+import { checkAgainstImage, settingsScript } from '../../settings/in-image.ts';
 import type { Settings } from '../../settings/model.ts';
+import { wpaSupplicantConf } from '../../settings/shell.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'build-image-meaning-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -156,4 +157,19 @@ test('4. the cloud-init seed quotes every string it writes: 0777, no and null st
       if (item) t.regex(item[1]!, /^"([^"\\]|\\.)*"$|^\[( "[^"]*",?)+ \]$/, `${name}: ${line}`);
     }
   }
+});
+
+test('5. an SSID with spaces at its ends is written as its bytes, where NetworkManager and wpa_supplicant read it whole', (t) => {
+  const wifi = { ssid: ' lab net ', psk: 'a'.repeat(64), country: 'FR', hidden: false };
+  const s: Settings = { wifi, packages: [], enable: [], disable: [] };
+  const bytes = `${[...Buffer.from(wifi.ssid)].join(';')};`;
+  t.is(bytes, '32;108;97;98;32;110;101;116;32;');
+  // NetworkManager's keyfile reader takes a list of decimal bytes as they are; a string it trims.
+  const nm = settingsScript(s, { wifi: 'networkmanager', bootMount: '/boot/firmware' });
+  t.regex(nm, new RegExp(`^ssid=${bytes}$`, 'm'));
+  t.notRegex(nm, /^ssid= /m);
+  // wpa_supplicant reads an unquoted ssid as hex.
+  const wpa = settingsScript(s, { wifi: 'wpa_supplicant', bootMount: '/boot/firmware' });
+  t.regex(wpa, new RegExp(`^\\tssid=${Buffer.from(wifi.ssid).toString('hex')}$`, 'm'));
+  t.regex(wpaSupplicantConf(wifi).join('\n'), /^\tssid=206c6162206e657420$/m, 'firstrun.sh without imager_custom too');
 });
