@@ -33,6 +33,8 @@ test.after.always(() => {
   process.stdout.write = write;
 });
 
+const psk = file('psk', 'correct horse battery\n');
+
 /** What `build-image ARGS` says: its exit code and its error line. */
 async function cli(args: string[]): Promise<{ exitCode: number; said: string }> {
   try {
@@ -172,4 +174,10 @@ test('5. an SSID with spaces at its ends is written as its bytes, where NetworkM
   const wpa = settingsScript(s, { wifi: 'wpa_supplicant', bootMount: '/boot/firmware' });
   t.regex(wpa, new RegExp(`^\\tssid=${Buffer.from(wifi.ssid).toString('hex')}$`, 'm'));
   t.regex(wpaSupplicantConf(wifi).join('\n'), /^\tssid=206c6162206e657420$/m, 'firstrun.sh without imager_custom too');
+});
+
+test('6. --wifi-country takes ISO 3166-1 alpha-2 country codes only', async (t) => {
+  for (const code of ['ZZ', 'EU', 'UN', 'QO', 'XK', 'UK', 'AA'])
+    await refused(t, 'wifi-country', ['--wifi-ssid', 'lab', '--wifi-psk-file', psk, '--wifi-country', code]);
+  for (const code of ['FR', 'gb', 'US', 'AX', 'SS', 'TW']) await taken(t, ['--wifi-ssid', 'lab', '--wifi-psk-file', psk, '--wifi-country', code]);
 });
