@@ -57,7 +57,7 @@ export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, '
       .find((l) => l.split(' ')[0] === s.locale);
     if (!line) throw new ConfigError(`--locale ${s.locale}: not one of the image's supported locales (/usr/share/i18n/SUPPORTED, e.g. en_GB.UTF-8)`);
   }
-  if (s.keymap && has('usr/share/X11/xkb/symbols') && !has(`usr/share/X11/xkb/symbols/${s.keymap.split(/[_-]/)[0]}`)) {
+  if (s.keymap && has('usr/share/X11/xkb/symbols') && !has(`usr/share/X11/xkb/symbols/${s.keymap}`)) {
     throw new ConfigError(`--keymap ${s.keymap}: the image's keyboard data has no such layout (/usr/share/X11/xkb/symbols)`);
   }
   const unitDirs = ['etc/systemd/system', 'usr/lib/systemd/system', 'lib/systemd/system'];

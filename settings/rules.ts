@@ -146,9 +146,15 @@ export function parseLocale(raw: string): string {
   return raw;
 }
 
-/** An XKB layout name. */
-export const KEYMAP = /^[a-z]{2,3}(?:[_-][a-z0-9]+)?$/;
+/**
+ * An XKB layout name (fr, gb, latam). A layout and its variant (fr-oss, de_nodeadkeys) is refused:
+ * each writer sets the layout alone (XKBLAYOUT, imager_custom set_keymap, cloud-init's layout), so
+ * the variant would be lost, or the whole read as a layout no keyboard data has.
+ */
+export const KEYMAP = /^[a-z]{2,5}$/;
 export function parseKeymap(raw: string): string {
+  const variant = /^([a-z]{2,5})[_-][a-z0-9]+$/.exec(raw);
+  if (variant) throw `a keyboard layout alone: ${raw} is the layout ${variant[1]} with a variant, which is not set; give --keymap ${variant[1]}`;
   if (!KEYMAP.test(raw)) throw 'a keyboard layout (gb, fr, us, de...)';
   return raw;
 }

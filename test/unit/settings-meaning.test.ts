@@ -181,3 +181,20 @@ test('6. --wifi-country takes ISO 3166-1 alpha-2 country codes only', async (t) 
     await refused(t, 'wifi-country', ['--wifi-ssid', 'lab', '--wifi-psk-file', psk, '--wifi-country', code]);
   for (const code of ['FR', 'gb', 'US', 'AX', 'SS', 'TW']) await taken(t, ['--wifi-ssid', 'lab', '--wifi-psk-file', psk, '--wifi-country', code]);
 });
+
+test('7. a host name longer than one label (systemd refuses more than 64 at boot) is refused', async (t) => {
+  await refused(t, 'hostname', ['--hostname', 'a'.repeat(93)]);
+  await refused(t, 'hostname', ['--hostname', 'a'.repeat(64)]);
+  await taken(t, ['--hostname', 'a'.repeat(63)]);
+});
+
+test('7. --keymap fr-oss, a layout and its variant, is refused, naming the layout to give', async (t) => {
+  for (const [keymap, layout] of [
+    ['fr-oss', 'fr'],
+    ['de_nodeadkeys', 'de'],
+  ] as const) {
+    const line = await refused(t, 'keymap', ['--keymap', keymap]);
+    t.true(line.includes(`--keymap ${layout}`), line);
+  }
+  for (const keymap of ['fr', 'gb', 'us', 'latam']) await taken(t, ['--keymap', keymap]);
+});
