@@ -167,8 +167,8 @@ export function settingsScript(s: Settings, facts: ImageFacts): string {
       '',
     );
   }
-  if (s.enable.length) out.push(`systemctl enable ${s.enable.map(q).join(' ')}`);
-  if (s.disable.length) out.push(`systemctl disable ${s.disable.map(q).join(' ')}`);
+  if (s.enable.length) out.push(`systemctl enable -- ${s.enable.map(q).join(' ')}`);
+  if (s.disable.length) out.push(`systemctl disable -- ${s.disable.map(q).join(' ')}`);
   return `${out.join('\n')}\n`;
 }
 

@@ -176,7 +176,8 @@ export function parseUnits(raw: string): string[] {
     .split(',')
     .map((u) => u.trim())
     .filter(Boolean);
-  if (units.length === 0 || !units.every((u) => /^[A-Za-z0-9:_.\\@-]+$/.test(u) && !u.startsWith('.')))
-    throw 'systemd unit names, comma-separated (ssh, apt-daily.timer)';
+  // A leading - would be read by systemctl as an option (--enable=-h prints its usage, enables nothing).
+  if (units.length === 0 || !units.every((u) => /^[A-Za-z0-9:_.\\@-]+$/.test(u) && !/^[-.]/.test(u)))
+    throw 'systemd unit names, comma-separated (ssh, apt-daily.timer), none starting with - or .';
   return units.map((u) => (UNIT_TYPES.some((type) => u.endsWith(`.${type}`)) ? u : `${u}.service`));
 }

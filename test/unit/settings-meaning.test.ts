@@ -198,3 +198,10 @@ test('7. --keymap fr-oss, a layout and its variant, is refused, naming the layou
   }
   for (const keymap of ['fr', 'gb', 'us', 'latam']) await taken(t, ['--keymap', keymap]);
 });
+
+test('7. --enable and --disable take unit names, never a word systemctl reads as an option', async (t) => {
+  for (const value of ['-h', '--now', '-.mount', 'ssh,-q']) {
+    await refused(t, 'enable', [`--enable=${value}`], false);
+    await refused(t, 'disable', [`--disable=${value}`], false);
+  }
+});
