@@ -45,6 +45,9 @@ const OPENSSL_PASSWD_MAX = 256;
 
 const firstLine = (flag: string, path: string) => readInput(flag, path).split(/\r?\n/)[0]!;
 
+/** The units that are the SSH server, which --ssh switches. */
+const SSH_UNITS = ['ssh.service', 'sshd.service', 'ssh.socket'];
+
 /** The settings (each already through its spec's rule) checked together, with the files they name read. */
 export async function readSettings(values: PiSettings): Promise<Settings> {
   const s: Settings = { packages: values.packages, enable: values.enable, disable: values.disable };
@@ -77,6 +80,12 @@ export async function readSettings(values: PiSettings): Promise<Settings> {
   if (values.ssh === 'off' && values['ssh-password-auth']) throw new ConfigError('--ssh off and --ssh-password-auth: give one or the other');
   if (values.ssh) s.ssh = values.ssh;
   else if (s.sshKeys || s.sshPasswordAuth) s.ssh = 'on';
+  // The SSH server switched one way by --ssh (or the keys), the other by --enable/--disable: which is meant?
+  const sshOn = values.ssh === 'on' ? '--ssh on' : s.sshKeys ? '--ssh-key' : s.sshPasswordAuth ? '--ssh-password-auth' : undefined;
+  const disabled = values.disable.find((unit) => SSH_UNITS.includes(unit));
+  if (sshOn && disabled) throw new ConfigError(`${sshOn} and --disable ${disabled}: SSH on and off, give one or the other`);
+  const enabled = values.enable.find((unit) => SSH_UNITS.includes(unit));
+  if (values.ssh === 'off' && enabled) throw new ConfigError(`--ssh off and --enable ${enabled}: SSH off and on, give one or the other`);
 
   const { 'wifi-ssid': ssid, 'wifi-psk-file': pskFile, 'wifi-country': country } = values;
   if (ssid !== undefined) {

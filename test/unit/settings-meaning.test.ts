@@ -34,6 +34,7 @@ test.after.always(() => {
 });
 
 const psk = file('psk', 'correct horse battery\n');
+const sshKey = file('laptop.pub', 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBTvJ1Zp2E1IrD3Tq9eA3q0ypXUS8u1mlHG9LpC9U4yO laptop\n');
 
 /** What `build-image ARGS` says: its exit code and its error line. */
 async function cli(args: string[]): Promise<{ exitCode: number; said: string }> {
@@ -204,4 +205,18 @@ test('7. --enable and --disable take unit names, never a word systemctl reads as
     await refused(t, 'enable', [`--enable=${value}`], false);
     await refused(t, 'disable', [`--disable=${value}`], false);
   }
+});
+
+test('7. --ssh and the units given contradict each other: refused', async (t) => {
+  for (const args of [
+    ['--ssh', 'off', '--enable', 'ssh'],
+    ['--ssh', 'on', '--disable', 'ssh.service'],
+    ['--ssh', 'off', '--enable', 'sshd'],
+  ]) {
+    const line = await refused(t, 'ssh', args, false);
+    t.regex(line, /give one or the other/, line);
+  }
+  const keys = await refused(t, 'disable', ['--ssh-key', sshKey, '--disable', 'ssh'], false);
+  t.regex(keys, /--ssh-key/, keys);
+  await taken(t, ['--ssh', 'on', '--enable', 'ssh'], false);
 });
