@@ -74,9 +74,13 @@ export function parseCryptHash(raw: string): string {
   return raw;
 }
 
-/** An SSID, here without the characters that would need quoting in the files that hold it. */
+/**
+ * An SSID: 1 to 32 bytes. An apostrophe is fine (the shell's quote, the files' bytes or hex);
+ * double quotes, backslashes and control characters are refused, as imager_custom's files would not hold them.
+ */
 export function parseSsid(raw: string): string {
-  if (Buffer.byteLength(raw) < 1 || Buffer.byteLength(raw) > 32 || /['"\\\n\r\0]/.test(raw)) throw 'an SSID of 1 to 32 bytes without quotes or backslashes';
+  if (Buffer.byteLength(raw) < 1 || Buffer.byteLength(raw) > 32 || /["\\\x00-\x1f\x7f]/.test(raw))
+    throw 'an SSID of 1 to 32 bytes without double quotes, backslashes or control characters';
   return raw;
 }
 
@@ -140,9 +144,9 @@ export function parseTimezone(raw: string): string {
   return raw;
 }
 
-/** `fr_FR.UTF-8`: a glibc locale name (its charset after the dot, a modifier after @). */
+/** `fr_FR.UTF-8`: a glibc locale name (its charset after the dot, a modifier after @), or C.UTF-8. */
 export function parseLocale(raw: string): string {
-  if (!/^[a-z]{2,3}_[A-Z]{2}(?:\.[A-Za-z0-9-]+)?(?:@[a-z]+)?$/.test(raw)) throw 'a locale such as fr_FR.UTF-8 or en_GB.UTF-8';
+  if (raw !== 'C.UTF-8' && !/^[a-z]{2,3}_[A-Z]{2}(?:\.[A-Za-z0-9-]+)?(?:@[a-z]+)?$/.test(raw)) throw 'a locale such as fr_FR.UTF-8, en_GB.UTF-8 or C.UTF-8';
   return raw;
 }
 

@@ -220,3 +220,14 @@ test('7. --ssh and the units given contradict each other: refused', async (t) =>
   t.regex(keys, /--ssh-key/, keys);
   await taken(t, ['--ssh', 'on', '--enable', 'ssh'], false);
 });
+
+test('8. valid values once refused: C.UTF-8, an SSID with an apostrophe, keys with options or an apostrophe', async (t) => {
+  await taken(t, ['--locale', 'C.UTF-8']);
+  await taken(t, ['--wifi-ssid', "Bob's iPhone", '--wifi-psk-file', psk, '--wifi-country', 'GB']);
+  const blob = 'AAAAC3NzaC1lZDI1NTE5AAAAIBTvJ1Zp2E1IrD3Tq9eA3q0ypXUS8u1mlHG9LpC9U4yO';
+  const keys = file(
+    'options.pub',
+    `from="10.0.0.0/8,192.168.1.*",command="/usr/bin/rsync --server -e.LsfxC . /srv",no-pty ssh-ed25519 ${blob} backup\nssh-ed25519 ${blob} Bob's laptop\n`,
+  );
+  await taken(t, ['--user', 'bob', '--ssh-key', keys]);
+});
