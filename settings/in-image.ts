@@ -66,7 +66,9 @@ export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, '
     ['disable', s.disable],
   ] as const) {
     for (const unit of units) {
-      if (!unitDirs.some((dir) => has(`${dir}/${unit}`)))
+      // An instance (getty@tty2.service) has no file of its own: its template (getty@.service) is the unit file.
+      const file = unit.replace(/@[^@]*(\.[a-z]+)$/, '@$1');
+      if (!unitDirs.some((dir) => has(`${dir}/${unit}`) || has(`${dir}/${file}`)))
         throw new ConfigError(`--${flag} ${unit}: the image has no such unit (add its package with --packages)`);
     }
   }

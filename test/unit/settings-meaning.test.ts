@@ -231,3 +231,14 @@ test('8. valid values once refused: C.UTF-8, an SSID with an apostrophe, keys wi
   );
   await taken(t, ['--user', 'bob', '--ssh-key', keys]);
 });
+
+test('8. --enable getty@tty2: an instance of a template unit the image has', (t) => {
+  const root = join(dir, 'root-units');
+  mkdirSync(join(root, 'usr/lib/systemd/system'), { recursive: true });
+  writeFileSync(join(root, 'usr/lib/systemd/system/getty@.service'), '[Unit]\n');
+  const settings = (unit: string) => ({ enable: [unit], disable: [], packages: [] });
+  t.notThrows(() => checkAgainstImage(root, settings('getty@tty2.service')));
+  t.throws(() => checkAgainstImage(root, settings('serial-getty@ttyS0.service')), {
+    message: /^--enable serial-getty@ttyS0\.service: the image has no such unit/,
+  });
+});
