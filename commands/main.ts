@@ -13,7 +13,7 @@ import { pimaster } from '../pipelines/pimaster/pipeline.ts';
 import { cacheCommand, cacheUsage } from './cache.ts';
 import { formatChecks, runChecks } from './doctor.ts';
 import { flashCommand, flashUsage } from './flash.ts';
-import { flagRows, parseFlags } from './tool-command.ts';
+import { dashValue, flagRows, parseFlags } from './tool-command.ts';
 import { verifyCommand, verifyUsage } from './verify.ts';
 
 /** The commands that build an image: `build` (the pimaster, the default) and `customize`. */
@@ -110,6 +110,9 @@ function parse(argv: string[], keys: readonly ConfigKey[], command: string): { v
       const known = name !== undefined && name in schema;
       throw new ConfigError(`${option}: ${known ? `not an option of \`${command}\`` : 'unknown option'} (see build-image --help ${command})`);
     }
+    dashValue(error, argv, (name, value) => {
+      if ((keys as readonly string[]).includes(name)) resolveOptions(schema, keys, { flags: { [name]: value } }, command);
+    });
     if ((error as { code?: string }).code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
       throw new ConfigError(
         `${option ?? 'option'}: ${/argument missing/.test(message) ? 'needs a value' : 'takes no value'} (see build-image --help ${command})`,

@@ -79,6 +79,12 @@ export async function firstBootSettings(flags: Record<string, string | boolean |
   return anySettings(settings) ? settings : undefined;
 }
 
+/** One flag's value through its spec, as firstBootSettings would check it: throws the spec's line. */
+export function checkFirstBootValue(name: string, value: string): void {
+  if ((FIRST_BOOT_KEYS as readonly string[]).includes(name))
+    resolveOptions({ ...engineSchema, ...settingsSchema }, FIRST_BOOT_KEYS, { flags: { [name]: value } }, 'flash');
+}
+
 const CUSTOM = '/usr/lib/raspberrypi-sys-mods/imager_custom';
 
 /** firstrun.sh for init_format `systemd`: what it does, in the order Imager's does it. */

@@ -16,6 +16,7 @@ const HOST_LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
  * give a card another /etc/hostname than a built image. The domain belongs to DNS or DHCP.
  */
 export function parseHostLabel(raw: string): string {
+  if (/^-|-$/.test(raw)) throw "an RFC 1123 host name of one label, which cannot start or end with '-' (pi-07)";
   if (!HOST_LABEL.test(raw)) throw 'an RFC 1123 host name of one label: 1 to 63 letters, digits and inner hyphens, no dots (pi-07)';
   return raw.toLowerCase();
 }

@@ -242,3 +242,12 @@ test('8. --enable getty@tty2: an instance of a template unit the image has', (t)
     message: /^--enable serial-getty@ttyS0\.service: the image has no such unit/,
   });
 });
+
+test('9. --hostname -lab: a host name cannot start with -, said the same way by customize and flash', async (t) => {
+  const line = await refused(t, 'hostname', ['--hostname', '-lab']);
+  t.regex(line, /cannot start or end with '-'/, line);
+  t.is((await customize('--hostname=-lab')).said, line, 'the same line as --hostname=-lab');
+  // A value its rule takes but the parser reads as a flag: how to give it.
+  const ssid = await refused(t, 'wifi-ssid', ['--wifi-ssid', '-lab', '--wifi-psk-file', psk, '--wifi-country', 'FR']);
+  t.regex(ssid, /--wifi-ssid=-lab/, ssid);
+});
