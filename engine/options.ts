@@ -206,7 +206,8 @@ export function resolveOptions<T extends EngineOptions>(
     for (const [key, raw] of Object.entries(values)) {
       if (raw === undefined) continue;
       if (!keys.has(key)) {
-        const known = key in specs ? `not an option of \`${command}\`` : 'unknown option';
+        // Own keys only: `in` also finds __proto__, constructor, toString... on every object.
+        const known = Object.hasOwn(specs, key) ? `not an option of \`${command}\`` : 'unknown option';
         throw new ConfigError(`${sourceOf(key)}: ${known} (see \`build-image ${command === 'build' ? '' : `${command} `}--help\`)`);
       }
       options[key] = convert(specs[key]!, raw, sourceOf(key));

@@ -251,3 +251,22 @@ test('9. --hostname -lab: a host name cannot start with -, said the same way by 
   const ssid = await refused(t, 'wifi-ssid', ['--wifi-ssid', '-lab', '--wifi-psk-file', psk, '--wifi-country', 'FR']);
   t.regex(ssid, /--wifi-ssid=-lab/, ssid);
 });
+
+test('9. __proto__ and constructor in --config or --settings are unknown keys, nothing else', async (t) => {
+  for (const key of ['__proto__', 'constructor', 'toString']) {
+    const json = file(`${key}.json`, `{"${key}": "x"}`);
+    const c = await customize('--config', json);
+    t.is(c.exitCode, 2);
+    t.is(c.said, `error: ${json}: "${key}": unknown option (see \`build-image customize --help\`)`);
+    const f = await flash('--settings', json);
+    t.is(f.exitCode, 2);
+    t.regex(f.said, new RegExp(`^error: --settings ${json}: unknown key "${key}" \\(keys: hostname, `));
+  }
+});
+
+test('9. --constructor, and constructor as a command, are unknown too', async (t) => {
+  t.is((await cli(['customize', '--constructor', 'x'])).said, 'error: --constructor: unknown option (see build-image --help customize)');
+  const r = await cli(['constructor', '--plan']);
+  t.is(r.exitCode, 2);
+  t.is(r.said, 'error: "constructor": unknown command (commands: build, customize, doctor)');
+});
