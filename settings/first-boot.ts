@@ -18,6 +18,7 @@ import { quote as q } from '../engine/exec.ts';
 import { engineSchema, resolveOptions, type Schema } from '../engine/options.ts';
 import { anySettings, readSettings, type Settings } from './model.ts';
 import { type PiSettings, SETTING_KEYS, settingsSchema } from './options.ts';
+import { oversized } from './rules.ts';
 import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 export type InitFormat = 'systemd' | 'cloudinit-rpi';
@@ -54,6 +55,13 @@ export const FIRST_BOOT_FLAGS: Record<FirstBootKey | 'settings', Flag> = {
 /** The keys of --settings FILE as JSON.parse gives them. */
 function settingsFile(path: string): Record<string, unknown> {
   let values: unknown;
+  let big: string | undefined;
+  try {
+    big = oversized(path);
+  } catch {
+    // Unreadable: JSON.parse's turn says so.
+  }
+  if (big) throw new ConfigError(`--settings ${path}: ${big}, too large for a JSON object of settings (at most 1 MiB)`);
   try {
     values = JSON.parse(readFileSync(path, 'utf8'));
   } catch (error) {

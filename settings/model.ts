@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { execa } from 'execa';
 import { ConfigError } from '../engine/errors.ts';
 import type { PiSettings } from './options.ts';
+import { oversized } from './rules.ts';
 
 export interface Settings {
   hostname?: string;
@@ -33,11 +34,14 @@ export interface Settings {
 
 /** A file a flag names, or one line naming the flag, the file and why it cannot be read. */
 function readInput(flag: string, path: string): string {
+  let big: string | undefined;
   try {
-    return readFileSync(path, 'utf8');
+    big = oversized(path);
+    if (!big) return readFileSync(path, 'utf8');
   } catch (error) {
     throw new ConfigError(`--${flag} ${path}: cannot read it (${(error as NodeJS.ErrnoException).code ?? error})`);
   }
+  throw new ConfigError(`--${flag} ${path}: ${big}, too large for a file of one secret (at most 1 MiB)`);
 }
 
 /** The longest line `openssl passwd -6 -stdin` hashes in full (OpenSSL 3: a longer one is cut). */

@@ -4,6 +4,7 @@
  */
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { formatBytes } from '../engine/options.ts';
 
 /** One DNS label (RFC 1123): letters, digits and inner hyphens, 1 to 63 of them. */
 const HOST_LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
@@ -47,10 +48,24 @@ function blobType(word: string | undefined): string | undefined {
   return blob.subarray(4, 4 + blob.readUInt32BE(0)).toString('latin1');
 }
 
+/**
+ * The most a file a setting names may hold (keys, a password, a passphrase, --settings' JSON): read
+ * whole, a larger one (a disk image given by mistake) would take the memory or pass V8's longest string.
+ */
+export const INPUT_MAX = 2 ** 20;
+
+/** The size of a file larger than INPUT_MAX, as 600.0 MiB; undefined for one that is not. */
+export function oversized(path: string): string | undefined {
+  const { size } = statSync(path);
+  return size > INPUT_MAX ? formatBytes(size) : undefined;
+}
+
 /** A file of OpenSSH public keys (authorized_keys format); returns its absolute path. */
 export function parsePublicKeyFile(raw: string): string {
   const path = resolve(raw);
   if (!existsSync(path) || !statSync(path).isFile()) throw 'an existing file holding OpenSSH public keys (such as ~/.ssh/id_ed25519.pub)';
+  const big = oversized(path);
+  if (big) throw `a file of OpenSSH public keys, at most 1 MiB: this one is ${big}`;
   const text = readFileSync(path, 'utf8');
   if (/PRIVATE KEY-----/.test(text)) throw 'a public key file: this is a private key, give the matching .pub file';
   const lines = text

@@ -5,7 +5,7 @@
  * process (customize --plan, or flash up to its missing image), or renders a script: no root needed.
  */
 
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -269,4 +269,25 @@ test('9. --constructor, and constructor as a command, are unknown too', async (t
   const r = await cli(['constructor', '--plan']);
   t.is(r.exitCode, 2);
   t.is(r.said, 'error: "constructor": unknown command (commands: build, customize, doctor)');
+});
+
+test('9. a file a setting names is read only up to 1 MiB: a larger one is refused in one line, unread', async (t) => {
+  // Sparse: 600 MiB on no disk. Read whole, it made a string longer than V8 allows.
+  const big = (name: string) => {
+    const path = join(dir, name);
+    writeFileSync(path, '');
+    truncateSync(path, 600 * 2 ** 20);
+    return path;
+  };
+  for (const [flag, args] of [
+    ['ssh-key', ['--ssh-key', big('big.pub')]],
+    ['password-file', ['--user', 'alice', '--password-file', big('big-password')]],
+    ['wifi-psk-file', ['--wifi-ssid', 'lab', '--wifi-psk-file', big('big-psk'), '--wifi-country', 'FR']],
+  ] as const) {
+    const line = await refused(t, flag, [...args]);
+    t.regex(line, /600\.0 MiB.*at most 1 MiB|at most 1 MiB.*600\.0 MiB/, line);
+  }
+  const f = await flash('--settings', big('big.json'));
+  t.is(f.exitCode, 2);
+  t.regex(f.said, /^error: --settings [^\n]*: 600\.0 MiB[^\n]*at most 1 MiB[^\n]*$/, f.said);
 });
