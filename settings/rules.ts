@@ -66,7 +66,12 @@ export function parsePublicKeyFile(raw: string): string {
   if (!existsSync(path) || !statSync(path).isFile()) throw 'an existing file holding OpenSSH public keys (such as ~/.ssh/id_ed25519.pub)';
   const big = oversized(path);
   if (big) throw `a file of OpenSSH public keys, at most 1 MiB: this one is ${big}`;
-  const text = readFileSync(path, 'utf8');
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw `a file of OpenSSH public keys: cannot read it (${(error as NodeJS.ErrnoException).code ?? 'error'})`;
+  }
   if (/PRIVATE KEY-----/.test(text)) throw 'a public key file: this is a private key, give the matching .pub file';
   const lines = text
     .split('\n')

@@ -291,3 +291,9 @@ test('9. a file a setting names is read only up to 1 MiB: a larger one is refuse
   t.is(f.exitCode, 2);
   t.regex(f.said, /^error: --settings [^\n]*: 600\.0 MiB[^\n]*at most 1 MiB[^\n]*$/, f.said);
 });
+
+test('1. an --ssh-key file that cannot be read is named with the flag, nothing of it printed', async (t) => {
+  // Readable by no one, root included: a read of /proc/self/mem at 0 fails with EIO (as /etc/shadow would, EACCES, for a user).
+  const line = await refused(t, 'ssh-key', ['--ssh-key', '/proc/self/mem']);
+  t.regex(line, /cannot read it \(EIO\)/, line);
+});
