@@ -19,7 +19,7 @@ import { engineSchema, resolveOptions, type Schema } from '../engine/options.ts'
 import { anySettings, readSettings, type Settings } from './model.ts';
 import { type PiSettings, SETTING_KEYS, settingsSchema } from './options.ts';
 import { oversized } from './rules.ts';
-import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
+import { authorizedKeys, FIRST_USER, indent, localeLines, nmSsid, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 export type InitFormat = 'systemd' | 'cloudinit-rpi';
 
@@ -94,6 +94,8 @@ export function checkFirstBootValue(name: string, value: string): void {
 }
 
 const CUSTOM = '/usr/lib/raspberrypi-sys-mods/imager_custom';
+/** The NetworkManager profile imager_custom set_wlan writes. */
+const NM_PROFILE = '/etc/NetworkManager/system-connections/preconfigured.nmconnection';
 
 /** firstrun.sh for init_format `systemd`: what it does, in the order Imager's does it. */
 export function firstrunScript(s: Settings, bootMount: string): string {
@@ -130,6 +132,8 @@ export function firstrunScript(s: Settings, bootMount: string): string {
     out.push(
       `if [ -f ${CUSTOM} ]; then`,
       `  ${CUSTOM} set_wlan ${w.hidden ? '-h ' : ''}${q(w.ssid)} ${q(w.psk)} ${q(w.country)}`,
+      // imager_custom writes ssid= as a string, which NetworkManager reads trimmed: spaces at the ends need the bytes.
+      ...(w.ssid !== w.ssid.trim() ? [`  f=${NM_PROFILE}; if [ -f "$f" ]; then sed -i 's/^ssid=.*/ssid=${nmSsid(w.ssid)}/' "$f"; fi`] : []),
       'else',
       ...wpaSupplicantConf(w),
       '  rfkill unblock wifi',

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { main } from '../../commands/main.ts';
 import { describeError, exitCodeOf } from '../../engine/errors.ts';
-import { cloudInitSeed } from '../../settings/first-boot.ts';
+import { cloudInitSeed, firstrunScript } from '../../settings/first-boot.ts';
 import { checkAgainstImage, settingsScript } from '../../settings/in-image.ts';
 import type { Settings } from '../../settings/model.ts';
 import { wpaSupplicantConf } from '../../settings/shell.ts';
@@ -296,4 +296,12 @@ test('1. an --ssh-key file that cannot be read is named with the flag, nothing o
   // Readable by no one, root included: a read of /proc/self/mem at 0 fails with EIO (as /etc/shadow would, EACCES, for a user).
   const line = await refused(t, 'ssh-key', ['--ssh-key', '/proc/self/mem']);
   t.regex(line, /cannot read it \(EIO\)/, line);
+});
+
+test("5. firstrun.sh: an SSID with spaces at its ends gets imager_custom's profile rewritten as bytes", (t) => {
+  const s = (ssid: string): Settings => ({ wifi: { ssid, psk: 'a'.repeat(64), country: 'FR', hidden: false }, packages: [], enable: [], disable: [] });
+  const spaced = firstrunScript(s(' lab '), '/boot/firmware');
+  t.regex(spaced, /sed -i 's\/\^ssid=\.\*\/ssid=32;108;97;98;32;\/' "\$f"/);
+  // An ordinary SSID keeps the profile imager_custom writes, as Imager's cards have it.
+  t.notRegex(firstrunScript(s('lab'), '/boot/firmware'), /\^ssid=/);
 });
