@@ -6,7 +6,7 @@ import { formatBytes } from '../engine/options.ts';
 import { timingTable } from '../engine/runner.ts';
 import { bmapBeside } from '../lib/image/bmap.ts';
 import { flashPipeline } from '../pipelines/flash.ts';
-import { FIRST_BOOT_FLAGS, firstBootSettings } from '../settings/first-boot.ts';
+import { checkFirstBootValue, FIRST_BOOT_FLAGS, firstBootSettings } from '../settings/first-boot.ts';
 import { parseTool, runTool, type ToolFlag, toolUsage } from './tool-command.ts';
 
 const FLAGS = {
@@ -36,7 +36,7 @@ export function flashUsage(): string {
 }
 
 export async function flashCommand(argv: string[]): Promise<number> {
-  const parsed = parseTool(argv, 'flash', FLAGS, flashUsage);
+  const parsed = parseTool(argv, 'flash', FLAGS, flashUsage, checkFirstBootValue);
   if (!parsed) return 0;
   const { values, positionals } = parsed;
   if (positionals.length !== 2) throw new ConfigError('flash takes an IMAGE and a DEVICE: build-image flash IMAGE DEVICE (see build-image --help flash)');

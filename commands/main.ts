@@ -13,7 +13,7 @@ import { pimaster } from '../pipelines/pimaster/pipeline.ts';
 import { cacheCommand, cacheUsage } from './cache.ts';
 import { formatChecks, runChecks } from './doctor.ts';
 import { flashCommand, flashUsage } from './flash.ts';
-import { flagRows, parseFlags } from './tool-command.ts';
+import { dashValue, flagRows, parseFlags } from './tool-command.ts';
 import { verifyCommand, verifyUsage } from './verify.ts';
 
 /** The commands that build an image: `build` (the pimaster, the default) and `customize`. */
@@ -107,9 +107,12 @@ function parse(argv: string[], keys: readonly ConfigKey[], command: string): { v
     const option = /'(-[^' ]+)/.exec(message)?.[1];
     if ((error as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
       const name = option?.replace(/^-+/, '');
-      const known = name !== undefined && name in schema;
+      const known = name !== undefined && Object.hasOwn(schema, name);
       throw new ConfigError(`${option}: ${known ? `not an option of \`${command}\`` : 'unknown option'} (see build-image --help ${command})`);
     }
+    dashValue(error, argv, (name, value) => {
+      if ((keys as readonly string[]).includes(name)) resolveOptions(schema, keys, { flags: { [name]: value } }, command);
+    });
     if ((error as { code?: string }).code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
       throw new ConfigError(
         `${option ?? 'option'}: ${/argument missing/.test(message) ? 'needs a value' : 'takes no value'} (see build-image --help ${command})`,
@@ -160,18 +163,18 @@ export async function main(argv: string[]): Promise<number> {
   if (first === 'os-list') return osList(argv.slice(1));
   if (first === 'cache') return cacheCommand(argv.slice(1));
   const toolUsages: Record<string, () => string> = { verify: verifyUsage, flash: flashUsage, cache: cacheUsage };
-  if (first === '--help' && argv[1] !== undefined && argv[1] in toolUsages) {
+  if (first === '--help' && argv[1] !== undefined && Object.hasOwn(toolUsages, argv[1])) {
     process.stdout.write(`${toolUsages[argv[1]]!()}\n`);
     return 0;
   }
-  const command: PipelineCommand = first !== undefined && first in PIPELINES ? (first as PipelineCommand) : 'build';
+  const command: PipelineCommand = first !== undefined && Object.hasOwn(PIPELINES, first) ? (first as PipelineCommand) : 'build';
   const rest = command === first ? argv.slice(1) : argv;
   const pipeline: Pipeline<CustomizeConfig> = PIPELINES[command];
   const keys = optionsOf<PimasterConfig>(pipeline);
   const { values, positionals } = parse(rest, keys, command);
   if (values.help) {
     const topic = positionals[0] ?? (command === first ? command : undefined);
-    process.stdout.write(`${usage(topic !== undefined && topic in PIPELINES ? (topic as PipelineCommand) : undefined)}\n`);
+    process.stdout.write(`${usage(topic !== undefined && Object.hasOwn(PIPELINES, topic) ? (topic as PipelineCommand) : undefined)}\n`);
     return 0;
   }
   if (values.version) {

@@ -45,12 +45,31 @@ export function toolUsage(synopsis: readonly string[], flags: Record<string, Too
 export type ToolValues = Record<string, string | boolean | string[] | undefined>;
 
 /** node:util's parseArgs, its error as one line with where to look (`hint`). */
-export function parseFlags<T extends ParseArgsConfig>(config: T, hint: string): ReturnType<typeof parseArgs<T>> {
+export function parseFlags<T extends ParseArgsConfig>(config: T, hint: string, check?: ValueCheck): ReturnType<typeof parseArgs<T>> {
   try {
     return parseArgs(config);
   } catch (error) {
+    if (check) dashValue(error, config.args ?? [], check);
     throw new ConfigError(`${(error as Error).message.split('\n')[0]} (${hint})`);
   }
+}
+
+/** Runs a flag's rule on a value, throwing the rule's one line when it refuses it. */
+export type ValueCheck = (name: string, value: string) => void;
+
+/**
+ * node:util reads `--hostname -lab` as a flag missing its value ("ambiguous"). Say what the user
+ * would hear of `--hostname=-lab`: the flag's rule on the value (a host name cannot start with '-'),
+ * or, when the rule takes it, how to give it. Returns when the error is another one.
+ */
+export function dashValue(error: unknown, argv: readonly string[], check: ValueCheck): void {
+  if ((error as { code?: string }).code !== 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' || !/ambiguous/.test((error as Error).message)) return;
+  const option = /'(--[^' ]+)'/.exec((error as Error).message)?.[1];
+  const at = argv.findIndex((arg, i) => arg === option && argv[i + 1]?.startsWith('-'));
+  if (!option || at < 0) return;
+  const value = argv[at + 1]!;
+  check(option.slice(2), value);
+  throw new ConfigError(`${option}: its value ${JSON.stringify(value)} starts with '-', read as a flag; give it as ${option}=${value}`);
 }
 
 /** The flags and positionals, or undefined once --help has been answered. */
@@ -59,6 +78,7 @@ export function parseTool(
   command: string,
   flags: Record<string, ToolFlag>,
   usage: () => string,
+  check?: ValueCheck,
 ): { values: ToolValues; positionals: string[] } | undefined {
   const all: Record<string, ToolFlag> = { ...flags, ...TOOL_FLAGS };
   const parsed = parseFlags(
@@ -69,6 +89,7 @@ export function parseTool(
       strict: true,
     },
     `see build-image --help ${command}`,
+    check,
   );
   if (parsed.values.help) {
     process.stdout.write(`${usage()}\n`);

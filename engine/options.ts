@@ -154,7 +154,9 @@ export function optionDefaults<T>(schema: Schema<T>): T {
 
 /** Validate one raw value (a string from the command line, or a JSON value from the file). */
 function convert(spec: Spec<unknown>, raw: unknown, source: string): unknown {
-  const bad = (allowed: string, value: unknown = raw) => new ConfigError(`${source} ${JSON.stringify(value)} is invalid: expected ${allowed}`);
+  // A secret's value is never printed, not even a malformed one: it may be the password itself.
+  const bad = (allowed: string, value: unknown = raw) =>
+    new ConfigError(`${source} ${spec.secret ? '(its value not shown)' : JSON.stringify(value)} is invalid: expected ${allowed}`);
   if (spec.kind === 'switch') {
     if (typeof raw === 'boolean') return raw;
     throw bad('true or false');
@@ -204,7 +206,8 @@ export function resolveOptions<T extends EngineOptions>(
     for (const [key, raw] of Object.entries(values)) {
       if (raw === undefined) continue;
       if (!keys.has(key)) {
-        const known = key in specs ? `not an option of \`${command}\`` : 'unknown option';
+        // Own keys only: `in` also finds __proto__, constructor, toString... on every object.
+        const known = Object.hasOwn(specs, key) ? `not an option of \`${command}\`` : 'unknown option';
         throw new ConfigError(`${sourceOf(key)}: ${known} (see \`build-image ${command === 'build' ? '' : `${command} `}--help\`)`);
       }
       options[key] = convert(specs[key]!, raw, sourceOf(key));

@@ -19,7 +19,8 @@ import { engineSchema, resolveOptions, type Schema } from '../engine/options.ts'
 import { plainBootMount } from '../lib/image/system.ts';
 import { anySettings, readSettings, type Settings } from './model.ts';
 import { type PiSettings, SETTING_KEYS, settingsSchema } from './options.ts';
-import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
+import { oversized } from './rules.ts';
+import { authorizedKeys, FIRST_USER, indent, localeLines, nmSsid, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 export type InitFormat = 'systemd' | 'cloudinit-rpi';
 
@@ -55,6 +56,13 @@ export const FIRST_BOOT_FLAGS: Record<FirstBootKey | 'settings', Flag> = {
 /** The keys of --settings FILE as JSON.parse gives them. */
 function settingsFile(path: string): Record<string, unknown> {
   let values: unknown;
+  let big: string | undefined;
+  try {
+    big = oversized(path);
+  } catch {
+    // Unreadable: JSON.parse's turn says so.
+  }
+  if (big) throw new ConfigError(`--settings ${path}: ${big}, too large for a JSON object of settings (at most 1 MiB)`);
   try {
     values = JSON.parse(readFileSync(path, 'utf8'));
   } catch (error) {
@@ -93,7 +101,15 @@ export async function firstBootSettings(flags: Record<string, string | boolean |
   return anySettings(settings) ? settings : undefined;
 }
 
+/** One flag's value through its spec, as firstBootSettings would check it: throws the spec's line. */
+export function checkFirstBootValue(name: string, value: string): void {
+  if ((FIRST_BOOT_KEYS as readonly string[]).includes(name))
+    resolveOptions({ ...engineSchema, ...settingsSchema }, FIRST_BOOT_KEYS, { flags: { [name]: value } }, 'flash');
+}
+
 const CUSTOM = '/usr/lib/raspberrypi-sys-mods/imager_custom';
+/** The NetworkManager profile imager_custom set_wlan writes. */
+const NM_PROFILE = '/etc/NetworkManager/system-connections/preconfigured.nmconnection';
 
 /** firstrun.sh for init_format `systemd`: what it does, in the order Imager's does it. */
 export function firstrunScript(s: Settings, mount: string): string {
@@ -131,6 +147,8 @@ export function firstrunScript(s: Settings, mount: string): string {
     out.push(
       `if [ -f ${CUSTOM} ]; then`,
       `  ${CUSTOM} set_wlan ${w.hidden ? '-h ' : ''}${q(w.ssid)} ${q(w.psk)} ${q(w.country)}`,
+      // imager_custom writes ssid= as a string, which NetworkManager reads trimmed: spaces at the ends need the bytes.
+      ...(w.ssid !== w.ssid.trim() ? [`  f=${NM_PROFILE}; if [ -f "$f" ]; then sed -i 's/^ssid=.*/ssid=${nmSsid(w.ssid)}/' "$f"; fi`] : []),
       'else',
       ...wpaSupplicantConf(w),
       '  rfkill unblock wifi',
@@ -164,26 +182,29 @@ export function cmdlineArguments(format: InitFormat, bootMount: string, instance
     : ` ds=nocloud;i=${instanceId}`;
 }
 
-/** A YAML double-quoted scalar (JSON's escaping is valid YAML). */
+/**
+ * A YAML double-quoted scalar (JSON's escaping is valid YAML). Every string the seed holds is one:
+ * cloud-init's YAML 1.1 reads a bare 0777 as 511, no as false, null as nothing.
+ */
 const y = (s: string) => JSON.stringify(s);
 
 /** The cloud-init seed for init_format `cloudinit-rpi`: user-data, network-config (only with Wi-Fi), meta-data. */
 export function cloudInitSeed(s: Settings, instanceId: string): Record<string, string> {
   const user: string[] = ['#cloud-config', "# First-boot settings written by build-image flash (Raspberry Pi Imager's format)."];
-  if (s.hostname) user.push(`hostname: ${s.hostname}`, 'manage_etc_hosts: true');
-  if (s.timezone) user.push(`timezone: ${s.timezone}`);
-  if (s.locale) user.push(`locale: ${s.locale}`);
-  if (s.keymap) user.push('keyboard:', '  model: pc105', `  layout: ${y(s.keymap)}`);
+  if (s.hostname) user.push(`hostname: ${y(s.hostname)}`, 'manage_etc_hosts: true');
+  if (s.timezone) user.push(`timezone: ${y(s.timezone)}`);
+  if (s.locale) user.push(`locale: ${y(s.locale)}`);
+  if (s.keymap) user.push('keyboard:', '  model: "pc105"', `  layout: ${y(s.keymap)}`);
   if (s.user || s.sshKeys) {
-    user.push('user:', `  name: ${s.user?.name ?? 'pi'}`, '  shell: /bin/bash');
+    user.push('user:', `  name: ${y(s.user?.name ?? 'pi')}`, '  shell: "/bin/bash"');
     if (s.user?.passwordHash) user.push('  lock_passwd: false', `  passwd: ${y(s.user.passwordHash)}`);
     else user.push('  lock_passwd: true');
     if (s.sshKeys) user.push('  ssh_authorized_keys:', ...s.sshKeys.map((k) => `    - ${y(k)}`));
     user.push('  sudo: null');
   }
   const ssh = Boolean(s.sshKeys || s.sshPasswordAuth);
-  if (ssh) user.push(`ssh_pwauth: ${s.sshKeys ? 'false' : 'true'}`, 'runcmd:', '  - [ systemctl, enable, --now, ssh ]');
-  const seed: Record<string, string> = { 'user-data': `${user.join('\n')}\n`, 'meta-data': `instance_id: ${instanceId}\n` };
+  if (ssh) user.push(`ssh_pwauth: ${s.sshKeys ? 'false' : 'true'}`, 'runcmd:', '  - [ "systemctl", "enable", "--now", "ssh" ]');
+  const seed: Record<string, string> = { 'user-data': `${user.join('\n')}\n`, 'meta-data': `instance_id: ${y(instanceId)}\n` };
   if (s.wifi) {
     const w = s.wifi;
     // eth0 keeps DHCP: a network-config replaces the release's default for every interface.

@@ -21,7 +21,8 @@ import { quote as q } from '../engine/exec.ts';
 import { inRoot, readInRoot, readRegular } from '../lib/image/in-root.ts';
 import type { Settings } from './model.ts';
 import { given, type PiSettings } from './options.ts';
-import { authorizedKeys, FIRST_USER, indent, localeLines, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
+import { isZoneFile } from './rules.ts';
+import { authorizedKeys, FIRST_USER, indent, localeLines, nmSsid, renameFirstUser, WIFI_UNBLOCKED, wpaSupplicantConf } from './shell.ts';
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
@@ -47,7 +48,7 @@ export interface ImageFacts {
 /** How the image takes the settings; a setting it lacks the means of is one line, before anything is changed. */
 export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, 'bootMount'> {
   const has = (path: string) => existsSync(inRoot(root, path));
-  if (s.timezone && !has(`usr/share/zoneinfo/${s.timezone}`))
+  if (s.timezone && !isZoneFile(inRoot(root, `usr/share/zoneinfo/${s.timezone}`)))
     throw new ConfigError(`--timezone ${s.timezone}: the image has no such zone in /usr/share/zoneinfo (is tzdata installed? add --packages tzdata)`);
   if (s.locale) {
     if (!has('usr/share/i18n/SUPPORTED')) throw new ConfigError(`--locale ${s.locale}: the image has no locales package (add --packages locales)`);
@@ -56,7 +57,7 @@ export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, '
       .find((l) => l.split(' ')[0] === s.locale);
     if (!line) throw new ConfigError(`--locale ${s.locale}: not one of the image's supported locales (/usr/share/i18n/SUPPORTED, e.g. en_GB.UTF-8)`);
   }
-  if (s.keymap && has('usr/share/X11/xkb/symbols') && !has(`usr/share/X11/xkb/symbols/${s.keymap.split(/[_-]/)[0]}`)) {
+  if (s.keymap && has('usr/share/X11/xkb/symbols') && !has(`usr/share/X11/xkb/symbols/${s.keymap}`)) {
     throw new ConfigError(`--keymap ${s.keymap}: the image's keyboard data has no such layout (/usr/share/X11/xkb/symbols)`);
   }
   const unitDirs = ['etc/systemd/system', 'usr/lib/systemd/system', 'lib/systemd/system'];
@@ -65,7 +66,9 @@ export function checkAgainstImage(root: string, s: Settings): Omit<ImageFacts, '
     ['disable', s.disable],
   ] as const) {
     for (const unit of units) {
-      if (!unitDirs.some((dir) => has(`${dir}/${unit}`)))
+      // An instance (getty@tty2.service) has no file of its own: its template (getty@.service) is the unit file.
+      const file = unit.replace(/@[^@]*(\.[a-z]+)$/, '@$1');
+      if (!unitDirs.some((dir) => has(`${dir}/${unit}`) || has(`${dir}/${file}`)))
         throw new ConfigError(`--${flag} ${unit}: the image has no such unit (add its package with --packages)`);
     }
   }
@@ -132,7 +135,7 @@ export function settingsScript(s: Settings, facts: ImageFacts): string {
         '',
         '[wifi]',
         'mode=infrastructure',
-        `ssid=${w.ssid}`,
+        `ssid=${nmSsid(w.ssid)}`,
         `hidden=${w.hidden}`,
         '',
         '[wifi-security]',
@@ -166,8 +169,8 @@ export function settingsScript(s: Settings, facts: ImageFacts): string {
       '',
     );
   }
-  if (s.enable.length) out.push(`systemctl enable ${s.enable.map(q).join(' ')}`);
-  if (s.disable.length) out.push(`systemctl disable ${s.disable.map(q).join(' ')}`);
+  if (s.enable.length) out.push(`systemctl enable -- ${s.enable.map(q).join(' ')}`);
+  if (s.disable.length) out.push(`systemctl disable -- ${s.disable.map(q).join(' ')}`);
   return `${out.join('\n')}\n`;
 }
 

@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { execa } from 'execa';
 import { ConfigError } from '../engine/errors.ts';
 import type { PiSettings } from './options.ts';
+import { oversized } from './rules.ts';
 
 export interface Settings {
   hostname?: string;
@@ -33,14 +34,23 @@ export interface Settings {
 
 /** A file a flag names, or one line naming the flag, the file and why it cannot be read. */
 function readInput(flag: string, path: string): string {
+  let big: string | undefined;
   try {
-    return readFileSync(path, 'utf8');
+    big = oversized(path);
+    if (!big) return readFileSync(path, 'utf8');
   } catch (error) {
     throw new ConfigError(`--${flag} ${path}: cannot read it (${(error as NodeJS.ErrnoException).code ?? error})`);
   }
+  throw new ConfigError(`--${flag} ${path}: ${big}, too large for a file of one secret (at most 1 MiB)`);
 }
 
+/** The longest line `openssl passwd -6 -stdin` hashes in full (OpenSSL 3: a longer one is cut). */
+const OPENSSL_PASSWD_MAX = 256;
+
 const firstLine = (flag: string, path: string) => readInput(flag, path).split(/\r?\n/)[0]!;
+
+/** The units that are the SSH server, which --ssh switches. */
+const SSH_UNITS = ['ssh.service', 'sshd.service', 'ssh.socket'];
 
 /** The settings (each already through its spec's rule) checked together, with the files they name read. */
 export async function readSettings(values: PiSettings): Promise<Settings> {
@@ -53,6 +63,11 @@ export async function readSettings(values: PiSettings): Promise<Settings> {
   if (passwordFile !== undefined) {
     const password = firstLine('password-file', passwordFile);
     if (password === '') throw new ConfigError(`--password-file ${passwordFile}: its first line is empty`);
+    // `openssl passwd -stdin` silently hashes only the first 256 bytes of a line: refuse more than it takes.
+    if (Buffer.byteLength(password) > OPENSSL_PASSWD_MAX)
+      throw new ConfigError(
+        `--password-file ${passwordFile}: its first line is longer than the ${OPENSSL_PASSWD_MAX} bytes openssl passwd hashes; use a shorter password, or give --password-hash (mkpasswd -m sha-512)`,
+      );
     passwordHash = (await execa('openssl', ['passwd', '-6', '-stdin'], { input: password })).stdout.trim();
   }
   if (values.user !== undefined) s.user = { name: values.user, ...(passwordHash !== undefined ? { passwordHash } : {}) };
@@ -69,6 +84,12 @@ export async function readSettings(values: PiSettings): Promise<Settings> {
   if (values.ssh === 'off' && values['ssh-password-auth']) throw new ConfigError('--ssh off and --ssh-password-auth: give one or the other');
   if (values.ssh) s.ssh = values.ssh;
   else if (s.sshKeys || s.sshPasswordAuth) s.ssh = 'on';
+  // The SSH server switched one way by --ssh (or the keys), the other by --enable/--disable: which is meant?
+  const sshOn = values.ssh === 'on' ? '--ssh on' : s.sshKeys ? '--ssh-key' : s.sshPasswordAuth ? '--ssh-password-auth' : undefined;
+  const disabled = values.disable.find((unit) => SSH_UNITS.includes(unit));
+  if (sshOn && disabled) throw new ConfigError(`${sshOn} and --disable ${disabled}: SSH on and off, give one or the other`);
+  const enabled = values.enable.find((unit) => SSH_UNITS.includes(unit));
+  if (values.ssh === 'off' && enabled) throw new ConfigError(`--ssh off and --enable ${enabled}: SSH off and on, give one or the other`);
 
   const { 'wifi-ssid': ssid, 'wifi-psk-file': pskFile, 'wifi-country': country } = values;
   if (ssid !== undefined) {

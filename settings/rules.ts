@@ -2,8 +2,9 @@
  * Checks of values users type: each returns the normalised value or throws a string that says
  * what is allowed (the config schema turns it into an error naming the key and the value).
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { formatBytes } from '../engine/options.ts';
 
 /** One DNS label (RFC 1123): letters, digits and inner hyphens, 1 to 63 of them. */
 const HOST_LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
@@ -16,6 +17,7 @@ const HOST_LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
  * give a card another /etc/hostname than a built image. The domain belongs to DNS or DHCP.
  */
 export function parseHostLabel(raw: string): string {
+  if (/^-|-$/.test(raw)) throw "an RFC 1123 host name of one label, which cannot start or end with '-' (pi-07)";
   if (!HOST_LABEL.test(raw)) throw 'an RFC 1123 host name of one label: 1 to 63 letters, digits and inner hyphens, no dots (pi-07)';
   return raw.toLowerCase();
 }
@@ -46,11 +48,30 @@ function blobType(word: string | undefined): string | undefined {
   return blob.subarray(4, 4 + blob.readUInt32BE(0)).toString('latin1');
 }
 
+/**
+ * The most a file a setting names may hold (keys, a password, a passphrase, --settings' JSON): read
+ * whole, a larger one (a disk image given by mistake) would take the memory or pass V8's longest string.
+ */
+export const INPUT_MAX = 2 ** 20;
+
+/** The size of a file larger than INPUT_MAX, as 600.0 MiB; undefined for one that is not. */
+export function oversized(path: string): string | undefined {
+  const { size } = statSync(path);
+  return size > INPUT_MAX ? formatBytes(size) : undefined;
+}
+
 /** A file of OpenSSH public keys (authorized_keys format); returns its absolute path. */
 export function parsePublicKeyFile(raw: string): string {
   const path = resolve(raw);
   if (!existsSync(path) || !statSync(path).isFile()) throw 'an existing file holding OpenSSH public keys (such as ~/.ssh/id_ed25519.pub)';
-  const text = readFileSync(path, 'utf8');
+  const big = oversized(path);
+  if (big) throw `a file of OpenSSH public keys, at most 1 MiB: this one is ${big}`;
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw `a file of OpenSSH public keys: cannot read it (${(error as NodeJS.ErrnoException).code ?? 'error'})`;
+  }
   if (/PRIVATE KEY-----/.test(text)) throw 'a public key file: this is a private key, give the matching .pub file';
   const lines = text
     .split('\n')
@@ -74,41 +95,91 @@ export function parseCryptHash(raw: string): string {
   return raw;
 }
 
-/** An SSID, here without the characters that would need quoting in the files that hold it. */
+/**
+ * An SSID: 1 to 32 bytes. An apostrophe is fine (the shell's quote, the files' bytes or hex);
+ * double quotes, backslashes and control characters are refused, as imager_custom's files would not hold them.
+ */
 export function parseSsid(raw: string): string {
-  if (Buffer.byteLength(raw) < 1 || Buffer.byteLength(raw) > 32 || /['"\\\n\r\0]/.test(raw)) throw 'an SSID of 1 to 32 bytes without quotes or backslashes';
+  if (Buffer.byteLength(raw) < 1 || Buffer.byteLength(raw) > 32 || /["\\\x00-\x1f\x7f]/.test(raw))
+    throw 'an SSID of 1 to 32 bytes without double quotes, backslashes or control characters';
   return raw;
 }
 
-/** An ISO 3166 alpha-2 country code that names a country. */
+/**
+ * The ISO 3166-1 alpha-2 codes, the 249 officially assigned (tzdata's iso3166.tab): the radio's
+ * regulatory domain is one of them. Not the other regions a locale knows (EU, UN, ZZ, QO...), nor
+ * the reserved UK or the user-assigned XK. Here rather than read from the host, which may lack tzdata.
+ */
+const COUNTRIES = new Set(
+  [
+    'AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD ',
+    'CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF ',
+    'GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN ',
+    'KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA ',
+    'NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI ',
+    'SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI ',
+    'VN VU WF WS YE YT ZA ZM ZW',
+  ]
+    .join('')
+    .split(' '),
+);
+
 export function isCountry(code: string): boolean {
-  return /^[A-Z]{2}$/.test(code) && new Intl.DisplayNames(['en'], { type: 'region', fallback: 'none' }).of(code) !== undefined;
+  return COUNTRIES.has(code);
 }
 export function parseCountry(raw: string): string {
   const code = raw.toUpperCase();
-  if (!isCountry(code)) throw 'an ISO 3166 country code (FR, GB, US...)';
+  if (!isCountry(code)) throw 'an ISO 3166 country code (FR, GB, US...): two letters naming a country, not a region (EU)';
   return code;
 }
 
-/** A time zone name the tz database knows (the host's, or the ICU data Node carries). */
+/**
+ * A time zone name the tz database knows (the ICU data Node carries, or a zone file of the host's).
+ * Zone names start each part with a capital (Europe/Paris, UTC, Etc/GMT+1); what else is in
+ * /usr/share/zoneinfo is not one: its folders (Europe), the right/ and posix/ copies, localtime,
+ * posixrules, leapseconds, the .tab files. A zone file starts with the magic "TZif".
+ */
 export function isTimezone(zone: string): boolean {
-  if (!/^[A-Za-z0-9_+-]+(?:\/[A-Za-z0-9_+-]+)*$/.test(zone)) return false;
-  return Intl.supportedValuesOf('timeZone').includes(zone) || zone === 'UTC' || existsSync(`/usr/share/zoneinfo/${zone}`);
+  if (!/^[A-Z][A-Za-z0-9_+-]*(?:\/[A-Z][A-Za-z0-9_+-]*)*$/.test(zone)) return false;
+  return Intl.supportedValuesOf('timeZone').includes(zone) || zone === 'UTC' || isZoneFile(`/usr/share/zoneinfo/${zone}`);
+}
+
+/** A TZif file (a link to one followed), not a folder or another file. */
+export function isZoneFile(path: string): boolean {
+  try {
+    if (!statSync(path).isFile()) return false;
+    const fd = openSync(path, 'r');
+    try {
+      const magic = Buffer.alloc(4);
+      readSync(fd, magic, 0, 4, 0);
+      return magic.toString('latin1') === 'TZif';
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
 }
 export function parseTimezone(raw: string): string {
-  if (!isTimezone(raw)) throw 'a time zone: Area/City, e.g. Europe/Paris';
+  if (!isTimezone(raw)) throw 'a time zone: Area/City, e.g. Europe/Paris, or UTC (a zone, not a folder such as Europe, nor right/..., posix/..., localtime)';
   return raw;
 }
 
-/** `fr_FR.UTF-8`: a glibc locale name (its charset after the dot, a modifier after @). */
+/** `fr_FR.UTF-8`: a glibc locale name (its charset after the dot, a modifier after @), or C.UTF-8. */
 export function parseLocale(raw: string): string {
-  if (!/^[a-z]{2,3}_[A-Z]{2}(?:\.[A-Za-z0-9-]+)?(?:@[a-z]+)?$/.test(raw)) throw 'a locale such as fr_FR.UTF-8 or en_GB.UTF-8';
+  if (raw !== 'C.UTF-8' && !/^[a-z]{2,3}_[A-Z]{2}(?:\.[A-Za-z0-9-]+)?(?:@[a-z]+)?$/.test(raw)) throw 'a locale such as fr_FR.UTF-8, en_GB.UTF-8 or C.UTF-8';
   return raw;
 }
 
-/** An XKB layout name. */
-export const KEYMAP = /^[a-z]{2,3}(?:[_-][a-z0-9]+)?$/;
+/**
+ * An XKB layout name (fr, gb, latam). A layout and its variant (fr-oss, de_nodeadkeys) is refused:
+ * each writer sets the layout alone (XKBLAYOUT, imager_custom set_keymap, cloud-init's layout), so
+ * the variant would be lost, or the whole read as a layout no keyboard data has.
+ */
+export const KEYMAP = /^[a-z]{2,5}$/;
 export function parseKeymap(raw: string): string {
+  const variant = /^([a-z]{2,5})[_-][a-z0-9]+$/.exec(raw);
+  if (variant) throw `a keyboard layout alone: ${raw} is the layout ${variant[1]} with a variant, which is not set; give --keymap ${variant[1]}`;
   if (!KEYMAP.test(raw)) throw 'a keyboard layout (gb, fr, us, de...)';
   return raw;
 }
@@ -138,7 +209,8 @@ export function parseUnits(raw: string): string[] {
     .split(',')
     .map((u) => u.trim())
     .filter(Boolean);
-  if (units.length === 0 || !units.every((u) => /^[A-Za-z0-9:_.\\@-]+$/.test(u) && !u.startsWith('.')))
-    throw 'systemd unit names, comma-separated (ssh, apt-daily.timer)';
+  // A leading - would be read by systemctl as an option (--enable=-h prints its usage, enables nothing).
+  if (units.length === 0 || !units.every((u) => /^[A-Za-z0-9:_.\\@-]+$/.test(u) && !/^[-.]/.test(u)))
+    throw 'systemd unit names, comma-separated (ssh, apt-daily.timer), none starting with - or .';
   return units.map((u) => (UNIT_TYPES.some((type) => u.endsWith(`.${type}`)) ? u : `${u}.service`));
 }

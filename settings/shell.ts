@@ -45,7 +45,13 @@ export function authorizedKeys(keys: readonly string[]): string[] {
   ];
 }
 
-/** wpa_supplicant's configuration for one network (the SSID's rule keeps quotes out of it). */
+/**
+ * The SSID as NetworkManager's keyfile `ssid=` reads it exactly: a list of its bytes (`98;111;98;`).
+ * As a string, the keyfile reader drops spaces at its ends, and a quote or `;` may be read otherwise.
+ */
+export const nmSsid = (ssid: string) => `${[...Buffer.from(ssid)].join(';')};`;
+
+/** wpa_supplicant's configuration for one network; the SSID in hex, which it reads byte for byte. */
 export function wpaSupplicantConf(w: { ssid: string; psk: string; country: string; hidden: boolean }): string[] {
   return [
     "cat >/etc/wpa_supplicant/wpa_supplicant.conf <<'EOF'",
@@ -56,7 +62,7 @@ export function wpaSupplicantConf(w: { ssid: string; psk: string; country: strin
     '',
     'network={',
     ...(w.hidden ? ['\tscan_ssid=1'] : []),
-    `\tssid="${w.ssid}"`,
+    `\tssid=${Buffer.from(w.ssid).toString('hex')}`,
     `\tpsk=${w.psk}`,
     '}',
     'EOF',

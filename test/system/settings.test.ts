@@ -63,11 +63,11 @@ function settingChecks(release: Release, hash: string): string {
   const wifi =
     release.wifi === 'networkmanager'
       ? [
-          'f=/etc/NetworkManager/system-connections/preconfigured.nmconnection; test "$(stat -c %a $f)" = 600 && grep -qx ssid=lab-uplink $f && grep -qx hidden=true $f',
+          'f=/etc/NetworkManager/system-connections/preconfigured.nmconnection; test "$(stat -c %a $f)" = 600 && grep -qx \'ssid=108;97;98;45;117;112;108;105;110;107;\' $f && grep -qx hidden=true $f',
           'grep -qw cfg80211.ieee80211_regdom=FR /proc/cmdline',
         ]
       : [
-          'f=/etc/wpa_supplicant/wpa_supplicant.conf; test "$(stat -c %a $f)" = 600 && grep -qx country=FR $f && grep -qx \'\tssid="lab-uplink"\' $f && grep -qx \'\tscan_ssid=1\' $f',
+          "f=/etc/wpa_supplicant/wpa_supplicant.conf; test \"$(stat -c %a $f)\" = 600 && grep -qx country=FR $f && grep -qx '\tssid=6c61622d75706c696e6b' $f && grep -qx '\tscan_ssid=1' $f",
         ];
   return [
     'ssh -i /root/alice-test-key -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null alice@127.0.0.1 id -un | grep -qx alice',
