@@ -5,7 +5,7 @@ import { formatValue, readConfigFile, resolveOptions } from '../engine/options.t
 import { pickReporter } from '../engine/report.ts';
 import { checkSettings, runPipeline, selectStages, timingTable } from '../engine/runner.ts';
 import type { Pipeline } from '../engine/stage.ts';
-import { version } from '../engine/version.ts';
+import { version, versionLine } from '../engine/version.ts';
 import { writeImagerList } from '../lib/publish/os-list-json.ts';
 import { type CustomizeConfig, customize, optionsOf } from '../pipelines/customize.ts';
 import { type PimasterConfig, pimasterConfigSchema as schema } from '../pipelines/pimaster/options.ts';
@@ -149,7 +149,7 @@ function osList(argv: string[]): number {
 export async function main(argv: string[]): Promise<number> {
   const first = argv[0];
   if (first === '--version' || first === '-v') {
-    process.stdout.write(`${version}\n`);
+    process.stdout.write(`${versionLine()}\n`);
     return 0;
   }
   if (first === 'doctor') {
@@ -178,7 +178,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (values.version) {
-    process.stdout.write(`${version}\n`);
+    process.stdout.write(`${versionLine()}\n`);
     return 0;
   }
   if (positionals.length > 0)

@@ -2,6 +2,7 @@
 import { basename } from 'node:path';
 import { published, publishedSettings, withoutCredentials } from '../../engine/redact.ts';
 import type { BuildContext } from '../../engine/stage.ts';
+import { commit, PACKAGE_NAME, version } from '../../engine/version.ts';
 import type { BuildConfig } from '../build-options.ts';
 import type { Output } from '../image/state.ts';
 import { SBOM_FORMAT } from './sbom.ts';
@@ -26,6 +27,7 @@ export function manifest(ctx: BuildContext<BuildConfig>, out: ManifestFacts) {
     name: out.name,
     pipeline: ctx.pipeline,
     created: out.created,
+    toolkit: { name: PACKAGE_NAME, version, commit: commit() },
     base: download
       ? {
           source: published(ctx.schema.base, download.source),

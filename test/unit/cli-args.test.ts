@@ -33,9 +33,10 @@ test('--help lists the commands; --help build and customize list their options w
   t.notRegex(build.stdout, /--user |--password-|--ssh /, 'but not a first user: it has none');
 });
 
-test('--version prints the version', async (t) => {
+test('--version prints the version and the commit', async (t) => {
   const result = await run(['--version']);
-  t.is(result.stdout.trim(), version);
+  const head = (await execa('git', ['rev-parse', 'HEAD'], { cwd: new URL('../..', import.meta.url) })).stdout;
+  t.regex(result.stdout.trim(), new RegExp(`^${version.replace(/\./g, '\\.')} \\(commit ${head}(-dirty)?\\)$`));
 });
 
 test('--plan prints every stage with its resolved options and touches nothing', async (t) => {

