@@ -305,7 +305,7 @@ const BAD_SETTINGS: [string[], RegExp][] = [
   [['--password-hash', '$6$salt$hash'], /^error: --password-hash\/--password-file: give --user NAME too/],
   [
     ['--user', 'alice', '--password-hash', 'plain-text'],
-    /^error: --password-hash "plain-text" is invalid: expected a crypt\(3\) hash \(make one with: openssl passwd -6\)$/,
+    /^error: --password-hash \(its value not shown\) is invalid: expected a crypt\(3\) hash \(make one with: openssl passwd -6\)$/,
   ],
   [['--user', 'alice', '--password-file', '/no/such/file'], /^error: --password-file "\/no\/such\/file" is invalid: expected an existing file$/],
   [['--ssh-key', '/etc/hostname'], /^error: --ssh-key "\/etc\/hostname" is invalid: expected OpenSSH public keys, one a line/],
