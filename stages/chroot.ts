@@ -4,6 +4,7 @@ import { treeDigest } from '../engine/digest.ts';
 import { CommandError } from '../engine/errors.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
+import { plannedMode } from '../lib/chroot/emulation.ts';
 import { chrootArgs, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
 import { SANDBOX } from '../lib/chroot/sandbox.ts';
 import { scriptEnv, scriptList } from '../lib/chroot/scripts.ts';
@@ -71,7 +72,9 @@ export function chrootStage<C extends BuildConfig>(options: ChrootStageOptions<C
     snapshotAtEnd: options.snapshotAtEnd,
     describe: (config) => {
       const n = scripts(config).length;
-      return n ? `run ${n} script${n > 1 ? 's' : ''} inside the image (a sandbox, qemu-user, apt cache bound in)` : 'no scripts to run (--script FILE)';
+      return n
+        ? `run ${n} script${n > 1 ? 's' : ''} inside the image (a sandbox, apt cache bound in; chroot: ${plannedMode(config.arch)})`
+        : 'no scripts to run (--script FILE)';
     },
     options: [...(user ? (['script'] as const) : []), 'apt-proxy', 'apt-mirror', 'shell-on-error', ...(options.keys ?? [])],
     async grows(ctx, rootUsed) {

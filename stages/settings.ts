@@ -7,6 +7,7 @@ import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { UserError } from '../engine/errors.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
+import { plannedMode } from '../lib/chroot/emulation.ts';
 import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
 import { rootDir } from '../lib/image/attached.ts';
 import { inRoot, readInRoot } from '../lib/image/in-root.ts';
@@ -26,7 +27,7 @@ export function settingsStage(keys: readonly (keyof PiSettings)[] = SETTING_KEYS
     describe: (config) => {
       const set = given(own(config));
       return set.length
-        ? `apply ${set.map((k) => `--${k}`).join(', ')}`
+        ? `apply ${set.map((k) => `--${k}`).join(', ')} (chroot: ${plannedMode(config.arch)})`
         : `no settings (${keys
             .slice(0, 6)
             .map((k) => `--${k}`)

@@ -1,8 +1,11 @@
 /**
- * Running the image's own binaries on this host: the emulator is chosen from the ELF header of the
- * image's /bin/sh (never from a flag alone: an arm64 image under qemu-arm is a classic failure),
- * and binfmt_misc is checked, mounted and registered with the F flag (interpreter opened once by
- * the kernel, nothing copied into the image).
+ * Running the image's own binaries on this host: natively where the host's CPU runs them (an
+ * arm64 image on an arm64 host), else through qemu-user. The architecture comes from the ELF
+ * header of the image's /bin/sh (never from a flag alone: an arm64 image under qemu-arm is a
+ * classic failure). For qemu-user, binfmt_misc is checked, mounted and registered with the F flag
+ * (interpreter opened once by the kernel, nothing copied into the image). A handler is never
+ * registered for the host's own architecture: binfmt_misc is consulted before the native ELF
+ * loader, so every program on the host would then run under qemu.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { UserError } from '../../engine/errors.ts';
@@ -11,6 +14,54 @@ import type { Arch } from '../image/arch.ts';
 
 const BINFMT = '/proc/sys/fs/binfmt_misc';
 const HANDLERS: Partial<Record<Arch, string>> = { arm64: 'qemu-aarch64', armhf: 'qemu-arm' };
+
+/** The Debian architecture of the machine this process runs on. */
+export function hostArch(nodeArch: string = process.arch): Arch {
+  const arches: Record<string, Arch> = { arm64: 'arm64', arm: 'armhf', x64: 'amd64', ia32: 'i386' };
+  return arches[nodeArch] ?? 'unknown';
+}
+
+export type ChrootMode = 'native' | 'qemu-user';
+
+/**
+ * How `image` programs run on a `host`: natively on the host's own architecture, and armhf on an
+ * arm64 host when `runsAArch32` (the CPU executes AArch32 and no qemu-arm handler is registered:
+ * binfmt_misc would otherwise send every armhf program to it); through qemu-user otherwise.
+ */
+export function chrootMode(host: Arch, image: Arch, runsAArch32: boolean): ChrootMode {
+  if (image === host) return 'native';
+  return host === 'arm64' && image === 'armhf' && runsAArch32 ? 'native' : 'qemu-user';
+}
+
+/** What the log, --plan and the manifest say: `native arm64`, or `qemu-user (arm64 on amd64)`. */
+export function describeMode(mode: ChrootMode, image: Arch, host: Arch = hostArch()): string {
+  return mode === 'native' ? `native ${image}` : `qemu-user (${image} on ${host})`;
+}
+
+/** For --plan, before the image is read: how `arch` programs will run here. */
+export function plannedMode(arch: Arch, host: Arch = hostArch()): string {
+  if (host === 'arm64' && arch === 'armhf')
+    return `native armhf where this CPU runs AArch32 (arch-test -n armhf), else ${describeMode('qemu-user', arch, host)}`;
+  return describeMode(chrootMode(host, arch, false), arch, host);
+}
+
+/**
+ * Whether this host runs armhf programs with no emulator: arch-test's -n disables qemu (it sets
+ * QEMU_VERSION, which makes qemu-user print its version and exit), so a qemu-arm handler counts as no.
+ */
+async function runsArmhfNatively(ctx: Pick<BuildContext, 'run'>): Promise<boolean> {
+  const { exitCode } = await ctx.run('arch-test', ['-n', 'armhf'], { reject: false }).catch(() => ({ exitCode: 1 }));
+  return exitCode === 0;
+}
+
+/** Decide how the image's programs run here, and set the host up for it (binfmt for qemu-user). */
+export async function prepareToRun(ctx: Pick<BuildContext, 'run'> & { log: { line(text: string): void } }, arch: Arch): Promise<ChrootMode> {
+  const host = hostArch();
+  const mode = chrootMode(host, arch, host === 'arm64' && arch === 'armhf' && (await runsArmhfNatively(ctx)));
+  ctx.log.line(`chroot: ${describeMode(mode, arch, host)}`);
+  if (mode === 'qemu-user') await ensureBinfmt(ctx, arch);
+  return mode;
+}
 
 /** A binfmt_misc registration line from binfmt-support's format file, with the F flag. */
 export function registrationLine(name: string, format: string): string {
@@ -25,6 +76,7 @@ export function registrationLine(name: string, format: string): string {
 /** Make sure the kernel runs `arch` binaries through qemu-user with the F flag. */
 export async function ensureBinfmt(ctx: Pick<BuildContext, 'run'> & { log: { line(text: string): void } }, arch: Arch): Promise<void> {
   const handler = HANDLERS[arch];
+  if (arch === hostArch()) throw new Error(`no qemu-user handler is registered for the host's own architecture (${arch})`);
   if (!handler) throw new UserError(`images for ${arch} cannot be run here: only arm64 and armhf are supported`);
   if (!existsSync(`${BINFMT}/register`)) {
     const { exitCode } = await ctx.run('mount', ['-t', 'binfmt_misc', 'binfmt_misc', BINFMT], { reject: false });

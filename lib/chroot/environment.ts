@@ -17,7 +17,7 @@ import type { Arch } from '../image/arch.ts';
 import { rootDir } from '../image/attached.ts';
 import { entryInRoot, inRoot, readInRoot } from '../image/in-root.ts';
 import { mount } from '../image/loop.ts';
-import { ensureBinfmt } from './emulation.ts';
+import { describeMode, prepareToRun } from './emulation.ts';
 import { unpackNatively } from './native-unpack.ts';
 import { compileHeldPython, holdPythonCompile } from './python-compile.ts';
 import { SANDBOX, sandboxArgs } from './sandbox.ts';
@@ -246,8 +246,11 @@ export async function enterChroot(ctx: BuildContext, options: ChrootOptions = {}
   const system = ctx.state.system;
   if (!system) throw new UserError('chroot: the image is not attached; run from attach or earlier');
   const arch = system.arch as Arch;
+  const mode = await prepareToRun(ctx, arch);
+  ctx.state.chroot = describeMode(mode, arch);
+  // native-unpack and python-compile exist to keep work out of the emulator: with none, they are off.
   const speedUps = speedUpsOn();
-  await ensureBinfmt(ctx, arch);
+  if (mode === 'native') for (const speedUp of ['native-unpack', 'python-compile'] as const) speedUps.delete(speedUp);
 
   // Mount points resolved inside the image: its `run -> /run` must not hide the host's /run.
   const at = (dir: string) => {

@@ -86,6 +86,8 @@ declare module '../../engine/stage.ts' {
     image?: string; // extract: the raw, sparse working image in the work dir
     layout?: Layout; // grow (and every stage that changes the partition table)
     system?: SystemInfo; // attach
+    /** How the image's programs ran: `native arm64`, `qemu-user (arm64 on amd64)` (chroot, settings). */
+    chroot?: string;
     packages?: Package[]; // finalize: from the image's dpkg status
     imageSha256?: string; // compress: of the final raw image
     outputs?: Output[]; // compress

@@ -38,6 +38,7 @@ export function manifest(ctx: BuildContext<BuildConfig>, out: ManifestFacts) {
       : null,
     release: ctx.state.system?.codename ?? null,
     arch: ctx.config.arch,
+    chroot: ctx.state.chroot ?? null,
     init_format: ctx.state.system?.initFormat ?? null,
     image: { file: `${out.name}.img`, size: out.size, sha256: out.imageSha256, bmap: basename(out.bmap) },
     sbom: { file: basename(out.sbom), format: SBOM_FORMAT, components: packages.length },
