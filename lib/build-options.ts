@@ -117,7 +117,7 @@ export const buildSchema: Schema<BuildOptions> = {
   script: {
     kind: 'list',
     placeholder: 'FILE',
-    help: "a shell script to run inside the image (bash -e, under qemu-user), after the pipeline's own (repeatable)",
+    help: "a shell script to run inside the image (bash -e, in a sandbox: natively on a host of its arch, else under qemu-user), after the pipeline's own (repeatable)",
     default: () => [],
     hostPath: true,
   },
