@@ -1,14 +1,20 @@
 import { existsSync, readFileSync, statfsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { execa } from 'execa';
 import { findOnPath } from '../engine/exec.ts';
 import { formatBytes } from '../engine/options.ts';
 import { leftovers, undoCommands } from '../engine/work-dir.ts';
+import { chrootMode, hostArch, runsArmhfNatively } from '../lib/chroot/emulation.ts';
+import type { Arch } from '../lib/image/arch.ts';
+import { accelerationFor, kvmUsable } from '../lib/qemu/guest.ts';
 
 export interface Check {
   name: string;
   ok: boolean;
   /** Not fatal: the build may still work (little disk space, an optional tool). */
   warning?: boolean;
+  /** Not needed on this host (qemu-user for an architecture that runs natively). */
+  skipped?: boolean;
   detail: string;
   fix?: string;
 }
@@ -48,9 +54,11 @@ export const HOST_TOOLS: ReadonlyArray<{ command: string; apt: string; use: stri
   { command: 'openssl', apt: 'openssl', use: 'build-image flash --password-file: hashing the password', optional: true },
 ];
 
-function binfmtCheck(name: string, handler: string): Check {
-  const file = `/proc/sys/fs/binfmt_misc/${handler}`;
-  if (!existsSync('/proc/sys/fs/binfmt_misc/status')) {
+const BINFMT = '/proc/sys/fs/binfmt_misc';
+
+function binfmtCheck(name: string, handler: string, dir: string): Check {
+  const file = `${dir}/${handler}`;
+  if (!existsSync(`${dir}/status`)) {
     return {
       name,
       ok: false,
@@ -81,6 +89,90 @@ function binfmtCheck(name: string, handler: string): Check {
   return { name, ok: true, detail: `${interpreter} (flags ${flags})` };
 }
 
+/** What runChecks asks of the host; a test gives another host's answers. */
+export interface HostFacts {
+  arch: Arch;
+  /** `arch-test -n armhf` exits 0 (asked only on an arm64 host), as the chroot decides. */
+  runsArmhfNatively(): Promise<boolean>;
+  /** /dev/kvm opens read-write. */
+  kvm: boolean;
+  /** Where binfmt_misc is mounted. */
+  binfmt: string;
+}
+
+const thisHost = (): HostFacts => ({
+  arch: hostArch(),
+  runsArmhfNatively: () => runsArmhfNatively({ run: async (file, args) => ({ exitCode: (await execa(file, [...args], { reject: false })).exitCode ?? -1 }) }),
+  kvm: kvmUsable(),
+  binfmt: BINFMT,
+});
+
+/** The qemu-user command and binfmt handler each image architecture needs where it is not native. */
+const EMULATORS = { arm64: { command: 'qemu-aarch64-static', handler: 'qemu-aarch64' }, armhf: { command: 'qemu-arm-static', handler: 'qemu-arm' } } as const;
+
+/**
+ * How each image architecture's programs run on this host (the chroot's own decision) and the
+ * checks that follow: the binfmt handler where qemu-user is needed; on an arm host a line per
+ * architecture, `native` ones with their qemu-user shown as not needed.
+ */
+async function emulationChecks(host: HostFacts): Promise<{ checks: Check[]; notNeeded: Map<string, string> }> {
+  const checks: Check[] = [];
+  const notNeeded = new Map<string, string>();
+  const arm = host.arch === 'arm64' || host.arch === 'armhf';
+  for (const image of ['arm64', 'armhf'] as const) {
+    const { command, handler } = EMULATORS[image];
+    const aarch32 = host.arch === 'arm64' && image === 'armhf' && (await host.runsArmhfNatively());
+    const binfmt = `binfmt ${image}`;
+    if (chrootMode(host.arch, image, aarch32) === 'native') {
+      const why = `not needed: ${image} images run natively${image === host.arch ? ` on this ${host.arch} host` : ' (arch-test -n armhf: this CPU runs AArch32)'}`;
+      checks.push({ name: `${image} images`, ok: true, detail: 'native' });
+      const registered = image === host.arch && /^enabled/m.test(readIfExists(`${host.binfmt}/${handler}`));
+      checks.push(
+        registered
+          ? {
+              name: binfmt,
+              ok: false,
+              warning: true,
+              detail: `a ${handler} handler is registered: every ${image} program on this host runs under qemu`,
+              fix: `echo -1 > ${host.binfmt}/${handler}`,
+            }
+          : { name: binfmt, ok: true, skipped: true, detail: why },
+      );
+      notNeeded.set(command, why);
+      continue;
+    }
+    if (host.arch === 'arm64' && image === 'armhf') {
+      checks.push(
+        findOnPath('arch-test')
+          ? {
+              name: 'armhf images',
+              ok: true,
+              detail: `qemu-user (${handler}): arch-test -n armhf fails: this CPU runs no AArch32, or a qemu-arm handler is registered`,
+            }
+          : {
+              name: 'armhf images',
+              ok: false,
+              warning: true,
+              detail: `qemu-user (${handler}): arch-test is missing, so whether this CPU runs AArch32 is not asked`,
+              fix: 'apt-get install arch-test',
+            },
+      );
+    } else if (arm) checks.push({ name: `${image} images`, ok: true, detail: `qemu-user (${handler})` });
+    checks.push(binfmtCheck(binfmt, handler, host.binfmt));
+  }
+  return { checks, notNeeded };
+}
+
+const readIfExists = (file: string) => (existsSync(file) ? readFileSync(file, 'utf8') : '');
+
+/** Informational: whether verify's guests run on KVM or TCG here. */
+function kvmCheck(host: HostFacts): Check {
+  const device = host.kvm ? '/dev/kvm opens read-write' : existsSync('/dev/kvm') ? '/dev/kvm does not open read-write' : 'no /dev/kvm';
+  const how = (['arm64', 'armhf'] as const).map((g) => `${g} guests on ${accelerationFor(host.arch, g, host.kvm).line.replace(/^QEMU: /, '')}`);
+  const why = host.arch === 'arm64' ? '' : ' (KVM only for an arm64 guest on an arm64 host)';
+  return { name: 'kvm', ok: true, detail: `${device}; verify: ${how.join(', ')}${why}` };
+}
+
 function nearestExisting(path: string): string {
   let p = resolve(path);
   while (!existsSync(p)) p = dirname(p);
@@ -88,7 +180,7 @@ function nearestExisting(path: string): string {
 }
 
 /** Everything a build needs from the host, one check per line. */
-export function runChecks(workDir: string, minFreeBytes = 8 * 2 ** 30): Check[] {
+export async function runChecks(workDir: string, minFreeBytes = 8 * 2 ** 30, host: HostFacts = thisHost()): Promise<Check[]> {
   const checks: Check[] = [];
   const uid = process.getuid?.() ?? -1;
   checks.push(
@@ -117,16 +209,20 @@ export function runChecks(workDir: string, minFreeBytes = 8 * 2 ** 30): Check[] 
           fix: 'modprobe loop (in a container: run it with --privileged or pass /dev/loop*)',
         },
   );
-  checks.push(binfmtCheck('binfmt arm64', 'qemu-aarch64'));
-  checks.push(binfmtCheck('binfmt armhf', 'qemu-arm'));
+  const emulation = await emulationChecks(host);
+  checks.push(...emulation.checks);
   for (const tool of HOST_TOOLS) {
     const path = findOnPath(tool.command);
+    const notNeeded = emulation.notNeeded.get(tool.command);
     checks.push(
-      path
-        ? { name: tool.command, ok: true, detail: path }
-        : { name: tool.command, ok: false, warning: tool.optional, detail: `not found (needed for ${tool.use})`, fix: `apt-get install ${tool.apt}` },
+      notNeeded
+        ? { name: tool.command, ok: true, skipped: true, detail: notNeeded }
+        : path
+          ? { name: tool.command, ok: true, detail: path }
+          : { name: tool.command, ok: false, warning: tool.optional, detail: `not found (needed for ${tool.use})`, fix: `apt-get install ${tool.apt}` },
     );
   }
+  checks.push(kvmCheck(host));
   const dir = nearestExisting(workDir);
   const stats = statfsSync(dir);
   const free = stats.bavail * stats.bsize;
@@ -161,7 +257,7 @@ export function formatChecks(checks: readonly Check[]): string {
   const width = Math.max(...checks.map((c) => c.name.length));
   return checks
     .map((c) => {
-      const mark = c.ok ? 'ok  ' : c.warning ? 'warn' : 'FAIL';
+      const mark = c.skipped ? 'skip' : c.ok ? 'ok  ' : c.warning ? 'warn' : 'FAIL';
       return `${mark}  ${c.name.padEnd(width)}  ${c.detail}${c.fix && !c.ok ? `  -> ${c.fix}` : ''}`;
     })
     .join('\n');

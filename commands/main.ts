@@ -154,7 +154,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (first === 'doctor') {
     const { values } = parseArgs({ args: argv.slice(1), options: { work: { type: 'string' } }, strict: true });
-    const checks = runChecks(values.work ?? './work');
+    const checks = await runChecks(values.work ?? './work');
     process.stdout.write(`${formatChecks(checks)}\n`);
     return checks.some((c) => !c.ok && !c.warning) ? 1 : 0;
   }

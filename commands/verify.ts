@@ -98,7 +98,7 @@ export async function verifyCommand(argv: string[]): Promise<number> {
   const failed = results.filter((r) => !r.ok).length;
   process.stdout.write(`${formatResults(results)}\n`);
   process.stdout.write(
-    `${results.length - failed} of ${results.length} checks passed; SSH answered ${v.bootSeconds} s after QEMU started${(v.boots ?? 1) > 1 ? ` (boot ${v.boots}: the guest rebooted itself before)` : ''}; kernel: ${v.kernel.source}\n`,
+    `${results.length - failed} of ${results.length} checks passed; SSH answered ${v.bootSeconds} s after QEMU started${(v.boots ?? 1) > 1 ? ` (boot ${v.boots}: the guest rebooted itself before)` : ''}; kernel: ${v.kernel.source}${v.acceleration ? `; ${v.acceleration}` : ''}\n`,
   );
   if (!config.quiet) process.stderr.write(`\n${timingTable(timings)}\n`);
   return failed ? 1 : 0;

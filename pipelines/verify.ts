@@ -91,6 +91,8 @@ declare module '../engine/stage.ts' {
       expands: boolean;
       bootSeconds?: number;
       boots?: number;
+      /** How QEMU ran the guest's CPU (`QEMU: KVM, host CPU`, `QEMU: TCG (software CPU, cortex-a72)`). */
+      acceleration?: string;
       results?: CheckResult[];
       /** --deploy: the environment as the pimaster's copy holds it, and the node's SD card. */
       environment?: DeployEnvironment;
@@ -264,6 +266,7 @@ const bootStage = (opts: VerifyOptions): Stage => ({
         ...guestNetworks(ctx, state),
       });
       ctx.resources.set(GUEST, guest);
+      state.acceleration = guest.acceleration;
       ctx.status(`console: ${console}${boot > 1 ? ` (boot ${boot})` : ''}`);
       if ((await waitForSsh(ctx, guest, target(ctx, opts), { deadline, timeoutS: opts.timeoutS }, console)) === 'up') {
         state.boots = boot;

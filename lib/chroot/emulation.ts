@@ -49,7 +49,9 @@ export function plannedMode(arch: Arch, host: Arch = hostArch()): string {
  * Whether this host runs armhf programs with no emulator: arch-test's -n disables qemu (it sets
  * QEMU_VERSION, which makes qemu-user print its version and exit), so a qemu-arm handler counts as no.
  */
-async function runsArmhfNatively(ctx: Pick<BuildContext, 'run'>): Promise<boolean> {
+export async function runsArmhfNatively(ctx: {
+  run(file: string, args: readonly string[], options: { reject: false }): Promise<{ exitCode: number }>;
+}): Promise<boolean> {
   const { exitCode } = await ctx.run('arch-test', ['-n', 'armhf'], { reject: false }).catch(() => ({ exitCode: 1 }));
   return exitCode === 0;
 }

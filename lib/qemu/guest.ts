@@ -1,14 +1,18 @@
 /**
- * The image booted under QEMU system emulation (`-M virt`, software CPU): a virtio disk on the
- * throw-away copy, user networking with `restrict=on` (the guest reaches nothing outside) on the
- * image's own subnet so its static address works, chosen guest ports forwarded from 127.0.0.1
- * only, the serial console in a log file. The QEMU process is ended by the clean-up stack.
+ * The image booted under QEMU system emulation (`-M virt`): on KVM with the host's CPU for an
+ * arm64 guest on an arm64 host whose /dev/kvm opens, else on TCG's software CPU (see
+ * accelerationFor). A virtio disk on the throw-away copy, user networking with `restrict=on` (the
+ * guest reaches nothing outside) on the image's own subnet so its static address works, chosen
+ * guest ports forwarded from 127.0.0.1 only, the serial console in a log file. The QEMU process is
+ * ended by the clean-up stack.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../../engine/errors.ts';
 import type { BuildContext } from '../../engine/stage.ts';
+import { hostArch } from '../chroot/emulation.ts';
+import type { Arch } from '../image/arch.ts';
 import { intToIpv4, ipv4ToInt } from '../net.ts';
 import type { ClusterLink } from './cluster-link.ts';
 import type { StaticAddress } from './facts.ts';
@@ -46,12 +50,41 @@ export interface Guest {
   consoleFrom: number;
   /** Cut the power: QEMU ends at once. */
   stop(): Promise<void>;
+  /** How QEMU runs the guest's CPU: `QEMU: KVM, host CPU` or `QEMU: TCG (software CPU, cortex-a72)`. */
+  acceleration: string;
 }
 
-const MACHINE: Record<GuestArch, { qemu: string; args: string[] }> = {
-  arm64: { qemu: 'qemu-system-aarch64', args: ['-M', 'virt', '-cpu', 'cortex-a72'] },
-  armhf: { qemu: 'qemu-system-arm', args: ['-M', 'virt,highmem=off', '-cpu', 'cortex-a15'] },
+/** The machine, and the software CPU TCG emulates (a Pi 4's for arm64, a 32-bit one for armhf). */
+const MACHINE: Record<GuestArch, { qemu: string; machine: string; cpu: string }> = {
+  arm64: { qemu: 'qemu-system-aarch64', machine: 'virt', cpu: 'cortex-a72' },
+  armhf: { qemu: 'qemu-system-arm', machine: 'virt,highmem=off', cpu: 'cortex-a15' },
 };
+
+/**
+ * QEMU's machine, accelerator and CPU arguments, and the line the log and verify's summary show.
+ * KVM with the host's CPU for an arm64 guest on an arm64 host whose /dev/kvm opens; TCG otherwise.
+ * An armhf guest stays on TCG even on an arm64 KVM host: KVM would need a CPU that runs AArch32 at
+ * EL1 (the Pi 5's does, most arm64 servers' do not) and `-cpu host,aarch64=off` under
+ * qemu-system-aarch64, a second way to boot armhf that nothing here tests.
+ */
+export function accelerationFor(host: Arch, guest: GuestArch, kvmUsable: boolean): { args: string[]; line: string } {
+  const { machine, cpu } = MACHINE[guest];
+  if (guest === 'arm64' && host === 'arm64' && kvmUsable) {
+    // The host's own interrupt controller: the Pi 5's is a GICv2, arm64 servers' a GICv3 that may not emulate v2 (virt's default).
+    return { args: ['-M', `${machine},gic-version=max`, '-accel', 'kvm', '-cpu', 'host'], line: 'QEMU: KVM, host CPU' };
+  }
+  return { args: ['-M', machine, '-accel', 'tcg', '-cpu', cpu], line: `QEMU: TCG (software CPU, ${cpu})` };
+}
+
+/** Whether /dev/kvm exists and opens read-write (as QEMU opens it: root, or the kvm group). */
+export function kvmUsable(device = '/dev/kvm'): boolean {
+  try {
+    closeSync(openSync(device, 'r+'));
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** A TCP port on 127.0.0.1 that is free now (the kernel's pick). */
 export async function freePort(): Promise<number> {
@@ -132,7 +165,9 @@ const qemuMajor = new Map<string, number>();
 export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Guest> {
   const hostPort = new Map<number, number>();
   for (const port of spec.user?.ports ?? []) hostPort.set(port, await freePort());
-  const { qemu, args: machine } = MACHINE[spec.arch];
+  const { qemu } = MACHINE[spec.arch];
+  const acceleration = accelerationFor(hostArch(), spec.arch, kvmUsable());
+  ctx.log.line(acceleration.line);
   const nics: string[] = [];
   // No option ROM on any NIC: the kernel or U-Boot is loaded directly, and the ROMs' package (ipxe-qemu) may be absent.
   const tap = spec.cluster?.link.tapName();
@@ -166,7 +201,7 @@ export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Gu
           'virtio-blk-pci,drive=disk',
         ];
   const args = [
-    ...machine,
+    ...acceleration.args,
     ...(await sandbox(ctx, qemu)),
     '-smp',
     '2',
@@ -197,6 +232,7 @@ export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Gu
     pid: subprocess.pid ?? 0,
     stopped: Promise.resolve(),
     consoleFrom: existsSync(spec.console) ? statSync(spec.console).size : 0,
+    acceleration: acceleration.line,
     async stop() {
       if (guest.exit) return;
       subprocess.kill('SIGTERM');

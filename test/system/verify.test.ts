@@ -136,7 +136,7 @@ for (const base of ['bookworm-arm64', 'bookworm-armhf', 'trixie-arm64'] as const
     t.regex(
       r.stdout,
       new RegExp(
-        `^${lines.length - 1} of ${lines.length} checks passed; SSH answered [\\d.]+ s after QEMU started; kernel: Debian's linux-image-6\\S+-${KERNEL[arch]}`,
+        `^${lines.length - 1} of ${lines.length} checks passed; SSH answered [\\d.]+ s after QEMU started; kernel: Debian's linux-image-6\\S+-${KERNEL[arch]}.*; QEMU: (KVM, host CPU|TCG \\(software CPU, cortex-a(72|15)\\))$`,
         'm',
       ),
     );
