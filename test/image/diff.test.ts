@@ -5,7 +5,7 @@
  * --ignore-times, --json, an .img.xz against its raw original, and bad input. After each run, no
  * loop device on either image, no mount and no temporary file in the work directory.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, lutimesSync, mkdirSync, openSync, readdirSync, rmSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
@@ -17,7 +17,7 @@ import { loopsOn, loopsUnder, mountsUnder } from '../helpers/leaks.ts';
 const cli = new URL('../../commands/cli.ts', import.meta.url).pathname;
 const WHEN = new Date('2024-03-01T12:00:00Z');
 
-type Node = string | { content: string; mode: number } | { link: string };
+type Node = string | Buffer | { content: string; mode: number } | { link: string };
 
 const BOOT: Record<string, string> = {
   'cmdline.txt': 'console=tty1 root=PARTUUID=6c3f1b2a-02 rootfstype=ext4 rootwait\n',
@@ -48,7 +48,7 @@ function writeTree(dir: string, nodes: Record<string, Node>): void {
   for (const [rel, node] of Object.entries(nodes)) {
     const path = join(dir, rel);
     mkdirSync(dirname(path), { recursive: true });
-    if (typeof node === 'string') writeFileSync(path, node);
+    if (typeof node === 'string' || Buffer.isBuffer(node)) writeFileSync(path, node);
     else if ('link' in node) symlinkSync(node.link, path);
     else {
       writeFileSync(path, node.content);
@@ -257,6 +257,37 @@ test('a failure with A mounted (B root unreadable): exit 2, every loop device an
   t.is(r.exitCode, 2, r.stdout);
   t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
   t.regex(r.stderr, /^error: .*b\.img: partition 2 holds an ext4 filesystem the kernel refuses to mount read-only \(.+\): the image is damaged/);
+});
+
+test('Ctrl-C while both roots are mounted: exit 130, no loop device, mount or temporary file left', async (t) => {
+  const dir = setup(t);
+  const root = { ...ROOT, 'opt/payload.bin': randomBytes(96 * 2 ** 20) };
+  const a = await image(dir, 'a', { root, rootMiB: 128 });
+  await execa('zstd', ['-q', '-1', '--rm', a]);
+  const b = await image(dir, 'b', { root, rootMiB: 128 });
+  const work = join(dir, 'work');
+  const child = execa('node', [cli, 'diff', `${a}.zst`, b, '--work', work], { reject: false, env: { CI: 'true' } });
+  let [mounted, ended] = [false, false];
+  void child.then(() => (ended = true));
+  for (let i = 0; i < 3000 && !ended; i++) {
+    if (mountsUnder(work).length === 2) {
+      mounted = true;
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  child.kill('SIGINT');
+  const r = await child;
+  t.true(mounted, 'both roots were mounted when Ctrl-C came');
+  t.is(r.exitCode, 130, r.stderr);
+  t.regex(r.stderr, /error: interrupted by SIGINT/);
+  t.deepEqual(await loopsOn(b), []);
+  t.deepEqual(await loopsUnder(dir), []);
+  t.deepEqual(mountsUnder(dir), []);
+  t.deepEqual(
+    readdirSync(join(work, 'diff')).filter((f) => f.startsWith('tmp-')),
+    [],
+  );
 });
 
 test('build-image diff --help and build-image --help diff say that times are compared', async (t) => {
