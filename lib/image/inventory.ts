@@ -7,7 +7,7 @@
 import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { constants, createReadStream } from 'node:fs';
-import { lstat, opendir, readlink } from 'node:fs/promises';
+import { lstat, open, opendir, readlink } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { BuildContext } from '../../engine/stage.ts';
 import type { Entry, EntryType } from './diff.ts';
@@ -45,20 +45,25 @@ function typeOf(s: {
   return 'socket';
 }
 
+/** One buffer every file is read through: the walk hashes one file at a time, and no read leaves garbage behind. */
+const READ_BUFFER = Buffer.alloc(1024 * 1024);
+
 async function hashFile(path: Buffer | string, signal: AbortSignal): Promise<{ sha256: string; bytes: number }> {
   const hash = createHash('sha256');
   let bytes = 0;
   // O_NOFOLLOW: the walk has seen a regular file there, and a read-only mount cannot change it.
-  await pipeline(
-    createReadStream(path, { flags: (constants.O_RDONLY | constants.O_NOFOLLOW) as unknown as string }),
-    async (source: AsyncIterable<Buffer>) => {
-      for await (const chunk of source) {
-        hash.update(chunk);
-        bytes += chunk.length;
-      }
-    },
-    { signal },
-  );
+  const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    for (;;) {
+      signal.throwIfAborted();
+      const { bytesRead } = await file.read(READ_BUFFER, 0, READ_BUFFER.length, null);
+      if (bytesRead === 0) break;
+      hash.update(READ_BUFFER.subarray(0, bytesRead));
+      bytes += bytesRead;
+    }
+  } finally {
+    await file.close();
+  }
   return { sha256: hash.digest('hex'), bytes };
 }
 
