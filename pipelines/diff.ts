@@ -93,6 +93,9 @@ async function openImage(ctx: BuildContext, input: string, side: 'A' | 'B', tmp:
   const { stdout, exitCode } = await ctx.run('sfdisk', ['--json', raw], { reject: false });
   if (exitCode !== 0 || !stdout.trim()) throw new UserError(`${input}: no partition table found: ${what} must be a disk image with an MBR or GPT table`);
   const t = (JSON.parse(stdout) as SfdiskJson).partitiontable;
+  // A bare FAT filesystem's boot sector reads as an MBR without partitions.
+  if (!t.partitions?.length)
+    throw new UserError(`${input}: its partition table lists no partition (a filesystem rather than a disk image?): ${what} must be a whole disk image`);
   const sector = t.sectorsize ?? 512;
   const fileSize = (await stat(raw)).size;
   const partitions = new Map<number, { offset: number; size: number; fs: string }>();

@@ -59,12 +59,16 @@ function writeTree(dir: string, nodes: Record<string, Node>): void {
 }
 
 /** An MBR image with a FAT boot (files at its root only: mcopy dates the directories it makes) and an ext4 root. */
-async function image(dir: string, name: string, opts: { boot?: Record<string, string>; root?: Record<string, Node>; rootMiB?: number } = {}): Promise<string> {
+async function image(
+  dir: string,
+  name: string,
+  opts: { boot?: Record<string, string>; root?: Record<string, Node>; rootMiB?: number; label?: 'dos' | 'gpt' } = {},
+): Promise<string> {
   const src = join(dir, `${name}.src`);
   writeTree(join(src, 'boot'), opts.boot ?? BOOT);
   writeTree(join(src, 'root'), opts.root ?? ROOT);
   const path = join(dir, `${name}.img`);
-  await assembleDisk(path, { label: 'dos', bootMiB: 40, rootMiB: opts.rootMiB ?? 16, bootDir: join(src, 'boot'), rootDir: join(src, 'root') });
+  await assembleDisk(path, { label: opts.label ?? 'dos', bootMiB: 40, rootMiB: opts.rootMiB ?? 16, bootDir: join(src, 'boot'), rootDir: join(src, 'root') });
   rmSync(src, { recursive: true, force: true });
   return path;
 }
@@ -183,6 +187,21 @@ test('a grown root partition is a partition table difference; the files are the 
   t.regex(text.stdout, /^partition table:\n {2}partition 2 size: 32768 sectors -> 40960 sectors$/m);
 });
 
+test('an MBR and a GPT image of the same trees: label, id, types and UUIDs differ; the files do not', async (t) => {
+  const dir = setup(t);
+  const a = await image(dir, 'a');
+  const b = await image(dir, 'b', { label: 'gpt' });
+  const r = await diff(t, dir, [a, b, '--json']);
+  t.is(r.exitCode, 1, r.stderr);
+  const doc = JSON.parse(r.stdout);
+  t.deepEqual(
+    doc.table.map((c: { partition?: number; field: string }) => `${c.partition ?? ''}${c.field}`),
+    ['label', 'id', '1type', '1uuid', '2type', '2uuid'],
+  );
+  t.deepEqual(doc.table[0], { field: 'label', a: 'dos', b: 'gpt' });
+  for (const p of doc.partitions) t.deepEqual([p.added, p.removed, p.changed], [[], [], []]);
+});
+
 test('a FAT file changed: its sha256 and first differing line', async (t) => {
   const dir = setup(t);
   const a = await image(dir, 'a');
@@ -238,6 +257,14 @@ test('bad input: one line, exit 2, nothing left behind', async (t) => {
   const corrupt = await diff(t, dir, [a, broken]);
   t.is(corrupt.exitCode, 2);
   t.regex(corrupt.stderr, /^error: image broken\.img\.xz is truncated or corrupt/);
+  const fat = join(dir, 'boot.fat');
+  await execa('mkfs.vfat', ['-C', fat, '8192']);
+  const bare = await diff(t, dir, [fat, a]);
+  t.is(bare.exitCode, 2);
+  t.is(
+    bare.stderr.trim(),
+    `error: ${fat}: its partition table lists no partition (a filesystem rather than a disk image?): the first IMAGE must be a whole disk image`,
+  );
   const usage = await diff(t, dir, [a]);
   t.is(usage.exitCode, 2);
   t.regex(usage.stderr, /diff takes two images/);
