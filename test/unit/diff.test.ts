@@ -2,7 +2,12 @@
  * `build-image diff`'s pure part: tables and entries compared, the first differing line of a text,
  * the text and JSON the command prints, mdir's lines read. No image, no root.
  */
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import test from 'ava';
+import { execa } from 'execa';
 import {
   compareEntries,
   compareTables,
@@ -15,7 +20,7 @@ import {
   TEXT_LIMIT,
   wantsFirstLine,
 } from '../../lib/image/diff.ts';
-import { isoNs, parseMdirLine, showBytes } from '../../lib/image/inventory.ts';
+import { isoNs, parseMdirLine, showBytes, walkTree } from '../../lib/image/inventory.ts';
 
 const table = (over: Partial<Table> = {}): Table => ({
   label: 'dos',
@@ -201,4 +206,31 @@ test("mdir's lines: short names, long names, directories; the rest skipped", (t)
   t.is(parseMdirLine('.            <DIR>     2026-12-07   7:18 '), undefined);
   t.is(parseMdirLine('        3 files                   2 bytes'), undefined);
   t.is(parseMdirLine(' Volume in drive : has no label'), undefined);
+});
+
+test('a tree walked: every entry by path, links read and not followed, a FIFO not opened, names as bytes', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'walk-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, 'etc'));
+  writeFileSync(join(dir, 'etc', 'motd'), 'hello\n', { mode: 0o640 });
+  symlinkSync('/etc/shadow', join(dir, 'etc', 'away')); // names a host path: never followed
+  await execa('mkfifo', [join(dir, 'pipe')]);
+  writeFileSync(Buffer.concat([Buffer.from(`${dir}/`), Buffer.from([0x6e, 0xff])]), '');
+  utimesSync(join(dir, 'etc', 'motd'), 1700000000, 1700000000);
+  const entries = await walkTree(dir, new AbortController().signal);
+  t.deepEqual(
+    entries.map((e) => [e.path, e.type]),
+    [
+      ['/', 'dir'],
+      ['/etc', 'dir'],
+      ['/etc/away', 'symlink'],
+      ['/etc/motd', 'file'],
+      ['/n\\xff', 'file'],
+      ['/pipe', 'fifo'],
+    ],
+  );
+  const motd = entries.find((e) => e.path === '/etc/motd')!;
+  t.like(motd, { mode: 0o640, size: 6, sha256: createHash('sha256').update('hello\n').digest('hex'), mtime: '2023-11-14T22:13:20.000000000Z' });
+  t.is(entries.find((e) => e.path === '/etc/away')!.target, '/etc/shadow');
+  t.is(entries.find((e) => e.path === '/pipe')!.sha256, undefined);
 });
