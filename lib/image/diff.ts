@@ -42,11 +42,13 @@ export interface Entry {
   target?: string;
   /** Character and block devices: "major,minor". */
   device?: string;
+  /** Hard links to it, when more than one (ext4, not directories): a file linked in A and copied in B differs here. */
+  links?: number;
   /** ISO 8601, as precise as the filesystem keeps it (ext4: nanoseconds; FAT, read by mdir: minutes). */
   mtime?: string;
 }
 
-export const ENTRY_FIELDS = ['type', 'mode', 'uid', 'gid', 'size', 'sha256', 'target', 'device', 'mtime'] as const;
+export const ENTRY_FIELDS = ['type', 'mode', 'uid', 'gid', 'size', 'sha256', 'target', 'device', 'links', 'mtime'] as const;
 export type EntryField = (typeof ENTRY_FIELDS)[number];
 
 export interface FieldChange {
@@ -215,6 +217,7 @@ function describeEntry(e: Entry): string {
   if (e.sha256 !== undefined) parts.push(`sha256 ${showValue('sha256', e.sha256)}`);
   if (e.target !== undefined) parts.push(`-> ${showValue('target', e.target)}`);
   if (e.device !== undefined) parts.push(`device ${e.device}`);
+  if (e.links !== undefined) parts.push(`${e.links} links`);
   return parts.join(' ');
 }
 

@@ -92,6 +92,7 @@ export async function walkTree(root: string, signal: AbortSignal, status: (text:
       Object.assign(entry, { size: bytes, sha256 });
     }
     if (type === 'symlink') entry.target = showBytes((await readlink(full, { encoding: 'buffer' })) as Buffer);
+    if (type !== 'dir' && s.nlink > 1n) entry.links = Number(s.nlink);
     if (type === 'char' || type === 'block') entry.device = `${Number(s.rdev >> 8n) & 0xfff},${Number((s.rdev & 0xffn) | ((s.rdev >> 12n) & 0xfff00n))}`;
     entries.push(entry);
     if (entries.length % 1000 === 0) status(`${entries.length} entries read`);

@@ -90,6 +90,10 @@ test('entries: added, removed and changed, each by path, with the fields that ch
   ]);
 });
 
+test('a hard link: the number of links differs', (t) => {
+  t.deepEqual(compareEntries([file('/a', { links: 2 })], [file('/a')], false).changed, [{ path: '/a', fields: [{ field: 'links', a: 2, b: null }] }]);
+});
+
 test('times are compared unless ignored', (t) => {
   const a = [file('/x')];
   const b = [file('/x', { mtime: '2025-01-01T00:00:00.000000000Z' })];
@@ -233,4 +237,5 @@ test('a tree walked: every entry by path, links read and not followed, a FIFO no
   t.like(motd, { mode: 0o640, size: 6, sha256: createHash('sha256').update('hello\n').digest('hex'), mtime: '2023-11-14T22:13:20.000000000Z' });
   t.is(entries.find((e) => e.path === '/etc/away')!.target, '/etc/shadow');
   t.is(entries.find((e) => e.path === '/pipe')!.sha256, undefined);
+  t.is(motd.links, undefined, 'one link: not shown');
 });
