@@ -122,7 +122,7 @@ async function mountExt4(ctx: BuildContext, image: OpenedImage, number: number, 
     if (!(error instanceof CommandError)) throw error;
     const why = (error.tail.find((l) => /mount\(2\)|wrong fs type|bad superblock/.test(l)) ?? error.tail.at(-1) ?? '').replace(/^.*: /, '').replace(/\.$/, '');
     throw new UserError(
-      `${image.input}: partition ${number} holds an ext4 filesystem the kernel refuses to mount read-only (${why}): the image is damaged; check it with e2fsck -n`,
+      `${image.input}: partition ${number} holds an ext4 filesystem the kernel refuses to mount read-only (${why}): the image is damaged, or uses ext4 features this kernel lacks; check it with e2fsck -n`,
     );
   }
 }

@@ -6,7 +6,21 @@
  * loop device on either image, no mount and no temporary file in the work directory.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, lutimesSync, mkdirSync, openSync, readdirSync, rmSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  createReadStream,
+  existsSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
@@ -79,11 +93,21 @@ function setup(t: ExecutionContext): string {
   return dir;
 }
 
-/** Runs `build-image diff`, then checks that it left nothing behind. */
+/** A file's sha256 and modification time. */
+async function fingerprint(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk);
+  return `${hash.digest('hex')} ${statSync(path).mtimeMs}`;
+}
+
+/** Runs `build-image diff`, then checks that it left nothing behind and changed neither input. */
 async function diff(t: ExecutionContext, dir: string, args: string[]) {
   const work = join(dir, 'work');
+  const inputs = args.filter((a) => a.startsWith('/') && existsSync(a));
+  const before = await Promise.all(inputs.map(fingerprint));
   const r = await execa('node', [cli, 'diff', ...args, '--work', work, '--quiet'], { reject: false, env: { CI: 'true' } });
-  for (const input of args.filter((a) => a.startsWith('/') && existsSync(a))) t.deepEqual(await loopsOn(input), [], `a loop device left on ${input}`);
+  t.deepEqual(await Promise.all(inputs.map(fingerprint)), before, 'an input was modified');
+  for (const input of inputs) t.deepEqual(await loopsOn(input), [], `a loop device left on ${input}`);
   t.deepEqual(await loopsUnder(dir), [], 'a loop device left on a temporary file');
   t.deepEqual(mountsUnder(dir), [], 'a mount left');
   const inDiff = existsSync(join(work, 'diff')) ? readdirSync(join(work, 'diff')) : [];
