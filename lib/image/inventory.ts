@@ -190,6 +190,7 @@ export function readFatFile(ctx: BuildContext, image: string, offset: number, pa
 /** A partition holding no filesystem diff reads: one entry, its bytes' sha256. */
 export async function hashRange(image: string, offset: number, size: number, signal: AbortSignal): Promise<Entry> {
   const hash = createHash('sha256');
+  if (size === 0) return { path: '(partition bytes)', type: 'file', size, sha256: hash.digest('hex') };
   await pipeline(
     createReadStream(image, { start: offset, end: offset + size - 1, highWaterMark: 1024 * 1024 }),
     async (source: AsyncIterable<Buffer>) => {

@@ -20,7 +20,7 @@ import {
   TEXT_LIMIT,
   wantsFirstLine,
 } from '../../lib/image/diff.ts';
-import { isoNs, parseMdirLine, showBytes, walkTree } from '../../lib/image/inventory.ts';
+import { hashRange, isoNs, parseMdirLine, showBytes, walkTree } from '../../lib/image/inventory.ts';
 
 const table = (over: Partial<Table> = {}): Table => ({
   label: 'dos',
@@ -238,4 +238,15 @@ test('a tree walked: every entry by path, links read and not followed, a FIFO no
   t.is(entries.find((e) => e.path === '/etc/away')!.target, '/etc/shadow');
   t.is(entries.find((e) => e.path === '/pipe')!.sha256, undefined);
   t.is(motd.links, undefined, 'one link: not shown');
+});
+
+test('a partition of another filesystem: the sha256 of its bytes, an empty one included', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'range-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'disk');
+  writeFileSync(file, Buffer.concat([Buffer.alloc(512, 1), Buffer.from('swap'), Buffer.alloc(508, 2)]));
+  const signal = new AbortController().signal;
+  const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+  t.like(await hashRange(file, 512, 512, signal), { size: 512, sha256: sha(Buffer.concat([Buffer.from('swap'), Buffer.alloc(508, 2)])) });
+  t.like(await hashRange(file, 512, 0, signal), { size: 0, sha256: sha(Buffer.alloc(0)) });
 });
