@@ -11,6 +11,7 @@ import { type CustomizeConfig, customize, optionsOf } from '../pipelines/customi
 import { type PimasterConfig, pimasterConfigSchema as schema } from '../pipelines/pimaster/options.ts';
 import { pimaster } from '../pipelines/pimaster/pipeline.ts';
 import { cacheCommand, cacheUsage } from './cache.ts';
+import { diffCommand, diffUsage } from './diff.ts';
 import { formatChecks, runChecks } from './doctor.ts';
 import { flashCommand, flashUsage } from './flash.ts';
 import { dashValue, flagRows, parseFlags } from './tool-command.ts';
@@ -43,6 +44,8 @@ function usage(command: PipelineCommand | undefined): string {
       '                                      write an image to a disk, then read it back (see build-image --help flash)',
       '  build-image os-list DIR [--release-url URL]',
       "                                      write DIR/os-list.json, Raspberry Pi Imager's list of the images in DIR",
+      '  build-image diff A B [--json] [--ignore-times]',
+      '                                      compare two images: partition tables, then files (see build-image --help diff)',
       '  build-image cache ls|prune          the snapshots of the stage cache (see build-image --help cache)',
       '  build-image doctor [--work DIR]     check that this host can build images',
       '  build-image --help [COMMAND]        help on a command',
@@ -162,7 +165,8 @@ export async function main(argv: string[]): Promise<number> {
   if (first === 'flash') return flashCommand(argv.slice(1));
   if (first === 'os-list') return osList(argv.slice(1));
   if (first === 'cache') return cacheCommand(argv.slice(1));
-  const toolUsages: Record<string, () => string> = { verify: verifyUsage, flash: flashUsage, cache: cacheUsage };
+  if (first === 'diff') return diffCommand(argv.slice(1));
+  const toolUsages: Record<string, () => string> = { verify: verifyUsage, flash: flashUsage, cache: cacheUsage, diff: diffUsage };
   if (first === '--help' && argv[1] !== undefined && Object.hasOwn(toolUsages, argv[1])) {
     process.stdout.write(`${toolUsages[argv[1]]!()}\n`);
     return 0;

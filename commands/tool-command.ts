@@ -1,5 +1,5 @@
 /**
- * Commands that work on an image rather than build one (verify, flash): their own flags, parsed
+ * Commands that work on an image rather than build one (verify, flash, diff): their own flags, parsed
  * strictly, with --help made from them, run as a pipeline in a subdirectory of the work directory
  * (so a build's state there is left alone) with the same clean-up, signals and logs as a build.
  */
@@ -22,7 +22,7 @@ export interface ToolFlag {
 
 /** What every such command takes besides its own flags. */
 export const TOOL_FLAGS = {
-  work: { type: 'string', placeholder: 'DIR', help: 'working directory (this command writes in DIR/verify or DIR/flash)', default: './work' },
+  work: { type: 'string', placeholder: 'DIR', help: 'working directory (this command writes in DIR/verify, DIR/flash or DIR/diff)', default: './work' },
   verbose: { type: 'boolean', help: 'echo every command and its output' },
   quiet: { type: 'boolean', help: 'print only the results and errors' },
   help: { type: 'boolean', help: 'this help' },

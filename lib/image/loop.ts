@@ -26,9 +26,16 @@ async function retry<T>(attempts: number, fn: () => Promise<T>): Promise<T> {
  * clean-up step knows of. The build stops right after it is registered instead.
  */
 
-export async function attachLoop(ctx: BuildContext, image: string, part: { offset: number; size: number }): Promise<string> {
+/** `readOnly`: a device nothing can write through, kernel included (an image only read, as `diff` reads its inputs). */
+export async function attachLoop(
+  ctx: BuildContext,
+  image: string,
+  part: { offset: number; size: number },
+  options: { readOnly?: boolean } = {},
+): Promise<string> {
+  const ro = options.readOnly ? ['--read-only'] : [];
   const { stdout } = await retry(5, () =>
-    ctx.run('losetup', ['--find', '--show', '--offset', String(part.offset), '--sizelimit', String(part.size), image], { uncancellable: true }),
+    ctx.run('losetup', ['--find', '--show', ...ro, '--offset', String(part.offset), '--sizelimit', String(part.size), image], { uncancellable: true }),
   );
   const device = stdout.trim();
   ctx.defer(`detach ${device}`, async () => {
