@@ -248,11 +248,18 @@ exit 0
 `;
 
 /** Modules the initrd loads (with their dependencies): a virtio disk holding ext4, or a virtio NIC and NFS 4. */
-const INITRD_MODULES = ['virtio_pci', 'virtio_blk', 'ext4', 'virtio_net', 'nfsv4'];
+export const INITRD_MODULES = ['virtio_pci', 'virtio_blk', 'ext4', 'virtio_net', 'nfsv4'];
 /** And on a node: its SD card and the FAT boot partition on it, which a deploy mounts. */
 const NODE_MODULES = [...INITRD_MODULES, 'sdhci_pci', 'mmc_block', 'vfat', 'nls_cp437', 'nls_ascii', 'nls_utf8'];
 
-async function makeInitrd(ctx: BuildContext, tree: string, version: string, modules: readonly string[], output: string): Promise<void> {
+/** An initrd with busybox, `modules` (and their dependencies) from `tree`, and the /init above. */
+export async function makeInitrd(
+  ctx: Pick<BuildContext, 'run' | 'defer'>,
+  tree: string,
+  version: string,
+  modules: readonly string[],
+  output: string,
+): Promise<void> {
   const staging = `${output}.d`;
   rmSync(staging, { recursive: true, force: true });
   for (const d of ['bin', 'dev', 'proc', 'sys', 'newroot', 'modules']) mkdirSync(join(staging, d), { recursive: true });
