@@ -14,8 +14,7 @@
  * The network is the host's: apt fetches packages. qemu-user keeps working because binfmt_misc's F
  * flag opened the interpreter at registration (emulation.ts).
  */
-import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
-import { inRoot } from '../image/in-root.ts';
+import { inRoot, readRegular } from '../image/in-root.ts';
 
 /** The command the sandbox is made with (apt-get install bubblewrap). */
 export const SANDBOX = 'bwrap';
@@ -37,17 +36,11 @@ export const CAPABILITIES = [
 
 /** The image's host name (first line of its /etc/hostname, a regular file), for the sandbox's UTS namespace. */
 function hostnameOf(root: string): string {
-  let fd: number | undefined;
   try {
-    fd = openSync(inRoot(root, 'etc/hostname'), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    if (!fstatSync(fd).isFile()) return 'localhost';
-    const buffer = Buffer.alloc(256);
-    const name = buffer.subarray(0, readSync(fd, buffer)).toString('latin1').split('\n')[0]!.trim();
+    const name = (readRegular(inRoot(root, 'etc/hostname'), 'etc/hostname', 4096) ?? '').toString('latin1').split('\n')[0]!.trim();
     return /^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$/.test(name) ? name : 'localhost';
   } catch {
-    return 'localhost';
-  } finally {
-    if (fd !== undefined) closeSync(fd);
+    return 'localhost'; // not a regular file, or an absurd one: the sandbox still runs
   }
 }
 

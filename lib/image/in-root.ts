@@ -67,8 +67,9 @@ export function readRegular(file: string, path: string, limit = READ_LIMIT): Buf
     throw new UserError(`the image's ${posix.join('/', path)} is ${info.size} bytes, more than the ${limit} read of it: the image is damaged or hostile`);
   const fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
-    if (!fstatSync(fd).isFile()) throw refuse(); // replaced since
-    const bytes = Buffer.alloc(Math.min(fstatSync(fd).size, limit));
+    const opened = fstatSync(fd);
+    if (!opened.isFile()) throw refuse(); // replaced since
+    const bytes = Buffer.alloc(Math.min(opened.size, limit));
     let at = 0;
     for (let n = 1; at < bytes.length && n > 0; at += n) n = readSync(fd, bytes, at, bytes.length - at, null);
     return bytes.subarray(0, at);
