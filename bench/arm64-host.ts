@@ -39,7 +39,7 @@ async function onThisHost(dir: string, fixture: string): Promise<Run> {
   writeFileSync(script, SCRIPT);
   const bin = new URL('../bin/build-image.js', import.meta.url).pathname;
   const out = join(dir, 'out');
-  await execa(process.execPath, [bin, ...CUSTOMIZE_ARGS(fixture, overlay, script, out, join(dir, 'work'), join(dir, 'cache'))]);
+  await execa(process.execPath, [bin, ...CUSTOMIZE_ARGS(fixture, overlay, script, out, join(dir, 'cache')), '--work', join(dir, 'work')]);
   return fromManifest(join(out, 'native.manifest.json'));
 }
 

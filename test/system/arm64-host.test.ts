@@ -6,7 +6,7 @@
  * image's own programs) runs the image's programs natively: no binfmt handler is registered, the
  * log, --plan and the manifest say `native arm64`, and the image holds what the build put in.
  */
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { arm64HostImage, customizeJob, fromJobDisk, runOnArm64Host } from '../fixtures/arm64-host.ts';
@@ -28,6 +28,7 @@ test('on an arm64 host, customize runs the image programs natively: no binfmt ha
   const read = (file: string) => readFileSync(join(job.results, file), 'utf8');
   t.log(`the guest ran ${job.seconds} s; customize in it took ${read('build.seconds').trim()} s`);
   t.is(job.exitCode, 0, read('job.log'));
+  if (existsSync(join(job.results, 'retries'))) t.log(`run again: ${read('retries')}`);
   t.is(read('uname').trim(), 'aarch64');
 
   // The README's setup command: nothing to install on an arm64 host that has the tools, Node found.
