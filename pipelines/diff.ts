@@ -22,7 +22,7 @@
  * FAT is read with mtools (the kernel here does not mount vfat); any other partition is hashed whole.
  */
 import { constants, mkdirSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
-import { open, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { scoped } from '../engine/cleanup.ts';
 import { CommandError, UserError } from '../engine/errors.ts';
@@ -42,7 +42,7 @@ import {
 } from '../lib/image/diff.ts';
 import { hashRange, listFat, readFatFile, walkTree } from '../lib/image/inventory.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
-import { detectFs } from '../lib/image/partitions.ts';
+import { detectFs, listPartitions, readHead, type SfdiskJson } from '../lib/image/partitions.ts';
 
 export interface DiffOptions {
   a: string;
@@ -57,26 +57,6 @@ interface OpenedImage {
   raw: string;
   table: Table;
   partitions: Map<number, { offset: number; size: number; fs: string }>;
-}
-
-interface SfdiskJson {
-  partitiontable: {
-    label: string;
-    id?: string;
-    sectorsize?: number;
-    partitions?: Array<{ node: string; start: number; size: number; type: string; uuid?: string }>;
-  };
-}
-
-async function head(path: string, offset: number): Promise<Buffer> {
-  const file = await open(path, 'r');
-  try {
-    const buffer = Buffer.alloc(4096);
-    const { bytesRead } = await file.read(buffer, 0, buffer.length, offset);
-    return buffer.subarray(0, bytesRead);
-  } finally {
-    await file.close();
-  }
 }
 
 /** The input as a raw image, with its partition table. `side`: A or B, for names and errors. */
@@ -96,18 +76,12 @@ async function openImage(ctx: BuildContext, input: string, side: 'A' | 'B', tmp:
   // A bare FAT filesystem's boot sector reads as an MBR without partitions.
   if (!t.partitions?.length)
     throw new UserError(`${input}: its partition table lists no partition (a filesystem rather than a disk image?): ${what} must be a whole disk image`);
-  const sector = t.sectorsize ?? 512;
-  const fileSize = (await stat(raw)).size;
-  const partitions = new Map<number, { offset: number; size: number; fs: string }>();
-  const listed: Table['partitions'] = [];
-  for (const p of t.partitions ?? []) {
-    const number = Number(/(\d+)$/.exec(p.node)?.[1]);
-    const [offset, size] = [p.start * sector, p.size * sector];
-    if (offset + size > fileSize)
-      throw new UserError(`${input}: partition ${number} ends at byte ${offset + size}, past the end of the file (${fileSize} bytes): the image is truncated`);
-    partitions.set(number, { offset, size, fs: detectFs(await head(raw, offset)) });
-    listed.push({ number, start: p.start, size: p.size, type: p.type, ...(p.uuid ? { uuid: p.uuid } : {}) });
-  }
+  const found = listPartitions({ partitiontable: t }, (await stat(raw)).size, (p) => detectFs(readHead(raw, p.offset)), input);
+  const partitions = new Map(found.map((p) => [p.number, { offset: p.offset, size: p.size, fs: p.fs as string }]));
+  const listed: Table['partitions'] = found.map((p, i) => {
+    const uuid = t.partitions?.[i]?.uuid;
+    return { number: p.number, start: p.startSector, size: p.sectors, type: p.type, ...(uuid ? { uuid } : {}) };
+  });
   return { input, raw, table: { label: t.label, id: t.id ?? '', partitions: listed }, partitions };
 }
 

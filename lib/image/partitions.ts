@@ -4,11 +4,13 @@ import { UserError } from '../../engine/errors.ts';
 import type { BuildContext } from '../../engine/stage.ts';
 import type { Layout, Partition } from './state.ts';
 
-interface SfdiskJson {
+/** What `sfdisk --json` prints of a table (`id`: the MBR disk id or GPT GUID; `uuid`: a GPT partition's). */
+export interface SfdiskJson {
   partitiontable: {
     label: string;
+    id?: string;
     sectorsize?: number;
-    partitions?: Array<{ node: string; start: number; size: number; type: string }>;
+    partitions?: Array<{ node: string; start: number; size: number; type: string; uuid?: string }>;
   };
 }
 
@@ -21,21 +23,26 @@ export function detectFs(head: Buffer): Partition['fs'] {
   return 'other';
 }
 
-/** Pure part: sfdisk's JSON plus each partition's filesystem, checked against the file size. */
-export function parseLayout(json: SfdiskJson, fileSize: number, fsOf: (p: { offset: number }) => Partition['fs'], name = 'the image'): Layout {
-  const table = json.partitiontable;
-  if (table.label !== 'dos' && table.label !== 'gpt') throw new UserError(`${name}: unsupported partition table "${table.label}" (expected MBR or GPT)`);
-  const sectorSize = table.sectorsize ?? 512;
-  const partitions: Partition[] = (table.partitions ?? []).map((p) => {
+/** Each partition of sfdisk's JSON with its byte range and filesystem; one past the end of the file is refused. */
+export function listPartitions(json: SfdiskJson, fileSize: number, fsOf: (p: { offset: number }) => Partition['fs'], name = 'the image'): Partition[] {
+  const sectorSize = json.partitiontable.sectorsize ?? 512;
+  return (json.partitiontable.partitions ?? []).map((p) => {
     const number = Number(/(\d+)$/.exec(p.node)?.[1]);
     const offset = p.start * sectorSize;
     const size = p.size * sectorSize;
     if (offset + size > fileSize) {
       throw new UserError(`${name}: partition ${number} ends at byte ${offset + size}, past the end of the file (${fileSize} bytes): the image is truncated`);
     }
-    return { number, startSector: p.start, sectors: p.size, type: p.type, fs: 'other', offset, size };
+    return { number, startSector: p.start, sectors: p.size, type: p.type, fs: fsOf({ offset }), offset, size };
   });
-  for (const p of partitions) p.fs = fsOf(p);
+}
+
+/** Pure part: sfdisk's JSON plus each partition's filesystem, checked against the file size. */
+export function parseLayout(json: SfdiskJson, fileSize: number, fsOf: (p: { offset: number }) => Partition['fs'], name = 'the image'): Layout {
+  const table = json.partitiontable;
+  if (table.label !== 'dos' && table.label !== 'gpt') throw new UserError(`${name}: unsupported partition table "${table.label}" (expected MBR or GPT)`);
+  const sectorSize = table.sectorsize ?? 512;
+  const partitions = listPartitions(json, fileSize, fsOf, name);
   const boot = partitions.find((p) => p.fs === 'vfat');
   const roots = partitions.filter((p) => p.fs === 'ext4');
   if (!boot) throw new UserError(`${name}: no FAT boot partition found (partitions: ${describe(partitions)})`);
@@ -60,7 +67,8 @@ export function partition(layout: Layout, number: number): Partition {
   return p;
 }
 
-function readHead(path: string, offset: number): Buffer {
+/** The first 4 KiB at `offset` (what detectFs reads). */
+export function readHead(path: string, offset: number): Buffer {
   const fd = openSync(path, 'r');
   try {
     const buffer = Buffer.alloc(4096);
