@@ -29,8 +29,8 @@ export interface ClusterLink {
   switchAddress: string;
   /** A fresh tap name for a guest's NIC. */
   tapName(): string;
-  /** Move the tap QEMU `pid` opened into the namespace and onto the bridge. */
-  join(ctx: BuildContext, tap: string, running: () => boolean): Promise<void>;
+  /** Move the tap QEMU opened into the namespace and onto the bridge; `exited` is QEMU's exit reason once it has stopped. */
+  join(ctx: BuildContext, tap: string, exited: () => string | undefined): Promise<void>;
   /** Run a program inside the namespace until the clean-up stack ends it. */
   spawn(ctx: BuildContext, command: string, args: string[], options: { env?: Record<string, string>; ready: { udpPort: number } }): Promise<void>;
 }
@@ -68,11 +68,13 @@ export async function createClusterLink(ctx: BuildContext, address: StaticAddres
     subnet,
     switchAddress,
     tapName: () => `bi${id}t${taps++}`,
-    async join(ctx, tap, running) {
+    async join(ctx, tap, exited) {
       // QEMU makes the tap as it starts; until then the name does not exist in the host's namespace.
       for (let i = 0; ; i++) {
         if ((await ctx.run('ip', ['link', 'show', 'dev', tap], { reject: false })).exitCode === 0) break;
-        if (!running() || i > 300) throw new UserError(`QEMU did not open its tap ${tap}${running() ? ' within 30 s' : ''}`);
+        const exit = exited();
+        if (exit) throw new UserError(`QEMU stopped before it opened its tap ${tap} (${exit})`);
+        if (i > 300) throw new UserError(`QEMU did not open its tap ${tap} within 30 s`);
         await sleep(100, undefined, { signal: ctx.signal });
       }
       await ctx.run('ip', ['link', 'set', 'dev', tap, 'netns', ns]);

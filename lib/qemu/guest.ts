@@ -162,9 +162,49 @@ async function sandbox(ctx: BuildContext, qemu: string): Promise<string[]> {
 /** QEMU's major version, asked once per binary (a verify --node run starts three guests). */
 const qemuMajor = new Map<string, number>();
 
+/**
+ * Start QEMU and wait until it has opened its forwarded ports (and its tap, moved onto the cluster
+ * link). A port freePort found may be taken by another program before QEMU binds it, and QEMU then
+ * stops at once ("Could not set up host forwarding rule"): it is started again on other ports.
+ */
 export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Guest> {
-  const hostPort = new Map<number, number>();
-  for (const port of spec.user?.ports ?? []) hostPort.set(port, await freePort());
+  for (let attempt = 1; ; attempt++) {
+    const hostPort = new Map<number, number>();
+    for (const port of spec.user?.ports ?? []) hostPort.set(port, await freePort());
+    const { guest, tap } = await launch(ctx, spec, hostPort);
+    const exit = await listening(ctx, guest);
+    if (exit === undefined) {
+      if (spec.cluster && tap) await spec.cluster.link.join(ctx, tap, () => guest.exit);
+      return guest;
+    }
+    if (!/host forwarding/i.test(exit) || attempt === 3) throw new UserError(`QEMU stopped as it started (${exit})`);
+    ctx.log.line(`QEMU could not bind a forwarded port (${exit}); starting it again on other ports`);
+  }
+}
+
+/** Undefined once every forwarded port accepts a connection; QEMU's exit reason if it stops first. */
+async function listening(ctx: BuildContext, guest: Guest): Promise<string | undefined> {
+  for (let i = 0; i < 200; i++) {
+    if (guest.exit) return guest.exit;
+    const open = await Promise.all([...guest.hostPort.values()].map((port) => accepts(port)));
+    // The exit is looked at again: a port may answer for a program that took it from QEMU.
+    if (open.every(Boolean)) return guest.exit;
+    await sleep(50, undefined, { signal: ctx.signal });
+  }
+  return guest.exit;
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port }, () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.on('error', () => resolve(false));
+  });
+}
+
+async function launch(ctx: BuildContext, spec: GuestSpec, hostPort: Map<number, number>): Promise<{ guest: Guest; tap?: string }> {
   const { qemu } = MACHINE[spec.arch];
   const acceleration = accelerationFor(hostArch(), spec.arch, kvmUsable());
   ctx.log.line(acceleration.line);
@@ -244,8 +284,7 @@ export async function startGuest(ctx: BuildContext, spec: GuestSpec): Promise<Gu
     if (result.exitCode) guest.exit += `: ${String(result.stderr).trim().split('\n').at(-1)}`;
   });
   ctx.defer(`stop the guest (QEMU pid ${guest.pid})`, () => guest.stop());
-  if (spec.cluster && tap) await spec.cluster.link.join(ctx, tap, () => !guest.exit);
-  return guest;
+  return { guest, tap };
 }
 
 export interface SshTarget {
