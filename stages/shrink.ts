@@ -1,29 +1,26 @@
-import { scoped } from '../engine/cleanup.ts';
 import { ConfigError, UserError } from '../engine/errors.ts';
 import { formatBytes } from '../engine/options.ts';
 import type { Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
 import { readBootFile, writeBootFile } from '../lib/image/bootfs.ts';
 import { armFirstBoot, disarmFirstBoot, firstBootFor, formatCmdline, parseCmdline } from '../lib/image/cmdline.ts';
-import { ext4Geometry, fittingBlocks } from '../lib/image/ext4-fit.ts';
-import { fsck } from '../lib/image/fsck.ts';
-import { attachLoop } from '../lib/image/loop.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { resizeRootPartition } from '../lib/image/resize.ts';
-import { cutTo, minimumBlocks, shrinkTries } from '../lib/image/shrink.ts';
+import { rewriteRoot } from '../lib/image/rewrite-root.ts';
 
 /**
- * fsck, the root filesystem cut to its minimum plus a margin, its free blocks zeroed and turned
- * into holes (so the image compresses well and copies skip them), then the last partition and the
- * file cut to size. The release's own first-boot expansion is then armed (--expand-on-boot, or a
- * pipeline's default: the pimaster grows to its card), disarmed (--fixed-size), or left as it is.
+ * The root filesystem (finalize checked it) written anew from its tree at what it holds plus a
+ * margin (rewrite-root.ts: the same tree gives the same bytes), its free blocks holes (so the image
+ * compresses well and copies skip them), the last partition and the file cut to size. The
+ * release's own first-boot expansion is then armed (--expand-on-boot, or a pipeline's default: the
+ * pimaster grows to its card), disarmed (--fixed-size), or left as it is.
  */
 export function shrink(options: { armFirstBoot?: boolean } = {}): Stage<BuildConfig> {
   const firstBoot = (config: BuildConfig) => (config['fixed-size'] ? 'disarm' : config['expand-on-boot'] || options.armFirstBoot ? 'arm' : undefined);
   return {
     name: 'shrink',
     describe: (config) =>
-      `cut the root filesystem to what it holds + ${formatBytes(config['shrink-margin'])}, zero free blocks${{ arm: ', arm first-boot expansion', disarm: ', disarm first-boot expansion', none: '' }[firstBoot(config) ?? 'none']}`,
+      `write the root filesystem anew with what it holds + ${formatBytes(config['shrink-margin'])}, free blocks as holes${{ arm: ', arm first-boot expansion', disarm: ', disarm first-boot expansion', none: '' }[firstBoot(config) ?? 'none']}`,
     options: ['shrink-margin', 'expand-on-boot', 'fixed-size'],
     async check(config) {
       if (config['expand-on-boot'] && config['fixed-size']) throw new ConfigError('--expand-on-boot and --fixed-size: give one or the other');
@@ -33,32 +30,10 @@ export function shrink(options: { armFirstBoot?: boolean } = {}): Stage<BuildCon
       if (!image) throw new UserError('shrink: no working image; run the pipeline from its start');
       let layout = await readLayout(ctx, image);
       const root = partition(layout, layout.root);
-      const { geometry, tries, estimate } = await scoped(ctx.cleanup, ctx.signal, async () => {
-        const device = await attachLoop(ctx, image, root);
-        await fsck(ctx, device);
-        const geometry = await ext4Geometry(ctx, device);
-        const estimate = await minimumBlocks(ctx, device);
-        const fit = fittingBlocks(geometry, Math.ceil((geometry.blockCount - geometry.freeBlocks) / 200));
-        const tries = shrinkTries(
-          fit,
-          geometry.blockCount - geometry.freeBlocks,
-          estimate,
-          geometry.blockCount,
-          geometry.blockSize,
-          ctx.config['shrink-margin'],
-        );
-        ctx.log.line(
-          `${geometry.blockCount} blocks of ${geometry.blockSize} bytes, ${geometry.blockCount - geometry.freeBlocks} in use; resize2fs estimates ${estimate}, the data needs ${fit ?? 'an unknown count'}; trying ${tries.join(', ') || 'none'} (margin included)`,
-        );
-        return { geometry, tries, estimate };
-      });
-      const kept = await cutTo(ctx, image, root, tries, estimate);
-      await scoped(ctx.cleanup, ctx.signal, async () => ctx.run('zerofree', [await attachLoop(ctx, image, root)]));
-      const resized = kept === undefined ? undefined : kept * geometry.blockSize;
+      const epoch = ctx.state.sourceDateEpoch ?? Math.floor(Date.now() / 1000);
+      const bytes = await rewriteRoot(ctx, image, root, { epoch, margin: ctx.config['shrink-margin'] });
       // The partition follows the filesystem (a whole number of blocks is a whole number of sectors).
-      if (resized !== undefined && resized < root.size) {
-        layout = await resizeRootPartition(ctx, image, layout, root, resized / layout.sectorSize);
-      }
+      layout = await resizeRootPartition(ctx, image, layout, root, bytes / layout.sectorSize);
       // Zeroed blocks become holes: smaller copies, faster reads, and a bmap of the used blocks only.
       await ctx.run('fallocate', ['--dig-holes', image]);
       const firstBootEdit = firstBoot(ctx.config);

@@ -86,6 +86,8 @@ declare module '../../engine/stage.ts' {
     image?: string; // extract: the raw, sparse working image in the work dir
     layout?: Layout; // grow (and every stage that changes the partition table)
     system?: SystemInfo; // attach
+    /** attach: the build's one time, seconds since 1970 (SOURCE_DATE_EPOCH). */
+    sourceDateEpoch?: number;
     /** How the image's programs ran: `native arm64`, `qemu-user (arm64 on amd64)` (chroot, settings). */
     chroot?: string;
     packages?: Package[]; // finalize: from the image's dpkg status

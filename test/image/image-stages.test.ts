@@ -1,15 +1,11 @@
 /** grow, attach, overlay, finalize and shrink on a real image: real loop devices, ext4 and FAT. */
 
-import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { execa } from 'execa';
-import { scoped } from '../../engine/cleanup.ts';
 import type { Stage } from '../../engine/stage.ts';
-import { ext4Geometry, parseExt4Header } from '../../lib/image/ext4-fit.ts';
-import { attachLoop } from '../../lib/image/loop.ts';
-import { partition, readLayout } from '../../lib/image/partitions.ts';
-import { cutTo } from '../../lib/image/shrink.ts';
+import { parseExt4Header } from '../../lib/image/ext4-fit.ts';
 import { attachStage } from '../../stages/attach.ts';
 import { finalizeStage } from '../../stages/finalize.ts';
 import { growStage } from '../../stages/grow.ts';
@@ -32,7 +28,6 @@ async function debugfs(image: string, offset: number, size: number, request: str
   }
 }
 
-/** resize2fs -P's minimum, in bytes, of the root filesystem. */
 /** The shrunk root as e2fsprogs sees it (a read-only loop device): sizes in bytes, and e2fsck's verdict. */
 async function rootFacts(image: string, offset: number, size: number) {
   const { stdout: dev } = await execa('losetup', ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(size), image]);
@@ -142,63 +137,71 @@ test("first-boot expansion: a pipeline's default arms it, --fixed-size disarms i
   t.deepEqual(await loopsOn(image), []);
 });
 
-test('a size the data does not fit in is tried on a copy and dropped: the image stays as it was, or the next size that holds it is kept', async (t) => {
+test('the root is written anew from its tree: the same tree gives the same bytes, every time at the build time or earlier', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const image = join(dir, 'image.img');
-  await makeTinyImage(image, { payloadMiB: 24, rootMiB: 96 });
-  const original = await sha256File(image);
-  const outcomes: (number | undefined)[] = [];
-  const probe = (sizes: (used: number) => number[]): Stage => ({
-    name: 'probe',
-    describe: () => 'cut the root to the sizes given',
-    options: [],
-    async run(ctx) {
-      const layout = await readLayout(ctx, image);
-      const root = partition(layout, layout.root);
-      const geometry = await scoped(ctx.cleanup, ctx.signal, async () => ext4Geometry(ctx, await attachLoop(ctx, image, root)));
-      // 2 MiB cannot hold a 24 MiB payload: resize2fs -f fails on the copy.
-      outcomes.push(await cutTo(ctx, image, root, sizes(geometry.blockCount - geometry.freeBlocks), geometry.blockCount));
-    },
-  });
-  await runStages([probe(() => [2048])], testConfig(dir));
-  t.is(outcomes[0], undefined);
-  t.is(await sha256File(image), original, 'the image is as it was');
-  await runStages([probe((used) => [2048, used + 1024])], testConfig(dir));
-  t.true(outcomes[1]! > 2048, `kept ${outcomes[1]}`);
+  const base = join(dir, 'base.img');
+  await makeTinyImage(base, { payloadMiB: 8, rootMiB: 96 });
+  const epoch = 1_750_000_000; // 2025-06-15, after the tiny image's files, before this run
+  const build = async (name: string) => {
+    const image = join(dir, `${name}.img`);
+    await execa('cp', ['--sparse=always', base, image]);
+    const work = join(dir, `work-${name}`);
+    // What a build does to the tree: a new file, a changed one, a chmod (ctime), reads (atime).
+    const overlay = join(dir, `overlay-${name}`);
+    mkdirSync(join(overlay, 'rootfs/etc'), { recursive: true });
+    writeFileSync(join(overlay, 'rootfs/etc/added.conf'), 'added\n');
+    await runStages(
+      [attachStage, overlayStage(), finalizeStage, shrinkStage],
+      { ...testConfig(work, { overlay: [overlay] }) },
+      { image, sourceDateEpoch: epoch },
+    );
+    return image;
+  };
+  const one = await build('one');
+  await new Promise((resolve) => setTimeout(resolve, 1100)); // another second on the clock
+  const two = await build('two');
+  t.is(await sha256File(one), await sha256File(two), 'byte-identical images');
+
+  const [, root] = await partitions(one);
+  const fs = (request: string) => debugfs(one, root!.start * 512, root!.size * 512, request);
+  const times = (stat: string) => [...stat.matchAll(/^ *(?:a|m|c|cr)time: 0x([0-9a-f]+)/gm)].map((m) => Number.parseInt(m[1]!, 16));
+  for (const path of ['/', '/etc', '/etc/added.conf', '/lost+found']) {
+    const found = times(await fs(`stat ${path}`));
+    t.is(found.length, 4, path);
+    t.true(
+      found.every((s) => s <= epoch),
+      `${path}: ${found.join(', ')}`,
+    );
+  }
+  t.regex(await fs('stats'), /Last write time:\s+\S+ (Jun 15|Jun 16|Jun 14)/, 'the superblock at the build time');
   t.deepEqual(
-    readdirSync(dir).filter((f) => f.includes('shrink-try')),
+    readdirSync(dir).filter((f) => /\.(root|tree|debugfs|mke2fs\.conf)$/.test(f)),
     [],
-    'no copy left',
+    'nothing left beside the images',
   );
-  const [, root] = await partitions(image);
-  const facts = await rootFacts(image, root!.start * 512, root!.size * 512);
-  t.is(facts.fsck, 0, 'e2fsck -fn finds it clean');
-  t.is(facts.bytes, outcomes[1]! * 1024);
-  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(await loopsOn(one), []);
 });
 
-test("a disk without room for a trial copy: the shrink falls back to resize2fs's own estimate, in place", async (t) => {
+test('no room beside the image for the rewritten root: one line naming the fix, the image as it was, nothing left', async (t) => {
   const dir = scratch();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const small = await smallDisk(t, dir, 40);
   const image = join(small, 'image.img');
-  await makeTinyImage(image, { payloadMiB: 16, rootMiB: 64 });
-  const config = testConfig(dir, { 'shrink-margin': 4 * MiB });
-  await runStages([shrinkStage], config, { image });
-  const log = readFileSync(join(config.work, 'logs', '01-shrink.log'), 'utf8');
-  t.regex(log, /no room for a trial copy of the image beside it/);
-  const estimate = Number(/resize2fs estimates (\d+)/.exec(log)![1]);
-  t.deepEqual(
-    readdirSync(small).filter((f) => f.includes('shrink-try')),
-    [],
-    'no partial copy left',
+  await makeTinyImage(image, { payloadMiB: 24, rootMiB: 64 });
+  const before = await sha256File(image);
+  const error = await t.throwsAsync(runStages([shrinkStage], testConfig(dir, { 'shrink-margin': 4 * MiB }), { image }));
+  t.regex(
+    error!.message,
+    /^shrink: no room for the rewritten root filesystem \(.*\) beside the image: free space under .* or pass --work DIR on a larger disk$/,
   );
-  const [, root] = await partitions(image);
-  const facts = await rootFacts(image, root!.start * 512, root!.size * 512);
-  t.is(facts.fsck, 0);
-  t.is(facts.bytes, estimate * 1024 + config['shrink-margin'], 'cut to the estimate plus the margin (1 KiB blocks)');
-  t.true(facts.bytes < 64 * MiB, 'it did shrink');
+  t.is(await sha256File(image), before, 'the image is as it was');
+  t.deepEqual(readdirSync(small).sort(), ['image.img', 'lost+found'].sort());
+  t.deepEqual(await loopsOn(image), []);
+  t.deepEqual(
+    mountsUnder(dir).filter((m) => m !== small),
+    [],
+  );
 });
 
 test('shrinking a shrunk image changes nothing', async (t) => {

@@ -8,7 +8,7 @@ const run = (args: string[], options: { cwd?: string } = {}) => execa('node', [c
 test('doctor checks the host, one line per check with its fix', async (t) => {
   const result = await run(['doctor']);
   t.is(result.exitCode, 0, result.stdout);
-  for (const name of ['root', 'node', 'loop devices', 'binfmt arm64', 'binfmt armhf', 'sfdisk', 'mcopy', 'resize2fs', 'zerofree', 'bmaptool', 'disk']) {
+  for (const name of ['root', 'node', 'loop devices', 'binfmt arm64', 'binfmt armhf', 'sfdisk', 'mcopy', 'resize2fs', 'mke2fs', 'bmaptool', 'disk']) {
     t.regex(result.stdout, new RegExp(`^ok\\s+${name}\\s`, 'm'));
   }
 });

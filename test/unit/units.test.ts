@@ -9,7 +9,7 @@ import { type Ext4Geometry, fittingBlocks, metadataBlocks } from '../../lib/imag
 import { dep5Licenses, parseDpkgStatus } from '../../lib/image/packages.ts';
 import { parseLayout } from '../../lib/image/partitions.ts';
 import { resizeInDump } from '../../lib/image/resize.ts';
-import { shrinkTries } from '../../lib/image/shrink.ts';
+import { mke2fsArgs, mke2fsProfile, parseExt4Identity, timeFixes } from '../../lib/image/rewrite-root.ts';
 import { bootMountOf, parseOsRelease } from '../../lib/image/system.ts';
 import { parseIpv4Cidr } from '../../lib/net.ts';
 import { growsAtFirstBoot, guestArgs } from '../../lib/qemu/guest.ts';
@@ -192,24 +192,56 @@ test('resizing in an sfdisk dump keeps ids and types, and drops what sfdisk must
   );
 });
 
-test("shrink tries: what the data needs, the blocks in use, then steps to resize2fs's estimate; margin added; none for a few MiB", (t) => {
-  const margin = 64 * 2 ** 20;
+test("root rewrite: the base's identity on mke2fs's command line, its state features left out; times clamped to the build's", (t) => {
+  const header = [
+    'Filesystem volume name:   rootfs',
+    'Filesystem UUID:          0b9e2ba5-7f5a-4c1d-9f1e-6d8b8c1f2a3b',
+    'Filesystem features:      has_journal ext_attr resize_inode dir_index filetype needs_recovery extent flex_bg sparse_super large_file huge_file dir_nlink extra_isize',
+    'Default mount options:    user_xattr acl',
+    'Inode count:              65536',
+    'Block count:              262144',
+    'Reserved block count:     13107',
+    'Free blocks:              100000',
+    'Free inodes:              20000',
+    'First block:              0',
+    'Block size:               4096',
+    'Reserved GDT blocks:      63',
+    'Blocks per group:         32768',
+    'Inodes per group:         8192',
+    'Inode blocks per group:   512',
+    'Flex block group size:    16',
+    'Inode size:               256',
+    'Default directory hash:   half_md4',
+    'Directory Hash Seed:      5d2f5c33-1111-2222-3333-444455556666',
+    'Journal size:             32M',
+  ].join('\n');
+  const fs = parseExt4Identity(header);
+  t.like(fs, { label: 'rootfs', inodeSize: 256, journalMiB: 32, flexGroups: 16, hashAlg: 'half_md4', mountOptions: ['user_xattr', 'acl'] });
+  const args = mke2fsArgs(fs, 70000, '/tree', '/new');
+  const arg = (flag: string) => args[args.indexOf(flag) + 1];
+  t.is(arg('-U'), '0b9e2ba5-7f5a-4c1d-9f1e-6d8b8c1f2a3b');
+  t.is(arg('-L'), 'rootfs');
+  t.is(arg('-O'), 'none,has_journal,ext_attr,resize_inode,dir_index,filetype,extent,flex_bg,sparse_super,large_file,huge_file,dir_nlink,extra_isize');
+  t.is(arg('-N'), String(3 * 8192), "the base's inodes per group, in 3 groups");
+  t.is(arg('-m'), '5.00');
+  t.is(arg('-J'), 'size=32');
+  t.regex(arg('-E')!, /^hash_seed=5d2f5c33-1111-2222-3333-444455556666,nodiscard,/);
+  t.deepEqual(args.slice(-4), ['-d', '/tree', '/new', '70000']);
+  t.regex(mke2fsProfile(fs), /hash_alg = half_md4\n\tdefault_mntopts = user_xattr,acl\n/);
+
+  const epoch = 1_750_000_000;
   t.deepEqual(
-    shrinkTries(1000, 1800, 9000, 100_000, 4096, margin),
-    [1000, 1800, 3600, 5400, 9000].map((b) => b + 16384),
+    timeFixes(
+      [
+        { ino: 2, atime: 100, mtime: 100, ctime: 100 }, // as in the base: nothing to do
+        { ino: 12, atime: epoch + 50, mtime: 200, ctime: epoch + 60 }, // read and chmod-ed by the build
+        { ino: 13, atime: epoch + 9, mtime: epoch + 9, ctime: epoch + 9 }, // written by the build
+        { ino: 13, atime: epoch + 9, mtime: epoch + 9, ctime: epoch + 9 }, // its hard link
+      ],
+      epoch,
+    ),
+    ['sif <12> atime @200', `sif <12> ctime @${epoch}`, `sif <13> mtime @${epoch}`, `sif <13> atime @${epoch}`, `sif <13> ctime @${epoch}`],
   );
-  t.deepEqual(
-    shrinkTries(undefined, 1800, 9000, 100_000, 4096, margin),
-    [1800, 3600, 5400, 9000].map((b) => b + 16384),
-    'an unknown layout: from the blocks in use',
-  );
-  t.deepEqual(
-    shrinkTries(1000, 9500, 9000, 100_000, 4096, margin),
-    [1000, 9000].map((b) => b + 16384),
-    'nothing between the estimate and what is in use',
-  );
-  t.deepEqual(shrinkTries(1000, 1800, 1000 + 1024, 1000 + 1024 + 16384 + 100, 4096, margin), [1000 + 16384], 'only what gains 4 MiB');
-  t.deepEqual(shrinkTries(1000, 1800, 9000, 1000 + 16384 + 100, 4096, margin), [], 'a shrunk image stays as it is');
 });
 
 // dumpe2fs -h of a pimaster's root (1 KiB blocks, as mke2fs makes small filesystems).
