@@ -4,8 +4,8 @@
  * sha256sum over /usr) run twice: on this host, where the image's programs run under qemu-user,
  * and inside an arm64 Debian guest under QEMU (test/fixtures/arm64-host.ts), where they run
  * natively but the whole machine is emulated (TCG). Prints each run's settings and chroot stage
- * times from its manifest. Neither is a real arm64 machine's figure: that needs one (a Pi 5, an
- * arm64 runner). Needs root; about a quarter of an hour on two cores.
+ * times from its work directory's state.json. Neither is a real arm64 machine's figure: that
+ * needs one (a Pi 5, an arm64 runner). Needs root; about a quarter of an hour on two cores.
  *
  *   node bench/arm64-host.ts
  */
@@ -27,9 +27,10 @@ interface Run {
   timings: Record<string, number>;
 }
 
-function fromManifest(file: string): Run {
-  const manifest = JSON.parse(readFileSync(file, 'utf8')) as { chroot: string; timings: Record<string, number> };
-  return { mode: manifest.chroot, timings: manifest.timings };
+/** A build's mode and stage times, from its work directory's state.json (the manifest holds no times of the run). */
+function fromState(file: string): Run {
+  const state = JSON.parse(readFileSync(file, 'utf8')) as { chroot: string; timings: Record<string, number> };
+  return { mode: state.chroot, timings: state.timings };
 }
 
 async function onThisHost(dir: string, fixture: string): Promise<Run> {
@@ -40,13 +41,13 @@ async function onThisHost(dir: string, fixture: string): Promise<Run> {
   const bin = new URL('../bin/build-image.js', import.meta.url).pathname;
   const out = join(dir, 'out');
   await execa(process.execPath, [bin, ...CUSTOMIZE_ARGS(fixture, overlay, script, out, join(dir, 'cache')), '--work', join(dir, 'work')]);
-  return fromManifest(join(out, 'native.manifest.json'));
+  return fromState(join(dir, 'work', 'state.json'));
 }
 
 async function inTheGuest(dir: string, fixture: string): Promise<Run> {
   const job = await runOnArm64Host(dir, customizeJob(fixture, SCRIPT));
   if (job.exitCode !== 0) throw new Error(`the job failed in the guest: ${readFileSync(join(job.results, 'job.log'), 'utf8')}`);
-  return fromManifest(join(job.results, 'native.manifest.json'));
+  return fromState(join(job.results, 'state.json'));
 }
 
 const fixture = await debianImage('arm64');

@@ -10,7 +10,7 @@ import type { SnapshotEntry } from './stage-cache.ts';
  * declaration merging (`declare module '../engine/stage.ts' { interface BuildState { ... } }`).
  */
 export interface BuildState {
-  /** Stage name -> seconds, for the manifest. */
+  /** Stage name -> seconds, of this run (state.json only: not in the manifest, which must not change between runs). */
   timings?: Record<string, number>;
 }
 

@@ -1,4 +1,5 @@
 import { type EngineOptions, engineSchema, oneOf, parseSize, type Schema } from '../engine/options.ts';
+import { parseSourceDate, sourceDateFromEnv } from './source-date.ts';
 
 /** The options the image-building stages read: the base image, the room, overlays, scripts, outputs. */
 export interface BuildOptions {
@@ -16,6 +17,8 @@ export interface BuildOptions {
   'apt-mirror': string | undefined;
   'shell-on-error': boolean;
   'shrink-margin': number;
+  /** Seconds since 1970: the one time the whole build writes (SOURCE_DATE_EPOCH). */
+  'source-date': number | undefined;
   compress: Compression[];
   'release-url': string | undefined;
   name: string | undefined;
@@ -149,6 +152,13 @@ export const buildSchema: Schema<BuildOptions> = {
     parse: parseSize,
     outputOnly: true,
     bytes: true,
+  },
+  'source-date': {
+    kind: 'value',
+    placeholder: 'TIME',
+    help: "the build's one time, for reproducible images: seconds since 1970 or an ISO 8601 date (default: $SOURCE_DATE_EPOCH, else the newest file time of the base image's root filesystem)",
+    default: () => sourceDateFromEnv(),
+    parse: parseSourceDate,
   },
   compress: {
     kind: 'list',

@@ -1,27 +1,30 @@
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../engine/errors.ts';
-import type { Stage } from '../engine/stage.ts';
+import type { BuildContext, Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
 import { ATTACHED, BOOT_BEFORE, bootDir, rootDir } from '../lib/image/attached.ts';
 import { copyOut, snapshot, writeBack } from '../lib/image/bootfs.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
+import { newestMtime } from '../lib/image/newest-mtime.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { detectSystem } from '../lib/image/system.ts';
+import { sourceDateLine } from '../lib/source-date.ts';
 
 /**
  * Root partition on a loop device by offset and size, mounted; the FAT boot partition copied out
  * with mtools and bound at the mount point the image's own fstab names. All of it is undone by
  * finalize (or the clean-up stack), and the boot partition is written back only if the build got
- * that far without failing.
+ * that far without failing. It also fixes the build's one time (SOURCE_DATE_EPOCH): --source-date, or
+ * the newest file time of the base image's root filesystem.
  */
 export const attachStage: Stage<BuildConfig> = {
   name: 'attach',
   describe: () => 'mount the root partition (loop device by offset) and copy out the boot partition (mtools)',
-  options: [],
+  options: ['source-date'],
   closedBy: 'finalize',
-  async key() {
-    return [{ label: 'image attached', input: '' }];
+  async key(ctx) {
+    return [{ label: 'image attached', input: String(ctx.config['source-date'] ?? '') }];
   },
   async run(ctx) {
     const image = ctx.state.image;
@@ -34,6 +37,7 @@ export const attachStage: Stage<BuildConfig> = {
     const device = await attachLoop(ctx, image, partition(layout, layout.root));
     // nodev: a device node in a downloaded image opens nothing of the host's; nosuid: the build is root already.
     await mount(ctx, device, root, ['-t', 'ext4', '-o', 'nodev,nosuid']);
+    setSourceDate(ctx, root);
 
     rmSync(boot, { recursive: true, force: true });
     mkdirSync(boot);
@@ -60,3 +64,20 @@ export const attachStage: Stage<BuildConfig> = {
     ctx.log.line(`${system.prettyName}; boot at ${system.bootMount}; network ${system.network}; first boot ${system.firstBoot}`);
   },
 };
+
+/**
+ * The build's one time. Without --source-date it is the root filesystem's newest file time, read
+ * before anything is mounted inside it; a time found so in a restored snapshot or an earlier run's
+ * state (--from) is kept: the image is then no longer the base image.
+ */
+function setSourceDate(ctx: BuildContext<BuildConfig>, root: string): void {
+  const option = ctx.config['source-date'];
+  if (option !== undefined) {
+    ctx.state.sourceDateEpoch = option;
+    ctx.state.sourceDateFrom = 'option';
+  } else if (ctx.state.sourceDateEpoch === undefined || ctx.state.sourceDateFrom !== 'image') {
+    ctx.state.sourceDateEpoch = newestMtime(root);
+    ctx.state.sourceDateFrom = 'image';
+  }
+  ctx.log.line(sourceDateLine(ctx.state.sourceDateEpoch, ctx.state.sourceDateFrom!));
+}

@@ -20,6 +20,7 @@ import { encodeImage, FORMATS, outputName, sha256Line } from '../lib/codec/encod
 import { manifest } from '../lib/publish/manifest.ts';
 import { writeImagerList } from '../lib/publish/os-list-json.ts';
 import { cycloneDx } from '../lib/publish/sbom.ts';
+import { isoSeconds } from '../lib/source-date.ts';
 
 function describe(config: BuildConfig): string {
   const formats = [...new Set(config.compress)];
@@ -33,7 +34,6 @@ export const compressStage: Stage<BuildConfig> = {
   options: ['compress', 'name', 'release-url', 'out'],
   describe,
   async run(ctx) {
-    const started = performance.now();
     const image = ctx.state.image;
     if (!image) throw new UserError('compress: the build state has no image: run the pipeline from its start');
     const formats = [...new Set(ctx.config.compress)];
@@ -75,7 +75,9 @@ export const compressStage: Stage<BuildConfig> = {
     const bmap = path('img.bmap');
     await ctx.run('bmaptool', ['create', '-o', partial(bmap), image]);
 
-    const created = new Date().toISOString();
+    // The build's one time, so that two builds of the same inputs write the same manifest and SBOM.
+    const epoch = ctx.state.sourceDateEpoch;
+    const created = epoch === undefined ? new Date().toISOString() : isoSeconds(epoch);
     const sbom = path('cdx.json');
     const packages = ctx.state.packages ?? [];
     writePartial(
@@ -84,7 +86,7 @@ export const compressStage: Stage<BuildConfig> = {
     );
 
     const manifestFile = path('manifest.json');
-    const content = manifest(ctx, { name, imageSha256, size, bmap, sbom, outputs, created, seconds: (performance.now() - started) / 1000 });
+    const content = manifest(ctx, { name, imageSha256, size, bmap, sbom, outputs, created });
     writePartial(manifestFile, `${JSON.stringify(content, null, 2)}\n`);
 
     // All complete: into place in one synchronous sweep, the manifest last.

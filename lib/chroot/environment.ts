@@ -333,9 +333,15 @@ function listDir(root: string, dir: string): string[] {
   return existsSync(full) ? readdirSync(full).map((f) => `${dir}/${f}`) : [];
 }
 
-/** Sandbox arguments running `args` inside the image with the chroot's clean environment plus `env`. */
+/**
+ * Sandbox arguments running `args` inside the image with the chroot's clean environment plus `env`,
+ * and the build's one time as SOURCE_DATE_EPOCH: shadow's tools then write that day in /etc/shadow,
+ * Python hash-based .pyc files.
+ */
 export function chrootArgs(ctx: BuildContext, args: readonly string[], env: Record<string, string> = {}, interactive = false): string[] {
-  return sandboxArgs(rootDir(ctx.paths.work), args, { env: { ...CHROOT_ENV, ...env }, interactive });
+  const epoch = ctx.state.sourceDateEpoch;
+  const sourceDate: Record<string, string> = epoch === undefined ? {} : { SOURCE_DATE_EPOCH: String(epoch) };
+  return sandboxArgs(rootDir(ctx.paths.work), args, { env: { ...CHROOT_ENV, ...sourceDate, ...env }, interactive });
 }
 
 /** Run one command inside the image (after enterChroot). */

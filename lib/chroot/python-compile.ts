@@ -167,14 +167,17 @@ async function hostRelease(ctx: BuildContext, version: string): Promise<string |
 /**
  * Compiles as py_compile does inside the image, from stdin lines "SOURCE<tab>PYC<tab>NAME": host
  * paths resolved inside the image's root (its links never followed out of it), NAME the in-image
- * path recorded in the code; timestamp invalidation, directories and files made as under dpkg's umask.
+ * path recorded in the code; directories and files made as under dpkg's umask. The invalidation
+ * mode is argv[1]: TIMESTAMP as py_compile's default, CHECKED_HASH as its default under
+ * SOURCE_DATE_EPOCH (what the image's own py3compile does when the build has one time): no time in the .pyc.
  */
 const HOST_COMPILE = `# Written by build-image: byte-compiles image files on the host.
 import os, py_compile, sys
 os.umask(0o022)
+mode = py_compile.PycInvalidationMode[sys.argv[1]]
 for line in sys.stdin:
     source, pyc, name = line.rstrip('\\n').split('\\t')
-    py_compile.compile(source, cfile=pyc, dfile=name, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    py_compile.compile(source, cfile=pyc, dfile=name, doraise=True, invalidation_mode=mode)
 `;
 
 /** The host's compile input for `files` (in-image paths) and python`version`: see HOST_COMPILE. */
@@ -220,7 +223,8 @@ export async function compileHeldPython(
     if (host) {
       const script = inRoot(root, `${held}/host-compile.py`);
       writeFileSync(script, HOST_COMPILE);
-      await ctx.run(`/usr/bin/python${version}`, ['-E', '-S', script], { input: hostCompileInput(root, files, version) });
+      const mode = ctx.state.sourceDateEpoch === undefined ? 'TIMESTAMP' : 'CHECKED_HASH';
+      await ctx.run(`/usr/bin/python${version}`, ['-E', '-S', script, mode], { input: hostCompileInput(root, files, version) });
     } else {
       await chroot([`/usr/bin/python${version}`, '-m', 'py_compile', '-'], `${[...files].join('\n')}\n`);
     }

@@ -59,11 +59,13 @@ interface FormatSpec {
 export const FORMATS: Record<Compression, FormatSpec> = {
   xz: { ext: 'img.xz', command: () => ['xz', ['-T0', '-6', `--block-size=${XZ_BLOCK}`, '-c']] },
   zstd: { ext: 'img.zst', command: (_, size) => ['zstd', ['-T0', `-${ZSTD_LEVEL}`, '--long=27', `--stream-size=${size}`, '-q', '-c']] },
-  gz: { ext: 'img.gz', command: () => ['pigz', ['-c']] },
-  // pigz writes a single-entry PKZip archive (Zip64 past 4 GiB), the entry named by --alias.
+  // -n: no name and no time in the gzip header (stdin's would be now): the same image, the same bytes.
+  gz: { ext: 'img.gz', command: () => ['pigz', ['-n', '-c']] },
+  // pigz writes a single-entry PKZip archive (Zip64 past 4 GiB), the entry named by --alias. Its
+  // DOS header holds the time of the run whatever the options (-m too): zip is not reproducible.
   zip: { ext: 'zip', command: (name) => ['pigz', ['--zip', '--alias', `${name}.img`, '-c']] },
   // <name>.img.tar.gz: a tar of the one <name>.img, as PiSeduce stores deployable environments.
-  'tar.gz': { ext: 'img.tar.gz', command: () => ['pigz', ['-c']], tar: true },
+  'tar.gz': { ext: 'img.tar.gz', command: () => ['pigz', ['-n', '-c']], tar: true },
   none: { ext: 'img' },
 };
 
@@ -260,6 +262,9 @@ export async function encodeImage(
     throw new UserError(`compress: cannot read the working image ${image}: ${errnoReason(error)}: run the pipeline from its start`);
   }
   const size = info.size;
+  // The tar entry's time: the build's one time, not when the working image was last written.
+  const epoch = ctx.state.sourceDateEpoch;
+  const mtime = epoch === undefined ? info.mtime : new Date(epoch * 1000);
   for (const format of formats) partial(path(FORMATS[format].ext));
   const piped = formats.filter((f) => f !== 'none');
   // In the work directory, not /tmp: what a build killed outright leaves, the next one replaces.
@@ -276,7 +281,7 @@ export async function encodeImage(
   const opened = await Promise.allSettled(
     formats.map((format) => {
       const file = path(FORMATS[format].ext);
-      return format === 'none' ? rawSink(file, fail) : commandSink(ctx, format, file, fifo(format), name, { size, mtime: info.mtime }, fail);
+      return format === 'none' ? rawSink(file, fail) : commandSink(ctx, format, file, fifo(format), name, { size, mtime }, fail);
     }),
   );
   const notOpened = opened.find((r) => r.status === 'rejected');

@@ -4,12 +4,18 @@
  * back copies only what changed and deletes what was removed, so the filesystem's label, volume
  * ID and layout are kept.
  */
-import { lstatSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join, posix } from 'node:path';
 import { UserError } from '../../engine/errors.ts';
 import type { BuildContext } from '../../engine/stage.ts';
 
 const env = { MTOOLS_SKIP_CHECK: '1', MTOOLS_NO_VFAT: undefined };
+
+/** For the commands that write: mtools (4.0.32 and later) takes SOURCE_DATE_EPOCH as "now". */
+function writeEnv(ctx: BuildContext): Record<string, string | undefined> {
+  const epoch = ctx.state.sourceDateEpoch;
+  return epoch === undefined ? env : { ...env, SOURCE_DATE_EPOCH: String(epoch) };
+}
 
 /** path (relative, '/'-separated) -> "size:mtime" for files, "dir" for directories. */
 export type Snapshot = Map<string, string>;
@@ -86,20 +92,46 @@ export async function copyOut(ctx: BuildContext, image: string, offset: number, 
 export async function writeBack(ctx: BuildContext, image: string, offset: number, dir: string, before: Snapshot): Promise<BootChanges> {
   const changes = diffSnapshots(before, snapshot(dir));
   const d = drive(image, offset);
+  const env = writeEnv(ctx);
   for (const { path, dir: isDir } of changes.deletes) {
     await ctx.run(isDir ? 'mdeltree' : 'mdel', [...d, `::/${path}`], { env });
   }
   for (const path of changes.mkdirs) await ctx.run('mmd', [...d, `::/${path}`], { env });
-  // One mcopy per target directory, overwriting in place.
+  // One mcopy per target directory, overwriting in place, in sorted order: the same files land in
+  // the same directory slots on every build.
   const byDir = new Map<string, string[]>();
-  for (const path of changes.copies) {
+  for (const path of [...changes.copies].sort()) {
     const parent = posix.dirname(path);
     byDir.set(parent, [...(byDir.get(parent) ?? []), join(dir, path)]);
   }
   for (const [parent, files] of byDir) {
-    await ctx.run('mcopy', ['-p', '-m', '-o', ...d, ...files, parent === '.' ? '::/' : `::/${parent}/`], { env });
+    const restore = clampTimes(files, ctx.state.sourceDateEpoch);
+    try {
+      await ctx.run('mcopy', ['-p', '-m', '-o', ...d, ...files, parent === '.' ? '::/' : `::/${parent}/`], { env });
+    } finally {
+      restore();
+    }
   }
   return changes;
+}
+
+/**
+ * mcopy -m keeps a file's time: none copied in may be newer than the build's one time, or the
+ * FAT would hold the time of the build's run. The staged files get their own times back after,
+ * so that a later writeBack (a snapshot's, then the final one) still sees what changed.
+ */
+function clampTimes(files: readonly string[], epoch: number | undefined): () => void {
+  if (epoch === undefined) return () => {};
+  const clamped: Array<[string, Date, Date]> = [];
+  for (const file of files) {
+    const st = statSync(file);
+    if (st.mtimeMs <= epoch * 1000) continue;
+    utimesSync(file, st.atime, epoch);
+    clamped.push([file, st.atime, st.mtime]);
+  }
+  return () => {
+    for (const [file, atime, mtime] of clamped) utimesSync(file, atime, mtime);
+  };
 }
 
 /** Read one file of the boot partition (cmdline.txt) straight from the image. */
@@ -113,7 +145,8 @@ export async function writeBootFile(ctx: BuildContext, image: string, offset: nu
   const staged = join(ctx.paths.work, posix.basename(path));
   writeFileSync(staged, content);
   try {
-    await ctx.run('mcopy', ['-o', '-i', `${image}@@${offset}`, staged, `::/${path}`], { env });
+    // Without -m: the file's time is mtools' "now", the build's one time where it has one.
+    await ctx.run('mcopy', ['-o', '-i', `${image}@@${offset}`, staged, `::/${path}`], { env: writeEnv(ctx) });
   } finally {
     rmSync(staged, { force: true });
   }

@@ -1,4 +1,5 @@
 import type { Compression } from '../build-options.ts';
+import type { SourceDateFrom } from '../source-date.ts';
 /**
  * What each stage leaves in the build state for the ones after it, in pipeline order. Kept in one
  * place so the data's path through a build reads top to bottom.
@@ -86,8 +87,9 @@ declare module '../../engine/stage.ts' {
     image?: string; // extract: the raw, sparse working image in the work dir
     layout?: Layout; // grow (and every stage that changes the partition table)
     system?: SystemInfo; // attach
-    /** attach: the build's one time, seconds since 1970 (SOURCE_DATE_EPOCH). */
+    /** The build's one time, seconds since 1970 (attach): what the image's programs, mtools and the outputs write. */
     sourceDateEpoch?: number;
+    sourceDateFrom?: SourceDateFrom; // attach
     /** How the image's programs ran: `native arm64`, `qemu-user (arm64 on amd64)` (chroot, settings). */
     chroot?: string;
     packages?: Package[]; // finalize: from the image's dpkg status

@@ -1,4 +1,8 @@
-/** `<name>.manifest.json`: what a build made, from what, with which settings (none of them secret or a host path). */
+/**
+ * `<name>.manifest.json`: what a build made, from what, with which settings (none of them secret or
+ * a host path). Nothing of the run itself (no stage timings: they are in the work dir's state.json
+ * and the log): two builds of the same inputs write the same manifest.
+ */
 import { basename } from 'node:path';
 import { published, publishedSettings, withoutCredentials } from '../../engine/redact.ts';
 import type { BuildContext } from '../../engine/stage.ts';
@@ -16,8 +20,6 @@ export interface ManifestFacts {
   sbom: string;
   outputs: readonly Output[];
   created: string;
-  /** How long the compress stage took. */
-  seconds: number;
 }
 
 export function manifest(ctx: BuildContext<BuildConfig>, out: ManifestFacts) {
@@ -27,6 +29,7 @@ export function manifest(ctx: BuildContext<BuildConfig>, out: ManifestFacts) {
     name: out.name,
     pipeline: ctx.pipeline,
     created: out.created,
+    source_date_epoch: ctx.state.sourceDateEpoch ?? null,
     toolkit: { name: PACKAGE_NAME, version, commit: commit() },
     base: download
       ? {
@@ -44,7 +47,6 @@ export function manifest(ctx: BuildContext<BuildConfig>, out: ManifestFacts) {
     sbom: { file: basename(out.sbom), format: SBOM_FORMAT, components: packages.length },
     outputs: out.outputs.map((o) => ({ format: o.format, file: basename(o.path), size: o.size, sha256: o.sha256 })),
     config: publishedSettings(ctx.schema, ctx.config),
-    timings: { ...ctx.state.timings, compress: Math.round(out.seconds * 10) / 10 },
     sources: ctx.state.sources ?? {},
     packages,
   };

@@ -1,6 +1,6 @@
 /** grow, attach, overlay, finalize and shrink on a real image: real loop devices, ext4 and FAT. */
 
-import { chmodSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { execa } from 'execa';
@@ -114,6 +114,35 @@ test('grow, overlay, shrink: files land with their modes, boot is written back, 
   t.true(fsBytes < 96 * MiB + 200 * MiB - 64 * MiB, 'smaller than it was grown to');
   const { stdout: du } = await execa('du', ['--block-size=1', image]);
   t.true(Number(du.split('\t')[0]) < statSync(image).size, 'sparse');
+});
+
+// Serial: one more concurrent build would pass Node's 10 SIGINT listeners warning.
+test.serial("the build's one time: --source-date, else the root's newest file; the boot files written back are none newer", async (t) => {
+  const dir = scratch();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image.img');
+  await makeTinyImage(image, { payloadMiB: 4 });
+  const epoch = 1704067200; // 2024-01-01T00:00:00Z: older than any file the build writes
+  const config = testConfig(dir, { overlay: [overlayDir(dir)], 'source-date': epoch });
+  const { state } = await runStages([attachStage, overlayStage(), finalizeStage], config, { image });
+  t.is(state.sourceDateEpoch, epoch);
+  const logs = readdirSync(join(config.work, 'logs')).map((f) => readFileSync(join(config.work, 'logs', f), 'utf8'));
+  t.true(
+    logs.some((l) => l.includes('source date: 2024-01-01T00:00:00Z (SOURCE_DATE_EPOCH 1704067200, from --source-date)')),
+    'one log line',
+  );
+  const [boot] = await partitions(image);
+  const bootAt = `${image}@@${boot!.start * 512}`;
+  const env = { ...process.env, MTOOLS_SKIP_CHECK: '1', TZ: 'UTC' };
+  for (const file of ['config.txt', 'ssh']) t.regex((await execa('mdir', ['-i', bootAt, `::/${file}`], { env })).stdout, /2024-01-01/, file);
+
+  // Without the option: the newest file time of the root filesystem as the base image has it.
+  const again = join(dir, 'again.img');
+  await makeTinyImage(again, { payloadMiB: 4 });
+  const plain = testConfig(join(dir, 'plain'), { 'source-date': undefined });
+  const { state: found } = await runStages([attachStage, finalizeStage], plain, { image: again });
+  t.true(Number.isInteger(found.sourceDateEpoch), String(found.sourceDateEpoch));
+  t.true(found.sourceDateEpoch! > epoch && found.sourceDateEpoch! <= Date.now() / 1000, 'made just now by the fixture');
 });
 
 test("first-boot expansion: a pipeline's default arms it, --fixed-size disarms it, both flags are refused", async (t) => {
