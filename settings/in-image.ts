@@ -14,11 +14,10 @@
  * hashed again at each build (a fresh salt).
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { ConfigError } from '../engine/errors.ts';
 import { quote as q } from '../engine/exec.ts';
-import { inRoot, readInRoot, readRegular } from '../lib/image/in-root.ts';
+import { inRoot, readInRoot } from '../lib/image/in-root.ts';
 import type { Settings } from './model.ts';
 import { given, type PiSettings } from './options.ts';
 import { isZoneFile } from './rules.ts';
@@ -172,40 +171,6 @@ export function settingsScript(s: Settings, facts: ImageFacts): string {
   if (s.enable.length) out.push(`systemctl enable -- ${s.enable.map(q).join(' ')}`);
   if (s.disable.length) out.push(`systemctl disable -- ${s.disable.map(q).join(' ')}`);
   return `${out.join('\n')}\n`;
-}
-
-/**
- * What the image shipped that the settings must not change, to put back after them: the files that
- * identify one device (a package's script may write a machine id, dbus-uuidgen --ensure, which every
- * card would then share, or replace trixie's "uninitialized", which makes the first boot one:
- * ConditionFirstBoot), and the logs (apt's and dpkg's lines of this build; pi-gen empties them).
- */
-export function asShipped(root: string): { restore(): void } {
-  const ids = ['etc/machine-id', 'var/lib/dbus/machine-id'].map((path) => {
-    const file = inRoot(root, path);
-    return { file, shipped: readRegular(file, path) };
-  });
-  const logDir = inRoot(root, 'var/log');
-  const logs = () =>
-    existsSync(logDir)
-      ? readdirSync(logDir, { recursive: true, withFileTypes: true })
-          .filter((e) => e.isFile())
-          .map((e) => join(e.parentPath, e.name))
-      : [];
-  const logSizes = new Map(logs().map((file) => [file, statSync(file).size]));
-  return {
-    restore() {
-      for (const { file, shipped } of ids) {
-        if (shipped === undefined) rmSync(file, { force: true });
-        else if (!readRegular(file, file)?.equals(shipped)) writeFileSync(file, shipped);
-      }
-      for (const file of logs()) {
-        const size = logSizes.get(file);
-        if (size === undefined) rmSync(file);
-        else if (statSync(file).size !== size) truncateSync(file, size);
-      }
-    },
-  };
 }
 
 /** The package indexes `apt-get update` fetched into the image. */

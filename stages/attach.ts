@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { UserError } from '../engine/errors.ts';
 import type { BuildContext, Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
+import { recordShipped } from '../lib/image/as-shipped.ts';
 import { ATTACHED, BOOT_BEFORE, bootDir, rootDir } from '../lib/image/attached.ts';
 import { copyOut, snapshot, writeBack } from '../lib/image/bootfs.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
@@ -38,6 +39,8 @@ export const attachStage: Stage<BuildConfig> = {
     // nodev: a device node in a downloaded image opens nothing of the host's; nosuid: the build is root already.
     await mount(ctx, device, root, ['-t', 'ext4', '-o', 'nodev,nosuid']);
     setSourceDate(ctx, root);
+    // As the base shipped, for finalize: kept from a state that has it (an image restored from the stage cache is no longer the base).
+    ctx.state.shipped ??= recordShipped(root);
 
     rmSync(boot, { recursive: true, force: true });
     mkdirSync(boot);

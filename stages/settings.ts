@@ -9,10 +9,11 @@ import type { BuildContext, Stage } from '../engine/stage.ts';
 import type { BuildConfig } from '../lib/build-options.ts';
 import { plannedMode } from '../lib/chroot/emulation.ts';
 import { APT_UPDATE, chrootRun, enterChroot, STAGING, stagedFiles } from '../lib/chroot/environment.ts';
+import { asShipped } from '../lib/image/as-shipped.ts';
 import { rootDir } from '../lib/image/attached.ts';
 import { inRoot, readInRoot } from '../lib/image/in-root.ts';
 import { removedPackages } from '../lib/image/packages.ts';
-import { aptIndexes, aptInstallArgs, asShipped, checkAgainstImage, HOST_KEYS_UNIT, hostKeys, settingsKey, settingsScript } from '../settings/in-image.ts';
+import { aptIndexes, aptInstallArgs, checkAgainstImage, HOST_KEYS_UNIT, hostKeys, settingsKey, settingsScript } from '../settings/in-image.ts';
 import { readSettings } from '../settings/model.ts';
 import { given, only, type PiSettings, SETTING_KEYS } from '../settings/options.ts';
 

@@ -1,5 +1,6 @@
 import type { Compression } from '../build-options.ts';
 import type { SourceDateFrom } from '../source-date.ts';
+import type { Shipped } from './as-shipped.ts';
 /**
  * What each stage leaves in the build state for the ones after it, in pipeline order. Kept in one
  * place so the data's path through a build reads top to bottom.
@@ -90,6 +91,7 @@ declare module '../../engine/stage.ts' {
     /** The build's one time, seconds since 1970 (attach): what the image's programs, mtools and the outputs write. */
     sourceDateEpoch?: number;
     sourceDateFrom?: SourceDateFrom; // attach
+    shipped?: Shipped; // attach: machine ids and log sizes as the base shipped them (as-shipped.ts)
     /** How the image's programs ran: `native arm64`, `qemu-user (arm64 on amd64)` (chroot, settings). */
     chroot?: string;
     packages?: Package[]; // finalize: from the image's dpkg status
