@@ -180,11 +180,7 @@ test('the root is written anew from its tree: the same tree gives the same bytes
     const overlay = join(dir, `overlay-${name}`);
     mkdirSync(join(overlay, 'rootfs/etc'), { recursive: true });
     writeFileSync(join(overlay, 'rootfs/etc/added.conf'), 'added\n');
-    await runStages(
-      [attachStage, overlayStage(), finalizeStage, shrinkStage],
-      { ...testConfig(work, { overlay: [overlay] }) },
-      { image, sourceDateEpoch: epoch },
-    );
+    await runStages([attachStage, overlayStage(), finalizeStage, shrinkStage], testConfig(work, { overlay: [overlay], 'source-date': epoch }), { image });
     return image;
   };
   const one = await build('one');
