@@ -42,6 +42,16 @@ export function switchAddressOf(address: StaticAddress): string {
   return intToIpv4(last === ipv4ToInt(address.address) ? last - 1 : last);
 }
 
+/**
+ * `command` run in the namespace's network only. Not `ip netns exec`: that also makes a mount
+ * namespace, a copy of every mount of the moment, and where mounts do not propagate (a container's
+ * private /) a build's root filesystem mounted then stays mounted in it after the build unmounts
+ * it: its loop device is never let go, and the next fsck sees an unfinished journal.
+ */
+export function inNetns(ns: string, command: string, args: readonly string[]): [string, string[]] {
+  return ['nsenter', [`--net=/run/netns/${ns}`, '--', command, ...args]];
+}
+
 export async function createClusterLink(ctx: BuildContext, address: StaticAddress): Promise<ClusterLink> {
   if (!findOnPath('ip')) throw new UserError('the cluster link needs ip (iproute2): apt-get install iproute2');
   const id = randomBytes(3).toString('hex');
@@ -82,7 +92,7 @@ export async function createClusterLink(ctx: BuildContext, address: StaticAddres
       await inNs(['link', 'set', 'dev', tap, 'up']);
     },
     async spawn(ctx, command, args, options) {
-      const child = ctx.commands.spawn('ip', ['netns', 'exec', ns, command, ...args], { env: options.env });
+      const child = ctx.commands.spawn(...inNetns(ns, command, args), { env: options.env });
       child.stdout.on('data', (chunk: Buffer) => ctx.log.write(chunk.toString()));
       let exited = false;
       const ended = child.then(
@@ -97,7 +107,7 @@ export async function createClusterLink(ctx: BuildContext, address: StaticAddres
         await ended;
       });
       for (let i = 0; ; i++) {
-        const { stdout } = await ctx.run('ip', ['netns', 'exec', ns, 'ss', '-Hlun', `sport = :${options.ready.udpPort}`], { reject: false });
+        const { stdout } = await ctx.run(...inNetns(ns, 'ss', ['-Hlun', `sport = :${options.ready.udpPort}`]), { reject: false });
         if (stdout.trim()) return;
         if (exited || i > 100) throw new UserError(`${command} did not start in the cluster link's namespace: see ${dir}`);
         await sleep(100, undefined, { signal: ctx.signal });

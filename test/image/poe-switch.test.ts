@@ -4,13 +4,13 @@
  * inside that namespace; and nothing of it left once the run ends, whether it passed or failed.
  */
 
-import { rmSync } from 'node:fs';
+import { readlinkSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { execa } from 'execa';
 import type { BuildContext, Stage } from '../../engine/stage.ts';
 import { parseIpv4Cidr } from '../../lib/net.ts';
-import { type ClusterLink, createClusterLink } from '../../lib/qemu/cluster-link.ts';
+import { type ClusterLink, createClusterLink, inNetns } from '../../lib/qemu/cluster-link.ts';
 import { type PoeSwitch, startPoeSwitch } from '../../lib/qemu/poe-switch.ts';
 import type { PimasterConfig } from '../../pipelines/pimaster/options.ts';
 import { runStages, scratch, testConfig } from '../helpers/build.ts';
@@ -43,7 +43,11 @@ test('snmpwalk lists the ports, snmpset powers one on and off, as the agent asks
         link = await createClusterLink(ctx, address);
         sw = await startPoeSwitch(ctx, { link, community: 'piseduce', ports: 4, onPower: (p, on) => power.push(`${p}:${on ? 'on' : 'off'}`) });
         const snmp = (tool: string, ...args: string[]) =>
-          execa('ip', ['netns', 'exec', link!.ns, tool, '-v2c', '-c', 'piseduce', '-On', link!.switchAddress, ...args], { reject: false });
+          execa(...inNetns(link!.ns, tool, ['-v2c', '-c', 'piseduce', '-On', link!.switchAddress, ...args]), { reject: false });
+        // The switch sees the host's mounts as they change: a private copy would keep a build's root
+        // filesystem mounted after the build unmounts it (ip netns exec makes one).
+        const pids = (await execa('ip', ['netns', 'pids', link.ns])).stdout.split('\n').filter(Boolean);
+        seen.mountNamespaces = [...new Set(pids.map((pid) => readlinkSync(`/proc/${pid}/ns/mnt`)))].join(' ');
         const parent = sw.firstPortOid.slice(0, sw.firstPortOid.lastIndexOf('.'));
         seen.walk = (await snmp('snmpwalk', parent)).stdout;
         seen.on = (await snmp('snmpset', `${sw.firstPortOid.replace(/\.1$/, '.3')}`, 'i', '1')).stdout;
@@ -51,11 +55,9 @@ test('snmpwalk lists the ports, snmpset powers one on and off, as the agent asks
         seen.off = (await snmp('snmpset', `${sw.firstPortOid.replace(/\.1$/, '.3')}`, 'i', '2')).stdout;
         seen.badCommunity = String(
           (
-            await execa(
-              'ip',
-              ['netns', 'exec', link!.ns, 'snmpset', '-v2c', '-c', 'public', '-t', '1', '-r', '0', link!.switchAddress, sw.firstPortOid, 'i', '1'],
-              { reject: false },
-            )
+            await execa(...inNetns(link!.ns, 'snmpset', ['-v2c', '-c', 'public', '-t', '1', '-r', '0', link!.switchAddress, sw.firstPortOid, 'i', '1']), {
+              reject: false,
+            })
           ).exitCode,
         );
         seen.fromHost = String(
@@ -66,6 +68,7 @@ test('snmpwalk lists the ports, snmpset powers one on and off, as the agent asks
     testConfig(dir),
   );
   t.is(link!.switchAddress, '48.48.0.253');
+  t.is(seen.mountNamespaces, readlinkSync('/proc/self/ns/mnt'), "snmpd runs in the host's mount namespace");
   t.is(seen.walk, [1, 2, 3, 4].map((p) => `.1.3.6.1.2.1.105.1.1.1.3.1.${p} = INTEGER: 2`).join('\n'), 'four ports, all off');
   t.regex(seen.on!, /\.3 = INTEGER: 1$/);
   t.regex(seen.after!, /\.1\.3 = INTEGER: 1\n/);
