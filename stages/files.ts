@@ -4,7 +4,7 @@
  * the chroot stage binds read-only at /run/build-image/files.
  */
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, lutimesSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { CommandError, UserError } from '../engine/errors.ts';
 import { withoutCredentials } from '../engine/redact.ts';
@@ -119,8 +119,32 @@ async function checkout(ctx: BuildContext<BuildConfig>, key: string, name: strin
   await ctx.run('git', ['-C', dest, 'checkout', '--quiet', '--detach', commit], { env: GIT_ENV });
   // The image keeps where its sources came from, not the credentials used to fetch them.
   await ctx.run('git', ['-C', dest, 'remote', 'set-url', 'origin', withoutCredentials(repo)], { env: GIT_ENV });
+  await asCommitted(ctx, dest);
   ctx.state.sources = { ...ctx.state.sources, [name]: { repo: withoutCredentials(repo), ref, commit } };
   ctx.log.line(`${name}: ${repo} at ${commit}`);
+}
+
+/**
+ * A checkout that is the same whenever it is made: its files carry the commit's time (Python's
+ * .pyc, written when the image's scripts import them, embed their sources' times), the reflog of
+ * the clone is dropped, and the index is read anew from the commit, with none of this host's
+ * file times and inode numbers in it (git refreshes them when it next looks).
+ */
+async function asCommitted(ctx: BuildContext, dest: string): Promise<void> {
+  const time = Number((await ctx.run('git', ['-C', dest, 'log', '-1', '--format=%ct'], { env: GIT_ENV })).stdout.trim());
+  const walk = (dir: string) => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      if (dir === dest && entry.name === '.git') continue;
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) walk(path);
+      lutimesSync(path, time, time);
+    }
+  };
+  walk(dest);
+  lutimesSync(dest, time, time);
+  rmSync(join(dest, '.git', 'logs'), { recursive: true, force: true });
+  rmSync(join(dest, '.git', 'index'), { force: true });
+  await ctx.run('git', ['-C', dest, 'read-tree', 'HEAD'], { env: GIT_ENV });
 }
 
 /** A pipeline's own option the spec names (the pimaster's --piseduce-webui...): the files stage reads it by name. */

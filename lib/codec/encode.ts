@@ -262,9 +262,9 @@ export async function encodeImage(
     throw new UserError(`compress: cannot read the working image ${image}: ${errnoReason(error)}: run the pipeline from its start`);
   }
   const size = info.size;
-  // The tar entry's time: the build's one time, not when the working image was last written.
-  const epoch = ctx.state.sourceDateEpoch;
-  const mtime = epoch === undefined ? info.mtime : new Date(epoch * 1000);
+  // The tar entry's time: the build's one time, not when the working image was last written; 1970
+  // before attach has decided it (an environment the files stage packs), a time no run changes.
+  const mtime = new Date((ctx.state.sourceDateEpoch ?? 0) * 1000);
   for (const format of formats) partial(path(FORMATS[format].ext));
   const piped = formats.filter((f) => f !== 'none');
   // In the work directory, not /tmp: what a build killed outright leaves, the next one replaces.

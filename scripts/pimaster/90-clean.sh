@@ -14,5 +14,7 @@ for root in / /nfs/raspi; do
   rm -f "$root/var/lib/dbus/machine-id" "$root/var/lib/misc/dnsmasq.leases"
   find "$root/var/log" -type f -delete
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/tmp/* "$root"/tmp/*
+  # Caches apt and ldconfig make again when needed: they hold times and inode numbers of this build.
+  rm -f "$root"/var/cache/apt/*.bin "$root"/var/cache/ldconfig/aux-cache
   rm -rf "$root"/var/lib/pimaster
 done
