@@ -39,3 +39,21 @@ export async function withLock<T>(lock: string, fn: () => Promise<T>, signal?: A
     rmSync(lock, { recursive: true, force: true });
   }
 }
+
+/**
+ * Take `lock` if no live process holds it, without waiting: true when taken (remove the directory
+ * to let it go), false when another process has it.
+ */
+export function tryLock(lock: string): boolean {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      mkdirSync(lock);
+      writeFileSync(join(lock, 'pid'), String(process.pid));
+      return true;
+    } catch {
+      if (ownerAlive(lock)) return false;
+      rmSync(lock, { recursive: true, force: true }); // left by a process that died: taken over
+    }
+  }
+  return false;
+}

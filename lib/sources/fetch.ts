@@ -7,12 +7,13 @@
  * and resumed from `<cache>/downloads/partial/`. A local file is only read, never copied.
  */
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hashInto } from '../../engine/digest.ts';
 import { UserError } from '../../engine/errors.ts';
+import { tryLock } from '../../engine/lock.ts';
 import { Progress } from '../../engine/progress.ts';
 import { type BuildContext, Resource } from '../../engine/stage.ts';
 import type { BuildConfig } from '../build-options.ts';
@@ -275,7 +276,15 @@ async function fetchRemote(ctx: BuildContext<BuildConfig>, url: string, req: Fet
   }
 
   const key = expected ? expected.sha256 : `url-${createHash('sha256').update(finalUrl).digest('hex').slice(0, 32)}`;
-  const partial = join(cache, 'downloads', 'partial', `${key}.part`);
+  // One build at a time writes the shared part (the next build resumes it); another build that
+  // downloads the same file meanwhile (a cache shared by parallel builds) writes one of its own.
+  const parts = join(cache, 'downloads', 'partial');
+  await mkdir(parts, { recursive: true });
+  const shared = join(parts, `${key}.part`);
+  const owned = tryLock(`${shared}.lock`);
+  const partial = owned ? shared : join(parts, `${key}.${process.pid}.part`);
+  ctx.defer(owned ? `let go of ${shared}` : `remove ${partial}`, () => rmSync(owned ? `${shared}.lock` : partial, { recursive: true, force: true }));
+  if (!owned) ctx.log.line(`another build is downloading ${finalUrl} into the cache: this one downloads its own copy`);
   const keep = async (got: Downloaded): Promise<Download> => {
     if (expected && got.sha256 !== expected.sha256) {
       await rm(partial, { force: true });

@@ -203,6 +203,20 @@ test('a download cut half way is resumed with Range', async (t) => {
   await assertSameSparseImage(t, state.image!, base);
 });
 
+test('two builds sharing a cache download the same file at once: each gets it whole and verified', async (t) => {
+  const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
+  // Slow enough that the two downloads overlap (they wrote into one part file, and each failed).
+  server.pace(XZ_PATH, statSync(base.xz).size);
+  const config = (name: string) => ({ ...testConfig(join(dir, name), { base: server.url(XZ_PATH) }), cache: join(dir, 'cache') });
+  const [one, two] = await Promise.all([build(config('one')), build(config('two'))]);
+  t.is(one.state.download?.sha256, xzSha);
+  t.is(two.state.download?.sha256, xzSha);
+  t.is(server.gets(XZ_PATH).length, 2, 'both downloaded it');
+  t.deepEqual(filesUnder(join(dir, 'cache', 'downloads')), [`${xzSha}/${IMAGE_NAME}.xz`], 'one file in the cache, no part or lock left');
+  await assertSameSparseImage(t, one.state.image!, base);
+  await assertSameSparseImage(t, two.state.image!, base);
+});
+
 test('extraction starts with the first bytes of a download, and counts only once the download is verified', async (t) => {
   const { dir, server } = await serveFiles(t, { [XZ_PATH]: { copy: base.xz }, [`${XZ_PATH}.sha256`]: sidecarFor(base.xz, xzSha) });
   const size = statSync(base.xz).size;
