@@ -32,10 +32,10 @@ test('customize twice, --no-cache, in two work directories at two times: byte-id
   mkdirSync(join(overlay, 'rootfs/etc/lab'), { recursive: true });
   writeFileSync(join(overlay, 'rootfs/etc/lab/site.conf'), 'site=lab\n');
   const script = join(dir, '50-site.sh');
-  // Installs nothing; writes, compiles Python and runs the image's tools, as release scripts do.
+  // Installs nothing; writes files, a link, a mode, and a system user (/etc/shadow's change day).
   writeFileSync(
     script,
-    '#!/bin/bash\nset -e\nmkdir -p /opt/lab\necho "made by a script" > /opt/lab/note\nprintf "def f():\\n    return 1\\n" > /opt/lab/mod.py\npython3 -m compileall -q /opt/lab\nuseradd -r -M -s /usr/sbin/nologin labsvc\n',
+    '#!/bin/bash\nset -e\nmkdir -p /opt/lab\necho "made by a script" > /opt/lab/note\nln -s note /opt/lab/readme\nchmod 0750 /opt/lab\nuseradd -r -M -s /usr/sbin/nologin labsvc\n',
   );
   chmodSync(script, 0o755);
 
@@ -67,7 +67,7 @@ test('customize twice, --no-cache, in two work directories at two times: byte-id
 
   const manifest = JSON.parse(readFileSync(join(one, 'lab.manifest.json'), 'utf8'));
   t.is(typeof manifest.source_date_epoch, 'number');
-  t.is(manifest.created, new Date(manifest.source_date_epoch * 1000).toISOString(), 'created is the source date');
+  t.is(Date.parse(manifest.created), manifest.source_date_epoch * 1000, 'created is the source date');
   t.is(manifest.timings, undefined, 'no per-run timings in the manifest');
   t.is((await run(['diff', join(one, 'lab.img'), join(two, 'lab.img')])).exitCode, 0, 'diff agrees: exit code 0');
   t.deepEqual(mountsUnder(dir), []);
