@@ -7,7 +7,7 @@
  *   then share, or replace trixie's "uninitialized", which makes the first boot one
  *   (ConditionFirstBoot).
  * - Logs: apt's and dpkg's lines of this build, with its times (pi-gen empties them): each is cut
- *   back to its shipped size, and one the build made is emptied.
+ *   back to its shipped size, and one the build made is removed.
  * - Caches apt and ldconfig make again when they need them: apt's binary package caches hold the
  *   times of its lists, ldconfig's aux-cache the inodes and ctimes of the libraries.
  */
@@ -55,11 +55,10 @@ export function restoreShipped(root: string, shipped: Shipped): string[] {
   for (const path of logFiles(root)) {
     const size = shipped.logs[path];
     const file = join(root, path);
-    // A log a package made is kept, empty: its owner and mode are the package's.
-    if (size === undefined && statSync(file).size > 0) {
-      truncateSync(file, 0);
-      done.push(`${path} emptied`);
-    } else if (size !== undefined && statSync(file).size !== size) {
+    if (size === undefined) {
+      rmSync(file);
+      done.push(`${path} removed`);
+    } else if (statSync(file).size !== size) {
       truncateSync(file, size);
       done.push(`${path} cut to its ${size} bytes`);
     }

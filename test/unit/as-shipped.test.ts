@@ -1,11 +1,11 @@
 /** What a build must not leave in an image, put back as the base shipped it (lib/image/as-shipped.ts). */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { recordShipped, restoreShipped } from '../../lib/image/as-shipped.ts';
 
-test('machine ids, logs and caches: put back as shipped, what the build made emptied or removed', (t) => {
+test('machine ids, logs and caches: put back as shipped, what the build made removed', (t) => {
   const root = mkdtempSync(join(tmpdir(), 'as-shipped-'));
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
   const put = (path: string, text: string) => {
@@ -32,7 +32,7 @@ test('machine ids, logs and caches: put back as shipped, what the build made emp
   t.is(readFileSync(join(root, 'etc/machine-id'), 'utf8'), 'uninitialized\n');
   t.false(existsSync(join(root, 'var/lib/dbus/machine-id')));
   t.is(readFileSync(join(root, 'var/log/dpkg.log'), 'utf8'), 'shipped line\n');
-  t.is(statSync(join(root, 'var/log/apt/history.log')).size, 0, "a package's log stays, empty");
+  t.false(existsSync(join(root, 'var/log/apt/history.log')), 'a log the build made is removed');
   t.false(existsSync(join(root, 'var/cache/apt/pkgcache.bin')));
   t.false(existsSync(join(root, 'var/cache/ldconfig/aux-cache')));
   t.is(done.length, 6, done.join(', '));
