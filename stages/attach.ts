@@ -7,9 +7,9 @@ import { recordShipped } from '../lib/image/as-shipped.ts';
 import { ATTACHED, BOOT_BEFORE, bootDir, rootDir } from '../lib/image/attached.ts';
 import { copyOut, snapshot, writeBack } from '../lib/image/bootfs.ts';
 import { attachLoop, mount } from '../lib/image/loop.ts';
-import { newestMtime } from '../lib/image/newest-mtime.ts';
 import { partition, readLayout } from '../lib/image/partitions.ts';
 import { detectSystem } from '../lib/image/system.ts';
+import { newestMtime } from '../lib/image/tree-times.ts';
 import { sourceDateLine } from '../lib/source-date.ts';
 
 /**

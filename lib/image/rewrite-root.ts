@@ -5,8 +5,8 @@
  * superblock) is the build's one time or earlier. The base image's UUID, label, features, hash
  * seed, inode size and inode density are kept, so the image boots and grows as the release does.
  */
-import { lstatSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { scoped } from '../../engine/cleanup.ts';
 import { UserError } from '../../engine/errors.ts';
 import { formatBytes } from '../../engine/options.ts';
@@ -14,6 +14,7 @@ import type { BuildContext } from '../../engine/stage.ts';
 import { type Ext4Geometry, fittingBlocks, parseExt4Header } from './ext4-fit.ts';
 import { attachLoop, mount } from './loop.ts';
 import type { Partition } from './state.ts';
+import { type TreeEntry, treeTimes } from './tree-times.ts';
 
 export interface Ext4Identity extends Ext4Geometry {
   uuid: string;
@@ -112,13 +113,6 @@ export function mke2fsArgs(fs: Ext4Identity, blocks: number, source: string, tar
   ];
 }
 
-export interface TreeEntry {
-  ino: number;
-  atime: number;
-  mtime: number;
-  ctime: number;
-}
-
 /**
  * debugfs commands that bring every inode's times to the build's time or earlier: mtime and ctime
  * clamped to `epoch`, atime set to the mtime (what the build happened to read is no part of the
@@ -137,22 +131,6 @@ export function timeFixes(entries: Iterable<TreeEntry>, epoch: number): string[]
     if (e.ctime !== ctime) lines.push(`sif <${e.ino}> ctime @${ctime}`);
   }
   return lines;
-}
-
-/** Every entry of the tree at `dir` (one filesystem, links not followed), the root included. */
-function* walk(dir: string): Generator<TreeEntry> {
-  const stat = lstatSync(dir);
-  yield { ino: stat.ino, atime: Math.floor(stat.atimeMs / 1000), mtime: Math.floor(stat.mtimeMs / 1000), ctime: Math.floor(stat.ctimeMs / 1000) };
-  const device = stat.dev;
-  const inner = function* (path: string): Generator<TreeEntry> {
-    for (const name of readdirSync(path)) {
-      const child = join(path, name);
-      const s = lstatSync(child);
-      yield { ino: s.ino, atime: Math.floor(s.atimeMs / 1000), mtime: Math.floor(s.mtimeMs / 1000), ctime: Math.floor(s.ctimeMs / 1000) };
-      if (s.isDirectory() && s.dev === device) yield* inner(child);
-    }
-  };
-  yield* inner(dir);
 }
 
 /**
@@ -203,7 +181,7 @@ export async function rewriteRoot(ctx: BuildContext, image: string, root: Partit
   ctx.defer(`remove ${script}`, () => rmSync(script, { force: true }));
   const fixes = await scoped(ctx.cleanup, ctx.signal, async () => {
     const device = await attachLoop(ctx, fresh, { offset: 0, size: bytes }, { readOnly: true });
-    return timeFixes(walk(await mountedAt(ctx, device, `${image}.tree`)), options.epoch);
+    return timeFixes(treeTimes(await mountedAt(ctx, device, `${image}.tree`)), options.epoch);
   });
   writeFileSync(script, `${fixes.join('\n')}\n`);
   const fixed = await ctx.run('debugfs', ['-w', '-f', script, fresh], { env });

@@ -6,7 +6,7 @@ import test from 'ava';
 import { ConfigError } from '../../engine/errors.ts';
 import { resolveOptions } from '../../engine/options.ts';
 import { publishedSettings } from '../../engine/redact.ts';
-import { newestMtime } from '../../lib/image/newest-mtime.ts';
+import { newestMtime } from '../../lib/image/tree-times.ts';
 import { isoSeconds, parseSourceDate, SOURCE_DATE_ALLOWED, sourceDateFromEnv, sourceDateLine } from '../../lib/source-date.ts';
 import { type PimasterConfig, pimasterConfigSchema } from '../../pipelines/pimaster/options.ts';
 
